@@ -1,0 +1,90 @@
+//! Kernel programs of the monitor.
+//!
+//! Every hook is thin: it does the cheapest test that lets it return first, reads kernel
+//! structs through offsets the loader took from the running kernel's BTF (rustc emits no CO-RE
+//! relocations), and reserves its record in the ring buffer without waking the reader.
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod path;
+mod process;
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{stats_slot, Config, KernelOffsets, Stat, WatchEntry, STATS_LEN, WATCHED_MAX};
+
+/// Settings written by the loader before the programs are loaded.
+#[no_mangle]
+static CONFIG: Config = Config {
+    self_tgid: 0,
+    watch_all: 0,
+    wakeup_bytes: 0,
+};
+
+/// Struct field offsets written by the loader from the kernel's BTF.
+#[no_mangle]
+// SAFETY: KernelOffsets is plain u32 fields; all-zero is a valid value.
+static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+/// The loader resizes this from `--ring-size`.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+#[map(name = "WATCHED")]
+static WATCHED: HashMap<u32, WatchEntry> = HashMap::with_max_entries(WATCHED_MAX, 0);
+
+/// Per-CPU scratch space for path walks (see `path::SCRATCH_SIZE`).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<[u8; path::SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn config_self_tgid() -> u32 {
+    // read_volatile: the value is patched by the loader, the compiler must not fold it.
+    unsafe { core::ptr::read_volatile(&CONFIG.self_tgid) }
+}
+
+#[inline(always)]
+fn config_watch_all() -> bool {
+    unsafe { core::ptr::read_volatile(&CONFIG.watch_all) != 0 }
+}
+
+/// Submit flags: wake the reader only when enough bytes wait; otherwise it drains on its timer.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    let threshold = unsafe { core::ptr::read_volatile(&CONFIG.wakeup_bytes) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn count(stat: Stat, kind: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(stats_slot(stat, kind)) {
+        // Per-CPU slot: no other writer.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_watched(tgid: u32) -> bool {
+    config_watch_all() || unsafe { WATCHED.get(tgid).is_some() }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

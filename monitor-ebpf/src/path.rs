@@ -1,0 +1,94 @@
+//! Resolves a `struct path` (vfsmount + dentry) into the absolute path the process would name,
+//! by walking dentries and mounts up to the process's root, in the kernel, while the objects
+//! are alive. Reading /proc afterwards races with processes that already exited.
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use monitor_common::{NAME_MAX, PATH_CAP, PATH_MAX_COMPONENTS};
+
+use crate::kernel::{off, read};
+
+/// Size of the scratch buffer: offsets are masked with `2 * PATH_CAP - 1`, and a name of up to
+/// `NAME_MAX` bytes plus its `/` written at such an offset must stay inside.
+pub const SCRATCH_SIZE: usize = 4 * PATH_CAP;
+const POS_MASK: usize = 2 * PATH_CAP - 1;
+
+/// Where a resolved path lies in the scratch buffer: `buf[start..PATH_CAP]`.
+pub struct Resolved {
+    pub start: usize,
+    pub truncated: bool,
+}
+
+/// Writes the path of (`vfsmount`, `dentry`) backwards into `buf`, ending at `PATH_CAP`.
+/// Stops at the process root (`root_mnt`, `root_dentry`) or at the root of the mount tree.
+/// When the path does not fit, it is cut at a component boundary and flagged.
+#[inline(always)]
+pub unsafe fn resolve(
+    buf: &mut [u8; SCRATCH_SIZE],
+    vfsmount: *const u8,
+    mut dentry: *const u8,
+    root_mnt: *const u8,
+    root_dentry: *const u8,
+) -> Result<Resolved, i64> {
+    // `struct mount` embeds the `struct vfsmount` the path points to.
+    let mut mount = vfsmount.wrapping_sub(off!(mount_mnt));
+    let mut pos = PATH_CAP;
+    let mut truncated = true;
+    for _ in 0..PATH_MAX_COMPONENTS {
+        // Without this the verifier tracks `pos` exactly, no two loop states compare equal,
+        // and it gives up after a million instructions ("BPF program is too large").
+        // black_box hides the value from LLVM so that it keeps the mask; the mask gives the
+        // verifier one range for every iteration, so it can prune.
+        pos = core::hint::black_box(pos) & POS_MASK;
+        let mnt = mount.wrapping_add(off!(mount_mnt));
+        if dentry == root_dentry && mnt == root_mnt {
+            truncated = false;
+            break;
+        }
+        let mnt_root: *const u8 = unsafe { read(mnt, off!(vfsmount_root))? };
+        if dentry == mnt_root {
+            let parent: *const u8 = unsafe { read(mount, off!(mount_parent))? };
+            if parent == mount {
+                truncated = false;
+                break;
+            }
+            // Cross into the parent mount at the mountpoint.
+            dentry = unsafe { read(mount, off!(mount_mountpoint))? };
+            mount = parent;
+            continue;
+        }
+        let parent: *const u8 = unsafe { read(dentry, off!(dentry_parent))? };
+        if parent == dentry {
+            truncated = false;
+            break;
+        }
+        let qstr = dentry.wrapping_add(off!(dentry_name));
+        let name: *const u8 = unsafe { read(qstr, off!(qstr_name))? };
+        let len = (unsafe { read::<u32>(qstr, off!(qstr_len))? } as usize) & NAME_MAX;
+        if len + 1 > pos {
+            break;
+        }
+        // The verifier does not carry `len < pos` through the subtraction; the mask (which
+        // changes nothing, the check above made it non-negative) tells it the range again.
+        pos = core::hint::black_box(pos - (len + 1)) & POS_MASK;
+        // Raw pointers, not indexing: a bounds check LLVM cannot elide becomes a call to a
+        // panic function that never returns, which the verifier refuses ("last insn is not
+        // an exit or jmp"). `pos <= POS_MASK` and `len <= NAME_MAX` keep this inside the
+        // buffer of SCRATCH_SIZE bytes.
+        let at = unsafe { buf.as_mut_ptr().add(pos) };
+        unsafe { *at = b'/' };
+        let ret =
+            unsafe { bpf_probe_read_kernel(at.add(1) as *mut _, len as u32, name as *const _) };
+        if ret < 0 {
+            return Err(ret);
+        }
+        dentry = parent;
+    }
+    if pos == PATH_CAP {
+        pos -= 1;
+        unsafe { *buf.as_mut_ptr().add(pos) = b'/' };
+    }
+    Ok(Resolved {
+        start: pos,
+        truncated,
+    })
+}

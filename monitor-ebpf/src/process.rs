@@ -1,0 +1,255 @@
+//! Process sensor: exec, fork (new processes only) and exit (the last thread), for every
+//! process on the host: the daemon's process table needs all of them to know ancestry.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user_buf, generated::bpf_probe_read_kernel,
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use monitor_common::{
+    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, Stat, WatchEntry, ARGS_CAP,
+    EXEC_ARGS_TRUNCATED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, HEADER_WATCHED, PATH_CAP,
+    WATCH_INHERITED,
+};
+
+use crate::{
+    config_self_tgid, count, is_watched,
+    kernel::{off, read, Task},
+    path, submit_flags, EVENTS, SCRATCH, WATCHED,
+};
+
+#[inline(always)]
+fn header(kind: EventKind, tgid: u32, pid: u32, start_time: u64, watched: bool) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        flags: if watched { HEADER_WATCHED } else { 0 },
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        tgid,
+        pid,
+        start_time,
+    }
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == config_self_tgid() {
+        return Ok(());
+    }
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let start_time = task.process_start_time()?;
+    let parent = task.real_parent()?;
+    let ppid = parent.tgid()?;
+    let parent_start_time = parent.process_start_time().unwrap_or(0);
+    let watched = is_watched(tgid);
+
+    let kind = EventKind::Exec as u32;
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    let uid_gid = bpf_get_current_uid_gid();
+    unsafe {
+        (*event).header = header(EventKind::Exec, tgid, pid_tgid as u32, start_time, watched);
+        (*event).ppid = ppid;
+        (*event).uid = uid_gid as u32;
+        (*event).gid = (uid_gid >> 32) as u32;
+        (*event).parent_start_time = parent_start_time;
+        (*event).cgroup_id = bpf_get_current_cgroup_id();
+        (*event).flags = 0;
+        (*event).path_len = 0;
+        (*event).args_len = 0;
+    }
+    let mut complete = true;
+
+    // argv as the new program sees it: [arg_start, arg_end) of the new mm, NUL-separated.
+    let args = unsafe { &mut (*event).args };
+    match read_args(task, args) {
+        Ok((len, truncated)) => unsafe {
+            (*event).args_len = len;
+            if truncated {
+                (*event).flags |= EXEC_ARGS_TRUNCATED;
+            }
+        },
+        Err(_) => complete = false,
+    }
+
+    let bprm: *const u8 = ctx.arg(2);
+    let path_buf = unsafe { &mut (*event).path };
+    match exec_path(task, bprm, path_buf) {
+        Ok((len, truncated)) => unsafe {
+            (*event).path_len = len;
+            if truncated {
+                (*event).flags |= EXEC_PATH_TRUNCATED;
+            }
+        },
+        Err(_) => {
+            // Fall back to the name given to execve, so the event still says what ran.
+            let filename: *const u8 =
+                unsafe { read(bprm, off!(binprm_filename)) }.unwrap_or(core::ptr::null());
+            match unsafe { bpf_probe_read_kernel_str_bytes(filename, path_buf) } {
+                Ok(name) => unsafe {
+                    (*event).path_len = name.len() as u32;
+                    (*event).flags |= EXEC_PATH_FROM_FILENAME;
+                },
+                Err(_) => complete = false,
+            }
+        }
+    }
+    if !complete {
+        count(Stat::ReadFailed, kind);
+    }
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+#[inline(always)]
+fn read_args(task: Task, args: &mut [u8; ARGS_CAP]) -> Result<(u32, bool), i64> {
+    let mm = task.mm()?;
+    let start: u64 = unsafe { read(mm, off!(mm_arg_start))? };
+    let end: u64 = unsafe { read(mm, off!(mm_arg_end))? };
+    let len = end.saturating_sub(start) as usize;
+    let truncated = len > ARGS_CAP;
+    let len = if truncated { ARGS_CAP } else { len };
+    unsafe { bpf_probe_read_user_buf(start as *const u8, &mut args[..len]).map_err(|e| e as i64)? };
+    Ok((len as u32, truncated))
+}
+
+#[inline(always)]
+fn exec_path(task: Task, bprm: *const u8, out: &mut [u8; PATH_CAP]) -> Result<(u32, bool), i64> {
+    let file: *const u8 = unsafe { read(bprm, off!(binprm_file))? };
+    if file.is_null() {
+        return Err(-1);
+    }
+    let f_path = file.wrapping_add(off!(file_path));
+    let mnt: *const u8 = unsafe { read(f_path, off!(path_mnt))? };
+    let dentry: *const u8 = unsafe { read(f_path, off!(path_dentry))? };
+    let (root_mnt, root_dentry) = task.root()?;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    let scratch = unsafe { &mut *scratch };
+    let resolved = unsafe { path::resolve(scratch, mnt, dentry, root_mnt, root_dentry)? };
+    let start = resolved.start & (2 * PATH_CAP - 1);
+    let len = PATH_CAP.wrapping_sub(start);
+    if len == 0 || len > PATH_CAP {
+        return Err(-1);
+    }
+    // Raw pointers: see the note on indexing in `path::resolve`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            out.as_mut_ptr() as *mut _,
+            len as u32,
+            scratch.as_ptr().add(start) as *const _,
+        )
+    };
+    if ret < 0 {
+        return Err(ret);
+    }
+    Ok((len as u32, resolved.truncated))
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let parent = Task(ctx.arg(0));
+    let child = Task(ctx.arg(1));
+    let child_tgid = child.tgid()?;
+    // A new thread is not a new process.
+    if child.pid()? != child_tgid {
+        return Ok(());
+    }
+    let parent_tgid = parent.tgid()?;
+    if parent_tgid == config_self_tgid() {
+        return Ok(());
+    }
+    // Watching is inherited: a watched server's children are watched from their first
+    // instruction, with no round trip to user space.
+    let inherited = unsafe { WATCHED.get(parent_tgid).copied() };
+    if let Some(watch) = inherited {
+        let entry = WatchEntry {
+            reason: watch.reason | WATCH_INHERITED,
+            profile: watch.profile,
+        };
+        let _ = WATCHED.insert(child_tgid, entry, 0);
+    }
+    let kind = EventKind::Fork as u32;
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return Ok(());
+    };
+    let watched = inherited.is_some() || is_watched(child_tgid);
+    let event = ForkEvent {
+        header: header(
+            EventKind::Fork,
+            child_tgid,
+            child_tgid,
+            child.start_time().unwrap_or(0),
+            watched,
+        ),
+        parent_tgid,
+        _pad: 0,
+        parent_start_time: parent.process_start_time().unwrap_or(0),
+    };
+    entry.write(event);
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`: one per thread; we report the last.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let task = Task(ctx.arg(0));
+    // `signal->live` reached 0 before this tracepoint when the whole group is dead.
+    if task.live_threads()? != 0 {
+        return Ok(());
+    }
+    let tgid = task.tgid()?;
+    if tgid == config_self_tgid() {
+        return Ok(());
+    }
+    let watched = is_watched(tgid);
+    let _ = WATCHED.remove(tgid);
+    let kind = EventKind::Exit as u32;
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return Ok(());
+    };
+    let event = ExitEvent {
+        header: header(
+            EventKind::Exit,
+            tgid,
+            task.pid().unwrap_or(0),
+            task.process_start_time().unwrap_or(0),
+            watched,
+        ),
+        exit_code: task.exit_code().unwrap_or(0),
+        flags: 0,
+    };
+    entry.write(event);
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+    Ok(())
+}

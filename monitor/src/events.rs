@@ -1,0 +1,286 @@
+//! Decoding of the records the kernel programs put in the ring buffer.
+//!
+//! The raw records are `#[repr(C)]` structs from `monitor-common`; they are read with
+//! `read_unaligned` after a length check, never transmuted, and the kind is decoded with
+//! `TryFrom<u32>`.
+
+use monitor_common::{
+    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_CAP, EXEC_ARGS_TRUNCATED,
+    EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, HEADER_WATCHED, PATH_CAP,
+};
+
+/// An event from the kernel, owned and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Exec(Exec),
+    Fork(Fork),
+    Exit(Exit),
+}
+
+/// What every event carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: EventKind,
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub time_ns: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    /// Start time of the process (`CLOCK_BOOTTIME` ns): with `tgid`, its identity.
+    pub start_time_ns: u64,
+    pub watched: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub header: Header,
+    pub ppid: u32,
+    pub parent_start_time_ns: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub path: String,
+    pub path_truncated: bool,
+    /// The path is the name given to execve (the kernel could not walk the file's path).
+    pub path_from_filename: bool,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fork {
+    /// About the child.
+    pub header: Header,
+    pub parent_tgid: u32,
+    pub parent_start_time_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub header: Header,
+    pub code: Option<u32>,
+    pub signal: Option<u32>,
+    pub core_dumped: bool,
+}
+
+impl Event {
+    pub fn header(&self) -> &Header {
+        match self {
+            Event::Exec(e) => &e.header,
+            Event::Fork(e) => &e.header,
+            Event::Exit(e) => &e.header,
+        }
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort { kind: u32, len: usize },
+    UnknownKind(u32),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooShort { kind, len } => {
+                write!(f, "record of kind {kind} is too short ({len} bytes)")
+            }
+            DecodeError::UnknownKind(kind) => write!(f, "record of unknown kind {kind}"),
+        }
+    }
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return Err(DecodeError::TooShort {
+            kind,
+            len: bytes.len(),
+        });
+    }
+    // SAFETY: length checked above; T is a repr(C) plain-data type valid for any bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// The kind of a raw record, if it has a header.
+pub fn raw_kind(bytes: &[u8]) -> Option<u32> {
+    bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn header(raw: &EventHeader, kind: EventKind) -> Header {
+    Header {
+        kind,
+        time_ns: raw.time_ns,
+        tgid: raw.tgid,
+        pid: raw.pid,
+        start_time_ns: raw.start_time,
+        watched: raw.flags & HEADER_WATCHED != 0,
+    }
+}
+
+/// Splits NUL-separated argv as in /proc/PID/cmdline.
+pub fn split_args(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let raw_kind = raw_kind(bytes).ok_or(DecodeError::TooShort {
+        kind: 0,
+        len: bytes.len(),
+    })?;
+    let kind = EventKind::try_from(raw_kind).map_err(DecodeError::UnknownKind)?;
+    match kind {
+        EventKind::Exec => {
+            let raw: ExecEvent = read(bytes, raw_kind)?;
+            let path_len = (raw.path_len as usize).min(PATH_CAP);
+            let args_len = (raw.args_len as usize).min(ARGS_CAP);
+            Ok(Event::Exec(Exec {
+                header: header(&raw.header, kind),
+                ppid: raw.ppid,
+                parent_start_time_ns: raw.parent_start_time,
+                uid: raw.uid,
+                gid: raw.gid,
+                cgroup_id: raw.cgroup_id,
+                path: String::from_utf8_lossy(&raw.path[..path_len]).into_owned(),
+                path_truncated: raw.flags & EXEC_PATH_TRUNCATED != 0,
+                path_from_filename: raw.flags & EXEC_PATH_FROM_FILENAME != 0,
+                args: split_args(&raw.args[..args_len]),
+                args_truncated: raw.flags & EXEC_ARGS_TRUNCATED != 0,
+            }))
+        }
+        EventKind::Fork => {
+            let raw: ForkEvent = read(bytes, raw_kind)?;
+            Ok(Event::Fork(Fork {
+                header: header(&raw.header, kind),
+                parent_tgid: raw.parent_tgid,
+                parent_start_time_ns: raw.parent_start_time,
+            }))
+        }
+        EventKind::Exit => {
+            let raw: ExitEvent = read(bytes, raw_kind)?;
+            Ok(Event::Exit(Exit {
+                header: header(&raw.header, kind),
+                code: raw.status(),
+                signal: raw.signal(),
+                core_dumped: raw.core_dumped(),
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data value.
+        unsafe {
+            std::slice::from_raw_parts(value as *const T as *const u8, std::mem::size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    fn raw_header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            flags: HEADER_WATCHED,
+            time_ns: 5,
+            tgid: 42,
+            pid: 43,
+            start_time: 7,
+        }
+    }
+
+    #[test]
+    fn decodes_exec_with_bounds_and_flags() {
+        let mut raw = ExecEvent {
+            header: raw_header(EventKind::Exec),
+            ppid: 1,
+            uid: 1000,
+            parent_start_time: 3,
+            cgroup_id: 99,
+            flags: EXEC_ARGS_TRUNCATED,
+            path_len: 12,
+            args_len: 9,
+            gid: 100,
+            path: [0; PATH_CAP],
+            args: [0; ARGS_CAP],
+        };
+        raw.path[..12].copy_from_slice(b"/usr/bin/cat");
+        raw.args[..9].copy_from_slice(b"cat\0-n\0x\0");
+        let Event::Exec(exec) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(exec.path, "/usr/bin/cat");
+        assert_eq!(exec.args, ["cat", "-n", "x"]);
+        assert!(exec.args_truncated);
+        assert!(!exec.path_truncated);
+        assert!(exec.header.watched);
+        assert_eq!(exec.header.tgid, 42);
+        assert_eq!(exec.cgroup_id, 99);
+
+        // Lengths beyond the buffers are clamped, never trusted.
+        raw.path_len = u32::MAX;
+        raw.args_len = u32::MAX;
+        assert!(decode(&bytes_of(&raw)).is_ok());
+    }
+
+    #[test]
+    fn decodes_exit_status_and_signal() {
+        let mut raw = ExitEvent {
+            header: raw_header(EventKind::Exit),
+            exit_code: 3 << 8,
+            flags: 0,
+        };
+        let Event::Exit(exit) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!()
+        };
+        assert_eq!((exit.code, exit.signal), (Some(3), None));
+        raw.exit_code = 9 | 0x80;
+        let Event::Exit(exit) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (exit.code, exit.signal, exit.core_dumped),
+            (None, Some(9), true)
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let raw = ForkEvent {
+            header: raw_header(EventKind::Fork),
+            parent_tgid: 1,
+            _pad: 0,
+            parent_start_time: 2,
+        };
+        let bytes = bytes_of(&raw);
+        assert!(matches!(
+            decode(&bytes[..20]),
+            Err(DecodeError::TooShort { .. })
+        ));
+        assert!(matches!(decode(&[]), Err(DecodeError::TooShort { .. })));
+        let mut unknown = bytes.clone();
+        unknown[..4].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(77)));
+        assert!(matches!(decode(&bytes), Ok(Event::Fork(_))));
+    }
+
+    #[test]
+    fn splits_args_like_cmdline() {
+        assert_eq!(split_args(b"a\0b c\0"), ["a", "b c"]);
+        assert_eq!(split_args(b"a\0\0b"), ["a", "", "b"]);
+        assert!(split_args(b"").is_empty());
+        // Truncated in the middle of an argument: the partial argument is kept.
+        assert_eq!(split_args(b"a\0bc"), ["a", "bc"]);
+    }
+}

@@ -1,0 +1,190 @@
+//! Path globs: `*` and `?` stay within one path component, `**` crosses `/`,
+//! `[abc]` / `[a-z]` / `[!a]` match one character.
+
+/// A compiled glob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Glob {
+    pattern: String,
+    tokens: Vec<Token>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    Any,      // ?
+    Star,     // *
+    StarStar, // **
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Glob {
+    /// Compiles `pattern`; errors name what is wrong.
+    pub fn new(pattern: &str) -> Result<Glob, String> {
+        let chars: Vec<char> = pattern.chars().collect();
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '*' if chars.get(i + 1) == Some(&'*') => {
+                    tokens.push(Token::StarStar);
+                    i += 2;
+                    while chars.get(i) == Some(&'*') {
+                        i += 1;
+                    }
+                    continue;
+                }
+                '*' => tokens.push(Token::Star),
+                '?' => tokens.push(Token::Any),
+                '[' => {
+                    let mut j = i + 1;
+                    let negated = matches!(chars.get(j), Some('!') | Some('^'));
+                    if negated {
+                        j += 1;
+                    }
+                    let mut ranges = Vec::new();
+                    let mut closed = false;
+                    let mut first = true;
+                    while j < chars.len() {
+                        let c = chars[j];
+                        if c == ']' && !first {
+                            closed = true;
+                            break;
+                        }
+                        first = false;
+                        if chars.get(j + 1) == Some(&'-')
+                            && chars.get(j + 2).is_some_and(|&e| e != ']')
+                        {
+                            let end = chars[j + 2];
+                            if end < c {
+                                return Err(format!(
+                                    "invalid range `{c}-{end}` in glob `{pattern}`"
+                                ));
+                            }
+                            ranges.push((c, end));
+                            j += 3;
+                        } else {
+                            ranges.push((c, c));
+                            j += 1;
+                        }
+                    }
+                    if !closed {
+                        return Err(format!("unclosed `[` in glob `{pattern}`"));
+                    }
+                    tokens.push(Token::Class { negated, ranges });
+                    i = j;
+                }
+                '\\' => {
+                    let Some(&next) = chars.get(i + 1) else {
+                        return Err(format!("trailing `\\` in glob `{pattern}`"));
+                    };
+                    tokens.push(Token::Literal(next));
+                    i += 1;
+                }
+                c => tokens.push(Token::Literal(c)),
+            }
+            i += 1;
+        }
+        Ok(Glob {
+            pattern: pattern.to_owned(),
+            tokens,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether `text` matches the whole glob.
+    pub fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        // Iterative matcher with memo: (token index, text index) -> visited.
+        let mut seen = vec![false; (self.tokens.len() + 1) * (text.len() + 1)];
+        self.match_at(0, &text, 0, &mut seen)
+    }
+
+    fn match_at(&self, t: usize, text: &[char], s: usize, seen: &mut [bool]) -> bool {
+        let key = t * (text.len() + 1) + s;
+        if seen[key] {
+            return false;
+        }
+        seen[key] = true;
+        let Some(token) = self.tokens.get(t) else {
+            return s == text.len();
+        };
+        match token {
+            Token::Literal(c) => text.get(s) == Some(c) && self.match_at(t + 1, text, s + 1, seen),
+            Token::Any => {
+                text.get(s).is_some_and(|&c| c != '/') && self.match_at(t + 1, text, s + 1, seen)
+            }
+            Token::Class { negated, ranges } => {
+                text.get(s).is_some_and(|&c| {
+                    c != '/' && ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+                }) && self.match_at(t + 1, text, s + 1, seen)
+            }
+            Token::Star => {
+                let mut end = s;
+                loop {
+                    if self.match_at(t + 1, text, end, seen) {
+                        return true;
+                    }
+                    if end == text.len() || text[end] == '/' {
+                        return false;
+                    }
+                    end += 1;
+                }
+            }
+            Token::StarStar => (s..=text.len()).any(|end| self.match_at(t + 1, text, end, seen)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Glob;
+
+    fn m(p: &str, t: &str) -> bool {
+        Glob::new(p).unwrap().matches(t)
+    }
+
+    #[test]
+    fn star_stays_in_component() {
+        assert!(m("/usr/bin/python3*", "/usr/bin/python3.11"));
+        assert!(!m("/usr/*/python3", "/usr/local/bin/python3"));
+        assert!(m("/opt/*/bin/python*", "/opt/conda/bin/python"));
+        assert!(m("*vllm.entrypoints*", "python -m vllm.entrypoints.openai"));
+    }
+
+    #[test]
+    fn double_star_crosses() {
+        assert!(m("/models/**", "/models/a/b/c.safetensors"));
+        assert!(m("**/*.gguf", "/var/lib/x/y.gguf"));
+        assert!(!m("/models/**", "/modelsx/a"));
+        assert!(m("/a/**/b", "/a/x/y/b"));
+    }
+
+    #[test]
+    fn classes_and_escapes() {
+        assert!(m("/dev/nvidia[0-9]", "/dev/nvidia3"));
+        assert!(!m("/dev/nvidia[!0-9]", "/dev/nvidia3"));
+        assert!(m("a\\*b", "a*b"));
+        assert!(!m("a\\*b", "axb"));
+        assert!(m("?", "x"));
+        assert!(!m("?", "/"));
+    }
+
+    #[test]
+    fn bad_globs_are_errors() {
+        assert!(Glob::new("/dev/[abc").unwrap_err().contains("unclosed"));
+        assert!(Glob::new("[z-a]").unwrap_err().contains("invalid range"));
+        assert!(Glob::new("x\\").is_err());
+    }
+
+    #[test]
+    fn pathological_pattern_is_fast() {
+        let g = Glob::new("**a**a**a**a**a**a**b").unwrap();
+        assert!(!g.matches(&"a".repeat(200)));
+    }
+}

@@ -1,0 +1,234 @@
+//! JSON records for `monitor trace` (one object per line), with OpenTelemetry
+//! semantic-convention keys.
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    clock::BootClock,
+    events::{Event, Exec, Exit, Fork},
+    process::{Process, ProcessTable},
+};
+
+/// Signal names for `process.exit.signal.name`.
+pub fn signal_name(signal: u32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        16 => "SIGSTKFLT",
+        17 => "SIGCHLD",
+        18 => "SIGCONT",
+        19 => "SIGSTOP",
+        20 => "SIGTSTP",
+        21 => "SIGTTIN",
+        22 => "SIGTTOU",
+        23 => "SIGURG",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        26 => "SIGVTALRM",
+        27 => "SIGPROF",
+        28 => "SIGWINCH",
+        29 => "SIGIO",
+        30 => "SIGPWR",
+        31 => "SIGSYS",
+        _ => return None,
+    })
+}
+
+fn base(clock: &BootClock, kind: &str, time_ns: u64) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("time".into(), json!(clock.rfc3339(time_ns)));
+    map.insert("event.kind".into(), json!(kind));
+    map
+}
+
+/// `process.*` keys of a process from the table.
+fn process_keys(map: &mut Map<String, Value>, clock: &BootClock, process: &Process) {
+    map.insert("process.pid".into(), json!(process.tgid));
+    map.insert("process.parent_pid".into(), json!(process.ppid));
+    map.insert(
+        "process.creation.time".into(),
+        json!(clock.rfc3339(process.start_time_ns)),
+    );
+    if let Some(exe) = &process.exe {
+        map.insert("process.executable.path".into(), json!(exe));
+        if let Some(name) = exe.rsplit('/').next() {
+            map.insert("process.executable.name".into(), json!(name));
+        }
+    }
+    map.insert("process.command_args".into(), json!(process.args));
+    map.insert("process.args_count".into(), json!(process.args.len()));
+    if process.args_truncated {
+        map.insert("process.command_args.truncated".into(), json!(true));
+    }
+    if let Some(uid) = process.uid {
+        map.insert("user.id".into(), json!(uid));
+    }
+    if let Some(cgroup) = &process.cgroup_path {
+        map.insert("process.linux.cgroup".into(), json!(cgroup));
+    }
+    if let Some(container) = &process.container {
+        map.insert("container.id".into(), json!(container.id));
+        map.insert("container.runtime".into(), json!(container.runtime));
+    }
+}
+
+fn parent_keys(map: &mut Map<String, Value>, table: &ProcessTable, process: &Process) {
+    if let Some(exe) = table.parent(process).and_then(|p| p.exe.as_ref()) {
+        map.insert("process.parent.executable.path".into(), json!(exe));
+    }
+}
+
+/// The record of one event, described with what the process table knows.
+pub fn event_record(
+    clock: &BootClock,
+    table: &ProcessTable,
+    event: &Event,
+    process: Option<&Process>,
+) -> Value {
+    let header = event.header();
+    let mut map = base(clock, header.kind.name(), header.time_ns);
+    if let Some(process) = process {
+        process_keys(&mut map, clock, process);
+        parent_keys(&mut map, table, process);
+    } else {
+        map.insert("process.pid".into(), json!(header.tgid));
+    }
+    match event {
+        Event::Exec(Exec {
+            path,
+            path_truncated,
+            path_from_filename,
+            header,
+            ..
+        }) => {
+            map.insert("process.executable.path".into(), json!(path));
+            if *path_truncated {
+                map.insert("process.executable.path.truncated".into(), json!(true));
+            }
+            if *path_from_filename {
+                map.insert("monitor.path.source".into(), json!("execve-argument"));
+            }
+            if header.pid != header.tgid {
+                map.insert("process.thread.id".into(), json!(header.pid));
+            }
+        }
+        Event::Fork(Fork { parent_tgid, .. }) => {
+            map.insert("process.parent_pid".into(), json!(parent_tgid));
+        }
+        Event::Exit(Exit {
+            code,
+            signal,
+            core_dumped,
+            ..
+        }) => {
+            if let Some(code) = code {
+                map.insert("process.exit.code".into(), json!(code));
+            }
+            if let Some(signal) = signal {
+                map.insert("process.exit.signal".into(), json!(signal));
+                if let Some(name) = signal_name(*signal) {
+                    map.insert("process.exit.signal.name".into(), json!(name));
+                }
+            }
+            if *core_dumped {
+                map.insert("process.exit.core_dumped".into(), json!(true));
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+/// Where a loss happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossStage {
+    /// The kernel could not reserve room in the ring buffer.
+    Kernel,
+    /// The reader's queue to the processing stage was full.
+    User,
+}
+
+impl LossStage {
+    pub fn name(self) -> &'static str {
+        match self {
+            LossStage::Kernel => "kernel",
+            LossStage::User => "user",
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            LossStage::Kernel => "ring-buffer-full",
+            LossStage::User => "queue-full",
+        }
+    }
+}
+
+/// The record of events lost since the last report.
+pub fn loss_record(
+    clock: &BootClock,
+    now_ns: u64,
+    stage: LossStage,
+    kind: &str,
+    count: u64,
+) -> Value {
+    let mut map = base(clock, "loss", now_ns);
+    map.insert("monitor.loss.stage".into(), json!(stage.name()));
+    map.insert("monitor.loss.reason".into(), json!(stage.reason()));
+    map.insert("monitor.loss.event_kind".into(), json!(kind));
+    map.insert("monitor.loss.count".into(), json!(count));
+    Value::Object(map)
+}
+
+/// The same loss as an alert (`monitor run`): losing events is a security event.
+pub fn loss_alert(
+    clock: &BootClock,
+    now_ns: u64,
+    stage: LossStage,
+    kind: &str,
+    count: u64,
+) -> Value {
+    let mut value = loss_record(clock, now_ns, stage, kind, count);
+    if let Value::Object(map) = &mut value {
+        map.insert("event.name".into(), json!("monitor.alert"));
+        map.insert("security_rule.name".into(), json!("events-lost"));
+        map.insert("severity".into(), json!("high"));
+        map.insert("monitor.action".into(), json!("alert"));
+        map.insert("monitor.count".into(), json!(count));
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_signals() {
+        assert_eq!(signal_name(9), Some("SIGKILL"));
+        assert_eq!(signal_name(15), Some("SIGTERM"));
+        assert_eq!(signal_name(64), None);
+    }
+
+    #[test]
+    fn loss_alert_has_rule_and_count() {
+        let clock = BootClock::new();
+        let alert = loss_alert(&clock, 1, LossStage::Kernel, "exec", 12);
+        assert_eq!(alert["security_rule.name"], "events-lost");
+        assert_eq!(alert["monitor.loss.count"], 12);
+        assert_eq!(alert["monitor.loss.stage"], "kernel");
+        assert_eq!(alert["event.kind"], "loss");
+    }
+}

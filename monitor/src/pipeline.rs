@@ -1,0 +1,412 @@
+//! The stages between the ring buffer and the output:
+//!
+//! ```text
+//! kernel ring buffer --(drain on timer / byte threshold)--> reader --(bounded queue)-->
+//!     processor: process table, watch selectors, output
+//! ```
+//!
+//! The reader never blocks: when the queue is full it drops the batch and counts it by kind.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use monitor_common::{stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_EXE, WATCH_PID};
+use serde_json::Value;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cgroup::CgroupResolver,
+    clock::BootClock,
+    events::{decode, Event},
+    glob::Glob,
+    output::{self, LossStage},
+    process::{ExecInfo, ProcessTable},
+    procfs,
+};
+
+/// Counters shared between stages, by event kind.
+#[derive(Default)]
+pub struct Counters {
+    /// Events dropped because the processing queue was full.
+    pub user_lost: [AtomicU64; KIND_SLOTS as usize],
+    /// Records that could not be decoded.
+    pub undecodable: AtomicU64,
+    /// Events received by the processor.
+    pub received: [AtomicU64; KIND_SLOTS as usize],
+}
+
+fn kind_slot(kind: EventKind) -> usize {
+    (kind as u32 & (KIND_SLOTS - 1)) as usize
+}
+
+/// Drains the ring buffer on a timer, or earlier when the kernel wakes it (byte threshold),
+/// and hands batches to the processor without ever blocking.
+pub async fn read_ring(
+    ring: RingBuf<MapData>,
+    queue: mpsc::Sender<Vec<Event>>,
+    drain_interval: Duration,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // SAFETY: the RingBuf owns its map fd, keeps it open while the AsyncFd owns the RingBuf,
+    // and as_raw_fd always returns that fd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)
+        .context("failed to poll the ring buffer")?;
+    let mut tick = tokio::time::interval(drain_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            guard = ring.readable_mut() => {
+                guard.context("failed to poll the ring buffer")?.clear_ready();
+                false
+            }
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let mut batch = Vec::new();
+        let buffer = ring.get_mut();
+        while let Some(record) = buffer.next() {
+            match decode(&record) {
+                Ok(event) => batch.push(event),
+                Err(err) => {
+                    counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                    debug!("dropped a record: {err}");
+                }
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(
+                mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
+            ) = queue.try_send(batch)
+            {
+                for event in &batch {
+                    counters.user_lost[kind_slot(event.header().kind)]
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
+
+/// Which processes `monitor trace` watches.
+#[derive(Clone, Debug, Default)]
+pub struct WatchSelectors {
+    pub all: bool,
+    pub pids: Vec<u32>,
+    pub exes: Vec<Glob>,
+}
+
+/// What the processor prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every watched event as a JSON line (`monitor trace`).
+    Trace,
+    /// Alerts only (`monitor run`).
+    Run,
+}
+
+/// Loss counters already reported, to report only what is new.
+#[derive(Default)]
+struct Reported {
+    kernel: [u64; KIND_SLOTS as usize],
+    user: [u64; KIND_SLOTS as usize],
+}
+
+/// Totals for the summary at exit.
+#[derive(Default, Debug)]
+pub struct Summary {
+    pub events: [u64; KIND_SLOTS as usize],
+    pub printed: u64,
+    pub kernel_lost: [u64; KIND_SLOTS as usize],
+    pub user_lost: [u64; KIND_SLOTS as usize],
+}
+
+/// The processing stage: owns the process table and the output.
+pub struct Processor<W: Write> {
+    pub mode: Mode,
+    pub clock: BootClock,
+    pub table: ProcessTable,
+    pub cgroups: Option<CgroupResolver>,
+    pub selectors: WatchSelectors,
+    pub watched: HashMap<MapData, u32, WatchEntry>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub counters: Arc<Counters>,
+    pub out: W,
+    reported: Reported,
+    summary: Summary,
+}
+
+impl<W: Write> Processor<W> {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "wires the stage once at start-up"
+    )]
+    pub fn new(
+        mode: Mode,
+        selectors: WatchSelectors,
+        watched: HashMap<MapData, u32, WatchEntry>,
+        stats: PerCpuArray<MapData, u64>,
+        counters: Arc<Counters>,
+        cgroups: Option<CgroupResolver>,
+        clock: BootClock,
+        out: W,
+    ) -> Self {
+        Processor {
+            mode,
+            clock,
+            table: ProcessTable::new(),
+            cgroups,
+            selectors,
+            watched,
+            stats,
+            counters,
+            out,
+            reported: Reported::default(),
+            summary: Summary::default(),
+        }
+    }
+
+    /// Seeds the table from /proc (after the programs are attached, so nothing falls between)
+    /// and applies the watch selectors to what already runs.
+    pub fn seed(&mut self) -> anyhow::Result<usize> {
+        let snapshots = procfs::scan();
+        let count = snapshots.len();
+        self.table.seed(snapshots);
+        for &pid in &self.selectors.pids.clone() {
+            if self.table.get_by_tgid(pid).is_none() {
+                anyhow::bail!("failed to watch pid {pid}: no such process");
+            }
+            self.watch_tree(pid, WATCH_PID);
+        }
+        if !self.selectors.exes.is_empty() {
+            let matching: Vec<u32> = self
+                .table
+                .iter()
+                .filter(|p| {
+                    p.exe
+                        .as_deref()
+                        .is_some_and(|exe| self.selectors.exes.iter().any(|g| g.matches(exe)))
+                })
+                .map(|p| p.tgid)
+                .collect();
+            for tgid in matching {
+                self.watch_tree(tgid, WATCH_EXE);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Watches a process and its descendants that already run (later ones inherit in the kernel).
+    fn watch_tree(&mut self, root: u32, reason: u32) {
+        let mut tgids = vec![root];
+        tgids.extend(self.table.descendants(root));
+        for tgid in tgids {
+            let entry = WatchEntry { reason, profile: 0 };
+            if let Err(err) = self.watched.insert(tgid, entry, 0) {
+                warn!("failed to watch pid {tgid}: {err}");
+            }
+        }
+    }
+
+    /// Handles one batch from the reader.
+    pub fn handle_batch(&mut self, batch: Vec<Event>) -> std::io::Result<()> {
+        for event in batch {
+            self.handle(event)?;
+        }
+        self.out.flush()
+    }
+
+    fn handle(&mut self, event: Event) -> std::io::Result<()> {
+        let kind = event.header().kind;
+        self.summary.events[kind_slot(kind)] += 1;
+        self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
+        let mut print = self.selectors.all || event.header().watched;
+        let record = match &event {
+            Event::Exec(exec) => {
+                let cgroup_path = self
+                    .cgroups
+                    .as_mut()
+                    .and_then(|resolver| resolver.path(exec.cgroup_id));
+                let process = self.table.on_exec(ExecInfo {
+                    tgid: exec.header.tgid,
+                    start_time_ns: exec.header.start_time_ns,
+                    ppid: exec.ppid,
+                    parent_start_time_ns: exec.parent_start_time_ns,
+                    exe: exec.path.clone(),
+                    args: exec.args.clone(),
+                    args_truncated: exec.args_truncated,
+                    uid: exec.uid,
+                    cgroup_id: exec.cgroup_id,
+                    cgroup_path,
+                });
+                let tgid = process.tgid;
+                if !event.header().watched
+                    && self.selectors.exes.iter().any(|g| g.matches(&exec.path))
+                {
+                    let entry = WatchEntry {
+                        reason: WATCH_EXE,
+                        profile: 0,
+                    };
+                    if let Err(err) = self.watched.insert(tgid, entry, 0) {
+                        warn!("failed to watch pid {tgid}: {err}");
+                    }
+                    print = true;
+                }
+                let process = self.table.get_by_tgid(tgid);
+                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
+            }
+            Event::Fork(fork) => {
+                self.table.on_fork(
+                    fork.header.tgid,
+                    fork.header.start_time_ns,
+                    fork.parent_tgid,
+                    fork.parent_start_time_ns,
+                );
+                let process = self.table.get_by_tgid(fork.header.tgid);
+                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
+            }
+            Event::Exit(exit) => {
+                let process = self.table.on_exit(
+                    exit.header.tgid,
+                    exit.header.start_time_ns,
+                    exit.header.time_ns,
+                    exit.code,
+                    exit.signal,
+                );
+                let process = process.cloned();
+                print.then(|| {
+                    output::event_record(&self.clock, &self.table, &event, process.as_ref())
+                })
+            }
+        };
+        if let (Mode::Trace, Some(record)) = (self.mode, record) {
+            self.emit(&record)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, record: &Value) -> std::io::Result<()> {
+        self.summary.printed += 1;
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Reads the kernel's and the reader's loss counters and reports what is new.
+    pub fn report_losses(&mut self) -> std::io::Result<()> {
+        let now = BootClock::boot_now_ns();
+        for kind in EventKind::ALL {
+            let slot = kind_slot(kind);
+            let kernel = self
+                .stats
+                .get(&stats_slot(Stat::LostRingFull, kind as u32), 0)
+                .map(|values| values.iter().sum::<u64>())
+                .unwrap_or(0);
+            let user = self.counters.user_lost[slot].load(Ordering::Relaxed);
+            for (stage, total, reported) in [
+                (LossStage::Kernel, kernel, &mut self.reported.kernel[slot]),
+                (LossStage::User, user, &mut self.reported.user[slot]),
+            ] {
+                if total > *reported {
+                    let count = total - *reported;
+                    *reported = total;
+                    let record = match self.mode {
+                        Mode::Trace => {
+                            output::loss_record(&self.clock, now, stage, kind.name(), count)
+                        }
+                        Mode::Run => {
+                            output::loss_alert(&self.clock, now, stage, kind.name(), count)
+                        }
+                    };
+                    warn!(
+                        stage = stage.name(),
+                        kind = kind.name(),
+                        count,
+                        "events lost"
+                    );
+                    self.summary.printed += 1;
+                    serde_json::to_writer(&mut self.out, &record)?;
+                    self.out.write_all(b"\n")?;
+                }
+            }
+            self.summary.kernel_lost[slot] = self.reported.kernel[slot];
+            self.summary.user_lost[slot] = self.reported.user[slot];
+        }
+        self.out.flush()
+    }
+
+    /// Drops exited processes past their grace period.
+    pub fn sweep(&mut self) {
+        self.table.sweep(BootClock::boot_now_ns());
+    }
+
+    /// Writes the summary record (trace mode) and logs it.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        self.report_losses()?;
+        let mut events = serde_json::Map::new();
+        let mut kernel_lost = serde_json::Map::new();
+        let mut user_lost = serde_json::Map::new();
+        for kind in EventKind::ALL {
+            let slot = kind_slot(kind);
+            events.insert(kind.name().into(), self.summary.events[slot].into());
+            kernel_lost.insert(kind.name().into(), self.summary.kernel_lost[slot].into());
+            user_lost.insert(kind.name().into(), self.summary.user_lost[slot].into());
+        }
+        let total_lost: u64 = self.summary.kernel_lost.iter().sum::<u64>()
+            + self.summary.user_lost.iter().sum::<u64>();
+        info!(
+            events = ?events,
+            lost = total_lost,
+            processes = self.table.len(),
+            "summary"
+        );
+        if self.mode == Mode::Trace {
+            let record = serde_json::json!({
+                "time": self.clock.rfc3339(BootClock::boot_now_ns()),
+                "event.kind": "summary",
+                "monitor.events": events,
+                "monitor.lost.kernel": kernel_lost,
+                "monitor.lost.user": user_lost,
+                "monitor.lost.total": total_lost,
+                "monitor.undecodable": self.counters.undecodable.load(Ordering::Relaxed),
+                "monitor.processes": self.table.len(),
+            });
+            self.emit(&record)?;
+        }
+        self.out.flush()
+    }
+}
+
+/// Options of the pipeline around the sensor.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub drain_interval: Duration,
+    pub queue_batches: usize,
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            drain_interval: Duration::from_millis(10),
+            queue_batches: 4096,
+            ready_file: None,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Harness for the end-to-end tests: runs the real `monitor` binary (path in `MONITOR_BIN`,
+//! set by `cargo xtask test`) as root against the running kernel and collects its JSON lines.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The `monitor` binary under test.
+pub fn monitor_bin() -> PathBuf {
+    let path = std::env::var_os("MONITOR_BIN").unwrap_or_else(|| {
+        panic!("MONITOR_BIN is not set: run the end-to-end tests with `cargo xtask test`")
+    });
+    PathBuf::from(path)
+}
+
+/// Fails the test early with a clear message when it cannot load eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`");
+    }
+}
+
+#[derive(Default)]
+struct Lines {
+    values: Vec<Value>,
+    closed: bool,
+}
+
+/// A running monitor. Stopped (SIGINT, then SIGKILL) when dropped, also when a test panics.
+pub struct Monitor {
+    child: Option<Child>,
+    lines: Arc<(Mutex<Lines>, Condvar)>,
+    stderr: Arc<Mutex<String>>,
+    ready_file: PathBuf,
+}
+
+impl Monitor {
+    /// Starts `monitor ARGS --ready-file ...` and waits until it says it is ready.
+    pub fn start(args: &[&str]) -> Monitor {
+        require_root();
+        let ready_file = std::env::temp_dir().join(format!(
+            "monitor-test-ready-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        let _ = std::fs::remove_file(&ready_file);
+        let mut child = Command::new(monitor_bin())
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", monitor_bin().display()));
+        let lines = Arc::new((Mutex::new(Lines::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("monitor printed a line that is not JSON ({e}): {line}")
+                });
+                let (lock, cvar) = &*sink;
+                lock.lock().unwrap().values.push(value);
+                cvar.notify_all();
+            }
+            let (lock, cvar) = &*sink;
+            lock.lock().unwrap().closed = true;
+            cvar.notify_all();
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr_sink = stderr_text.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                stderr_sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut monitor = Monitor {
+            child: Some(child),
+            lines,
+            stderr: stderr_text,
+            ready_file,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !monitor.ready_file.exists() {
+            if let Some(status) = monitor.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "monitor exited with {status} before it was ready; stderr:\n{}",
+                    monitor.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "monitor not ready after 60 s; stderr:\n{}",
+                    monitor.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        monitor
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every JSON line printed so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.0.lock().unwrap().values.clone()
+    }
+
+    /// Waits until a printed line satisfies `pred`; panics with the output after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.lines;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(found) = lines.values.iter().find(|v| pred(v)) {
+                return found.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || lines.closed {
+                let printed: Vec<String> = lines.values.iter().map(|v| v.to_string()).collect();
+                drop(lines);
+                panic!(
+                    "no line with {what} within {timeout:?}; printed:\n{}\nstderr:\n{}",
+                    printed.join("\n"),
+                    self.stderr()
+                );
+            }
+            lines = cvar.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Stops the monitor with SIGINT and returns everything it printed.
+    pub fn stop(mut self) -> Vec<Value> {
+        self.shutdown();
+        let (lock, cvar) = &*self.lines;
+        let mut lines = lock.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lines.closed && Instant::now() < deadline {
+            lines = cvar
+                .wait_timeout(lines, Duration::from_millis(100))
+                .unwrap()
+                .0;
+        }
+        lines.values.clone()
+    }
+
+    fn shutdown(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("monitor exited with {status}; stderr:\n{}", self.stderr());
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.ready_file);
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A counter for names unique within this test process.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A marker string that no other process on the machine will have in its argv.
+pub fn marker(name: &str) -> String {
+    format!("monitor-test-{name}-{}-{}", std::process::id(), unique())
+}
+
+/// Lines of one kind about one pid.
+pub fn of(lines: &[Value], kind: &str, pid: u32) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|v| v["event.kind"] == kind && v["process.pid"] == pid)
+        .cloned()
+        .collect()
+}
+
+/// Whether a line's argv contains `needle`.
+pub fn has_arg(value: &Value, needle: &str) -> bool {
+    value["process.command_args"]
+        .as_array()
+        .is_some_and(|args| args.iter().any(|a| a == needle))
+}
+
+/// The real path of an executable (resolving /bin -> /usr/bin on merged-usr systems).
+pub fn real_path(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|e| panic!("failed to resolve {path}: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);

@@ -1,0 +1,297 @@
+//! End-to-end tests of the process sensor on the real kernel: each test starts the real
+//! `monitor trace`, makes real syscalls from children it spawns, and asserts on the JSON lines.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{has_arg, marker, of, real_path, Monitor, WAIT};
+
+fn self_pid() -> String {
+    std::process::id().to_string()
+}
+
+#[test]
+fn exec_reports_resolved_path_argv_and_parent() {
+    let monitor = Monitor::start(&["trace", "--pid", &self_pid()]);
+    let tag = marker("exec");
+    // /bin/echo: on merged-usr hosts the kernel resolves it through the /bin symlink.
+    let status = Command::new("/bin/echo")
+        .args(["hello", &tag])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exec = monitor.wait_for("the exec of /bin/echo", WAIT, |v| {
+        v["event.kind"] == "exec" && has_arg(v, &tag)
+    });
+    assert_eq!(exec["process.executable.path"], real_path("/bin/echo"));
+    assert_eq!(exec["process.executable.name"], "echo");
+    assert_eq!(
+        exec["process.command_args"],
+        serde_json::json!(["/bin/echo", "hello", tag])
+    );
+    assert_eq!(exec["process.args_count"], 3);
+    assert_eq!(exec["process.parent_pid"], std::process::id());
+    assert_eq!(exec["user.id"], 0);
+    assert!(exec.get("process.command_args.truncated").is_none());
+    assert_eq!(
+        exec["process.parent.executable.path"],
+        std::env::current_exe().unwrap().to_string_lossy().as_ref()
+    );
+    assert!(exec["time"].as_str().unwrap().ends_with('Z'));
+    assert!(exec["process.creation.time"].is_string());
+    let pid = exec["process.pid"].as_u64().unwrap() as u32;
+    let exit = monitor.wait_for("the exit of echo", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == pid
+    });
+    assert_eq!(exit["process.exit.code"], 0);
+    assert!(
+        has_arg(&exit, &tag),
+        "exit carries the argv from the process table: {exit}"
+    );
+}
+
+#[test]
+fn fork_links_child_to_parent() {
+    let monitor = Monitor::start(&["trace", "--pid", &self_pid()]);
+    let tag = marker("fork");
+    // The shell forks a child that execs /bin/true: fork event of that child names the shell.
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", &format!("/bin/true {tag}; exit 0")])
+        .spawn()
+        .unwrap();
+    let shell_pid = shell.id();
+    assert!(shell.wait().unwrap().success());
+    let exec = monitor.wait_for("the exec of /bin/true", WAIT, |v| {
+        v["event.kind"] == "exec" && has_arg(v, &tag) && v["process.executable.name"] == "true"
+    });
+    let child = exec["process.pid"].as_u64().unwrap();
+    assert_eq!(exec["process.parent_pid"], shell_pid);
+    let fork = monitor.wait_for("the fork of the shell's child", WAIT, |v| {
+        v["event.kind"] == "fork" && v["process.pid"] == child
+    });
+    assert_eq!(fork["process.parent_pid"], shell_pid);
+    // Before its exec, the child runs the shell's program.
+    assert_eq!(fork["process.executable.path"], real_path("/bin/sh"));
+    assert_eq!(exec["process.parent.executable.path"], real_path("/bin/sh"));
+}
+
+#[test]
+fn exit_code_and_death_by_signal() {
+    let monitor = Monitor::start(&["trace", "--pid", &self_pid()]);
+    let code = Command::new("/bin/sh")
+        .args(["-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(code.code(), Some(7));
+    let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let sleeper_pid = sleeper.id();
+    // Give the exec a moment so the kill hits sleep, not the forked test binary.
+    monitor.wait_for("the exec of sleep", WAIT, |v| {
+        v["event.kind"] == "exec" && v["process.pid"] == sleeper_pid
+    });
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let exit = monitor.wait_for("exit code 7", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.exit.code"] == 7
+    });
+    assert!(exit.get("process.exit.signal").is_none());
+    let killed = monitor.wait_for("the killed sleep", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == sleeper_pid
+    });
+    assert_eq!(killed["process.exit.signal"], 9);
+    assert_eq!(killed["process.exit.signal.name"], "SIGKILL");
+    assert!(killed.get("process.exit.code").is_none());
+    assert_eq!(killed["process.executable.path"], real_path("/bin/sleep"));
+}
+
+#[test]
+fn process_started_before_the_monitor_is_known() {
+    let tag = marker("before");
+    // Started before the monitor: it waits for a line, forks a child, then execs again.
+    let mut shell = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("read line; /bin/true {tag}; exec /bin/sleep 0.2 {tag}"),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shell_pid = shell.id();
+    let shell_exe = std::fs::read_link(format!("/proc/{shell_pid}/exe"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let monitor = Monitor::start(&["trace", "--pid", &shell_pid.to_string()]);
+    writeln!(shell.stdin.take().unwrap(), "go").unwrap();
+    assert!(shell.wait().unwrap().success());
+
+    let child = monitor.wait_for("the exec of /bin/true", WAIT, |v| {
+        v["event.kind"] == "exec" && has_arg(v, &tag) && v["process.executable.name"] == "true"
+    });
+    // The parent's real executable comes from the /proc scan.
+    assert_eq!(child["process.parent.executable.path"], shell_exe);
+    assert_eq!(child["process.parent_pid"], shell_pid);
+    let again = monitor.wait_for("the shell's own exec", WAIT, |v| {
+        v["event.kind"] == "exec" && v["process.pid"] == shell_pid
+    });
+    assert_eq!(again["process.executable.path"], real_path("/bin/sleep"));
+    assert_eq!(again["process.parent_pid"], std::process::id());
+    let exit = monitor.wait_for("the shell's exit", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == shell_pid
+    });
+    assert_eq!(exit["process.executable.path"], real_path("/bin/sleep"));
+}
+
+#[test]
+fn long_argv_is_flagged_truncated() {
+    let monitor = Monitor::start(&["trace", "--pid", &self_pid()]);
+    let tag = marker("long");
+    let filler: Vec<String> = (0..60)
+        .map(|i| format!("{i:04}-{}", "x".repeat(40)))
+        .collect();
+    let status = Command::new("/bin/true")
+        .arg(&tag)
+        .args(&filler)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exec = monitor.wait_for("the long exec", WAIT, |v| {
+        v["event.kind"] == "exec" && has_arg(v, &tag)
+    });
+    assert_eq!(exec["process.command_args.truncated"], true);
+    let args = exec["process.command_args"].as_array().unwrap();
+    assert!(args.len() < 62, "argv was cut: {} args", args.len());
+    assert_eq!(args[0], "/bin/true");
+    assert_eq!(args[1], tag.as_str());
+    assert_eq!(args[2], filler[0].as_str());
+    let bytes: usize = args.iter().map(|a| a.as_str().unwrap().len() + 1).sum();
+    assert!(bytes <= 1024 + 1, "argv bytes within the bound: {bytes}");
+}
+
+/// Spawns `program args` until the kernel hands out `pid` again (steered with ns_last_pid).
+fn spawn_with_pid(pid: u32, program: &str, args: &[&str]) -> Option<std::process::Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).ok()?;
+        let mut child = Command::new(program).args(args).spawn().unwrap();
+        if child.id() == pid {
+            return Some(child);
+        }
+        child.wait().unwrap();
+    }
+    None
+}
+
+#[test]
+fn pid_reuse_does_not_mix_processes() {
+    let monitor = Monitor::start(&["trace", "--pid", &self_pid()]);
+    let first_tag = marker("first");
+    let second_tag = marker("second");
+    let mut first = Command::new("/bin/sleep")
+        .args(["0.05", &first_tag])
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    first.wait().unwrap();
+    monitor.wait_for("the first process's exit", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == pid && has_arg(v, &first_tag)
+    });
+    let mut second = spawn_with_pid(pid, "/bin/echo", &[&second_tag])
+        .expect("the kernel handed out the same pid again");
+    second.wait().unwrap();
+    let exit = monitor.wait_for("the second process's exit", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == pid && has_arg(v, &second_tag)
+    });
+    assert!(!has_arg(&exit, &first_tag), "the old argv leaked: {exit}");
+    assert_eq!(exit["process.executable.path"], real_path("/bin/echo"));
+    let lines = monitor.stop();
+    let execs = of(&lines, "exec", pid);
+    let firsts: Vec<&Value> = execs.iter().filter(|v| has_arg(v, &first_tag)).collect();
+    let seconds: Vec<&Value> = execs.iter().filter(|v| has_arg(v, &second_tag)).collect();
+    assert_eq!((firsts.len(), seconds.len()), (1, 1), "{execs:?}");
+    assert_ne!(
+        firsts[0]["process.creation.time"], seconds[0]["process.creation.time"],
+        "two processes with one pid have different identities"
+    );
+}
+
+#[test]
+fn exe_selector_watches_only_matching_programs() {
+    let monitor = Monitor::start(&["trace", "--exe", "/usr/bin/sl*p"]);
+    let tag = marker("exe");
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("/bin/true {tag}; /bin/sleep 0.01 {tag}; /bin/true {tag}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exec = monitor.wait_for("the exec of sleep", WAIT, |v| {
+        v["event.kind"] == "exec" && has_arg(v, &tag)
+    });
+    assert_eq!(exec["process.executable.name"], "sleep");
+    let pid = exec["process.pid"].as_u64().unwrap() as u32;
+    monitor.wait_for("the exit of sleep", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == pid
+    });
+    let lines = monitor.stop();
+    let ours: Vec<&Value> = lines.iter().filter(|v| has_arg(v, &tag)).collect();
+    assert!(
+        ours.iter().all(|v| v["process.executable.name"] == "sleep"),
+        "only sleep is watched: {ours:?}"
+    );
+}
+
+#[test]
+fn burst_larger_than_the_ring_reports_loss() {
+    // One page of ring, drained every 2 s and never woken early: a burst must overflow it.
+    let monitor = Monitor::start(&[
+        "trace",
+        "--pid",
+        &self_pid(),
+        "--ring-size",
+        "4096",
+        "--drain-interval-ms",
+        "2000",
+        "--wakeup-bytes",
+        "1000000000",
+    ]);
+    let tag = marker("burst");
+    const BURST: usize = 200;
+    for _ in 0..BURST {
+        Command::new("/bin/true").arg(&tag).status().unwrap();
+    }
+    let loss = monitor.wait_for("a loss record", Duration::from_secs(15), |v| {
+        v["event.kind"] == "loss" && v["monitor.loss.event_kind"] == "exec"
+    });
+    assert_eq!(loss["monitor.loss.stage"], "kernel");
+    assert_eq!(loss["monitor.loss.reason"], "ring-buffer-full");
+    let lines = monitor.stop();
+    let seen = lines
+        .iter()
+        .filter(|v| v["event.kind"] == "exec" && has_arg(v, &tag))
+        .count();
+    let lost: u64 = lines
+        .iter()
+        .filter(|v| v["event.kind"] == "loss" && v["monitor.loss.event_kind"] == "exec")
+        .map(|v| v["monitor.loss.count"].as_u64().unwrap())
+        .sum();
+    assert!(seen < BURST, "the ring cannot hold the burst: saw {seen}");
+    // Every exec of ours was either delivered or counted as lost (the count also holds
+    // other processes' execs on this host, so it can only be larger).
+    assert!(
+        seen as u64 + lost >= BURST as u64,
+        "seen {seen} + lost {lost} < {BURST}"
+    );
+    let summary = lines
+        .iter()
+        .find(|v| v["event.kind"] == "summary")
+        .expect("a summary at exit");
+    assert_eq!(summary["monitor.lost.kernel"]["exec"], lost);
+    assert!(summary["monitor.lost.total"].as_u64().unwrap() >= lost);
+}
