@@ -151,6 +151,10 @@ pub struct Processor<W: Write> {
     pub out: W,
     reported: Reported,
     summary: Summary,
+    /// Processes user space put in the kernel's watched set. Between an exec that matches a
+    /// selector and the map update, the kernel does not flag the process's events yet; this
+    /// set covers that window for its fork and exit events.
+    watching: std::collections::HashSet<u32>,
 }
 
 impl<W: Write> Processor<W> {
@@ -180,6 +184,7 @@ impl<W: Write> Processor<W> {
             out,
             reported: Reported::default(),
             summary: Summary::default(),
+            watching: std::collections::HashSet::new(),
         }
     }
 
@@ -218,10 +223,18 @@ impl<W: Write> Processor<W> {
         let mut tgids = vec![root];
         tgids.extend(self.table.descendants(root));
         for tgid in tgids {
-            let entry = WatchEntry { reason, profile: 0 };
-            if let Err(err) = self.watched.insert(tgid, entry, 0) {
-                warn!("failed to watch pid {tgid}: {err}");
+            self.watch(tgid, reason);
+        }
+    }
+
+    /// Puts a process in the kernel's watched set.
+    fn watch(&mut self, tgid: u32, reason: u32) {
+        let entry = WatchEntry { reason, profile: 0 };
+        match self.watched.insert(tgid, entry, 0) {
+            Ok(()) => {
+                self.watching.insert(tgid);
             }
+            Err(err) => warn!("failed to watch pid {tgid}: {err}"),
         }
     }
 
@@ -237,7 +250,9 @@ impl<W: Write> Processor<W> {
         let kind = event.header().kind;
         self.summary.events[kind_slot(kind)] += 1;
         self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
-        let mut print = self.selectors.all || event.header().watched;
+        let tgid = event.header().tgid;
+        let mut print =
+            self.selectors.all || event.header().watched || self.watching.contains(&tgid);
         let record = match &event {
             Event::Exec(exec) => {
                 let cgroup_path = self
@@ -257,22 +272,19 @@ impl<W: Write> Processor<W> {
                     cgroup_path,
                 });
                 let tgid = process.tgid;
-                if !event.header().watched
-                    && self.selectors.exes.iter().any(|g| g.matches(&exec.path))
-                {
-                    let entry = WatchEntry {
-                        reason: WATCH_EXE,
-                        profile: 0,
-                    };
-                    if let Err(err) = self.watched.insert(tgid, entry, 0) {
-                        warn!("failed to watch pid {tgid}: {err}");
-                    }
+                if !print && self.selectors.exes.iter().any(|g| g.matches(&exec.path)) {
+                    self.watch(tgid, WATCH_EXE);
                     print = true;
                 }
                 let process = self.table.get_by_tgid(tgid);
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
             Event::Fork(fork) => {
+                // Forked before user space watched the parent: the kernel did not inherit.
+                if !print && self.watching.contains(&fork.parent_tgid) {
+                    self.watch(fork.header.tgid, WATCH_EXE);
+                    print = true;
+                }
                 self.table.on_fork(
                     fork.header.tgid,
                     fork.header.start_time_ns,
@@ -283,6 +295,7 @@ impl<W: Write> Processor<W> {
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
             Event::Exit(exit) => {
+                self.watching.remove(&exit.header.tgid);
                 let process = self.table.on_exit(
                     exit.header.tgid,
                     exit.header.start_time_ns,
