@@ -414,8 +414,16 @@ mod tests {
         }
         fs::remove_file(&copy)?;
         let child = ChildGuard(child?);
-        // The child runs the copy once exec returned, which spawn waits for.
-        let snapshot = read_process(child.0.id())?;
+        // spawn (vfork-style) returns once the child's exec released the old memory, a
+        // moment before the kernel sets up the new argv: wait for it.
+        let mut snapshot = read_process(child.0.id())?;
+        for _ in 0..200 {
+            if !snapshot.args.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            snapshot = read_process(child.0.id())?;
+        }
         assert_eq!(snapshot.exe.as_deref(), copy.to_str());
         assert!(snapshot.exe_deleted);
         assert_eq!(

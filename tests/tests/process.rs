@@ -122,6 +122,16 @@ fn process_started_before_the_monitor_is_known() {
         .spawn()
         .unwrap();
     let shell_pid = shell.id();
+    // spawn returns a moment before the kernel finishes setting up the new program.
+    for _ in 0..200 {
+        if !std::fs::read(format!("/proc/{shell_pid}/cmdline"))
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let shell_exe = std::fs::read_link(format!("/proc/{shell_pid}/exe"))
         .unwrap()
         .to_string_lossy()
