@@ -39,16 +39,36 @@ pub enum EventKind {
     Exec = 1,
     Fork = 2,
     Exit = 3,
+    /// A file opened or changed.
+    File = 4,
+    /// A socket connected, accepted, bound, listening, or a datagram sent.
+    Net = 5,
+    /// An accelerator device node opened.
+    Device = 6,
+    /// A periodic summary of a process's ioctls on accelerator devices.
+    GpuIoctls = 7,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [EventKind::Exec, EventKind::Fork, EventKind::Exit];
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+        EventKind::File,
+        EventKind::Net,
+        EventKind::Device,
+        EventKind::GpuIoctls,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             EventKind::Exec => "exec",
             EventKind::Fork => "fork",
             EventKind::Exit => "exit",
+            EventKind::File => "file",
+            EventKind::Net => "network",
+            EventKind::Device => "device",
+            EventKind::GpuIoctls => "gpu-ioctls",
         }
     }
 }
@@ -61,6 +81,10 @@ impl TryFrom<u32> for EventKind {
             1 => Ok(EventKind::Exec),
             2 => Ok(EventKind::Fork),
             3 => Ok(EventKind::Exit),
+            4 => Ok(EventKind::File),
+            5 => Ok(EventKind::Net),
+            6 => Ok(EventKind::Device),
+            7 => Ok(EventKind::GpuIoctls),
             other => Err(other),
         }
     }

@@ -15,6 +15,266 @@ pub enum Event {
     Exec(Exec),
     Fork(Fork),
     Exit(Exit),
+    File(File),
+    Net(Net),
+    Device(Device),
+    GpuIoctls(GpuIoctls),
+}
+
+/// What a file event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileOp {
+    /// open, openat, openat2, creat
+    Open,
+    /// rename, renameat, renameat2: `path` is the source, `target` the destination
+    Rename,
+    /// unlink, unlinkat, rmdir
+    Unlink,
+    /// truncate, ftruncate
+    Truncate,
+    /// chmod, fchmod, fchmodat
+    Chmod,
+}
+
+impl FileOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            FileOp::Open => "open",
+            FileOp::Rename => "rename",
+            FileOp::Unlink => "unlink",
+            FileOp::Truncate => "truncate",
+            FileOp::Chmod => "chmod",
+        }
+    }
+
+    /// Everything but an open changes the file: a write-class event.
+    pub fn writes(self) -> bool {
+        self != FileOp::Open
+    }
+}
+
+/// How a file was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+    pub create: bool,
+    pub truncate: bool,
+}
+
+impl Access {
+    /// `read`, `write` or `read-write`.
+    pub fn mode(self) -> &'static str {
+        match (self.read, self.write) {
+            (true, true) => "read-write",
+            (false, true) => "write",
+            _ => "read",
+        }
+    }
+
+    /// Whether the open may change the file.
+    pub fn modifies(self) -> bool {
+        self.write || self.create || self.truncate
+    }
+}
+
+/// A file opened or changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    pub header: Header,
+    pub op: FileOp,
+    /// Absolute path as the kernel resolved it.
+    pub path: String,
+    pub path_truncated: bool,
+    /// Destination of a rename.
+    pub target: Option<String>,
+    pub access: Access,
+    /// The fd (or 0) on success, `-errno` on failure.
+    pub result: i64,
+    /// Reported because the path is under a protected prefix (host-wide).
+    pub protected: bool,
+}
+
+/// What a network event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NetOp {
+    Connect,
+    Accept,
+    Bind,
+    Listen,
+    /// A UDP datagram to a destination (sendto/sendmsg).
+    Send,
+}
+
+impl NetOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetOp::Connect => "connect",
+            NetOp::Accept => "accept",
+            NetOp::Bind => "bind",
+            NetOp::Listen => "listen",
+            NetOp::Send => "send",
+        }
+    }
+}
+
+/// `network.transport`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Unix,
+    Other,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::Unix => "unix",
+            Transport::Other => "other",
+        }
+    }
+}
+
+/// A socket operation with its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub header: Header,
+    pub op: NetOp,
+    pub transport: Transport,
+    /// Peer (connect, accept, send). IPv4-mapped IPv6 addresses are given as IPv4.
+    pub peer: Option<std::net::SocketAddr>,
+    /// Local address (bind, listen).
+    pub local: Option<std::net::SocketAddr>,
+    /// Unix socket path, or `@name` for the abstract namespace.
+    pub unix_path: Option<String>,
+    /// 0 (or an fd) on success, `-errno` on failure. A non-blocking connect in progress
+    /// (`-EINPROGRESS`) is not a failure.
+    pub result: i64,
+}
+
+/// Accelerator device classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceClass {
+    Nvidia,
+    NvidiaUvm,
+    NvidiaCaps,
+    Dri,
+    Kfd,
+    Accel,
+}
+
+impl DeviceClass {
+    pub const ALL: [DeviceClass; 6] = [
+        DeviceClass::Nvidia,
+        DeviceClass::NvidiaUvm,
+        DeviceClass::NvidiaCaps,
+        DeviceClass::Dri,
+        DeviceClass::Kfd,
+        DeviceClass::Accel,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceClass::Nvidia => "nvidia",
+            DeviceClass::NvidiaUvm => "nvidia-uvm",
+            DeviceClass::NvidiaCaps => "nvidia-caps",
+            DeviceClass::Dri => "dri",
+            DeviceClass::Kfd => "kfd",
+            DeviceClass::Accel => "accel",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DeviceClass> {
+        DeviceClass::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// An open of an accelerator device node (host-wide), failed ones included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub header: Header,
+    pub path: String,
+    pub class: DeviceClass,
+    pub major: u32,
+    pub minor: u32,
+    /// The fd on success, `-errno` on failure.
+    pub result: i64,
+}
+
+/// ioctls a process made on accelerator devices since the last summary, counted in the
+/// kernel by (class, ioctl type, ioctl number).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuIoctls {
+    pub header: Header,
+    pub counts: Vec<IoctlCount>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoctlCount {
+    pub class: DeviceClass,
+    /// `_IOC_TYPE` (e.g. `'F'` for NVIDIA).
+    pub ioctl_type: u8,
+    /// `_IOC_NR`.
+    pub nr: u8,
+    pub count: u64,
+}
+
+/// The name of an errno value, for `error.type`.
+pub fn errno_name(errno: i64) -> String {
+    let name = match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        3 => "ESRCH",
+        4 => "EINTR",
+        5 => "EIO",
+        6 => "ENXIO",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        18 => "EXDEV",
+        19 => "ENODEV",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        26 => "ETXTBSY",
+        27 => "EFBIG",
+        28 => "ENOSPC",
+        30 => "EROFS",
+        31 => "EMLINK",
+        36 => "ENAMETOOLONG",
+        39 => "ENOTEMPTY",
+        40 => "ELOOP",
+        61 => "ENODATA",
+        75 => "EOVERFLOW",
+        88 => "ENOTSOCK",
+        93 => "EPROTONOSUPPORT",
+        95 => "EOPNOTSUPP",
+        97 => "EAFNOSUPPORT",
+        98 => "EADDRINUSE",
+        99 => "EADDRNOTAVAIL",
+        100 => "ENETDOWN",
+        101 => "ENETUNREACH",
+        103 => "ECONNABORTED",
+        104 => "ECONNRESET",
+        106 => "EISCONN",
+        107 => "ENOTCONN",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        114 => "EALREADY",
+        115 => "EINPROGRESS",
+        _ => return format!("E{errno}"),
+    };
+    name.to_owned()
 }
 
 /// What every event carries.
@@ -68,6 +328,10 @@ impl Event {
             Event::Exec(e) => &e.header,
             Event::Fork(e) => &e.header,
             Event::Exit(e) => &e.header,
+            Event::File(e) => &e.header,
+            Event::Net(e) => &e.header,
+            Event::Device(e) => &e.header,
+            Event::GpuIoctls(e) => &e.header,
         }
     }
 }
@@ -173,6 +437,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 signal: raw.signal(),
                 core_dumped: raw.core_dumped(),
             }))
+        }
+        EventKind::File | EventKind::Net | EventKind::Device | EventKind::GpuIoctls => {
+            Err(DecodeError::UnknownKind(raw_kind))
         }
     }
 }

@@ -1,4 +1,5 @@
 //! The monitor daemon: loads the kernel sensors, keeps the process table, and reports.
+pub mod alert;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;

@@ -147,6 +147,7 @@ pub fn event_record(
                 map.insert("process.exit.core_dumped".into(), json!(true));
             }
         }
+        Event::File(_) | Event::Net(_) | Event::Device(_) | Event::GpuIoctls(_) => {}
     }
     Value::Object(map)
 }

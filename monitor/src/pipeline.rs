@@ -308,6 +308,10 @@ impl<W: Write> Processor<W> {
                     output::event_record(&self.clock, &self.table, &event, process.as_ref())
                 })
             }
+            Event::File(_) | Event::Net(_) | Event::Device(_) | Event::GpuIoctls(_) => {
+                let process = self.table.get_by_tgid(tgid);
+                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
+            }
         };
         if let (Mode::Trace, Some(record)) = (self.mode, record) {
             self.emit(&record)?;
