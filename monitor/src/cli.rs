@@ -8,6 +8,7 @@ use crate::{
     glob::Glob,
     pipeline::{Mode, PipelineOptions, WatchSelectors},
     sensor::SensorOptions,
+    sink::{AlertSink, JsonLines},
 };
 
 /// eBPF runtime security monitor for AI inference hosts.
@@ -109,12 +110,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     match cli.command {
         Command::Run(args) => {
+            let sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(JsonLines::new(
+                std::io::BufWriter::new(std::io::stdout()),
+            ))];
             crate::daemon::run(
                 Mode::Run,
                 args.common.sensor_options(false),
                 args.common.pipeline_options(),
                 WatchSelectors::default(),
-                stdout,
+                std::io::sink(),
+                sinks,
             )
             .await
         }
@@ -126,6 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 args.common.pipeline_options(),
                 selectors,
                 stdout,
+                Vec::new(),
             )
             .await
         }

@@ -14,6 +14,7 @@ use crate::{
     clock::BootClock,
     pipeline::{self, Counters, Mode, PipelineOptions, Processor, WatchSelectors},
     sensor::{Sensor, SensorOptions},
+    sink::AlertSink,
 };
 
 /// Runs the monitor until SIGINT or SIGTERM.
@@ -23,6 +24,7 @@ pub async fn run(
     pipeline_options: PipelineOptions,
     selectors: WatchSelectors,
     out: impl Write,
+    sinks: Vec<Box<dyn AlertSink>>,
 ) -> anyhow::Result<()> {
     let (mut sensor, maps) = Sensor::load(&sensor_options)?;
     let counters = Arc::new(Counters::default());
@@ -56,6 +58,7 @@ pub async fn run(
         BootClock::new(),
         out,
     );
+    processor.sinks = sinks;
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {

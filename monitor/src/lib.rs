@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod process;
 pub mod procfs;
 pub mod sensor;
+pub mod sink;

@@ -200,16 +200,23 @@ pub fn loss_alert(
     stage: LossStage,
     kind: &str,
     count: u64,
-) -> Value {
-    let mut value = loss_record(clock, now_ns, stage, kind, count);
-    if let Value::Object(map) = &mut value {
-        map.insert("event.name".into(), json!("monitor.alert"));
-        map.insert("security_rule.name".into(), json!("events-lost"));
-        map.insert("severity".into(), json!("high"));
-        map.insert("monitor.action".into(), json!("alert"));
-        map.insert("monitor.count".into(), json!(count));
+) -> crate::alert::Alert {
+    let Value::Object(mut attributes) = loss_record(clock, now_ns, stage, kind, count) else {
+        unreachable!("loss_record builds an object")
+    };
+    attributes.remove("time");
+    let time = clock.unix_ns(now_ns);
+    crate::alert::Alert {
+        rule: "events-lost".into(),
+        severity: crate::alert::Severity::High,
+        action: crate::alert::Action::Alert,
+        profile: None,
+        time_unix_ns: time,
+        observed_unix_ns: time,
+        count: 1,
+        uid: crate::alert::new_uid(),
+        attributes,
     }
-    value
 }
 
 #[cfg(test)]
@@ -226,7 +233,7 @@ mod tests {
     #[test]
     fn loss_alert_has_rule_and_count() {
         let clock = BootClock::new();
-        let alert = loss_alert(&clock, 1, LossStage::Kernel, "exec", 12);
+        let alert = loss_alert(&clock, 1, LossStage::Kernel, "exec", 12).to_json();
         assert_eq!(alert["security_rule.name"], "events-lost");
         assert_eq!(alert["monitor.loss.count"], 12);
         assert_eq!(alert["monitor.loss.stage"], "kernel");

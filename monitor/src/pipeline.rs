@@ -28,6 +28,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    alert::Alert,
     cgroup::CgroupResolver,
     clock::BootClock,
     events::{decode, Event},
@@ -35,6 +36,7 @@ use crate::{
     output::{self, LossStage},
     process::{ExecInfo, ProcessTable},
     procfs,
+    sink::AlertSink,
 };
 
 /// Counters shared between stages, by event kind.
@@ -149,6 +151,8 @@ pub struct Processor<W: Write> {
     pub stats: PerCpuArray<MapData, u64>,
     pub counters: Arc<Counters>,
     pub out: W,
+    /// Where alerts go (`monitor run`).
+    pub sinks: Vec<Box<dyn AlertSink>>,
     reported: Reported,
     summary: Summary,
     /// Processes user space put in the kernel's watched set. Between an exec that matches a
@@ -182,6 +186,7 @@ impl<W: Write> Processor<W> {
             stats,
             counters,
             out,
+            sinks: Vec::new(),
             reported: Reported::default(),
             summary: Summary::default(),
             watching: std::collections::HashSet::new(),
@@ -243,6 +248,7 @@ impl<W: Write> Processor<W> {
         for event in batch {
             self.handle(event)?;
         }
+        self.flush_sinks();
         self.out.flush()
     }
 
@@ -328,6 +334,7 @@ impl<W: Write> Processor<W> {
     /// Reads the kernel's and the reader's loss counters and reports what is new.
     pub fn report_losses(&mut self) -> std::io::Result<()> {
         let now = BootClock::boot_now_ns();
+        let mut pending = Vec::new();
         for kind in EventKind::ALL {
             let slot = kind_slot(kind);
             let kernel = self
@@ -365,7 +372,28 @@ impl<W: Write> Processor<W> {
             self.summary.kernel_lost[slot] = self.reported.kernel[slot];
             self.summary.user_lost[slot] = self.reported.user[slot];
         }
+        for alert in pending {
+            self.raise(&alert);
+        }
+        self.flush_sinks();
         self.out.flush()
+    }
+
+    /// Sends an alert to every sink. A failing sink is logged and does not stop the others.
+    pub fn raise(&mut self, alert: &Alert) {
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.send(alert) {
+                warn!("failed to send alert {}: {err:#}", alert.rule);
+            }
+        }
+    }
+
+    fn flush_sinks(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.flush() {
+                warn!("failed to flush alerts: {err:#}");
+            }
+        }
     }
 
     /// Drops exited processes past their grace period.
@@ -405,6 +433,11 @@ impl<W: Write> Processor<W> {
                 "monitor.processes": self.table.len(),
             });
             self.emit(&record)?;
+        }
+        for sink in &mut self.sinks {
+            if let Err(err) = sink.close() {
+                warn!("failed to close an alert output: {err:#}");
+            }
         }
         self.out.flush()
     }
