@@ -350,23 +350,30 @@ impl<W: Write> Processor<W> {
                 if total > *reported {
                     let count = total - *reported;
                     *reported = total;
-                    let record = match self.mode {
-                        Mode::Trace => {
-                            output::loss_record(&self.clock, now, stage, kind.name(), count)
-                        }
-                        Mode::Run => {
-                            output::loss_alert(&self.clock, now, stage, kind.name(), count)
-                        }
-                    };
                     warn!(
                         stage = stage.name(),
                         kind = kind.name(),
                         count,
                         "events lost"
                     );
-                    self.summary.printed += 1;
-                    serde_json::to_writer(&mut self.out, &record)?;
-                    self.out.write_all(b"\n")?;
+                    match self.mode {
+                        Mode::Trace => {
+                            let record =
+                                output::loss_record(&self.clock, now, stage, kind.name(), count);
+                            self.summary.printed += 1;
+                            serde_json::to_writer(&mut self.out, &record)?;
+                            self.out.write_all(b"\n")?;
+                        }
+                        Mode::Run => {
+                            pending.push(output::loss_alert(
+                                &self.clock,
+                                now,
+                                stage,
+                                kind.name(),
+                                count,
+                            ));
+                        }
+                    }
                 }
             }
             self.summary.kernel_lost[slot] = self.reported.kernel[slot];
