@@ -15,6 +15,20 @@ pub mod maps {
     pub const WATCHED: &str = "WATCHED";
     /// Per-CPU scratch buffers for path walks.
     pub const SCRATCH: &str = "SCRATCH";
+    /// Syscalls in flight: pid_tgid -> [`super::Pending`], from entry (and the device hook) to exit.
+    pub const PENDING: &str = "PENDING";
+    /// Accelerator device majors: major -> [`super::DeviceClassId`] as u32.
+    pub const ACCEL_MAJORS: &str = "ACCEL_MAJORS";
+    /// Protected directories, host-wide: [`super::InodeKey`] -> 1.
+    pub const PROTECTED_DIRS: &str = "PROTECTED_DIRS";
+    /// Protected file name suffixes (e.g. `.safetensors`): index -> [`super::Suffix`].
+    pub const PROTECTED_SUFFIXES: &str = "PROTECTED_SUFFIXES";
+    /// Open accelerator fds: [`super::FdKey`] -> class.
+    pub const ACCEL_FDS: &str = "ACCEL_FDS";
+    /// ioctl counts: [`super::IoctlKey`] -> count.
+    pub const IOCTL_COUNTS: &str = "IOCTL_COUNTS";
+    /// UDP destinations a process already reported: [`super::SendKey`] -> 1 (LRU).
+    pub const SENT: &str = "SENT";
 }
 
 /// Names of the programs, shared by both sides.
@@ -22,6 +36,7 @@ pub mod programs {
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const DEVICE_ACCESS: &str = "device_access";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.
@@ -227,6 +242,229 @@ impl ExitEvent {
     }
 }
 
+/// [`EventHeader::flags`] bits beyond `HEADER_WATCHED` are per kind.
+///
+/// A file event: `open` and friends, or a change to a file.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileEvent {
+    pub header: EventHeader,
+    /// [`FileOpCode`] as u32.
+    pub op: u32,
+    /// `FILE_*` bits.
+    pub flags: u32,
+    /// The open flags (`O_*`), or the new mode for chmod.
+    pub open_flags: u32,
+    /// Bytes used in `path`.
+    pub path_len: u32,
+    /// The fd (or 0) on success, `-errno` on failure.
+    pub result: i64,
+    /// Bytes used in `raw`.
+    pub raw_len: u32,
+    pub _pad: u32,
+    /// With `FILE_RESOLVED`: the absolute path of the file, walked in the kernel. Otherwise the
+    /// directory the name in `raw` is relative to (the cwd or the dirfd's directory).
+    pub path: [u8; PATH_CAP],
+    /// Without `FILE_RESOLVED`: the name as the process passed it.
+    pub raw: [u8; PATH_CAP],
+}
+
+/// File operations, as [`FileEvent::op`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOpCode {
+    Open = 1,
+    /// The source of a rename; a `RenameTarget` record from the same thread follows.
+    Rename = 2,
+    RenameTarget = 3,
+    Unlink = 4,
+    Truncate = 5,
+    Chmod = 6,
+}
+
+impl TryFrom<u32> for FileOpCode {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => FileOpCode::Open,
+            2 => FileOpCode::Rename,
+            3 => FileOpCode::RenameTarget,
+            4 => FileOpCode::Unlink,
+            5 => FileOpCode::Truncate,
+            6 => FileOpCode::Chmod,
+            other => return Err(other),
+        })
+    }
+}
+
+/// [`FileEvent::flags`]: `path` is the file's own path (else: base directory + `raw`).
+pub const FILE_RESOLVED: u32 = 1;
+/// [`FileEvent::flags`]: `path` was cut at a component boundary.
+pub const FILE_PATH_TRUNCATED: u32 = 2;
+/// [`FileEvent::flags`]: `raw` was longer than its buffer.
+pub const FILE_RAW_TRUNCATED: u32 = 4;
+/// [`FileEvent::flags`]: reported because the file is protected (host-wide guard).
+pub const FILE_PROTECTED: u32 = 8;
+
+/// A socket operation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetEvent {
+    pub header: EventHeader,
+    /// [`NetOpCode`] as u32.
+    pub op: u32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, ... (0 when unknown).
+    pub sock_type: u32,
+    /// 0 or the new fd on success, `-errno` on failure.
+    pub result: i64,
+    /// Bytes used in `addr`.
+    pub addr_len: u32,
+    pub _pad: u32,
+    /// A `struct sockaddr_*`: the peer (connect, accept, send) or the local address (bind,
+    /// listen), as the process gave it or as the kernel's socket holds it.
+    pub addr: [u8; SOCKADDR_CAP],
+}
+
+/// Room for any `struct sockaddr` we decode (`sockaddr_un` is 110 bytes).
+pub const SOCKADDR_CAP: usize = 128;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetOpCode {
+    Connect = 1,
+    Accept = 2,
+    Bind = 3,
+    Listen = 4,
+    Send = 5,
+}
+
+impl TryFrom<u32> for NetOpCode {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => NetOpCode::Connect,
+            2 => NetOpCode::Accept,
+            3 => NetOpCode::Bind,
+            4 => NetOpCode::Listen,
+            5 => NetOpCode::Send,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Accelerator classes as the kernel stores them (`ACCEL_MAJORS` values).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceClassId {
+    Nvidia = 1,
+    NvidiaUvm = 2,
+    NvidiaCaps = 3,
+    Dri = 4,
+    Kfd = 5,
+    Accel = 6,
+}
+
+/// An open of an accelerator device node.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DeviceEvent {
+    pub header: EventHeader,
+    /// [`DeviceClassId`] as u32.
+    pub class: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// `FILE_*` bits for `path`/`raw`, as in [`FileEvent`].
+    pub flags: u32,
+    pub result: i64,
+    pub path_len: u32,
+    pub raw_len: u32,
+    pub path: [u8; PATH_CAP],
+    pub raw: [u8; PATH_CAP],
+}
+
+/// A syscall in flight, from its entry (and the device hook) to its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pending {
+    /// `PENDING_*` bits.
+    pub flags: u32,
+    /// [`FileOpCode`] / [`NetOpCode`] of the syscall.
+    pub op: u32,
+    pub dfd: i32,
+    pub dfd2: i32,
+    /// User pointers to the names (or the sockaddr).
+    pub name: u64,
+    pub name2: u64,
+    pub open_flags: u32,
+    pub fd: i32,
+    /// Set by the device hook.
+    pub major: u32,
+    pub minor: u32,
+    pub class: u32,
+    /// Bytes of the sockaddr at `name`.
+    pub addr_len: u32,
+}
+
+/// [`Pending::flags`]: a file syscall of a watched process.
+pub const PENDING_FILE: u32 = 1;
+/// [`Pending::flags`]: a network syscall of a watched process.
+pub const PENDING_NET: u32 = 2;
+/// [`Pending::flags`]: the device hook saw an accelerator device being opened.
+pub const PENDING_DEVICE: u32 = 4;
+
+/// Key of [`maps::PROTECTED_DIRS`]: a directory by device and inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    /// The kernel's `s_dev` (`MKDEV(major, minor)` with a 20-bit minor).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// A protected file name suffix, right-aligned: `bytes[SUFFIX_CAP - len..]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Suffix {
+    pub len: u32,
+    pub bytes: [u8; SUFFIX_CAP],
+}
+
+pub const SUFFIX_CAP: usize = 28;
+/// Most protected suffixes.
+pub const SUFFIXES_MAX: u32 = 8;
+
+/// Key of [`maps::ACCEL_FDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Key of [`maps::IOCTL_COUNTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoctlKey {
+    pub tgid: u32,
+    pub class: u32,
+    /// `_IOC_TYPE(cmd)`
+    pub ioctl_type: u32,
+    /// `_IOC_NR(cmd)`
+    pub nr: u32,
+}
+
+/// Key of [`maps::SENT`]: a UDP destination already reported for a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SendKey {
+    pub tgid: u32,
+    pub port: u32,
+    pub addr: [u8; 16],
+}
+
 /// Why a process is watched. Stored in [`maps::WATCHED`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +496,10 @@ pub struct Config {
     /// Wake the reader when this many bytes wait in the ring buffer; otherwise it drains on
     /// its timer. Never per event.
     pub wakeup_bytes: u64,
+    /// Non-zero: protected paths are configured (dirs or suffixes); check successful opens of
+    /// unwatched processes against them.
+    pub protect: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from the running
@@ -291,6 +533,29 @@ pub struct KernelOffsets {
     pub binprm_file: u32,
     pub binprm_filename: u32,
     pub file_path: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_flags: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub inode_rdev: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub fs_pwd: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub dentry_inode: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
@@ -298,7 +563,14 @@ const _: () = assert!(core::mem::size_of::<ExecEvent>() == 32 + 40 + PATH_CAP + 
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<FileEvent>() == 32 + 32 + 2 * PATH_CAP);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 24 + SOCKADDR_CAP);
+const _: () = assert!(core::mem::size_of::<DeviceEvent>() == 32 + 32 + 2 * PATH_CAP);
+const _: () = assert!(core::mem::size_of::<Pending>() == 56);
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Suffix>() == 32);
+const _: () = assert!(core::mem::size_of::<SendKey>() == 24);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -307,4 +579,10 @@ mod user {
     unsafe impl aya::Pod for super::WatchEntry {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::Suffix {}
+    unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::IoctlKey {}
+    unsafe impl aya::Pod for super::SendKey {}
+    unsafe impl aya::Pod for super::Pending {}
 }

@@ -92,3 +92,73 @@ impl Task {
         Ok((mnt, dentry))
     }
 }
+
+impl Task {
+    /// The `struct file` behind `fd`, or null.
+    #[inline(always)]
+    pub fn file(self, fd: i64) -> Result<*const u8, i64> {
+        if fd < 0 {
+            return Err(-9);
+        }
+        let files: *const u8 = unsafe { read(self.0, off!(task_files))? };
+        let fdt: *const u8 = unsafe { read(files, off!(files_fdt))? };
+        let max_fds: u32 = unsafe { read(fdt, off!(fdtable_max_fds))? };
+        if fd as u64 >= max_fds as u64 {
+            return Err(-9);
+        }
+        let array: *const u8 = unsafe { read(fdt, off!(fdtable_fd))? };
+        let file: *const u8 = unsafe { read(array, (fd as usize) * 8)? };
+        if file.is_null() {
+            return Err(-9);
+        }
+        Ok(file)
+    }
+
+    /// The current working directory (`fs->pwd`): (vfsmount, dentry).
+    #[inline(always)]
+    pub fn pwd(self) -> Result<(*const u8, *const u8), i64> {
+        let fs: *const u8 = unsafe { read(self.0, off!(task_fs))? };
+        if fs.is_null() {
+            return Err(-1);
+        }
+        path_of(fs.wrapping_add(off!(fs_pwd)))
+    }
+}
+
+/// (vfsmount, dentry) of a `struct path`.
+#[inline(always)]
+pub fn path_of(path: *const u8) -> Result<(*const u8, *const u8), i64> {
+    let mnt = unsafe { read(path, off!(path_mnt))? };
+    let dentry = unsafe { read(path, off!(path_dentry))? };
+    Ok((mnt, dentry))
+}
+
+/// (vfsmount, dentry) of a `struct file`.
+#[inline(always)]
+pub fn file_path(file: *const u8) -> Result<(*const u8, *const u8), i64> {
+    path_of(file.wrapping_add(off!(file_path)))
+}
+
+#[inline(always)]
+pub fn file_flags(file: *const u8) -> u32 {
+    unsafe { read(file, off!(file_flags)) }.unwrap_or(0)
+}
+
+/// The inode of a file.
+#[inline(always)]
+pub fn file_inode(file: *const u8) -> Result<*const u8, i64> {
+    unsafe { read(file, off!(file_inode)) }
+}
+
+/// `i_rdev` of an inode, as (major, minor) (kernel `dev_t`: 12-bit major, 20-bit minor).
+#[inline(always)]
+pub fn inode_rdev(inode: *const u8) -> Result<(u32, u32), i64> {
+    let rdev: u32 = unsafe { read(inode, off!(inode_rdev))? };
+    Ok((rdev >> 20, rdev & 0xfffff))
+}
+
+/// The socket behind a file (`file->private_data`), trusting the caller that it is one.
+#[inline(always)]
+pub fn file_socket(file: *const u8) -> Result<*const u8, i64> {
+    unsafe { read(file, off!(file_private_data)) }
+}

@@ -6,16 +6,24 @@
 #![no_std]
 #![no_main]
 
+mod device;
+mod file;
 mod kernel;
+mod net;
 mod path;
 mod process;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TracePointContext,
+    EbpfContext as _,
 };
-use monitor_common::{stats_slot, Config, KernelOffsets, Stat, WatchEntry, STATS_LEN, WATCHED_MAX};
+use monitor_common::{
+    stats_slot, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, Pending, SendKey, Stat, Suffix,
+    WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+};
 
 /// Settings written by the loader before the programs are loaded.
 #[no_mangle]
@@ -23,6 +31,8 @@ static CONFIG: Config = Config {
     self_tgid: 0,
     watch_all: 0,
     wakeup_bytes: 0,
+    protect: 0,
+    _pad: 0,
 };
 
 /// Struct field offsets written by the loader from the kernel's BTF.
@@ -43,6 +53,49 @@ static WATCHED: HashMap<u32, WatchEntry> = HashMap::with_max_entries(WATCHED_MAX
 /// Per-CPU scratch space for path walks (see `path::SCRATCH_SIZE`).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<[u8; path::SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscalls in flight (LRU: an entry whose exit never comes, e.g. a device check by
+/// access(2), ages out instead of filling the map).
+#[map(name = "PENDING")]
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "ACCEL_MAJORS")]
+static ACCEL_MAJORS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+#[map(name = "PROTECTED_DIRS")]
+static PROTECTED_DIRS: HashMap<InodeKey, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "PROTECTED_SUFFIXES")]
+static PROTECTED_SUFFIXES: Array<Suffix> = Array::with_max_entries(SUFFIXES_MAX, 0);
+
+#[map(name = "ACCEL_FDS")]
+static ACCEL_FDS: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "IOCTL_COUNTS")]
+static IOCTL_COUNTS: PerCpuHashMap<IoctlKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+#[map(name = "SENT")]
+static SENT: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Reads the `n`th syscall argument of a `syscalls/sys_enter_*` tracepoint (the format
+/// files put `__syscall_nr` at 8 and the arguments at 16 + 8 * n; the loader checks it).
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: within the tracepoint record; direct context loads are allowed for tracepoints.
+    unsafe { *(ctx.as_ptr().add(16 + 8 * n) as *const u64) }
+}
+
+/// The return value of a `syscalls/sys_exit_*` tracepoint (`long ret` at 16).
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: as above.
+    unsafe { *(ctx.as_ptr().add(16) as *const i64) }
+}
+
+#[inline(always)]
+fn config_protect() -> bool {
+    unsafe { core::ptr::read_volatile(&CONFIG.protect) != 0 }
+}
 
 #[inline(always)]
 fn config_self_tgid() -> u32 {

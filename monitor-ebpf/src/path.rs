@@ -92,3 +92,53 @@ pub unsafe fn resolve(
         truncated,
     })
 }
+
+/// Walks (`vfsmount`, `dentry`) and copies the path into `out`: (bytes used, truncated).
+#[inline(always)]
+pub fn write_path(
+    out: &mut [u8; PATH_CAP],
+    vfsmount: *const u8,
+    dentry: *const u8,
+) -> Result<(u32, bool), i64> {
+    let task =
+        crate::kernel::Task(unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8);
+    let (root_mnt, root_dentry) = task.root()?;
+    let scratch = crate::SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    let scratch = unsafe { &mut *scratch };
+    let resolved = unsafe { resolve(scratch, vfsmount, dentry, root_mnt, root_dentry)? };
+    let start = resolved.start & POS_MASK;
+    let len = PATH_CAP.wrapping_sub(start);
+    if len == 0 || len > PATH_CAP {
+        return Err(-1);
+    }
+    // Raw pointers: see the note on indexing in `resolve`.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            out.as_mut_ptr() as *mut _,
+            len as u32,
+            scratch.as_ptr().add(start) as *const _,
+        )
+    };
+    if ret < 0 {
+        return Err(ret);
+    }
+    Ok((len as u32, resolved.truncated))
+}
+
+/// Copies a NUL-terminated user string into `out`: (bytes used without the NUL, truncated).
+#[inline(always)]
+pub fn write_user_str(out: &mut [u8; PATH_CAP], src: u64) -> Result<(u32, bool), i64> {
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+            out.as_mut_ptr() as *mut _,
+            PATH_CAP as u32,
+            src as *const _,
+        )
+    };
+    if n <= 0 {
+        return Err(n);
+    }
+    let n = n as u32 - 1;
+    // A string that filled the whole buffer was cut.
+    Ok((n, n as usize == PATH_CAP - 1))
+}

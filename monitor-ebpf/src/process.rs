@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user_buf, generated::bpf_probe_read_kernel,
+        bpf_probe_read_user_buf,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -19,11 +19,17 @@ use monitor_common::{
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, SCRATCH, WATCHED,
+    path, submit_flags, EVENTS, WATCHED,
 };
 
 #[inline(always)]
-fn header(kind: EventKind, tgid: u32, pid: u32, start_time: u64, watched: bool) -> EventHeader {
+pub(crate) fn header(
+    kind: EventKind,
+    tgid: u32,
+    pid: u32,
+    start_time: u64,
+    watched: bool,
+) -> EventHeader {
     EventHeader {
         kind: kind as u32,
         flags: if watched { HEADER_WATCHED } else { 0 },
@@ -88,7 +94,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
     let bprm: *const u8 = ctx.arg(2);
     let path_buf = unsafe { &mut (*event).path };
-    match exec_path(task, bprm, path_buf) {
+    match exec_path(bprm, path_buf) {
         Ok((len, truncated)) => unsafe {
             (*event).path_len = len;
             if truncated {
@@ -129,35 +135,13 @@ fn read_args(task: Task, args: &mut [u8; ARGS_CAP]) -> Result<(u32, bool), i64> 
 }
 
 #[inline(always)]
-fn exec_path(task: Task, bprm: *const u8, out: &mut [u8; PATH_CAP]) -> Result<(u32, bool), i64> {
+fn exec_path(bprm: *const u8, out: &mut [u8; PATH_CAP]) -> Result<(u32, bool), i64> {
     let file: *const u8 = unsafe { read(bprm, off!(binprm_file))? };
     if file.is_null() {
         return Err(-1);
     }
-    let f_path = file.wrapping_add(off!(file_path));
-    let mnt: *const u8 = unsafe { read(f_path, off!(path_mnt))? };
-    let dentry: *const u8 = unsafe { read(f_path, off!(path_dentry))? };
-    let (root_mnt, root_dentry) = task.root()?;
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
-    let scratch = unsafe { &mut *scratch };
-    let resolved = unsafe { path::resolve(scratch, mnt, dentry, root_mnt, root_dentry)? };
-    let start = resolved.start & (2 * PATH_CAP - 1);
-    let len = PATH_CAP.wrapping_sub(start);
-    if len == 0 || len > PATH_CAP {
-        return Err(-1);
-    }
-    // Raw pointers: see the note on indexing in `path::resolve`.
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            out.as_mut_ptr() as *mut _,
-            len as u32,
-            scratch.as_ptr().add(start) as *const _,
-        )
-    };
-    if ret < 0 {
-        return Err(ret);
-    }
-    Ok((len as u32, resolved.truncated))
+    let (mnt, dentry) = crate::kernel::file_path(file)?;
+    path::write_path(out, mnt, dentry)
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`

@@ -349,6 +349,29 @@ offsets! {
     binprm_file: "linux_binprm", "file";
     binprm_filename: "linux_binprm", "filename";
     file_path: "file", "f_path";
+    task_files: "task_struct", "files";
+    files_fdt: "files_struct", "fdt";
+    fdtable_max_fds: "fdtable", "max_fds";
+    fdtable_fd: "fdtable", "fd";
+    file_flags: "file", "f_flags";
+    file_inode: "file", "f_inode";
+    file_private_data: "file", "private_data";
+    inode_mode: "inode", "i_mode";
+    inode_rdev: "inode", "i_rdev";
+    inode_ino: "inode", "i_ino";
+    inode_sb: "inode", "i_sb";
+    sb_dev: "super_block", "s_dev";
+    fs_pwd: "fs_struct", "pwd";
+    socket_type: "socket", "type";
+    socket_sk: "socket", "sk";
+    skc_daddr: "sock_common", "skc_daddr";
+    skc_rcv_saddr: "sock_common", "skc_rcv_saddr";
+    skc_dport: "sock_common", "skc_dport";
+    skc_num: "sock_common", "skc_num";
+    skc_family: "sock_common", "skc_family";
+    skc_v6_daddr: "sock_common", "skc_v6_daddr";
+    skc_v6_rcv_saddr: "sock_common", "skc_v6_rcv_saddr";
+    dentry_inode: "dentry", "d_inode";
 }
 
 #[cfg(test)]
@@ -536,7 +559,15 @@ mod tests {
         #[cfg(target_endian = "little")]
         assert_eq!((o.qstr_len, o.qstr_name), (4, 8));
         for (name, v) in named_offsets(&o) {
-            if !["path_mnt", "vfsmount_root"].contains(&name) {
+            if ![
+                "path_mnt",
+                "vfsmount_root",
+                "fdtable_max_fds",
+                "inode_mode",
+                "skc_daddr",
+            ]
+            .contains(&name)
+            {
                 assert_ne!(v, 0, "{name}");
             }
         }

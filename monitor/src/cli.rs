@@ -48,6 +48,9 @@ pub struct TraceArgs {
     /// Watch every process.
     #[arg(long)]
     pub all: bool,
+    /// Report opens of files below this directory by any process (repeatable).
+    #[arg(long = "protect", value_name = "DIR")]
+    pub protect: Vec<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -67,14 +70,32 @@ pub struct CommonArgs {
     /// scanned; removed at exit.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// The cgroup (v2) whose processes the device hook sees (default: the cgroup v2 root,
+    /// i.e. the whole host).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
+    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::devices::parse_accel_major)]
+    pub accel_majors: Vec<(u32, crate::events::DeviceClass)>,
+    /// How often per-process GPU ioctl counts are reported.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub ioctl_summary_secs: u64,
 }
 
 impl CommonArgs {
     pub fn sensor_options(&self, watch_all: bool) -> SensorOptions {
+        let mut accel_majors = crate::devices::AccelMajors::detect();
+        for &(major, class) in &self.accel_majors {
+            accel_majors.insert(major, class);
+        }
         SensorOptions {
             ring_size: self.ring_size,
             wakeup_bytes: self.wakeup_bytes,
             watch_all,
+            protect_dirs: Vec::new(),
+            protect_suffixes: Vec::new(),
+            accel_majors,
+            cgroup: self.cgroup.clone(),
         }
     }
 
@@ -82,6 +103,7 @@ impl CommonArgs {
         PipelineOptions {
             drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
             ready_file: self.ready_file.clone(),
+            ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
             ..PipelineOptions::default()
         }
     }
@@ -125,9 +147,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Trace(args) => {
             let selectors = args.selectors()?;
+            let mut sensor_options = args.common.sensor_options(args.all);
+            sensor_options.protect_dirs = args.protect.clone();
             crate::daemon::run(
                 Mode::Trace,
-                args.common.sensor_options(args.all),
+                sensor_options,
                 args.common.pipeline_options(),
                 selectors,
                 stdout,

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::{
     cgroup::CgroupResolver,
     clock::BootClock,
+    ioctls::IoctlTracker,
     pipeline::{self, Counters, Mode, PipelineOptions, Processor, WatchSelectors},
     sensor::{Sensor, SensorOptions},
     sink::AlertSink,
@@ -59,6 +60,7 @@ pub async fn run(
         out,
     );
     processor.sinks = sinks;
+    processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {
@@ -68,12 +70,16 @@ pub async fn run(
     info!("monitor ready");
 
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut ioctl_summary = tokio::time::interval(pipeline_options.ioctl_summary);
     loop {
         tokio::select! {
             batch = queue_rx.recv() => match batch {
                 Some(batch) => processor.handle_batch(batch).context("failed to write output")?,
                 None => break,
             },
+            _ = ioctl_summary.tick() => {
+                processor.report_ioctls(None).context("failed to write output")?;
+            }
             _ = housekeeping.tick() => {
                 processor.report_losses().context("failed to write output")?;
                 processor.sweep();
@@ -98,6 +104,9 @@ pub async fn run(
             .handle_batch(batch)
             .context("failed to write output")?;
     }
+    processor
+        .report_ioctls(None)
+        .context("failed to write output")?;
     processor.finish().context("failed to write output")?;
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);

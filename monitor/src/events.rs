@@ -5,8 +5,10 @@
 //! `TryFrom<u32>`.
 
 use monitor_common::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, ARGS_CAP, EXEC_ARGS_TRUNCATED,
-    EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, HEADER_WATCHED, PATH_CAP,
+    DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOpCode, ForkEvent,
+    NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_PATH_FROM_FILENAME,
+    EXEC_PATH_TRUNCATED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
+    HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
 };
 
 /// An event from the kernel, owned and checked.
@@ -438,8 +440,219 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 core_dumped: raw.core_dumped(),
             }))
         }
-        EventKind::File | EventKind::Net | EventKind::Device | EventKind::GpuIoctls => {
-            Err(DecodeError::UnknownKind(raw_kind))
+        EventKind::File => {
+            let raw: FileEvent = read(bytes, raw_kind)?;
+            let op =
+                FileOpCode::try_from(raw.op).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
+            let (path, path_truncated) =
+                file_path(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
+            let access = Access {
+                read: raw.open_flags & 0o3 != 1,
+                write: raw.open_flags & 0o3 != 0,
+                create: raw.open_flags & 0o100 != 0,
+                truncate: raw.open_flags & 0o1000 != 0,
+            };
+            let header = header(&raw.header, kind);
+            let (op, target) = match op {
+                FileOpCode::Open => (FileOp::Open, None),
+                FileOpCode::Rename => (FileOp::Rename, None),
+                // Joined with the rename it follows by `RenameJoiner`.
+                FileOpCode::RenameTarget => (FileOp::Rename, Some(path.clone())),
+                FileOpCode::Unlink => (FileOp::Unlink, None),
+                FileOpCode::Truncate => (FileOp::Truncate, None),
+                FileOpCode::Chmod => (FileOp::Chmod, None),
+            };
+            let is_target = target.is_some();
+            Ok(Event::File(File {
+                header,
+                op,
+                path: if is_target { String::new() } else { path },
+                path_truncated,
+                target,
+                access: if op == FileOp::Open {
+                    access
+                } else {
+                    Access::default()
+                },
+                result: raw.result,
+                protected: raw.flags & FILE_PROTECTED != 0,
+            }))
+        }
+        EventKind::Net => {
+            let raw: NetEvent = read(bytes, raw_kind)?;
+            let op = match NetOpCode::try_from(raw.op)
+                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
+            {
+                NetOpCode::Connect => NetOp::Connect,
+                NetOpCode::Accept => NetOp::Accept,
+                NetOpCode::Bind => NetOp::Bind,
+                NetOpCode::Listen => NetOp::Listen,
+                NetOpCode::Send => NetOp::Send,
+            };
+            let len = (raw.addr_len as usize).min(SOCKADDR_CAP);
+            let address = decode_sockaddr(&raw.addr[..len]);
+            let transport = match (&address, raw.sock_type) {
+                (SockAddr::Unix(_), _) => Transport::Unix,
+                (_, 1) => Transport::Tcp,
+                (_, 2) => Transport::Udp,
+                (_, _) => Transport::Other,
+            };
+            let (ip, unix_path) = match address {
+                SockAddr::Ip(addr) => (Some(addr), None),
+                SockAddr::Unix(path) => (None, Some(path)),
+                SockAddr::None => (None, None),
+            };
+            let local = matches!(op, NetOp::Bind | NetOp::Listen);
+            Ok(Event::Net(Net {
+                header: header(&raw.header, kind),
+                op,
+                transport,
+                peer: if local { None } else { ip },
+                local: if local { ip } else { None },
+                unix_path,
+                result: raw.result,
+            }))
+        }
+        EventKind::Device => {
+            let raw: DeviceEvent = read(bytes, raw_kind)?;
+            let (path, _) = file_path(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
+            let class = match raw.class {
+                1 => DeviceClass::Nvidia,
+                2 => DeviceClass::NvidiaUvm,
+                3 => DeviceClass::NvidiaCaps,
+                4 => DeviceClass::Dri,
+                5 => DeviceClass::Kfd,
+                6 => DeviceClass::Accel,
+                _ => return Err(DecodeError::UnknownKind(raw_kind)),
+            };
+            Ok(Event::Device(Device {
+                header: header(&raw.header, kind),
+                path,
+                class,
+                major: raw.major,
+                minor: raw.minor,
+                result: raw.result,
+            }))
+        }
+        // Summaries are built in user space from the kernel's counters, never sent.
+        EventKind::GpuIoctls => Err(DecodeError::UnknownKind(raw_kind)),
+    }
+}
+
+/// The path of a file record: the kernel's walk of the file itself, or the base directory it
+/// walked joined with the name the process gave, with `.` and `..` removed lexically.
+fn file_path(
+    flags: u32,
+    path: &[u8; PATH_CAP],
+    path_len: u32,
+    raw: &[u8; PATH_CAP],
+    raw_len: u32,
+) -> (String, bool) {
+    let walked = String::from_utf8_lossy(&path[..(path_len as usize).min(PATH_CAP)]).into_owned();
+    let truncated = flags & (FILE_PATH_TRUNCATED | FILE_RAW_TRUNCATED) != 0;
+    if flags & FILE_RESOLVED != 0 {
+        return (walked, truncated);
+    }
+    let name = String::from_utf8_lossy(&raw[..(raw_len as usize).min(PATH_CAP)]).into_owned();
+    if name.is_empty() {
+        return (walked, truncated);
+    }
+    let joined = if name.starts_with('/') || walked.is_empty() {
+        name
+    } else {
+        format!("{walked}/{name}")
+    };
+    (normalize(&joined), truncated)
+}
+
+/// Removes `.`, `..` and repeated slashes from an absolute path, lexically.
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// A decoded `struct sockaddr`.
+#[derive(Debug, PartialEq, Eq)]
+enum SockAddr {
+    Ip(std::net::SocketAddr),
+    Unix(String),
+    None,
+}
+
+fn decode_sockaddr(bytes: &[u8]) -> SockAddr {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let Some(family) = bytes.get(..2).map(|b| u16::from_ne_bytes([b[0], b[1]])) else {
+        return SockAddr::None;
+    };
+    let port = || {
+        bytes
+            .get(2..4)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0)
+    };
+    match family {
+        // AF_UNIX: a path, or a name in the abstract namespace (leading NUL), shown as @name.
+        1 => {
+            let path = &bytes[2..];
+            if path.first() == Some(&0) {
+                let name = &path[1..];
+                let name = name.split(|&b| b == 0).next().unwrap_or(name);
+                SockAddr::Unix(format!("@{}", String::from_utf8_lossy(name)))
+            } else {
+                let path = path.split(|&b| b == 0).next().unwrap_or(path);
+                SockAddr::Unix(String::from_utf8_lossy(path).into_owned())
+            }
+        }
+        2 if bytes.len() >= 8 => {
+            let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
+            SockAddr::Ip(SocketAddr::new(ip.into(), port()))
+        }
+        10 if bytes.len() >= 24 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&bytes[8..24]);
+            let ip = Ipv6Addr::from(octets);
+            // IPv4-mapped IPv6 (::ffff:a.b.c.d) is shown as IPv4.
+            let ip = match ip.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => std::net::IpAddr::V6(ip),
+            };
+            SockAddr::Ip(SocketAddr::new(ip, port()))
+        }
+        _ => SockAddr::None,
+    }
+}
+
+/// Joins each rename record with the target record that follows it from the same thread.
+#[derive(Default)]
+pub struct RenameJoiner {
+    pending: std::collections::HashMap<u32, File>,
+}
+
+impl RenameJoiner {
+    /// Returns the event to pass on, if any.
+    pub fn push(&mut self, event: Event) -> Option<Event> {
+        match event {
+            Event::File(file) if file.op == FileOp::Rename => {
+                if file.target.is_some() && file.path.is_empty() {
+                    let mut source = self.pending.remove(&file.header.pid)?;
+                    source.target = file.target;
+                    Some(Event::File(source))
+                } else {
+                    // A source whose target record was lost is replaced by the next one.
+                    self.pending.insert(file.header.pid, file);
+                    None
+                }
+            }
+            other => Some(other),
         }
     }
 }
@@ -540,6 +753,80 @@ mod tests {
         unknown[..4].copy_from_slice(&77u32.to_ne_bytes());
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(77)));
         assert!(matches!(decode(&bytes), Ok(Event::Fork(_))));
+    }
+
+    #[test]
+    fn normalizes_lexically() {
+        assert_eq!(normalize("/a/./b/../c//d"), "/a/c/d");
+        assert_eq!(normalize("/../x"), "/x");
+        assert_eq!(normalize("/"), "/");
+    }
+
+    #[test]
+    fn decodes_sockaddrs() {
+        use std::net::SocketAddr;
+        let mut v4 = vec![2, 0, 0x1f, 0x90, 127, 0, 0, 1];
+        v4.extend([0; 8]);
+        assert_eq!(
+            decode_sockaddr(&v4),
+            SockAddr::Ip("127.0.0.1:8080".parse::<SocketAddr>().unwrap())
+        );
+        let mut mapped = vec![10, 0, 0, 53, 0, 0, 0, 0];
+        mapped.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(
+            decode_sockaddr(&mapped),
+            SockAddr::Ip("10.1.2.3:53".parse::<SocketAddr>().unwrap())
+        );
+        let mut v6 = vec![10, 0, 0x01, 0xbb, 0, 0, 0, 0];
+        v6.extend([0; 15]);
+        v6.push(1);
+        assert_eq!(
+            decode_sockaddr(&v6),
+            SockAddr::Ip("[::1]:443".parse::<SocketAddr>().unwrap())
+        );
+        let unix = [1, 0, b'/', b'r', b'u', b'n', 0, 0];
+        assert_eq!(decode_sockaddr(&unix), SockAddr::Unix("/run".into()));
+        let abstract_ = [1, 0, 0, b'x', b'y'];
+        assert_eq!(decode_sockaddr(&abstract_), SockAddr::Unix("@xy".into()));
+        assert_eq!(decode_sockaddr(&[2]), SockAddr::None);
+    }
+
+    #[test]
+    fn joins_renames() {
+        let header = Header {
+            kind: EventKind::File,
+            time_ns: 1,
+            tgid: 5,
+            pid: 6,
+            start_time_ns: 2,
+            watched: true,
+        };
+        let source = File {
+            header,
+            op: FileOp::Rename,
+            path: "/a".into(),
+            path_truncated: false,
+            target: None,
+            access: Access::default(),
+            result: 0,
+            protected: false,
+        };
+        let target = File {
+            path: String::new(),
+            target: Some("/b".into()),
+            ..source.clone()
+        };
+        let mut joiner = RenameJoiner::default();
+        assert!(joiner.push(Event::File(source)).is_none());
+        let Some(Event::File(joined)) = joiner.push(Event::File(target.clone())) else {
+            panic!("joined")
+        };
+        assert_eq!(
+            (joined.path.as_str(), joined.target.as_deref()),
+            ("/a", Some("/b"))
+        );
+        // A target without its source is dropped.
+        assert!(joiner.push(Event::File(target)).is_none());
     }
 
     #[test]

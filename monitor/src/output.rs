@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     clock::BootClock,
-    events::{Event, Exec, Exit, Fork},
+    events::{errno_name, Event, Exec, Exit, File, FileOp, Fork, Net, NetOp},
     process::{Process, ProcessTable},
 };
 
@@ -147,9 +147,111 @@ pub fn event_record(
                 map.insert("process.exit.core_dumped".into(), json!(true));
             }
         }
-        Event::File(_) | Event::Net(_) | Event::Device(_) | Event::GpuIoctls(_) => {}
+        Event::File(file) => file_keys(&mut map, file),
+        Event::Net(net) => net_keys(&mut map, net),
+        Event::Device(device) => {
+            if !device.path.is_empty() {
+                map.insert("file.path".into(), json!(device.path));
+            }
+            map.insert("device.class".into(), json!(device.class.name()));
+            map.insert("device.major".into(), json!(device.major));
+            map.insert("device.minor".into(), json!(device.minor));
+            result_keys(&mut map, device.result, "monitor.result.fd");
+        }
+        Event::GpuIoctls(summary) => {
+            let counts: Vec<Value> = summary
+                .counts
+                .iter()
+                .map(|c| {
+                    json!({
+                        "device.class": c.class.name(),
+                        "ioctl.type": c.ioctl_type,
+                        "ioctl.type.char": char::from(c.ioctl_type).to_string(),
+                        "ioctl.nr": c.nr,
+                        "count": c.count,
+                    })
+                })
+                .collect();
+            let total: u64 = summary.counts.iter().map(|c| c.count).sum();
+            map.insert("monitor.gpu.ioctls".into(), Value::Array(counts));
+            map.insert("monitor.gpu.ioctls.total".into(), json!(total));
+        }
     }
     Value::Object(map)
+}
+
+/// `error.type` for a failure, or the success value under `ok_key`.
+fn result_keys(map: &mut Map<String, Value>, result: i64, ok_key: &str) {
+    if result < 0 {
+        map.insert("error.type".into(), json!(errno_name(-result)));
+    } else {
+        map.insert(ok_key.into(), json!(result));
+    }
+}
+
+fn file_keys(map: &mut Map<String, Value>, file: &File) {
+    map.insert("file.path".into(), json!(file.path));
+    if let Some(name) = file.path.rsplit('/').next().filter(|n| !n.is_empty()) {
+        map.insert("file.name".into(), json!(name));
+    }
+    if file.path_truncated {
+        map.insert("file.path.truncated".into(), json!(true));
+    }
+    map.insert("monitor.file.operation".into(), json!(file.op.name()));
+    if file.op == FileOp::Open {
+        map.insert("monitor.file.access".into(), json!(file.access.mode()));
+        let mut flags = Vec::new();
+        if file.access.create {
+            flags.push("create");
+        }
+        if file.access.truncate {
+            flags.push("truncate");
+        }
+        if !flags.is_empty() {
+            map.insert("monitor.file.flags".into(), json!(flags));
+        }
+    } else {
+        map.insert("monitor.file.access".into(), json!("write"));
+    }
+    if let Some(target) = &file.target {
+        map.insert("monitor.file.target.path".into(), json!(target));
+    }
+    if file.protected {
+        map.insert("monitor.file.protected".into(), json!(true));
+    }
+    let ok_key = if file.op == FileOp::Open {
+        "monitor.result.fd"
+    } else {
+        "monitor.result"
+    };
+    result_keys(map, file.result, ok_key);
+}
+
+fn net_keys(map: &mut Map<String, Value>, net: &Net) {
+    map.insert("monitor.network.operation".into(), json!(net.op.name()));
+    map.insert("network.transport".into(), json!(net.transport.name()));
+    for (prefix, addr) in [("network.peer", net.peer), ("network.local", net.local)] {
+        if let Some(addr) = addr {
+            map.insert(format!("{prefix}.address"), json!(addr.ip().to_string()));
+            map.insert(format!("{prefix}.port"), json!(addr.port()));
+            let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+            map.insert("network.type".into(), json!(family));
+        }
+    }
+    if let Some(path) = &net.unix_path {
+        let key = if matches!(net.op, NetOp::Bind | NetOp::Listen) {
+            "network.local.address"
+        } else {
+            "network.peer.address"
+        };
+        map.insert(key.into(), json!(path));
+    }
+    // A non-blocking connect in progress is not a failure.
+    if net.result == -115 {
+        map.insert("monitor.network.in_progress".into(), json!(true));
+    } else {
+        result_keys(map, net.result, "monitor.result");
+    }
 }
 
 /// Where a loss happened.

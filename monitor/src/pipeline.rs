@@ -31,8 +31,9 @@ use crate::{
     alert::Alert,
     cgroup::CgroupResolver,
     clock::BootClock,
-    events::{decode, Event},
+    events::{decode, Event, GpuIoctls, Header, RenameJoiner},
     glob::Glob,
+    ioctls::IoctlTracker,
     output::{self, LossStage},
     process::{ExecInfo, ProcessTable},
     procfs,
@@ -70,6 +71,7 @@ pub async fn read_ring(
         .context("failed to poll the ring buffer")?;
     let mut tick = tokio::time::interval(drain_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renames = RenameJoiner::default();
     loop {
         let stopping = tokio::select! {
             guard = ring.readable_mut() => {
@@ -83,7 +85,7 @@ pub async fn read_ring(
         let buffer = ring.get_mut();
         while let Some(record) = buffer.next() {
             match decode(&record) {
-                Ok(event) => batch.push(event),
+                Ok(event) => batch.extend(renames.push(event)),
                 Err(err) => {
                     counters.undecodable.fetch_add(1, Ordering::Relaxed);
                     debug!("dropped a record: {err}");
@@ -153,6 +155,10 @@ pub struct Processor<W: Write> {
     pub out: W,
     /// Where alerts go (`monitor run`).
     pub sinks: Vec<Box<dyn AlertSink>>,
+    /// GPU ioctl counters, when the sensor has them.
+    pub ioctls: Option<IoctlTracker>,
+    /// /dev node names by (major, minor), for device opens the kernel could not name.
+    device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
     summary: Summary,
     /// Processes user space put in the kernel's watched set. Between an exec that matches a
@@ -187,6 +193,8 @@ impl<W: Write> Processor<W> {
             counters,
             out,
             sinks: Vec::new(),
+            ioctls: None,
+            device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
             watching: std::collections::HashSet::new(),
@@ -257,8 +265,27 @@ impl<W: Write> Processor<W> {
         self.summary.events[kind_slot(kind)] += 1;
         self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
         let tgid = event.header().tgid;
-        let mut print =
-            self.selectors.all || event.header().watched || self.watching.contains(&tgid);
+        let mut event = event;
+        // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
+        let host_wide = match &mut event {
+            Event::Device(device) => {
+                if device.path.is_empty() {
+                    device.path = self.device_node(device.major, device.minor);
+                }
+                true
+            }
+            Event::GpuIoctls(_) => true,
+            Event::File(file) => file.protected,
+            _ => false,
+        };
+        if let Event::Exit(_) = event {
+            // The last ioctl counts of the process come before its exit.
+            self.report_ioctls(Some(tgid))?;
+        }
+        let mut print = self.selectors.all
+            || host_wide
+            || event.header().watched
+            || self.watching.contains(&tgid);
         let record = match &event {
             Event::Exec(exec) => {
                 let cgroup_path = self
@@ -310,6 +337,9 @@ impl<W: Write> Processor<W> {
                     exit.signal,
                 );
                 let process = process.cloned();
+                if let Some(ioctls) = &mut self.ioctls {
+                    ioctls.forget(tgid);
+                }
                 print.then(|| {
                     output::event_record(&self.clock, &self.table, &event, process.as_ref())
                 })
@@ -323,6 +353,40 @@ impl<W: Write> Processor<W> {
             self.emit(&record)?;
         }
         Ok(())
+    }
+
+    /// Reports GPU ioctls counted since the last report (of one process, or all).
+    pub fn report_ioctls(&mut self, only: Option<u32>) -> std::io::Result<()> {
+        let Some(ioctls) = &mut self.ioctls else {
+            return Ok(());
+        };
+        let now = BootClock::boot_now_ns();
+        for (tgid, counts) in ioctls.collect(only) {
+            let start_time_ns = self.table.get_by_tgid(tgid).map_or(0, |p| p.start_time_ns);
+            let summary = Event::GpuIoctls(GpuIoctls {
+                header: Header {
+                    kind: EventKind::GpuIoctls,
+                    time_ns: now,
+                    tgid,
+                    pid: tgid,
+                    start_time_ns,
+                    watched: true,
+                },
+                counts,
+            });
+            self.handle(summary)?;
+        }
+        Ok(())
+    }
+
+    fn device_node(&mut self, major: u32, minor: u32) -> String {
+        self.device_nodes
+            .entry((major, minor))
+            .or_insert_with(|| {
+                crate::devices::find_node(std::path::Path::new("/dev"), major, minor)
+            })
+            .clone()
+            .unwrap_or_default()
     }
 
     fn emit(&mut self, record: &Value) -> std::io::Result<()> {
@@ -456,6 +520,8 @@ pub struct PipelineOptions {
     pub drain_interval: Duration,
     pub queue_batches: usize,
     pub ready_file: Option<PathBuf>,
+    /// How often per-process GPU ioctl counts are reported.
+    pub ioctl_summary: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -464,6 +530,7 @@ impl Default for PipelineOptions {
             drain_interval: Duration::from_millis(10),
             queue_batches: 4096,
             ready_file: None,
+            ioctl_summary: Duration::from_secs(5),
         }
     }
 }

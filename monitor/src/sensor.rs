@@ -1,15 +1,24 @@
 //! Loading and attaching the kernel programs, and the handles on their maps.
 
-use std::time::Instant;
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, TracePoint},
     Ebpf, EbpfLoader,
 };
-use monitor_common::{globals, maps, programs, Config, KernelOffsets, WatchEntry};
-use tracing::{debug, info};
+use monitor_common::{
+    globals, maps, programs, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, Suffix, WatchEntry,
+    SUFFIXES_MAX, SUFFIX_CAP,
+};
+use tracing::{debug, info, warn};
+
+use crate::{devices::AccelMajors, events::DeviceClass};
 
 /// The kernel object built by `build.rs`, embedded so that `monitor` is one file to install.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -23,6 +32,14 @@ pub struct SensorOptions {
     pub wakeup_bytes: u64,
     /// Every process counts as watched.
     pub watch_all: bool,
+    /// Protected directories: opens of files below them are reported for every process.
+    pub protect_dirs: Vec<PathBuf>,
+    /// Protected file name suffixes (e.g. `.safetensors`), likewise.
+    pub protect_suffixes: Vec<String>,
+    /// Accelerator device majors (from /proc/devices plus the fixed ones and overrides).
+    pub accel_majors: AccelMajors,
+    /// The cgroup (v2) whose processes the device hook sees; the whole host by default.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for SensorOptions {
@@ -31,6 +48,10 @@ impl Default for SensorOptions {
             ring_size: 8 << 20,
             wakeup_bytes: 1 << 20,
             watch_all: false,
+            protect_dirs: Vec::new(),
+            protect_suffixes: Vec::new(),
+            accel_majors: AccelMajors::default(),
+            cgroup: None,
         }
     }
 }
@@ -66,11 +87,165 @@ const HOOKS: &[Hook] = &[
     },
 ];
 
+/// Syscall tracepoints: a program, the tracepoints it serves (`syscalls/<name>`), and
+/// whether the sensor can do without a tracepoint that this kernel lacks (legacy syscalls that
+/// arm64 never had, openat2 before 5.6, fchmodat2 before 6.6).
+struct SyscallHook {
+    program: &'static str,
+    required: &'static [&'static str],
+    optional: &'static [&'static str],
+}
+
+const SYSCALL_HOOKS: &[SyscallHook] = &[
+    SyscallHook {
+        program: "sys_enter_open",
+        required: &[],
+        optional: &["sys_enter_open"],
+    },
+    SyscallHook {
+        program: "sys_enter_openat",
+        required: &["sys_enter_openat"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_openat2",
+        required: &[],
+        optional: &["sys_enter_openat2"],
+    },
+    SyscallHook {
+        program: "sys_enter_creat",
+        required: &[],
+        optional: &["sys_enter_creat"],
+    },
+    SyscallHook {
+        program: "sys_exit_open",
+        required: &["sys_exit_openat"],
+        optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
+    },
+    SyscallHook {
+        program: "sys_enter_rename",
+        required: &[],
+        optional: &["sys_enter_rename"],
+    },
+    SyscallHook {
+        program: "sys_enter_renameat",
+        required: &["sys_enter_renameat"],
+        optional: &["sys_enter_renameat2"],
+    },
+    SyscallHook {
+        program: "sys_enter_unlink",
+        required: &[],
+        optional: &["sys_enter_unlink", "sys_enter_rmdir"],
+    },
+    SyscallHook {
+        program: "sys_enter_unlinkat",
+        required: &["sys_enter_unlinkat"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_truncate",
+        required: &["sys_enter_truncate"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_ftruncate",
+        required: &["sys_enter_ftruncate"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_chmod",
+        required: &[],
+        optional: &["sys_enter_chmod"],
+    },
+    SyscallHook {
+        program: "sys_enter_fchmodat",
+        required: &["sys_enter_fchmodat"],
+        optional: &["sys_enter_fchmodat2"],
+    },
+    SyscallHook {
+        program: "sys_enter_fchmod",
+        required: &["sys_enter_fchmod"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_exit_file",
+        required: &[
+            "sys_exit_renameat",
+            "sys_exit_unlinkat",
+            "sys_exit_truncate",
+            "sys_exit_ftruncate",
+            "sys_exit_fchmodat",
+            "sys_exit_fchmod",
+        ],
+        optional: &[
+            "sys_exit_rename",
+            "sys_exit_renameat2",
+            "sys_exit_unlink",
+            "sys_exit_rmdir",
+            "sys_exit_chmod",
+            "sys_exit_fchmodat2",
+        ],
+    },
+    SyscallHook {
+        program: "sys_enter_connect",
+        required: &["sys_enter_connect"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_bind",
+        required: &["sys_enter_bind"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_listen",
+        required: &["sys_enter_listen"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_accept",
+        required: &["sys_enter_accept4"],
+        optional: &["sys_enter_accept"],
+    },
+    SyscallHook {
+        program: "sys_enter_sendto",
+        required: &["sys_enter_sendto"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_sendmsg",
+        required: &["sys_enter_sendmsg"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_exit_net",
+        required: &[
+            "sys_exit_connect",
+            "sys_exit_bind",
+            "sys_exit_listen",
+            "sys_exit_accept4",
+            "sys_exit_sendto",
+            "sys_exit_sendmsg",
+        ],
+        optional: &["sys_exit_accept"],
+    },
+    SyscallHook {
+        program: "sys_enter_ioctl",
+        required: &["sys_enter_ioctl"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: "sys_enter_close",
+        required: &["sys_enter_close"],
+        optional: &[],
+    },
+];
+
 /// The loaded (and, after [`Sensor::attach`], attached) programs. Dropping it detaches
 /// everything: nothing is pinned.
 pub struct Sensor {
     ebpf: Ebpf,
-    btf: aya::Btf,
+    tracefs: PathBuf,
+    cgroup: PathBuf,
 }
 
 /// Handles on the maps, taken out of the [`Sensor`] so stages can own them.
@@ -78,6 +253,8 @@ pub struct SensorMaps {
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub watched: HashMap<MapData, u32, WatchEntry>,
+    pub ioctl_counts: PerCpuHashMap<MapData, IoctlKey, u64>,
+    pub accel_fds: HashMap<MapData, FdKey, u32>,
 }
 
 impl Sensor {
@@ -99,10 +276,22 @@ impl Sensor {
         let offsets: KernelOffsets = crate::btf::kernel_offsets(&kernel_btf)
             .context("failed to find the kernel struct fields the programs read")?;
         debug!(?offsets, "kernel struct offsets from BTF");
+        let tracefs = crate::mounts::tracefs()?;
+        check_syscall_layout(&tracefs)?;
+        let cgroup = match &options.cgroup {
+            Some(path) => path.clone(),
+            None => crate::cgroup::cgroup2_mount().context(
+                "failed to find the cgroup v2 mount for the device hook; give --cgroup PATH",
+            )?,
+        };
+        let protected = protected_inodes(&options.protect_dirs);
+        let suffixes = suffixes(&options.protect_suffixes)?;
         let config = Config {
             self_tgid: std::process::id(),
             watch_all: u32::from(options.watch_all),
             wakeup_bytes: options.wakeup_bytes,
+            protect: u32::from(!protected.is_empty() || !suffixes.is_empty()),
+            _pad: 0,
         };
         let btf = aya::Btf::from_sys_fs().context("failed to load the kernel's BTF")?;
         let mut ebpf = EbpfLoader::new()
@@ -124,18 +313,65 @@ impl Sensor {
                 )
             })?;
         }
+        for hook in SYSCALL_HOOKS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(hook.program)
+                .with_context(|| format!("program {} missing from the object", hook.program))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("failed to load program {}", hook.program))?;
+        }
+        let device: &mut CgroupDevice = ebpf
+            .program_mut(programs::DEVICE_ACCESS)
+            .context("device program missing from the object")?
+            .try_into()?;
+        device
+            .load()
+            .context("failed to load the cgroup device program")?;
+
+        let mut majors: HashMap<_, u32, u32> = HashMap::try_from(
+            ebpf.map_mut(maps::ACCEL_MAJORS)
+                .context("map ACCEL_MAJORS missing")?,
+        )?;
+        for (major, class) in options.accel_majors.iter() {
+            majors.insert(major, class_id(class), 0)?;
+        }
+        let mut dirs: HashMap<_, InodeKey, u32> = HashMap::try_from(
+            ebpf.map_mut(maps::PROTECTED_DIRS)
+                .context("map PROTECTED_DIRS missing")?,
+        )?;
+        for key in &protected {
+            dirs.insert(key, 1, 0)?;
+        }
+        let mut suffix_map: Array<_, Suffix> = Array::try_from(
+            ebpf.map_mut(maps::PROTECTED_SUFFIXES)
+                .context("map PROTECTED_SUFFIXES missing")?,
+        )?;
+        for (i, suffix) in suffixes.iter().enumerate() {
+            suffix_map.set(i as u32, suffix, 0)?;
+        }
+
         let maps = SensorMaps {
             events: RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)?,
             stats: PerCpuArray::try_from(take_map(&mut ebpf, maps::STATS)?)?,
             watched: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED)?)?,
+            ioctl_counts: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::IOCTL_COUNTS)?)?,
+            accel_fds: HashMap::try_from(take_map(&mut ebpf, maps::ACCEL_FDS)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
-        Ok((Sensor { ebpf, btf }, maps))
+        Ok((
+            Sensor {
+                ebpf,
+                tracefs,
+                cgroup,
+            },
+            maps,
+        ))
     }
 
     /// Attaches every program; says which hook serves each sensor.
     pub fn attach(&mut self) -> anyhow::Result<()> {
-        let _ = &self.btf;
         for hook in HOOKS {
             let program: &mut BtfTracePoint = self
                 .ebpf
@@ -152,8 +388,152 @@ impl Sensor {
                 "attached"
             );
         }
+        let events = self.tracefs.join("events/syscalls");
+        for hook in SYSCALL_HOOKS {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(hook.program)
+                .with_context(|| format!("program {} missing from the object", hook.program))?
+                .try_into()?;
+            let mut attached = Vec::new();
+            for (name, required) in hook
+                .required
+                .iter()
+                .map(|n| (n, true))
+                .chain(hook.optional.iter().map(|n| (n, false)))
+            {
+                if !required && !events.join(name).exists() {
+                    debug!(
+                        program = hook.program,
+                        tracepoint = name,
+                        "not on this kernel; skipped"
+                    );
+                    continue;
+                }
+                program.attach("syscalls", name).with_context(|| {
+                    format!(
+                        "failed to attach program {} to syscalls/{name}",
+                        hook.program
+                    )
+                })?;
+                attached.push(*name);
+            }
+            debug!(program = hook.program, tracepoints = ?attached, "attached");
+        }
+        info!(
+            programs = SYSCALL_HOOKS.len(),
+            "file, network and ioctl sensors attached to syscall tracepoints"
+        );
+        let cgroup = std::fs::File::open(&self.cgroup)
+            .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
+        let device: &mut CgroupDevice = self
+            .ebpf
+            .program_mut(programs::DEVICE_ACCESS)
+            .context("device program missing from the object")?
+            .try_into()?;
+        // On 5.7+ aya attaches through a BPF link, which always runs alongside other programs
+        // (a link takes no flags: BPF_F_ALLOW_MULTI makes it fail with EINVAL). Nothing is
+        // pinned: the link goes away with the daemon.
+        device
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| {
+                format!(
+                    "failed to attach the device hook to cgroup {}",
+                    self.cgroup.display()
+                )
+            })?;
+        info!(
+            program = programs::DEVICE_ACCESS,
+            hook = "cgroup/dev",
+            cgroup = %self.cgroup.display(),
+            "attached (accelerator device opens, failed ones included)"
+        );
         Ok(())
     }
+}
+
+fn class_id(class: DeviceClass) -> u32 {
+    use monitor_common::DeviceClassId as Id;
+    (match class {
+        DeviceClass::Nvidia => Id::Nvidia,
+        DeviceClass::NvidiaUvm => Id::NvidiaUvm,
+        DeviceClass::NvidiaCaps => Id::NvidiaCaps,
+        DeviceClass::Dri => Id::Dri,
+        DeviceClass::Kfd => Id::Kfd,
+        DeviceClass::Accel => Id::Accel,
+    }) as u32
+}
+
+/// The kernel's `dev_t` (12-bit major, 20-bit minor) of a user-space `st_dev`.
+fn kernel_dev(st_dev: u64) -> u32 {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    (major << 20) | (minor & 0xfffff)
+}
+
+/// Inodes of the protected directories that exist.
+fn protected_inodes(dirs: &[PathBuf]) -> Vec<InodeKey> {
+    let mut keys = Vec::new();
+    for dir in dirs {
+        match std::fs::metadata(dir) {
+            Ok(meta) => keys.push(InodeKey {
+                dev: kernel_dev(meta.dev()),
+                _pad: 0,
+                ino: meta.ino(),
+            }),
+            Err(err) => warn!(
+                "protected directory {} is not guarded in the kernel: {err}; it is checked again at the next reload",
+                dir.display()
+            ),
+        }
+    }
+    keys
+}
+
+fn suffixes(list: &[String]) -> anyhow::Result<Vec<Suffix>> {
+    if list.len() > SUFFIXES_MAX as usize {
+        bail!(
+            "too many protected file suffixes ({}): at most {SUFFIXES_MAX}; guard directories instead",
+            list.len()
+        );
+    }
+    list.iter()
+        .map(|suffix| {
+            let bytes = suffix.as_bytes();
+            if bytes.is_empty() || bytes.len() > SUFFIX_CAP {
+                bail!("invalid protected suffix `{suffix}`: 1 to {SUFFIX_CAP} bytes");
+            }
+            let mut out = Suffix {
+                len: bytes.len() as u32,
+                bytes: [0; SUFFIX_CAP],
+            };
+            out.bytes[SUFFIX_CAP - bytes.len()..].copy_from_slice(bytes);
+            Ok(out)
+        })
+        .collect()
+}
+
+/// The programs read syscall arguments at fixed offsets (8 for `__syscall_nr`, then 16 + 8n;
+/// `ret` at 16): check that this kernel's tracepoint formats agree before trusting them.
+fn check_syscall_layout(tracefs: &Path) -> anyhow::Result<()> {
+    for (name, field, offset) in [
+        ("sys_enter_openat", "int dfd", 16),
+        ("sys_enter_openat", "const char * filename", 24),
+        ("sys_enter_connect", "int fd", 16),
+        ("sys_enter_ioctl", "unsigned int cmd", 24),
+        ("sys_exit_openat", "long ret", 16),
+    ] {
+        let path = tracefs.join("events/syscalls").join(name).join("format");
+        let format = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        let expected = format!("field:{field};\toffset:{offset};");
+        if !format.contains(&expected) {
+            bail!(
+                "unexpected layout of syscalls/{name} (wanted `{field}` at offset {offset}); this kernel is not supported yet, please report it with {}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

@@ -1,0 +1,637 @@
+//! File sensor: opens and changes to files by watched processes, and opens of protected
+//! files by any process (host-wide).
+//!
+//! Entry programs only record the arguments of watched processes (one map lookup for the
+//! others). Exit programs resolve the path in the kernel: a successful open by walking the
+//! opened file's dentries and mounts; anything else as the directory the name is relative to
+//! (the cwd or the dirfd, walked) plus the name as given.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    DeviceEvent, EventKind, FdKey, FileEvent, FileOpCode, InodeKey, Pending, Stat,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, PATH_CAP,
+    PENDING_DEVICE, PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
+};
+
+use crate::{
+    config_protect, config_self_tgid, count, is_watched,
+    kernel::{file_flags, file_inode, file_path, inode_rdev, off, read, Task},
+    path::{write_path, write_user_str},
+    process::header,
+    submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, EVENTS, PENDING, PROTECTED_DIRS,
+    PROTECTED_SUFFIXES,
+};
+
+const AT_FDCWD: i32 = -100;
+const O_WRONLY: u32 = 0o1;
+const O_CREAT: u32 = 0o100;
+const O_TRUNC: u32 = 0o1000;
+
+/// Records a file syscall of a watched process for its exit.
+#[inline(always)]
+fn record(op: FileOpCode, dfd: i32, name: u64, dfd2: i32, name2: u64, open_flags: u32, fd: i32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // The cheapest test first: nothing else happens for unwatched processes.
+    if !is_watched(tgid) || tgid == config_self_tgid() {
+        return;
+    }
+    let pending = Pending {
+        flags: PENDING_FILE,
+        op: op as u32,
+        dfd,
+        dfd2,
+        name,
+        name2,
+        open_flags,
+        fd,
+        ..Pending::default()
+    };
+    if PENDING.insert(pid_tgid, pending, 0).is_err() {
+        count(Stat::LostRingFull, EventKind::File as u32);
+    }
+}
+
+/// `open(filename, flags, mode)`
+#[tracepoint]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    let flags = syscall_arg(&ctx, 1) as u32;
+    record(
+        FileOpCode::Open,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        0,
+        0,
+        flags,
+        -1,
+    );
+    0
+}
+
+/// `openat(dfd, filename, flags, mode)`
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    let flags = syscall_arg(&ctx, 2) as u32;
+    record(
+        FileOpCode::Open,
+        syscall_arg(&ctx, 0) as i32,
+        syscall_arg(&ctx, 1),
+        0,
+        0,
+        flags,
+        -1,
+    );
+    0
+}
+
+/// `openat2(dfd, filename, struct open_how *how, size)`
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    // open_how.flags is the first u64 of the struct.
+    let how = syscall_arg(&ctx, 2) as *const u64;
+    let flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0) as u32;
+    record(
+        FileOpCode::Open,
+        syscall_arg(&ctx, 0) as i32,
+        syscall_arg(&ctx, 1),
+        0,
+        0,
+        flags,
+        -1,
+    );
+    0
+}
+
+/// `creat(pathname, mode)`
+#[tracepoint]
+pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
+    let flags = O_CREAT | O_WRONLY | O_TRUNC;
+    record(
+        FileOpCode::Open,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        0,
+        0,
+        flags,
+        -1,
+    );
+    0
+}
+
+/// `rename(oldname, newname)`
+#[tracepoint]
+pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
+    let (old, new) = (syscall_arg(&ctx, 0), syscall_arg(&ctx, 1));
+    record(FileOpCode::Rename, AT_FDCWD, old, AT_FDCWD, new, 0, -1);
+    0
+}
+
+/// `renameat(olddfd, oldname, newdfd, newname)` and `renameat2(..., flags)`
+#[tracepoint]
+pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
+    record(
+        FileOpCode::Rename,
+        syscall_arg(&ctx, 0) as i32,
+        syscall_arg(&ctx, 1),
+        syscall_arg(&ctx, 2) as i32,
+        syscall_arg(&ctx, 3),
+        0,
+        -1,
+    );
+    0
+}
+
+/// `unlink(pathname)`, `rmdir(pathname)`
+#[tracepoint]
+pub fn sys_enter_unlink(ctx: TracePointContext) -> u32 {
+    record(
+        FileOpCode::Unlink,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        0,
+        0,
+        0,
+        -1,
+    );
+    0
+}
+
+/// `unlinkat(dfd, pathname, flag)`
+#[tracepoint]
+pub fn sys_enter_unlinkat(ctx: TracePointContext) -> u32 {
+    let dfd = syscall_arg(&ctx, 0) as i32;
+    record(FileOpCode::Unlink, dfd, syscall_arg(&ctx, 1), 0, 0, 0, -1);
+    0
+}
+
+/// `truncate(path, length)`
+#[tracepoint]
+pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
+    record(
+        FileOpCode::Truncate,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        0,
+        0,
+        0,
+        -1,
+    );
+    0
+}
+
+/// `ftruncate(fd, length)`
+#[tracepoint]
+pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
+    let fd = syscall_arg(&ctx, 0) as i32;
+    record(FileOpCode::Truncate, AT_FDCWD, 0, 0, 0, 0, fd);
+    0
+}
+
+/// `chmod(filename, mode)`
+#[tracepoint]
+pub fn sys_enter_chmod(ctx: TracePointContext) -> u32 {
+    let mode = syscall_arg(&ctx, 1) as u32;
+    record(
+        FileOpCode::Chmod,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        0,
+        0,
+        mode,
+        -1,
+    );
+    0
+}
+
+/// `fchmodat(dfd, filename, mode)` and `fchmodat2(dfd, filename, mode, flags)`
+#[tracepoint]
+pub fn sys_enter_fchmodat(ctx: TracePointContext) -> u32 {
+    let mode = syscall_arg(&ctx, 2) as u32;
+    let dfd = syscall_arg(&ctx, 0) as i32;
+    record(FileOpCode::Chmod, dfd, syscall_arg(&ctx, 1), 0, 0, mode, -1);
+    0
+}
+
+/// `fchmod(fd, mode)`
+#[tracepoint]
+pub fn sys_enter_fchmod(ctx: TracePointContext) -> u32 {
+    let mode = syscall_arg(&ctx, 1) as u32;
+    record(
+        FileOpCode::Chmod,
+        AT_FDCWD,
+        0,
+        0,
+        0,
+        mode,
+        syscall_arg(&ctx, 0) as i32,
+    );
+    0
+}
+
+/// Exit of open, openat, openat2 and creat.
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_open(&ctx);
+    0
+}
+
+fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ret = syscall_ret(ctx);
+    let pending = unsafe { PENDING.get(pid_tgid).copied() };
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let Some(pending) = pending else {
+        // Unwatched: only a successful open of a protected file matters.
+        if ret < 0 || !config_protect() {
+            return Ok(());
+        }
+        let tgid = (pid_tgid >> 32) as u32;
+        if tgid == config_self_tgid() {
+            return Ok(());
+        }
+        let file = task.file(ret)?;
+        if !is_protected(file)? {
+            return Ok(());
+        }
+        let open_flags = file_flags(file);
+        return emit_file(
+            task,
+            pid_tgid,
+            FileOpCode::Open,
+            ret,
+            open_flags,
+            FILE_PROTECTED,
+            Some(file),
+            AT_FDCWD,
+            0,
+            false,
+        );
+    };
+    let _ = PENDING.remove(pid_tgid);
+    if pending.flags & PENDING_DEVICE != 0 {
+        return emit_device(task, pid_tgid, ret, &pending);
+    }
+    if pending.flags & PENDING_FILE == 0 {
+        return Ok(());
+    }
+    let file = if ret >= 0 { task.file(ret).ok() } else { None };
+    let protected = match file {
+        Some(file) if config_protect() => is_protected(file).unwrap_or(false),
+        _ => false,
+    };
+    let flags = if protected { FILE_PROTECTED } else { 0 };
+    emit_file(
+        task,
+        pid_tgid,
+        FileOpCode::Open,
+        ret,
+        pending.open_flags,
+        flags,
+        file,
+        pending.dfd,
+        pending.name,
+        true,
+    )
+}
+
+/// Exit of rename*, unlink*, rmdir, truncate, ftruncate, chmod, fchmod, fchmodat*.
+#[tracepoint]
+pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_file(&ctx);
+    0
+}
+
+fn try_exit_file(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pending) = (unsafe { PENDING.get(pid_tgid).copied() }) else {
+        return Ok(());
+    };
+    let _ = PENDING.remove(pid_tgid);
+    if pending.flags & PENDING_FILE == 0 {
+        return Ok(());
+    }
+    let ret = syscall_ret(ctx);
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let op = match pending.op {
+        2 => FileOpCode::Rename,
+        4 => FileOpCode::Unlink,
+        5 => FileOpCode::Truncate,
+        6 => FileOpCode::Chmod,
+        _ => return Ok(()),
+    };
+    // fd-based calls (ftruncate, fchmod): the file's own path.
+    let file = if pending.fd >= 0 {
+        task.file(pending.fd as i64).ok()
+    } else {
+        None
+    };
+    emit_file(
+        task,
+        pid_tgid,
+        op,
+        ret,
+        pending.open_flags,
+        0,
+        file,
+        pending.dfd,
+        pending.name,
+        true,
+    )?;
+    if op == FileOpCode::Rename {
+        emit_file(
+            task,
+            pid_tgid,
+            FileOpCode::RenameTarget,
+            ret,
+            0,
+            0,
+            None,
+            pending.dfd2,
+            pending.name2,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+/// Reserves and sends one file record. With `file`, its walked path; otherwise the base
+/// directory (`dfd` or the cwd) walked plus the name at user address `name`.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one record builder for every file syscall"
+)]
+fn emit_file(
+    task: Task,
+    pid_tgid: u64,
+    op: FileOpCode,
+    result: i64,
+    open_flags: u32,
+    flags: u32,
+    file: Option<*const u8>,
+    dfd: i32,
+    name: u64,
+    watched: bool,
+) -> Result<(), i64> {
+    let kind = EventKind::File as u32;
+    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    let tgid = (pid_tgid >> 32) as u32;
+    let start_time = task.process_start_time().unwrap_or(0);
+    unsafe {
+        (*event).header = header(EventKind::File, tgid, pid_tgid as u32, start_time, watched);
+        (*event).op = op as u32;
+        (*event).flags = flags;
+        (*event).open_flags = open_flags;
+        (*event).result = result;
+        (*event).path_len = 0;
+        (*event).raw_len = 0;
+        (*event)._pad = 0;
+    }
+    let complete = fill_paths(
+        task,
+        file,
+        dfd,
+        name,
+        unsafe { &mut (*event).path },
+        unsafe { &mut (*event).raw },
+        unsafe { &mut (*event).path_len },
+        unsafe { &mut (*event).raw_len },
+        unsafe { &mut (*event).flags },
+    );
+    if !complete {
+        count(Stat::ReadFailed, kind);
+    }
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+/// Fills the path fields of a file or device record; false when something could not be read.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "shared by file and device records"
+)]
+fn fill_paths(
+    task: Task,
+    file: Option<*const u8>,
+    dfd: i32,
+    name: u64,
+    path: &mut [u8; PATH_CAP],
+    raw: &mut [u8; PATH_CAP],
+    path_len: &mut u32,
+    raw_len: &mut u32,
+    flags: &mut u32,
+) -> bool {
+    if let Some(file) = file {
+        let Ok((mnt, dentry)) = file_path(file) else {
+            return false;
+        };
+        return match write_path(path, mnt, dentry) {
+            Ok((len, truncated)) => {
+                *path_len = len;
+                *flags |= FILE_RESOLVED;
+                if truncated {
+                    *flags |= FILE_PATH_TRUNCATED;
+                }
+                true
+            }
+            Err(_) => false,
+        };
+    }
+    if name == 0 {
+        return false;
+    }
+    let mut complete = true;
+    match write_user_str(raw, name) {
+        Ok((len, truncated)) => {
+            *raw_len = len;
+            if truncated {
+                *flags |= FILE_RAW_TRUNCATED;
+            }
+        }
+        Err(_) => return false,
+    }
+    // An absolute name needs no base directory.
+    if raw[0] == b'/' {
+        return true;
+    }
+    let base = if dfd == AT_FDCWD {
+        task.pwd()
+    } else {
+        task.file(dfd as i64).and_then(file_path)
+    };
+    match base {
+        Ok((mnt, dentry)) => match write_path(path, mnt, dentry) {
+            Ok((len, truncated)) => {
+                *path_len = len;
+                if truncated {
+                    *flags |= FILE_PATH_TRUNCATED;
+                }
+            }
+            Err(_) => complete = false,
+        },
+        Err(_) => complete = false,
+    }
+    complete
+}
+
+/// Whether a file is protected: its name ends with a protected suffix, or one of its
+/// directories (up to the root of its mount tree) is a protected directory. Inodes, not
+/// names: symlinks, relative paths and renames of the directory do not get around it.
+#[inline(always)]
+fn is_protected(file: *const u8) -> Result<bool, i64> {
+    let (vfsmount, mut dentry) = file_path(file)?;
+    if has_protected_suffix(dentry)? {
+        return Ok(true);
+    }
+    let mut mount = vfsmount.wrapping_sub(off!(mount_mnt));
+    for _ in 0..24 {
+        let inode: *const u8 = unsafe { read(dentry, off!(dentry_inode))? };
+        if !inode.is_null() {
+            let ino: u64 = unsafe { read(inode, off!(inode_ino))? };
+            let sb: *const u8 = unsafe { read(inode, off!(inode_sb))? };
+            let dev: u32 = unsafe { read(sb, off!(sb_dev))? };
+            let key = InodeKey { dev, _pad: 0, ino };
+            if unsafe { PROTECTED_DIRS.get(key).is_some() } {
+                return Ok(true);
+            }
+        }
+        let mnt = mount.wrapping_add(off!(mount_mnt));
+        let mnt_root: *const u8 = unsafe { read(mnt, off!(vfsmount_root))? };
+        if dentry == mnt_root {
+            let parent: *const u8 = unsafe { read(mount, off!(mount_parent))? };
+            if parent == mount {
+                return Ok(false);
+            }
+            dentry = unsafe { read(mount, off!(mount_mountpoint))? };
+            mount = parent;
+            continue;
+        }
+        let parent: *const u8 = unsafe { read(dentry, off!(dentry_parent))? };
+        if parent == dentry {
+            return Ok(false);
+        }
+        dentry = parent;
+    }
+    Ok(false)
+}
+
+#[inline(always)]
+fn has_protected_suffix(dentry: *const u8) -> Result<bool, i64> {
+    let first = PROTECTED_SUFFIXES.get(0);
+    if first.is_none_or(|s| s.len == 0) {
+        return Ok(false);
+    }
+    let qstr = dentry.wrapping_add(off!(dentry_name));
+    let name: *const u8 = unsafe { read(qstr, off!(qstr_name))? };
+    let len = unsafe { read::<u32>(qstr, off!(qstr_len))? } as usize;
+    if len < 2 {
+        return Ok(false);
+    }
+    // The last SUFFIX_CAP bytes of the name (all of it when shorter), right-aligned.
+    let take = if len < SUFFIX_CAP { len } else { SUFFIX_CAP };
+    let mut tail = [0u8; SUFFIX_CAP];
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            tail.as_mut_ptr() as *mut _,
+            SUFFIX_CAP as u32,
+            name.wrapping_add(len).wrapping_sub(SUFFIX_CAP) as *const _,
+        )
+    };
+    // Reading before a short name is fine: the bytes before it are ignored below, and the
+    // read is of kernel memory next to the name (a failure just means no match).
+    if ret < 0 {
+        return Ok(false);
+    }
+    for i in 0..SUFFIXES_MAX {
+        let Some(suffix) = PROTECTED_SUFFIXES.get(i) else {
+            break;
+        };
+        let n = suffix.len as usize;
+        if n == 0 {
+            break;
+        }
+        if n > take {
+            continue;
+        }
+        let mut equal = true;
+        for j in 0..SUFFIX_CAP {
+            if j >= SUFFIX_CAP - n && tail[j] != suffix.bytes[j] {
+                equal = false;
+            }
+        }
+        if equal {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Sends the open of an accelerator device (seen by the device hook), failed ones included.
+#[inline(always)]
+fn emit_device(task: Task, pid_tgid: u64, ret: i64, pending: &Pending) -> Result<(), i64> {
+    let file = if ret >= 0 { task.file(ret).ok() } else { None };
+    if let Some(file) = file {
+        // The hook may have seen another access by this thread (access(2), say): only report
+        // the open of that very device.
+        let (major, minor) = inode_rdev(file_inode(file)?)?;
+        if major != pending.major || minor != pending.minor {
+            return Ok(());
+        }
+        let key = FdKey {
+            tgid: (pid_tgid >> 32) as u32,
+            fd: ret as u32,
+        };
+        let _ = ACCEL_FDS.insert(key, pending.class, 0);
+    }
+    let kind = EventKind::Device as u32;
+    let Some(mut entry) = EVENTS.reserve::<DeviceEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    let tgid = (pid_tgid >> 32) as u32;
+    let watched = pending.flags & PENDING_FILE != 0;
+    unsafe {
+        (*event).header = header(
+            EventKind::Device,
+            tgid,
+            pid_tgid as u32,
+            task.process_start_time().unwrap_or(0),
+            watched,
+        );
+        (*event).class = pending.class;
+        (*event).major = pending.major;
+        (*event).minor = pending.minor;
+        (*event).flags = 0;
+        (*event).result = ret;
+        (*event).path_len = 0;
+        (*event).raw_len = 0;
+    }
+    // Without a file or a recorded name (an unwatched process whose open failed), user space
+    // names the node from its major and minor.
+    let name = if watched { pending.name } else { 0 };
+    let _ = fill_paths(
+        task,
+        file,
+        pending.dfd,
+        name,
+        unsafe { &mut (*event).path },
+        unsafe { &mut (*event).raw },
+        unsafe { &mut (*event).path_len },
+        unsafe { &mut (*event).raw_len },
+        unsafe { &mut (*event).flags },
+    );
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+    Ok(())
+}

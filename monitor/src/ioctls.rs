@@ -1,0 +1,91 @@
+//! Per-process GPU ioctl counts: the kernel counts (per CPU) by (process, class, type,
+//! number); this turns them into periodic summaries of what is new, and forgets processes
+//! that exited so the maps cannot grow without bound.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+
+use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use monitor_common::{DeviceClassId, FdKey, IoctlKey};
+
+use crate::events::{DeviceClass, IoctlCount};
+
+pub struct IoctlTracker {
+    counts: PerCpuHashMap<MapData, IoctlKey, u64>,
+    fds: HashMap<MapData, FdKey, u32>,
+    reported: StdHashMap<IoctlKey, u64>,
+}
+
+fn class_of(id: u32) -> Option<DeviceClass> {
+    Some(match id {
+        x if x == DeviceClassId::Nvidia as u32 => DeviceClass::Nvidia,
+        x if x == DeviceClassId::NvidiaUvm as u32 => DeviceClass::NvidiaUvm,
+        x if x == DeviceClassId::NvidiaCaps as u32 => DeviceClass::NvidiaCaps,
+        x if x == DeviceClassId::Dri as u32 => DeviceClass::Dri,
+        x if x == DeviceClassId::Kfd as u32 => DeviceClass::Kfd,
+        x if x == DeviceClassId::Accel as u32 => DeviceClass::Accel,
+        _ => return None,
+    })
+}
+
+impl IoctlTracker {
+    pub fn new(
+        counts: PerCpuHashMap<MapData, IoctlKey, u64>,
+        fds: HashMap<MapData, FdKey, u32>,
+    ) -> Self {
+        IoctlTracker {
+            counts,
+            fds,
+            reported: StdHashMap::new(),
+        }
+    }
+
+    /// What was counted since the last call, by process (only `tgid` when given).
+    pub fn collect(&mut self, only: Option<u32>) -> BTreeMap<u32, Vec<IoctlCount>> {
+        let mut out: BTreeMap<u32, Vec<IoctlCount>> = BTreeMap::new();
+        let entries: Vec<(IoctlKey, u64)> = self
+            .counts
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, _)| only.is_none_or(|tgid| key.tgid == tgid))
+            .map(|(key, values)| (key, values.iter().sum()))
+            .collect();
+        for (key, total) in entries {
+            let before = self.reported.insert(key, total).unwrap_or(0);
+            let Some(class) = class_of(key.class) else {
+                continue;
+            };
+            if total > before {
+                out.entry(key.tgid).or_default().push(IoctlCount {
+                    class,
+                    ioctl_type: key.ioctl_type as u8,
+                    nr: key.nr as u8,
+                    count: total - before,
+                });
+            }
+        }
+        out
+    }
+
+    /// Drops the counters and open accelerator fds of a process that exited.
+    pub fn forget(&mut self, tgid: u32) {
+        let keys: Vec<IoctlKey> = self
+            .counts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in keys {
+            let _ = self.counts.remove(&key);
+            self.reported.remove(&key);
+        }
+        let fds: Vec<FdKey> = self
+            .fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in fds {
+            let _ = self.fds.remove(&key);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Behaviour profiles: which processes a profile governs (its selector) and what they may
+//! do (its allow lists), compiled once at load.
+//!
+//! A profile file holds one profile per YAML document (documents are separated by `---`):
+//!
+//! ```yaml
+//! name: vllm
+//! description: vLLM OpenAI-compatible server      # optional
+//! selector:                     # ORed within a key, ANDed across keys; at least one key
+//!   executables: ["/usr/bin/python3*"]   # glob on the executable path
+//!   args: ["*vllm.entrypoints*"]         # glob on the argv joined with spaces
+//!   cgroups: ["/system.slice/vllm.service"]   # glob on the cgroup v2 path
+//! mode: alert                   # alert (default) | enforce
+//! dry_run: false                # enforce computes decisions but does not act
+//! allow:                        # an absent list allows nothing, except `unix`
+//!   exec: ["/usr/bin/nvidia-smi"]
+//!   files: { read: ["/models/**"], write: ["/tmp/**"] }
+//!   network:
+//!     connect: ["127.0.0.0/8", "10.0.0.0/8:443", "[::1]:*"]
+//!     listen: ["*:8000"]
+//!     unix: ["/run/**", "@*"]   # absent: unix sockets are not checked
+//!   devices: [nvidia, nvidia-uvm]
+//! ```
+//!
+//! Path globs (`executables`, `cgroups`, `exec`, `files`, `unix`): `*` and `?` stay within
+//! one path component, `**` crosses `/`; they must start with `/` or `**` (abstract unix
+//! socket names with `@`). Argument globs (`args`) match the argv joined with single
+//! spaces, and there `*`, `?` and `[...]` match `/` too, since arguments hold paths:
+//! `*vllm serve*` matches `/usr/bin/python3 /usr/local/bin/vllm serve m`.
+//! A key set to null (or left empty) counts as absent.
+
+mod parse;
+
+use std::path::{Path, PathBuf};
+
+use crate::{cidr::AddrRule, events::DeviceClass, glob::Glob};
+
+pub use crate::config::Diagnostic;
+pub(crate) use parse::{duplicate_names, parse_file, path_globs, ParsedFile, ProfileName};
+
+/// What a profile does about behaviour outside its allow lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Report it.
+    Alert,
+    /// Prevent it (where the kernel can), and report it.
+    Enforce,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Alert => "alert",
+            Mode::Enforce => "enforce",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mode> {
+        [Mode::Alert, Mode::Enforce]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
+
+/// Where a profile was defined (its `name` value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// A compiled profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// 1..=N in the order the config loaded them; 0 until then (0 means "none" in the
+    /// kernel's watched set).
+    pub id: u32,
+    pub name: String,
+    pub description: Option<String>,
+    pub location: Location,
+    pub selector: Selector,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub allow: Allow,
+}
+
+/// A path glob with its literal prefix, tested first: most paths fail on it cheaply.
+#[derive(Clone, Debug)]
+pub struct PathGlob {
+    glob: Glob,
+    prefix: String,
+}
+
+impl PathGlob {
+    pub fn new(pattern: &str) -> Result<PathGlob, String> {
+        let glob = Glob::new(pattern)?;
+        let prefix = pattern
+            .chars()
+            .take_while(|c| !matches!(c, '*' | '?' | '[' | '\\'))
+            .collect();
+        Ok(PathGlob { glob, prefix })
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.glob.as_str()
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        path.starts_with(&self.prefix) && self.glob.matches(path)
+    }
+}
+
+/// A glob on the argv joined with spaces, where every wildcard also matches `/`.
+#[derive(Clone, Debug)]
+pub struct ArgsGlob {
+    pattern: String,
+    glob: Glob,
+}
+
+/// Stands in for `/` while matching arguments, so that `*` and `?` cross it: a
+/// private-use character that arguments do not hold in practice.
+const SLASH: char = '\u{E000}';
+
+impl ArgsGlob {
+    pub fn new(pattern: &str) -> Result<ArgsGlob, String> {
+        let glob = Glob::new(&pattern.replace('/', &SLASH.to_string()))
+            .map_err(|err| err.replace(SLASH, "/"))?;
+        Ok(ArgsGlob {
+            pattern: pattern.to_owned(),
+            glob,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether the joined argv (see [`join_args`]) matches.
+    pub fn matches(&self, joined_args: &str) -> bool {
+        self.glob.matches(&joined_args.replace('/', &SLASH.to_string()))
+    }
+}
+
+/// The argv as `args` selectors see it: joined with single spaces.
+pub fn join_args(args: &[String]) -> String {
+    args.join(" ")
+}
+
+/// Which processes a profile governs. Keys absent are not tested; at least one is present.
+#[derive(Clone, Debug, Default)]
+pub struct Selector {
+    pub executables: Vec<PathGlob>,
+    pub args: Vec<ArgsGlob>,
+    pub cgroups: Vec<PathGlob>,
+}
+
+/// What a selector looks at in a process.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub exe: Option<&'a str>,
+    /// The argv joined with spaces ([`join_args`]).
+    pub args: &'a str,
+    pub cgroup: Option<&'a str>,
+}
+
+impl Selector {
+    /// ORed within a key, ANDed across keys; an unknown executable or cgroup matches no
+    /// glob of that key.
+    pub fn matches(&self, subject: &Subject) -> bool {
+        let any = |globs: &[PathGlob], text: Option<&str>| {
+            globs.is_empty() || text.is_some_and(|t| globs.iter().any(|g| g.matches(t)))
+        };
+        any(&self.executables, subject.exe)
+            && any(&self.cgroups, subject.cgroup)
+            && (self.args.is_empty() || self.args.iter().any(|g| g.matches(subject.args)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.executables.is_empty() && self.args.is_empty() && self.cgroups.is_empty()
+    }
+}
+
+/// What governed processes may do.
+#[derive(Clone, Debug, Default)]
+pub struct Allow {
+    pub exec: Vec<PathGlob>,
+    pub files_read: Vec<PathGlob>,
+    pub files_write: Vec<PathGlob>,
+    pub connect: Vec<AddrRule>,
+    pub listen: Vec<AddrRule>,
+    /// `None`: unix sockets are not checked.
+    pub unix: Option<Vec<PathGlob>>,
+    pub devices: Vec<DeviceClass>,
+}
+
+fn any_glob(globs: &[PathGlob], path: &str) -> bool {
+    globs.iter().any(|g| g.matches(path))
+}
+
+impl Allow {
+    pub fn exec(&self, path: &str) -> bool {
+        any_glob(&self.exec, path)
+    }
+
+    pub fn read(&self, path: &str) -> bool {
+        any_glob(&self.files_read, path)
+    }
+
+    pub fn write(&self, path: &str) -> bool {
+        any_glob(&self.files_write, path)
+    }
+
+    pub fn connect(&self, peer: std::net::SocketAddr) -> bool {
+        self.connect.iter().any(|r| r.matches(peer))
+    }
+
+    pub fn listen(&self, local: std::net::SocketAddr) -> bool {
+        self.listen.iter().any(|r| r.matches(local))
+    }
+
+    /// Whether a unix socket path (or `@name`) is allowed; always when not checked.
+    pub fn unix(&self, path: &str) -> bool {
+        self.unix.as_ref().is_none_or(|globs| any_glob(globs, path))
+    }
+
+    pub fn device(&self, class: DeviceClass) -> bool {
+        self.devices.contains(&class)
+    }
+}
+
+impl Profile {
+    /// Whether this profile governs a process like `subject`.
+    pub fn selects(&self, subject: &Subject) -> bool {
+        self.selector.matches(subject)
+    }
+}
+
+/// Parses every profile of a file's text. Profiles get id 0; a config numbers them.
+pub fn parse_profiles(file: &Path, text: &str) -> Result<Vec<Profile>, Vec<Diagnostic>> {
+    let mut parsed = parse::parse_file(file, text);
+    parsed.diagnostics.extend(duplicate_names(&parsed.names));
+    if parsed.diagnostics.is_empty() {
+        Ok(parsed.profiles)
+    } else {
+        Err(parsed.diagnostics)
+    }
+}
+
+#[cfg(test)]
+mod tests;
