@@ -22,7 +22,7 @@ use crate::{
     kernel::{file_flags, file_inode, file_path, inode_rdev, off, read, Task},
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, EVENTS, PENDING, PROTECTED_DIRS,
+    submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, EVENTS, OPEN_ARGS, PENDING, PROTECTED_DIRS,
     PROTECTED_SUFFIXES,
 };
 
@@ -30,6 +30,20 @@ const AT_FDCWD: i32 = -100;
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
+
+/// Remembers the name of every open on this CPU (a per-CPU slot: no hashing, no locking), so
+/// that a device open by an unwatched process, seen by the device hook, can still be named
+/// at its exit. A thread that moved CPUs in between is named from /dev by user space instead.
+#[inline(always)]
+fn stash_open(dfd: i32, name: u64) {
+    if let Some(slot) = OPEN_ARGS.get_ptr_mut(0) {
+        unsafe {
+            (*slot).pid_tgid = bpf_get_current_pid_tgid();
+            (*slot).dfd = dfd as i64;
+            (*slot).name = name;
+        }
+    }
+}
 
 /// Records a file syscall of a watched process for its exit.
 #[inline(always)]
@@ -60,6 +74,7 @@ fn record(op: FileOpCode, dfd: i32, name: u64, dfd2: i32, name2: u64, open_flags
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     let flags = syscall_arg(&ctx, 1) as u32;
+    stash_open(AT_FDCWD, syscall_arg(&ctx, 0));
     record(
         FileOpCode::Open,
         AT_FDCWD,
@@ -76,6 +91,7 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     let flags = syscall_arg(&ctx, 2) as u32;
+    stash_open(syscall_arg(&ctx, 0) as i32, syscall_arg(&ctx, 1));
     record(
         FileOpCode::Open,
         syscall_arg(&ctx, 0) as i32,
@@ -94,6 +110,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     // open_how.flags is the first u64 of the struct.
     let how = syscall_arg(&ctx, 2) as *const u64;
     let flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0) as u32;
+    stash_open(syscall_arg(&ctx, 0) as i32, syscall_arg(&ctx, 1));
     record(
         FileOpCode::Open,
         syscall_arg(&ctx, 0) as i32,
@@ -110,6 +127,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     let flags = O_CREAT | O_WRONLY | O_TRUNC;
+    stash_open(AT_FDCWD, syscall_arg(&ctx, 0));
     record(
         FileOpCode::Open,
         AT_FDCWD,
@@ -617,13 +635,20 @@ fn emit_device(task: Task, pid_tgid: u64, ret: i64, pending: &Pending) -> Result
         (*event).path_len = 0;
         (*event).raw_len = 0;
     }
-    // Without a file or a recorded name (an unwatched process whose open failed), user space
-    // names the node from its major and minor.
-    let name = if watched { pending.name } else { 0 };
+    // Without a file (a failed open), the name: recorded at entry for a watched process,
+    // else from this CPU's slot. Without either, user space names the node from its numbers.
+    let (dfd, name) = if watched {
+        (pending.dfd, pending.name)
+    } else {
+        match OPEN_ARGS.get(0) {
+            Some(slot) if slot.pid_tgid == pid_tgid => (slot.dfd as i32, slot.name),
+            _ => (AT_FDCWD, 0),
+        }
+    };
     let _ = fill_paths(
         task,
         file,
-        pending.dfd,
+        dfd,
         name,
         unsafe { &mut (*event).path },
         unsafe { &mut (*event).raw },

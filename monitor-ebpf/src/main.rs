@@ -59,6 +59,18 @@ static SCRATCH: PerCpuArray<[u8; path::SCRATCH_SIZE]> = PerCpuArray::with_max_en
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
+/// The last open on each CPU (see `file::stash_open`).
+#[map(name = "OPEN_ARGS")]
+static OPEN_ARGS: PerCpuArray<OpenArgs> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OpenArgs {
+    pub pid_tgid: u64,
+    pub dfd: i64,
+    pub name: u64,
+}
+
 #[map(name = "ACCEL_MAJORS")]
 static ACCEL_MAJORS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 

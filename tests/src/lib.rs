@@ -34,18 +34,107 @@ struct Lines {
     closed: bool,
 }
 
+/// A cgroup (v2) made for one test, removed when dropped (its processes killed first), also
+/// when the test panics. The monitor's cgroup programs attach here, never to the root.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> TestCgroup {
+        let root = cgroup2_root();
+        let path = root.join(format!("monitor-test-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("failed to create test cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// A command that moves itself into this cgroup before it execs.
+    pub fn command(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(
+            self.path
+                .join("cgroup.procs")
+                .to_string_lossy()
+                .into_owned(),
+        )
+        .unwrap();
+        let mut command = Command::new(program);
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if let Ok(pids) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: signalling a process of our own test cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("failed to remove test cgroup {}", self.path.display());
+    }
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mount) = left.split_whitespace().nth(4) {
+                return PathBuf::from(mount.replace("\\040", " "));
+            }
+        }
+    }
+    panic!("no cgroup v2 mount: the end-to-end tests need cgroup v2")
+}
+
 /// A running monitor. Stopped (SIGINT, then SIGKILL) when dropped, also when a test panics.
 pub struct Monitor {
     child: Option<Child>,
+    /// The cgroup the monitor's device hook is attached to.
+    pub cgroup: TestCgroup,
     lines: Arc<(Mutex<Lines>, Condvar)>,
     stderr: Arc<Mutex<String>>,
     ready_file: PathBuf,
 }
 
 impl Monitor {
-    /// Starts `monitor ARGS --ready-file ...` and waits until it says it is ready.
+    /// Starts `monitor ARGS --cgroup TEST_CGROUP --ready-file ...` and waits until it says it
+    /// is ready.
     pub fn start(args: &[&str]) -> Monitor {
         require_root();
+        let cgroup = TestCgroup::new();
         let ready_file = std::env::temp_dir().join(format!(
             "monitor-test-ready-{}-{}",
             std::process::id(),
@@ -54,6 +143,8 @@ impl Monitor {
         let _ = std::fs::remove_file(&ready_file);
         let mut child = Command::new(monitor_bin())
             .args(args)
+            .arg("--cgroup")
+            .arg(&cgroup.path)
             .arg("--ready-file")
             .arg(&ready_file)
             .env("RUST_LOG", "info")
@@ -96,6 +187,7 @@ impl Monitor {
         });
         let mut monitor = Monitor {
             child: Some(child),
+            cgroup,
             lines,
             stderr: stderr_text,
             ready_file,
