@@ -29,6 +29,9 @@ pub mod maps {
     pub const IOCTL_COUNTS: &str = "IOCTL_COUNTS";
     /// UDP destinations a process already reported: [`super::SendKey`] -> 1 (LRU).
     pub const SENT: &str = "SENT";
+    /// Executables that may start a governed process: [`super::InodeKey`] -> 1. An exec of
+    /// one is watched from its first instruction, until user space has matched its selector.
+    pub const EXEC_CANDIDATES: &str = "EXEC_CANDIDATES";
 }
 
 /// Names of the programs, shared by both sides.
@@ -479,6 +482,8 @@ pub const WATCH_PID: u32 = 1;
 pub const WATCH_EXE: u32 = 2;
 pub const WATCH_ALL: u32 = 3;
 pub const WATCH_PROFILE: u32 = 4;
+/// Exec'd a candidate executable: watched until user space decides.
+pub const WATCH_CANDIDATE: u32 = 5;
 /// Inherited from the parent at fork.
 pub const WATCH_INHERITED: u32 = 0x100;
 

@@ -86,6 +86,9 @@ static ACCEL_FDS: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(16384, 0
 #[map(name = "IOCTL_COUNTS")]
 static IOCTL_COUNTS: PerCpuHashMap<IoctlKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
+#[map(name = "EXEC_CANDIDATES")]
+static EXEC_CANDIDATES: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
+
 #[map(name = "SENT")]
 static SENT: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(16384, 0);
 

@@ -11,15 +11,15 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, Stat, WatchEntry, ARGS_CAP,
+    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry, ARGS_CAP,
     EXEC_ARGS_TRUNCATED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, HEADER_WATCHED, PATH_CAP,
-    WATCH_INHERITED,
+    WATCH_CANDIDATE, WATCH_INHERITED,
 };
 
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, WATCHED,
+    path, submit_flags, EVENTS, EXEC_CANDIDATES, WATCHED,
 };
 
 #[inline(always)]
@@ -58,7 +58,16 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent = task.real_parent()?;
     let ppid = parent.tgid()?;
     let parent_start_time = parent.process_start_time().unwrap_or(0);
-    let watched = is_watched(tgid);
+    let bprm: *const u8 = ctx.arg(2);
+    let mut watched = is_watched(tgid);
+    if !watched && is_candidate(bprm) {
+        // Watched before the new program runs: no window for a fast process to act unseen.
+        let entry = WatchEntry {
+            reason: WATCH_CANDIDATE,
+            profile: 0,
+        };
+        watched = WATCHED.insert(tgid, entry, 0).is_ok();
+    }
 
     let kind = EventKind::Exec as u32;
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
@@ -92,7 +101,6 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         Err(_) => complete = false,
     }
 
-    let bprm: *const u8 = ctx.arg(2);
     let path_buf = unsafe { &mut (*event).path };
     match exec_path(bprm, path_buf) {
         Ok((len, truncated)) => unsafe {
@@ -132,6 +140,21 @@ fn read_args(task: Task, args: &mut [u8; ARGS_CAP]) -> Result<(u32, bool), i64> 
     let len = if truncated { ARGS_CAP } else { len };
     unsafe { bpf_probe_read_user_buf(start as *const u8, &mut args[..len]).map_err(|e| e as i64)? };
     Ok((len as u32, truncated))
+}
+
+/// Whether the executable (the interpreter, for a script) is a candidate for a profile.
+#[inline(always)]
+fn is_candidate(bprm: *const u8) -> bool {
+    let check = || -> Result<bool, i64> {
+        let file: *const u8 = unsafe { read(bprm, off!(binprm_file))? };
+        let inode = crate::kernel::file_inode(file)?;
+        let ino: u64 = unsafe { read(inode, off!(inode_ino))? };
+        let sb: *const u8 = unsafe { read(inode, off!(inode_sb))? };
+        let dev: u32 = unsafe { read(sb, off!(sb_dev))? };
+        let key = InodeKey { dev, _pad: 0, ino };
+        Ok(unsafe { EXEC_CANDIDATES.get(key).is_some() })
+    };
+    check().unwrap_or(false)
 }
 
 #[inline(always)]

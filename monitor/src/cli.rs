@@ -94,6 +94,8 @@ impl CommonArgs {
             watch_all,
             protect_dirs: Vec::new(),
             protect_suffixes: Vec::new(),
+            protect_always: false,
+            exec_candidates: Vec::new(),
             accel_majors,
             cgroup: self.cgroup.clone(),
         }

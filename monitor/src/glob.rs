@@ -141,9 +141,67 @@ impl Glob {
     }
 }
 
+/// Files on this host that an absolute path glob matches (symlinks followed), visiting at
+/// most `budget` directory entries so that a broad pattern cannot stall start-up.
+pub fn expand(glob: &Glob, budget: usize) -> Vec<std::path::PathBuf> {
+    let pattern = glob.as_str();
+    if !pattern.starts_with('/') {
+        return Vec::new();
+    }
+    // Walk from the deepest directory without wildcards.
+    let wild = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+    let base = match pattern[..wild].rfind('/') {
+        Some(0) | None => "/".to_owned(),
+        Some(i) => pattern[..i].to_owned(),
+    };
+    let depth_limit = if pattern.contains("**") {
+        8
+    } else {
+        pattern[base.len()..].matches('/').count()
+    };
+    let mut found = Vec::new();
+    let mut budget = budget;
+    let mut stack = vec![(std::path::PathBuf::from(&base), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if budget == 0 {
+                return found;
+            }
+            budget -= 1;
+            let path = entry.path();
+            let text = path.to_string_lossy();
+            if glob.matches(&text) && path.is_file() {
+                found.push(path.clone());
+            }
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && depth + 1 < depth_limit {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::Glob;
+
+    #[test]
+    fn expands_on_this_host() {
+        let found = super::expand(&Glob::new("/usr/bin/pyth*3").unwrap(), 100_000);
+        assert!(found.iter().any(|p| p.ends_with("python3")), "{found:?}");
+        assert!(super::expand(&Glob::new("relative/*").unwrap(), 10).is_empty());
+        let dir = std::env::temp_dir().join(format!("glob-expand-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/b/x.bin"), "").unwrap();
+        let pattern = format!("{}/**/*.bin", dir.display());
+        let found = super::expand(&Glob::new(&pattern).unwrap(), 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [dir.join("a/b/x.bin")]);
+    }
 
     fn m(p: &str, t: &str) -> bool {
         Glob::new(p).unwrap().matches(t)

@@ -36,6 +36,11 @@ pub struct SensorOptions {
     pub protect_dirs: Vec<PathBuf>,
     /// Protected file name suffixes (e.g. `.safetensors`), likewise.
     pub protect_suffixes: Vec<String>,
+    /// Check opens against protected inodes even when none are configured yet (a later
+    /// reload may add some).
+    pub protect_always: bool,
+    /// Executables whose exec is watched at once (they may start a governed process).
+    pub exec_candidates: Vec<PathBuf>,
     /// Accelerator device majors (from /proc/devices plus the fixed ones and overrides).
     pub accel_majors: AccelMajors,
     /// The cgroup (v2) whose processes the device hook sees; the whole host by default.
@@ -50,6 +55,8 @@ impl Default for SensorOptions {
             watch_all: false,
             protect_dirs: Vec::new(),
             protect_suffixes: Vec::new(),
+            protect_always: false,
+            exec_candidates: Vec::new(),
             accel_majors: AccelMajors::default(),
             cgroup: None,
         }
@@ -255,6 +262,9 @@ pub struct SensorMaps {
     pub watched: HashMap<MapData, u32, WatchEntry>,
     pub ioctl_counts: PerCpuHashMap<MapData, IoctlKey, u64>,
     pub accel_fds: HashMap<MapData, FdKey, u32>,
+    pub exec_candidates: HashMap<MapData, InodeKey, u32>,
+    pub protected_dirs: HashMap<MapData, InodeKey, u32>,
+    pub protected_suffixes: Array<MapData, Suffix>,
 }
 
 impl Sensor {
@@ -290,7 +300,9 @@ impl Sensor {
             self_tgid: std::process::id(),
             watch_all: u32::from(options.watch_all),
             wakeup_bytes: options.wakeup_bytes,
-            protect: u32::from(!protected.is_empty() || !suffixes.is_empty()),
+            protect: u32::from(
+                options.protect_always || !protected.is_empty() || !suffixes.is_empty(),
+            ),
             _pad: 0,
         };
         let btf = aya::Btf::from_sys_fs().context("failed to load the kernel's BTF")?;
@@ -337,19 +349,20 @@ impl Sensor {
         for (major, class) in options.accel_majors.iter() {
             majors.insert(major, class_id(class), 0)?;
         }
-        let mut dirs: HashMap<_, InodeKey, u32> = HashMap::try_from(
-            ebpf.map_mut(maps::PROTECTED_DIRS)
-                .context("map PROTECTED_DIRS missing")?,
-        )?;
+        let mut protected_dirs: HashMap<_, InodeKey, u32> =
+            HashMap::try_from(take_map(&mut ebpf, maps::PROTECTED_DIRS)?)?;
         for key in &protected {
-            dirs.insert(key, 1, 0)?;
+            protected_dirs.insert(key, 1, 0)?;
         }
-        let mut suffix_map: Array<_, Suffix> = Array::try_from(
-            ebpf.map_mut(maps::PROTECTED_SUFFIXES)
-                .context("map PROTECTED_SUFFIXES missing")?,
-        )?;
+        let mut protected_suffixes: Array<_, Suffix> =
+            Array::try_from(take_map(&mut ebpf, maps::PROTECTED_SUFFIXES)?)?;
         for (i, suffix) in suffixes.iter().enumerate() {
-            suffix_map.set(i as u32, suffix, 0)?;
+            protected_suffixes.set(i as u32, suffix, 0)?;
+        }
+        let mut exec_candidates: HashMap<_, InodeKey, u32> =
+            HashMap::try_from(take_map(&mut ebpf, maps::EXEC_CANDIDATES)?)?;
+        for key in protected_inodes(&options.exec_candidates) {
+            exec_candidates.insert(key, 1, 0)?;
         }
 
         let maps = SensorMaps {
@@ -358,6 +371,9 @@ impl Sensor {
             watched: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED)?)?,
             ioctl_counts: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::IOCTL_COUNTS)?)?,
             accel_fds: HashMap::try_from(take_map(&mut ebpf, maps::ACCEL_FDS)?)?,
+            exec_candidates,
+            protected_dirs,
+            protected_suffixes,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((
@@ -470,6 +486,16 @@ fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xfffff)
 }
 
+/// The kernel's key for a file or directory (following symlinks), if it exists.
+pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
+    let meta = std::fs::metadata(path)?;
+    Ok(InodeKey {
+        dev: kernel_dev(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    })
+}
+
 /// Inodes of the protected directories that exist.
 fn protected_inodes(dirs: &[PathBuf]) -> Vec<InodeKey> {
     let mut keys = Vec::new();
@@ -489,7 +515,7 @@ fn protected_inodes(dirs: &[PathBuf]) -> Vec<InodeKey> {
     keys
 }
 
-fn suffixes(list: &[String]) -> anyhow::Result<Vec<Suffix>> {
+pub fn suffixes(list: &[String]) -> anyhow::Result<Vec<Suffix>> {
     if list.len() > SUFFIXES_MAX as usize {
         bail!(
             "too many protected file suffixes ({}): at most {SUFFIXES_MAX}; guard directories instead",
