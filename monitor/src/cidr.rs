@@ -34,7 +34,9 @@ impl Cidr {
             None => (text, None),
         };
         let ip: IpAddr = address.parse().map_err(|_| match prefix {
-            Some(_) => format!("invalid CIDR \"{text}\": \"{address}\" is not an IPv4 or IPv6 address"),
+            Some(_) => {
+                format!("invalid CIDR \"{text}\": \"{address}\" is not an IPv4 or IPv6 address")
+            }
             None => format!("invalid address \"{text}\": not an IPv4 or IPv6 address"),
         })?;
         let max = max_prefix(ip);
@@ -46,7 +48,9 @@ impl Cidr {
                     .ok()
                     .filter(|_| !digits.starts_with('+'))
                     .ok_or_else(|| {
-                        format!("invalid CIDR \"{text}\": prefix length \"{digits}\" is not a number")
+                        format!(
+                            "invalid CIDR \"{text}\": prefix length \"{digits}\" is not a number"
+                        )
                     })?;
                 if value > max {
                     return Err(format!(
@@ -192,7 +196,11 @@ impl AddrRule {
         let (address, ports) = split_port(text)?;
         let network = match address {
             "*" => None,
-            "" => return Err(format!("invalid address rule \"{text}\": the address is empty")),
+            "" => {
+                return Err(format!(
+                    "invalid address rule \"{text}\": the address is empty"
+                ))
+            }
             address => Some(Cidr::parse(address)?),
         };
         let ports = match ports {
@@ -284,7 +292,9 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("::/0")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
         assert_eq!(Cidr::parse("192.0.2.7").unwrap().prefix(), 32);
         assert_eq!(Cidr::parse("::1").unwrap().to_string(), "::1/128");
     }
@@ -344,14 +354,20 @@ mod tests {
         assert!(AddrRule::parse("10.0.0.1/8")
             .unwrap_err()
             .contains("did you mean \"10.0.0.0/8\"?"));
-        assert!(AddrRule::parse("10.0.0.0/x").unwrap_err().contains("not a number"));
-        assert!(AddrRule::parse("10.0.0.1:0").unwrap_err().contains("invalid port \"0\""));
+        assert!(AddrRule::parse("10.0.0.0/x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(AddrRule::parse("10.0.0.1:0")
+            .unwrap_err()
+            .contains("invalid port \"0\""));
         assert!(AddrRule::parse("10.0.0.1:70000").is_err());
         assert!(AddrRule::parse("10.0.0.1:").is_err());
         assert!(AddrRule::parse("10.0.0.1:9-8")
             .unwrap_err()
             .contains("9 is greater than 8"));
-        assert!(AddrRule::parse("[::1").unwrap_err().contains("missing \"]\""));
+        assert!(AddrRule::parse("[::1")
+            .unwrap_err()
+            .contains("missing \"]\""));
         assert!(AddrRule::parse("[::1]x").is_err());
         assert!(AddrRule::parse("").is_err());
         assert!(AddrRule::parse(":80").is_err());

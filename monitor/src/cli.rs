@@ -5,8 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    daemon::Plan,
     glob::Glob,
     pipeline::{Mode, PipelineOptions, WatchSelectors},
+    reload::ConfigSource,
     sensor::SensorOptions,
     sink::{AlertSink, JsonLines},
 };
@@ -24,16 +26,33 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the monitor as a daemon: keep the process table, report alerts as JSON lines.
+    /// Run the monitor as a daemon: govern processes by their profiles, guard model files and
+    /// GPUs host-wide, report alerts as JSON lines.
     Run(RunArgs),
     /// Print every event of the watched processes as one JSON object per line.
     Trace(TraceArgs),
+    /// Validate profile and config files: prints FILE:LINE:COLUMN: message for each error.
+    Check(CheckArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// Host configuration (profiles, guards, outputs). Without it: the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More profiles: files or directories of *.yaml (repeatable); a profile with the name of
+    /// a loaded one replaces it.
+    #[arg(long = "profiles", value_name = "PATH")]
+    pub profiles: Vec<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Profile or config files (or directories of them).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -129,36 +148,107 @@ impl TraceArgs {
     }
 }
 
+/// `monitor check` found errors (already printed): exit 1.
+#[derive(Debug)]
+pub struct CheckFailed(pub usize);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} errors", self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+/// Opens the alerts file for appending, creating its directory.
+fn open_alerts_file(path: &std::path::Path) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+    use anyhow::Context as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "failed to create the directory of alerts_file {}",
+                path.display()
+            )
+        })?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "failed to open alerts_file {} for appending",
+                path.display()
+            )
+        })?;
+    Ok(std::io::BufWriter::new(file))
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     match cli.command {
+        Command::Check(args) => {
+            let report = crate::config::check(&args.files);
+            for diagnostic in &report.diagnostics {
+                println!("{diagnostic}");
+            }
+            if report.diagnostics.is_empty() {
+                println!("ok: {} profiles", report.profiles);
+                Ok(())
+            } else {
+                Err(CheckFailed(report.diagnostics.len()).into())
+            }
+        }
         Command::Run(args) => {
-            let sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(JsonLines::new(
-                std::io::BufWriter::new(std::io::stdout()),
-            ))];
-            crate::daemon::run(
-                Mode::Run,
-                args.common.sensor_options(false),
-                args.common.pipeline_options(),
-                WatchSelectors::default(),
-                std::io::sink(),
+            let source = ConfigSource {
+                path: args.config.clone(),
+                extra_profiles: args.profiles.clone(),
+            };
+            let config = match source.load() {
+                Ok(config) => config,
+                Err(diagnostics) => {
+                    for diagnostic in &diagnostics {
+                        eprintln!("{diagnostic}");
+                    }
+                    anyhow::bail!(
+                        "failed to load the configuration ({} errors above); fix them and check with `monitor check`",
+                        diagnostics.len()
+                    );
+                }
+            };
+            let sinks: Vec<Box<dyn AlertSink>> = match &config.outputs.alerts_file {
+                Some(path) => vec![Box::new(JsonLines::new(open_alerts_file(path)?))],
+                None => vec![Box::new(JsonLines::new(std::io::BufWriter::new(
+                    std::io::stdout(),
+                )))],
+            };
+            let mut sensor = args.common.sensor_options(false);
+            sensor.protect_always = true;
+            crate::daemon::run(Plan {
+                mode: Mode::Run,
+                sensor,
+                pipeline: args.common.pipeline_options(),
+                selectors: WatchSelectors::default(),
+                out: std::io::sink(),
                 sinks,
-            )
+                config: Some((source, config)),
+            })
             .await
         }
         Command::Trace(args) => {
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             sensor_options.protect_dirs = args.protect.clone();
-            crate::daemon::run(
-                Mode::Trace,
-                sensor_options,
-                args.common.pipeline_options(),
+            crate::daemon::run(Plan {
+                mode: Mode::Trace,
+                sensor: sensor_options,
+                pipeline: args.common.pipeline_options(),
                 selectors,
-                stdout,
-                Vec::new(),
-            )
+                out: stdout,
+                sinks: Vec::new(),
+                config: None,
+            })
             .await
         }
     }

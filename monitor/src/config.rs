@@ -302,9 +302,7 @@ impl ProfileSet {
         let failed = |err: std::io::Error| {
             let message = format!("failed to read {}: {err}", path.display());
             match referenced_at {
-                Some((file, node, key)) => {
-                    Diagnostic::at(file, node, format!("{key}: {message}"))
-                }
+                Some((file, node, key)) => Diagnostic::at(file, node, format!("{key}: {message}")),
                 None => Diagnostic::file(path, message),
             }
         };
@@ -381,7 +379,7 @@ pub(crate) fn parse_config(file: &Path, text: &str) -> Result<Config, Vec<Diagno
         reader.error(extra, "", "a config is one YAML document; remove this one");
     }
     let Some(fields) = reader.mapping(document, "", CONFIG_KEYS) else {
-        return Err(reader.diagnostics);
+        return Err(reader.finish());
     };
 
     // Profiles first: guards refer to them by name.
@@ -434,9 +432,11 @@ pub(crate) fn parse_config(file: &Path, text: &str) -> Result<Config, Vec<Diagno
         })
         .unwrap_or(DEFAULT_DEDUP_WINDOW);
 
-    // The config's own problems first, then those of the profile files it names.
-    let mut all = reader.diagnostics;
-    all.extend(diagnostics);
+    // The config's own problems first, in file order, then those of the profile files.
+    let (own, others): (Vec<_>, Vec<_>) = diagnostics.into_iter().partition(|d| d.file == file);
+    reader.diagnostics.extend(own);
+    let mut all = reader.finish();
+    all.extend(others);
     if !all.is_empty() {
         return Err(all);
     }
@@ -450,7 +450,12 @@ pub(crate) fn parse_config(file: &Path, text: &str) -> Result<Config, Vec<Diagno
 }
 
 /// A list of profile names, each of which must exist.
-fn profile_names(reader: &mut Reader, node: &MarkedYaml, key: &str, known: &[String]) -> Vec<String> {
+fn profile_names(
+    reader: &mut Reader,
+    node: &MarkedYaml,
+    key: &str,
+    known: &[String],
+) -> Vec<String> {
     let mut names = Vec::new();
     for item in reader.strings(node, key) {
         if known.iter().any(|k| k == item.value) {
@@ -551,7 +556,9 @@ fn parse_outputs(reader: &mut Reader, node: &MarkedYaml) -> Outputs {
         .and_then(|node| reader.string(node, "outputs.alerts_file"))
         .map(PathBuf::from);
     outputs.otlp = fields.get("otlp").and_then(|node| parse_otlp(reader, node));
-    outputs.spool = fields.get("spool").and_then(|node| parse_spool(reader, node));
+    outputs.spool = fields
+        .get("spool")
+        .and_then(|node| parse_spool(reader, node));
     outputs
 }
 
@@ -568,7 +575,9 @@ fn parse_otlp(reader: &mut Reader, node: &MarkedYaml) -> Option<OtlpOutput> {
                     reader.error(
                         node,
                         "outputs.otlp.endpoint",
-                        format!("invalid endpoint \"{endpoint}\": expected an http:// or https:// URL"),
+                        format!(
+                            "invalid endpoint \"{endpoint}\": expected an http:// or https:// URL"
+                        ),
                     );
                     None
                 }
@@ -638,9 +647,7 @@ fn parse_spool(reader: &mut Reader, node: &MarkedYaml) -> Option<SpoolOutput> {
     let before = reader.diagnostics.len();
     let fields = reader.mapping(node, "outputs.spool", SPOOL_KEYS)?;
     let dir = match fields.get("dir") {
-        Some(node) => reader
-            .string(node, "outputs.spool.dir")
-            .map(PathBuf::from),
+        Some(node) => reader.string(node, "outputs.spool.dir").map(PathBuf::from),
         None => {
             reader.error(node, "outputs.spool", "missing key \"dir\"");
             None

@@ -1,32 +1,56 @@
 //! Start-up, the main loop and shutdown, shared by `monitor run` and `monitor trace`.
 //!
-//! Order matters for "no blind spot at start-up": load the programs, start the reader,
-//! attach, scan /proc, then process what arrived meanwhile.
+//! Order matters for "no blind spot at start-up": load the programs, start the reader, fill
+//! the kernel's policy maps, attach, scan /proc, then process what arrived meanwhile.
 
 use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
+    alert::{new_uid, Action, Alert},
     cgroup::CgroupResolver,
     clock::BootClock,
+    config::Config,
     ioctls::IoctlTracker,
     pipeline::{self, Counters, Mode, PipelineOptions, Processor, WatchSelectors},
+    policy::KernelPolicy,
+    reload::ConfigSource,
+    rules::{Engine, CONFIG_RELOAD_FAILED},
     sensor::{Sensor, SensorOptions},
     sink::AlertSink,
 };
 
+/// Everything a run needs.
+pub struct Plan<W: Write> {
+    pub mode: Mode,
+    pub sensor: SensorOptions,
+    pub pipeline: PipelineOptions,
+    pub selectors: WatchSelectors,
+    /// Event records (`monitor trace`).
+    pub out: W,
+    /// Alert outputs (`monitor run`).
+    pub sinks: Vec<Box<dyn AlertSink>>,
+    /// Profiles and guards, and where to reload them from (`monitor run`).
+    pub config: Option<(ConfigSource, Config)>,
+}
+
+/// How often configuration files are checked for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+
 /// Runs the monitor until SIGINT or SIGTERM.
-pub async fn run(
-    mode: Mode,
-    sensor_options: SensorOptions,
-    pipeline_options: PipelineOptions,
-    selectors: WatchSelectors,
-    out: impl Write,
-    sinks: Vec<Box<dyn AlertSink>>,
-) -> anyhow::Result<()> {
+pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
+    let Plan {
+        mode,
+        sensor: sensor_options,
+        pipeline: pipeline_options,
+        selectors,
+        out,
+        sinks,
+        config,
+    } = plan;
     let (mut sensor, maps) = Sensor::load(&sensor_options)?;
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
@@ -39,6 +63,27 @@ pub async fn run(
         stop_rx,
     ));
 
+    let mut policy = KernelPolicy {
+        protected_dirs: maps.protected_dirs,
+        protected_suffixes: maps.protected_suffixes,
+        exec_candidates: maps.exec_candidates,
+    };
+    let mut source = None;
+    let mut engine = None;
+    if let Some((config_source, config)) = config {
+        policy
+            .apply(&config)
+            .context("failed to load the guards and profiles into the kernel")?;
+        info!(
+            profiles = config.profiles.len(),
+            source = %config.source.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string()),
+            "configuration loaded"
+        );
+        let fingerprint = config_source.fingerprint(&config);
+        source = Some((config_source, fingerprint));
+        engine = Some(Engine::new(Arc::new(config)));
+    }
+
     let mut signals = Signals::new()?;
     sensor.attach()?;
 
@@ -49,6 +94,7 @@ pub async fn run(
             None
         }
     };
+    let clock = BootClock::new();
     let mut processor = Processor::new(
         mode,
         selectors,
@@ -56,10 +102,11 @@ pub async fn run(
         maps.stats,
         counters,
         cgroups,
-        BootClock::new(),
+        clock,
         out,
     );
     processor.sinks = sinks;
+    processor.engine = engine;
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
@@ -71,6 +118,7 @@ pub async fn run(
 
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut ioctl_summary = tokio::time::interval(pipeline_options.ioctl_summary);
+    let mut reload_poll = tokio::time::interval(RELOAD_POLL);
     loop {
         tokio::select! {
             batch = queue_rx.recv() => match batch {
@@ -82,9 +130,30 @@ pub async fn run(
             }
             _ = housekeeping.tick() => {
                 processor.report_losses().context("failed to write output")?;
+                processor.flush_alerts();
                 processor.sweep();
             }
+            _ = reload_poll.tick(), if source.is_some() => {
+                if let Some((config_source, fingerprint)) = &mut source {
+                    let engine_config = processor.engine.as_ref().map(|e| e.config().clone());
+                    let current = engine_config.map(|c| config_source.fingerprint(&c));
+                    if current.as_ref() != Some(fingerprint) {
+                        info!("configuration files changed: reloading");
+                        reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
+                    }
+                }
+            }
             signal = signals.recv() => {
+                if signal == "SIGHUP" {
+                    match &mut source {
+                        Some((config_source, fingerprint)) => {
+                            info!("received SIGHUP: reloading the configuration");
+                            reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
+                        }
+                        None => info!("received SIGHUP: nothing to reload"),
+                    }
+                    continue;
+                }
                 info!("received {signal}, shutting down");
                 break;
             }
@@ -107,6 +176,7 @@ pub async fn run(
     processor
         .report_ioctls(None)
         .context("failed to write output")?;
+    processor.flush_alerts();
     processor.finish().context("failed to write output")?;
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);
@@ -114,10 +184,65 @@ pub async fn run(
     Ok(())
 }
 
-/// SIGINT and SIGTERM.
+/// Loads the configuration again. A configuration that fails to load is reported (log and a
+/// `config-reload-failed` alert) and the one in force keeps running.
+fn reload<W: Write>(
+    source: &ConfigSource,
+    fingerprint: &mut crate::reload::Fingerprint,
+    policy: &mut KernelPolicy,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+) {
+    match source.load() {
+        Ok(config) => {
+            *fingerprint = source.fingerprint(&config);
+            if let Err(err) = policy.apply(&config) {
+                error!("failed to update the kernel's guards: {err:#}");
+            }
+            let profiles = config.profiles.len();
+            processor.reload(Arc::new(config));
+            info!(profiles, "configuration reloaded");
+        }
+        Err(diagnostics) => {
+            if let Some(engine) = processor.engine.as_ref() {
+                *fingerprint = source.fingerprint(&engine.config().clone());
+            }
+            let errors: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+            for line in &errors {
+                error!("{line}");
+            }
+            error!("the new configuration failed to load; the previous one stays in force");
+            let now = clock.unix_ns(BootClock::boot_now_ns());
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("monitor.config.errors".into(), errors.into());
+            if let Some(path) = &source.path {
+                attributes.insert(
+                    "monitor.config.path".into(),
+                    path.display().to_string().into(),
+                );
+            }
+            let alert = Alert {
+                rule: CONFIG_RELOAD_FAILED.id.into(),
+                severity: CONFIG_RELOAD_FAILED.severity,
+                action: Action::Alert,
+                profile: None,
+                time_unix_ns: now,
+                observed_unix_ns: now,
+                count: 1,
+                uid: new_uid(),
+                attributes,
+            };
+            processor.raise(&alert);
+            processor.flush_alerts();
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP.
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -126,6 +251,7 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("failed to handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("failed to handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("failed to handle SIGHUP")?,
         })
     }
 
@@ -133,6 +259,7 @@ impl Signals {
         tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
 }

@@ -14,6 +14,10 @@ enum Token {
     Any,      // ?
     Star,     // *
     StarStar, // **
+    /// `/**` at the end: the directory itself or anything below it.
+    AnyTail,
+    /// `/**/` in the middle: one `/`, or any directories between two.
+    AnyDirs,
     Class {
         negated: bool,
         ranges: Vec<(char, char)>,
@@ -28,6 +32,19 @@ impl Glob {
         let mut i = 0;
         while i < chars.len() {
             match chars[i] {
+                '/' if chars.get(i + 1) == Some(&'*')
+                    && chars.get(i + 2) == Some(&'*')
+                    && matches!(chars.get(i + 3), None | Some('/')) =>
+                {
+                    if chars.get(i + 3).is_none() {
+                        tokens.push(Token::AnyTail);
+                        i += 3;
+                    } else {
+                        tokens.push(Token::AnyDirs);
+                        i += 4;
+                    }
+                    continue;
+                }
                 '*' if chars.get(i + 1) == Some(&'*') => {
                     tokens.push(Token::StarStar);
                     i += 2;
@@ -137,6 +154,13 @@ impl Glob {
                 }
             }
             Token::StarStar => (s..=text.len()).any(|end| self.match_at(t + 1, text, end, seen)),
+            Token::AnyTail => s == text.len() || text[s] == '/',
+            Token::AnyDirs => {
+                text.get(s) == Some(&'/')
+                    && (s..text.len())
+                        .filter(|&i| text[i] == '/')
+                        .any(|i| self.match_at(t + 1, text, i + 1, seen))
+            }
         }
     }
 }
@@ -221,6 +245,12 @@ mod tests {
         assert!(m("**/*.gguf", "/var/lib/x/y.gguf"));
         assert!(!m("/models/**", "/modelsx/a"));
         assert!(m("/a/**/b", "/a/x/y/b"));
+        // The directory itself, and no directory in between.
+        assert!(m("/models/**", "/models"));
+        assert!(m("/a/**/b", "/a/b"));
+        assert!(!m("/a/**/b", "/ab"));
+        assert!(!m("/models/**", "/models2"));
+        assert!(m("**/x", "/y/x"));
     }
 
     #[test]

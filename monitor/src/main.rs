@@ -16,6 +16,7 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(monitor::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if err.is::<monitor::cli::CheckFailed>() => std::process::ExitCode::from(1),
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("monitor: {err:#}");

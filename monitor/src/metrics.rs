@@ -185,8 +185,7 @@ impl Metrics {
                 clamp(n.load(Ordering::Relaxed)),
             ));
         }
-        for ((rule, severity), n) in self.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter()
-        {
+        for ((rule, severity), n) in self.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             points.push(counter(
                 "monitor.alerts",
                 "Alerts raised.",
@@ -302,18 +301,30 @@ mod tests {
         metrics.spool_dropped([1, 0, 0, 2]);
         metrics.alerts_exported(5);
         let points = metrics.snapshot();
-        assert_eq!(value(&points, "monitor.events", &[("event.kind", "exec")]), Some(2));
+        assert_eq!(
+            value(&points, "monitor.events", &[("event.kind", "exec")]),
+            Some(2)
+        );
         assert_eq!(
             value(&points, "monitor.events", &[("event.kind", "gpu-ioctls")]),
             Some(1)
         );
-        assert_eq!(value(&points, "monitor.events", &[("event.kind", "other")]), Some(1));
-        assert_eq!(value(&points, "monitor.events", &[("event.kind", "fork")]), Some(0));
+        assert_eq!(
+            value(&points, "monitor.events", &[("event.kind", "other")]),
+            Some(1)
+        );
+        assert_eq!(
+            value(&points, "monitor.events", &[("event.kind", "fork")]),
+            Some(0)
+        );
         assert_eq!(
             value(
                 &points,
                 "monitor.alerts",
-                &[("security_rule.name", "exec-not-allowed"), ("severity", "high")]
+                &[
+                    ("security_rule.name", "exec-not-allowed"),
+                    ("severity", "high")
+                ]
             ),
             Some(2)
         );
@@ -335,7 +346,11 @@ mod tests {
             .unwrap();
         assert_eq!((processes.kind, processes.value), (MetricKind::Gauge, 321));
         assert_eq!(
-            value(&points, "monitor.spool.dropped", &[("severity", "critical")]),
+            value(
+                &points,
+                "monitor.spool.dropped",
+                &[("severity", "critical")]
+            ),
             Some(2)
         );
         assert_eq!(value(&points, "monitor.alerts.exported", &[]), Some(5));

@@ -19,7 +19,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use monitor_common::{stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_EXE, WATCH_PID};
+use monitor_common::{
+    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_EXE, WATCH_PID, WATCH_PROFILE,
+};
 use serde_json::Value;
 use tokio::{
     io::unix::AsyncFd,
@@ -37,6 +39,7 @@ use crate::{
     output::{self, LossStage},
     process::{ExecInfo, ProcessTable},
     procfs,
+    rules::Engine,
     sink::AlertSink,
 };
 
@@ -157,6 +160,8 @@ pub struct Processor<W: Write> {
     pub sinks: Vec<Box<dyn AlertSink>>,
     /// GPU ioctl counters, when the sensor has them.
     pub ioctls: Option<IoctlTracker>,
+    /// Profiles, guards and rules (`monitor run`).
+    pub engine: Option<Engine>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -194,6 +199,7 @@ impl<W: Write> Processor<W> {
             out,
             sinks: Vec::new(),
             ioctls: None,
+            engine: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -207,6 +213,7 @@ impl<W: Write> Processor<W> {
         let snapshots = procfs::scan();
         let count = snapshots.len();
         self.table.seed(snapshots);
+        self.govern_running();
         for &pid in &self.selectors.pids.clone() {
             if self.table.get_by_tgid(pid).is_none() {
                 anyhow::bail!("failed to watch pid {pid}: no such process");
@@ -229,6 +236,93 @@ impl<W: Write> Processor<W> {
             }
         }
         Ok(count)
+    }
+
+    /// Puts the processes the profiles select (and their children) in the kernel's watched
+    /// set: after the /proc scan, and after a reload.
+    pub fn govern_running(&mut self) {
+        let Some(engine) = &mut self.engine else {
+            return;
+        };
+        for (tgid, profile) in engine.seed(&self.table) {
+            self.watch_profile(tgid, profile);
+        }
+    }
+
+    fn watch_profile(&mut self, tgid: u32, profile: u32) {
+        let entry = WatchEntry {
+            reason: WATCH_PROFILE,
+            profile,
+        };
+        if let Err(err) = self.watched.insert(tgid, entry, 0) {
+            warn!("failed to watch pid {tgid}: {err}");
+        }
+    }
+
+    /// Swaps in a new configuration; processes it no longer governs stop being watched.
+    pub fn reload(&mut self, config: std::sync::Arc<crate::config::Config>) {
+        let Some(engine) = &mut self.engine else {
+            return;
+        };
+        let before: Vec<(u32, u32)> = engine.governed();
+        engine.reload(config);
+        self.govern_running();
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let now: std::collections::HashSet<u32> = engine
+            .governed()
+            .into_iter()
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for (tgid, _) in before {
+            if !now.contains(&tgid) && !self.watching.contains(&tgid) {
+                let _ = self.watched.remove(&tgid);
+            }
+        }
+    }
+
+    /// Folded alerts whose window closed, and processes whose exit was lost.
+    pub fn flush_alerts(&mut self) {
+        let Some(engine) = &mut self.engine else {
+            return;
+        };
+        let alerts = engine.flush(BootClock::boot_now_ns(), &self.clock);
+        engine.sweep(&self.table);
+        for alert in alerts {
+            self.raise(&alert);
+        }
+        self.flush_sinks();
+    }
+
+    /// Runs the rules over an event the table has applied, raises what they find, and keeps
+    /// the kernel's watched set equal to the governed processes.
+    fn judge(&mut self, event: &Event) {
+        let Some(engine) = &mut self.engine else {
+            return;
+        };
+        let verdict = engine.handle(event, &self.table, &self.clock);
+        let header = *event.header();
+        let governed = match event {
+            Event::Exec(_) => Some(
+                engine
+                    .governing(header.tgid, header.start_time_ns)
+                    .map(|p| p.id),
+            ),
+            Event::Fork(_) => verdict.governed.map(|(_, id)| Some(id)),
+            _ => None,
+        };
+        for alert in &verdict.alerts {
+            self.raise(alert);
+        }
+        match governed {
+            Some(Some(profile)) => self.watch_profile(header.tgid, profile),
+            // An exec that left the profiles (or a candidate the selectors did not take).
+            Some(None) if header.watched && !self.watching.contains(&header.tgid) => {
+                let _ = self.watched.remove(&header.tgid);
+            }
+            _ => {}
+        }
     }
 
     /// Watches a process and its descendants that already run (later ones inherit in the kernel).
@@ -349,6 +443,7 @@ impl<W: Write> Processor<W> {
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
         };
+        self.judge(&event);
         if let (Mode::Trace, Some(record)) = (self.mode, record) {
             self.emit(&record)?;
         }

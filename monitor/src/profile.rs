@@ -23,8 +23,9 @@
 //! ```
 //!
 //! Path globs (`executables`, `cgroups`, `exec`, `files`, `unix`): `*` and `?` stay within
-//! one path component, `**` crosses `/`; they must start with `/` or `**` (abstract unix
-//! socket names with `@`). Argument globs (`args`) match the argv joined with single
+//! one path component, `**` crosses `/` (but `/a/**/b` needs a directory between `a` and
+//! `b`: write `/a/b` too); they must start with `/` or `**` (abstract unix socket names
+//! with `@`; `@**` also matches abstract names that contain `/`). Argument globs (`args`) match the argv joined with single
 //! spaces, and there `*`, `?` and `[...]` match `/` too, since arguments hold paths:
 //! `*vllm serve*` matches `/usr/bin/python3 /usr/local/bin/vllm serve m`.
 //! A key set to null (or left empty) counts as absent.
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use crate::{cidr::AddrRule, events::DeviceClass, glob::Glob};
 
 pub use crate::config::Diagnostic;
-pub(crate) use parse::{duplicate_names, parse_file, path_globs, ParsedFile, ProfileName};
+pub(crate) use parse::{duplicate_names, parse_file, path_globs, ProfileName};
 
 /// What a profile does about behaviour outside its allow lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,10 +102,13 @@ pub struct PathGlob {
 impl PathGlob {
     pub fn new(pattern: &str) -> Result<PathGlob, String> {
         let glob = Glob::new(pattern)?;
-        let prefix = pattern
+        // A fast filter before the glob. Without its trailing `/`: `/models/**` also covers
+        // the directory `/models` itself.
+        let prefix: String = pattern
             .chars()
             .take_while(|c| !matches!(c, '*' | '?' | '[' | '\\'))
             .collect();
+        let prefix = prefix.trim_end_matches('/').to_owned();
         Ok(PathGlob { glob, prefix })
     }
 
@@ -144,7 +148,8 @@ impl ArgsGlob {
 
     /// Whether the joined argv (see [`join_args`]) matches.
     pub fn matches(&self, joined_args: &str) -> bool {
-        self.glob.matches(&joined_args.replace('/', &SLASH.to_string()))
+        self.glob
+            .matches(&joined_args.replace('/', &SLASH.to_string()))
     }
 }
 

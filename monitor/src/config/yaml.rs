@@ -134,11 +134,6 @@ impl<'n, 'input> Fields<'n, 'input> {
             .map(|(_, value)| *value)
             .filter(|value| !is_null(value))
     }
-
-    /// Whether the key is present (even null).
-    pub(crate) fn has(&self, name: &str) -> bool {
-        self.entries.iter().any(|(key, _)| *key == name)
-    }
 }
 
 /// Reads nodes of one file, collecting diagnostics.
@@ -164,6 +159,12 @@ impl<'f> Reader<'f> {
         };
         self.diagnostics
             .push(Diagnostic::at(self.file, node, message));
+    }
+
+    /// The diagnostics, in the order of their positions in the file.
+    pub(crate) fn finish(mut self) -> Vec<Diagnostic> {
+        self.diagnostics.sort_by_key(|d| (d.line, d.column));
+        self.diagnostics
     }
 
     fn wrong_type(&mut self, node: &MarkedYaml, key: &str, expected: &str) {
@@ -194,12 +195,11 @@ impl<'f> Reader<'f> {
                 let suggestion = suggest(name, known)
                     .map(|s| format!("did you mean \"{s}\"? "))
                     .unwrap_or_default();
-                let at = if key.is_empty() { "" } else { key };
                 let message = format!(
                     "unknown key \"{name}\" ({suggestion}expected one of: {})",
                     known.join(", ")
                 );
-                self.error(name_node, at, message);
+                self.error(name_node, key, message);
             }
         }
         Some(Fields { entries })

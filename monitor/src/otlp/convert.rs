@@ -46,10 +46,7 @@ pub fn any_value(value: &Value) -> AnyValue {
         Value::Object(map) => Some(any_value::Value::KvlistValue(KeyValueList {
             values: map
                 .iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.clone(),
-                    value: Some(any_value(v)),
-                })
+                .map(|(k, v)| key_value(k, any_value(v)))
                 .collect(),
         })),
     };
@@ -60,6 +57,7 @@ fn key_value(key: &str, value: AnyValue) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(value),
+        ..KeyValue::default()
     }
 }
 
@@ -205,9 +203,18 @@ mod tests {
     fn json_values_map_to_otlp_values() {
         let v = |json: Value| any_value(&json).value;
         assert_eq!(v(Value::from(-3)), Some(any_value::Value::IntValue(-3)));
-        assert_eq!(v(Value::from(u64::MAX)), Some(any_value::Value::DoubleValue(u64::MAX as f64)));
-        assert_eq!(v(Value::from(1.5)), Some(any_value::Value::DoubleValue(1.5)));
-        assert_eq!(v(Value::from(true)), Some(any_value::Value::BoolValue(true)));
+        assert_eq!(
+            v(Value::from(u64::MAX)),
+            Some(any_value::Value::DoubleValue(u64::MAX as f64))
+        );
+        assert_eq!(
+            v(Value::from(1.5)),
+            Some(any_value::Value::DoubleValue(1.5))
+        );
+        assert_eq!(
+            v(Value::from(true)),
+            Some(any_value::Value::BoolValue(true))
+        );
         assert_eq!(v(Value::Null), None);
         assert_eq!(
             v(serde_json::json!(["a", 1])),
@@ -234,7 +241,10 @@ mod tests {
         assert_eq!(record.event_name, "monitor.alert");
         assert_eq!(record.severity_number, 21);
         assert_eq!(record.severity_text, "FATAL");
-        assert_eq!((record.time_unix_nano, record.observed_time_unix_nano), (5, 7));
+        assert_eq!(
+            (record.time_unix_nano, record.observed_time_unix_nano),
+            (5, 7)
+        );
         let keys: Vec<&str> = record.attributes.iter().map(|kv| kv.key.as_str()).collect();
         assert_eq!(
             keys,

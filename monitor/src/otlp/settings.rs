@@ -26,7 +26,9 @@ impl Protocol {
         match text.trim() {
             "http" | "http/protobuf" => Ok(Protocol::Http),
             "grpc" => Ok(Protocol::Grpc),
-            "http/json" => bail!("OTLP protocol http/json is not supported: use http/protobuf or grpc"),
+            "http/json" => {
+                bail!("OTLP protocol http/json is not supported: use http/protobuf or grpc")
+            }
             other => bail!("unknown OTLP protocol {other:?}: use http/protobuf (or http) or grpc"),
         }
     }
@@ -39,33 +41,46 @@ impl Protocol {
     }
 }
 
+/// Where the spool is when neither a flag nor the config file says.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/monitor/spool";
+/// The spool's size limit when neither a flag nor the config file says (64 MiB).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+
 /// Flags of `monitor run` for the OTLP export (flatten into the command's arguments).
-#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct OtlpArgs {
     /// Export alerts (OTLP logs) and the monitor's metrics to this OpenTelemetry collector.
     /// For HTTP the base URL: `/v1/logs` and `/v1/metrics` are appended. Also from
     /// OTEL_EXPORTER_OTLP_ENDPOINT or the config file.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// OTLP transport (default http, or OTEL_EXPORTER_OTLP_PROTOCOL).
+    /// OTLP transport [default: http, or OTEL_EXPORTER_OTLP_PROTOCOL].
     #[arg(long, value_enum, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<Protocol>,
-    /// Where alerts wait until the collector has accepted them.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/monitor/spool")]
-    pub spool_dir: PathBuf,
-    /// Size limit of the spool; when full, the oldest alerts of the lowest severity go first.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
-    pub spool_max_bytes: u64,
+    /// Where alerts wait until the collector has accepted them
+    /// [default: /var/lib/monitor/spool].
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Size limit of the spool; when full, the oldest alerts of the lowest severity go
+    /// first [default: 67108864 (64 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
 }
 
-impl Default for OtlpArgs {
-    fn default() -> Self {
-        OtlpArgs {
-            otlp_endpoint: None,
-            otlp_protocol: None,
-            spool_dir: PathBuf::from("/var/lib/monitor/spool"),
-            spool_max_bytes: 64 << 20,
-        }
+impl OtlpArgs {
+    /// The spool's directory and size limit: the flags, then the config file, then
+    /// [`DEFAULT_SPOOL_DIR`] and [`DEFAULT_SPOOL_MAX_BYTES`].
+    pub fn spool(&self, file: Option<&OtlpFileSettings>) -> (PathBuf, u64) {
+        let dir = self
+            .spool_dir
+            .clone()
+            .or_else(|| file.and_then(|f| f.spool_dir.clone()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
+        let max_bytes = self
+            .spool_max_bytes
+            .or_else(|| file.and_then(|f| f.spool_max_bytes))
+            .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+        (dir, max_bytes)
     }
 }
 
@@ -81,6 +96,10 @@ pub struct OtlpFileSettings {
     /// PEM file of the CA that signs the collector's certificate (https:// only), in addition
     /// to the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// `outputs.spool.dir`.
+    pub spool_dir: Option<PathBuf>,
+    /// `outputs.spool.max_bytes`.
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// Exponential back-off between retries of a failed export.
@@ -186,10 +205,9 @@ pub fn parse_key_values(text: &str, variable: &str) -> Vec<(String, String)> {
     text.split(',')
         .filter(|entry| !entry.trim().is_empty())
         .filter_map(|entry| match entry.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => Some((
-                percent_decode(key.trim()),
-                percent_decode(value.trim()),
-            )),
+            Some((key, value)) if !key.trim().is_empty() => {
+                Some((percent_decode(key.trim()), percent_decode(value.trim())))
+            }
             _ => {
                 tracing::warn!("ignoring {variable} entry {entry:?}: expected key=value");
                 None
@@ -218,7 +236,12 @@ fn parse_endpoint(url: &str, source: &str) -> anyhow::Result<Uri> {
 
 /// The URL of one signal from a base URL: for HTTP the base path plus `/v1/<signal>` (a base
 /// that already ends in `/v1/logs` or `/v1/metrics` has that replaced), for gRPC the server.
-fn signal_url(base: &str, signal: &str, protocol: Protocol, source: &str) -> anyhow::Result<String> {
+fn signal_url(
+    base: &str,
+    signal: &str,
+    protocol: Protocol,
+    source: &str,
+) -> anyhow::Result<String> {
     let uri = parse_endpoint(base, source)?;
     let origin = format!(
         "{}://{}",
@@ -305,7 +328,10 @@ fn resource(env: &HashMap<String, String>) -> Vec<(String, String)> {
 }
 
 fn env_timeout(env: &HashMap<String, String>) -> anyhow::Result<Option<Duration>> {
-    for name in ["OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"] {
+    for name in [
+        "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ] {
         if let Some(text) = non_empty(env.get(name)) {
             let ms: u64 = text
                 .parse()
@@ -344,44 +370,46 @@ impl OtlpSettings {
             protocol
         } else if let Some(text) = file_protocol {
             Protocol::parse(text).context("in outputs.otlp.protocol of the config file")?
-        } else if let Some((name, text)) = ["OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
-            .iter()
-            .find_map(|name| non_empty(env.get(*name)).map(|text| (name, text)))
+        } else if let Some((name, text)) = [
+            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .iter()
+        .find_map(|name| non_empty(env.get(*name)).map(|text| (name, text)))
         {
             Protocol::parse(text).with_context(|| format!("in {name}"))?
         } else {
             Protocol::Http
         };
 
-        let (logs_endpoint, metrics_endpoint) =
-            if let Some(base) = args.otlp_endpoint.as_deref() {
-                (
-                    signal_url(base, "logs", protocol, "--otlp-endpoint")?,
-                    signal_url(base, "metrics", protocol, "--otlp-endpoint")?,
-                )
-            } else if let Some(base) = file_endpoint {
-                let source = "outputs.otlp.endpoint of the config file";
-                (
-                    signal_url(base, "logs", protocol, source)?,
-                    signal_url(base, "metrics", protocol, source)?,
-                )
+        let (logs_endpoint, metrics_endpoint) = if let Some(base) = args.otlp_endpoint.as_deref() {
+            (
+                signal_url(base, "logs", protocol, "--otlp-endpoint")?,
+                signal_url(base, "metrics", protocol, "--otlp-endpoint")?,
+            )
+        } else if let Some(base) = file_endpoint {
+            let source = "outputs.otlp.endpoint of the config file";
+            (
+                signal_url(base, "logs", protocol, source)?,
+                signal_url(base, "metrics", protocol, source)?,
+            )
+        } else {
+            let base = env_base.unwrap_or(protocol.default_endpoint());
+            let base_source = if env_base.is_some() {
+                "OTEL_EXPORTER_OTLP_ENDPOINT"
             } else {
-                let base = env_base.unwrap_or(protocol.default_endpoint());
-                let base_source = if env_base.is_some() {
-                    "OTEL_EXPORTER_OTLP_ENDPOINT"
-                } else {
-                    "the default endpoint"
-                };
-                let logs = match env_logs {
-                    Some(url) => exact_url(url, protocol, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")?,
-                    None => signal_url(base, "logs", protocol, base_source)?,
-                };
-                let metrics = match env_metrics {
-                    Some(url) => exact_url(url, protocol, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")?,
-                    None => signal_url(base, "metrics", protocol, base_source)?,
-                };
-                (logs, metrics)
+                "the default endpoint"
             };
+            let logs = match env_logs {
+                Some(url) => exact_url(url, protocol, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")?,
+                None => signal_url(base, "logs", protocol, base_source)?,
+            };
+            let metrics = match env_metrics {
+                Some(url) => exact_url(url, protocol, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")?,
+                None => signal_url(base, "metrics", protocol, base_source)?,
+            };
+            (logs, metrics)
+        };
 
         let mut headers: Vec<(String, String)> = Vec::new();
         let mut add = |key: String, value: String| {
@@ -394,7 +422,10 @@ impl OtlpSettings {
                 headers.push((key, value));
             }
         };
-        for name in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS"] {
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+        ] {
             if let Some(text) = non_empty(env.get(name)) {
                 for (key, value) in parse_key_values(text, name) {
                     add(key, value);
@@ -407,13 +438,14 @@ impl OtlpSettings {
             }
         }
 
-        let ca_file = file
-            .and_then(|f| f.ca_file.clone())
-            .or_else(|| {
-                ["OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
-                    .iter()
-                    .find_map(|name| non_empty(env.get(*name)).map(PathBuf::from))
-            });
+        let ca_file = file.and_then(|f| f.ca_file.clone()).or_else(|| {
+            [
+                "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ]
+            .iter()
+            .find_map(|name| non_empty(env.get(*name)).map(PathBuf::from))
+        });
 
         Ok(Some(OtlpSettings {
             logs_endpoint,
@@ -489,13 +521,19 @@ mod tests {
         let s = resolve(
             &OtlpArgs::default(),
             None,
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/prefix/")],
+            &[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector:4318/prefix/",
+            )],
         )
         .unwrap()
         .unwrap();
         assert_eq!(s.protocol, Protocol::Http);
         assert_eq!(s.logs_endpoint, "http://collector:4318/prefix/v1/logs");
-        assert_eq!(s.metrics_endpoint, "http://collector:4318/prefix/v1/metrics");
+        assert_eq!(
+            s.metrics_endpoint,
+            "http://collector:4318/prefix/v1/metrics"
+        );
         assert_eq!(s.timeout, Duration::from_secs(10));
     }
 
@@ -506,7 +544,10 @@ mod tests {
             None,
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "https://logs.example/ingest"),
+                (
+                    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                    "https://logs.example/ingest",
+                ),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ],
         )
@@ -531,7 +572,10 @@ mod tests {
             None,
             &[
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317/ignored"),
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector:4317/ignored",
+                ),
             ],
         )
         .unwrap()
@@ -553,6 +597,8 @@ mod tests {
             protocol: Some("grpc".into()),
             headers: [("x-api-key".to_string(), "file".to_string())].into(),
             ca_file: Some("/etc/monitor/ca.pem".into()),
+            spool_dir: Some("/srv/spool".into()),
+            spool_max_bytes: None,
         };
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-env:4318"),
@@ -572,7 +618,10 @@ mod tests {
                 ("tenant".to_string(), "a b".to_string())
             ]
         );
-        assert_eq!(from_file.ca_file, Some(PathBuf::from("/etc/monitor/ca.pem")));
+        assert_eq!(
+            from_file.ca_file,
+            Some(PathBuf::from("/etc/monitor/ca.pem"))
+        );
         let args = OtlpArgs {
             otlp_endpoint: Some("http://from-flag:4318/v1/logs".into()),
             otlp_protocol: Some(Protocol::Http),
@@ -581,7 +630,27 @@ mod tests {
         let from_flags = resolve(&args, Some(&file), &env).unwrap().unwrap();
         assert_eq!(from_flags.protocol, Protocol::Http);
         assert_eq!(from_flags.logs_endpoint, "http://from-flag:4318/v1/logs");
-        assert_eq!(from_flags.metrics_endpoint, "http://from-flag:4318/v1/metrics");
+        assert_eq!(
+            from_flags.metrics_endpoint,
+            "http://from-flag:4318/v1/metrics"
+        );
+        assert_eq!(
+            OtlpArgs::default().spool(Some(&file)),
+            (PathBuf::from("/srv/spool"), DEFAULT_SPOOL_MAX_BYTES)
+        );
+        let spool_flags = OtlpArgs {
+            spool_dir: Some("/flag".into()),
+            spool_max_bytes: Some(4096),
+            ..OtlpArgs::default()
+        };
+        assert_eq!(
+            spool_flags.spool(Some(&file)),
+            (PathBuf::from("/flag"), 4096)
+        );
+        assert_eq!(
+            OtlpArgs::default().spool(None),
+            (PathBuf::from(DEFAULT_SPOOL_DIR), DEFAULT_SPOOL_MAX_BYTES)
+        );
         let from_env = resolve(&OtlpArgs::default(), None, &env).unwrap().unwrap();
         assert_eq!(from_env.protocol, Protocol::Http);
         assert_eq!(from_env.logs_endpoint, "http://from-env:4318/v1/logs");
@@ -595,7 +664,10 @@ mod tests {
             ..OtlpArgs::default()
         };
         let err = format!("{:#}", resolve(&args, None, &[]).unwrap_err());
-        assert!(err.contains("--otlp-endpoint") && err.contains("http://"), "{err}");
+        assert!(
+            err.contains("--otlp-endpoint") && err.contains("http://"),
+            "{err}"
+        );
         let err = format!(
             "{:#}",
             resolve(

@@ -14,7 +14,14 @@ use crate::{
     events::DeviceClass,
 };
 
-const PROFILE_KEYS: &[&str] = &["name", "description", "selector", "mode", "dry_run", "allow"];
+const PROFILE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "selector",
+    "mode",
+    "dry_run",
+    "allow",
+];
 const SELECTOR_KEYS: &[&str] = &["executables", "args", "cgroups"];
 const ALLOW_KEYS: &[&str] = &["exec", "files", "network", "devices"];
 const FILES_KEYS: &[&str] = &["read", "write"];
@@ -58,7 +65,7 @@ pub(crate) fn parse_file(file: &Path, text: &str) -> ParsedFile {
             parsed.profiles.push(profile);
         }
     }
-    parsed.diagnostics = reader.diagnostics;
+    parsed.diagnostics = reader.finish();
     if !found {
         parsed.diagnostics.push(Diagnostic::file(
             file,

@@ -1,0 +1,144 @@
+use std::path::Path;
+
+use super::*;
+
+/// The example of the issue, as written there.
+pub(crate) const EXAMPLE: &str = r#"name: vllm
+selector:                     # ORed within a key, ANDed across keys
+  executables: ["/usr/bin/python3*", "/opt/*/bin/python*"]   # glob on the executable path
+  args: ["*vllm.entrypoints*"]                               # glob on the argv joined with spaces
+  cgroups: ["/system.slice/vllm.service"]                    # glob on the cgroup path
+mode: alert                   # alert | enforce
+dry_run: false                # optional (enforce computes decisions but does not act)
+allow:
+  exec: ["/usr/bin/nvidia-smi", "/usr/bin/uname"]
+  files:
+    read: ["/models/**", "/usr/**", "/etc/**", "/proc/**", "/sys/**"]
+    write: ["/tmp/**", "/dev/shm/**"]
+  network:
+    connect: ["127.0.0.0/8", "10.0.0.0/8:443", "[::1]:*"]
+    listen: ["*:8000"]
+    unix: ["/run/**", "@*"]
+  devices: ["nvidia", "nvidia-uvm"]
+"#;
+
+fn one(text: &str) -> Profile {
+    let mut profiles = parse_profiles(Path::new("p.yaml"), text).unwrap();
+    assert_eq!(profiles.len(), 1);
+    profiles.remove(0)
+}
+
+fn subject<'a>(exe: Option<&'a str>, args: &'a str, cgroup: Option<&'a str>) -> Subject<'a> {
+    Subject { exe, args, cgroup }
+}
+
+#[test]
+fn parses_the_example() {
+    let profile = one(EXAMPLE);
+    assert_eq!(profile.name, "vllm");
+    assert_eq!(profile.mode, Mode::Alert);
+    assert!(!profile.dry_run);
+    assert_eq!(profile.selector.executables.len(), 2);
+    assert_eq!(profile.location.line, 1);
+    assert_eq!(profile.location.column, 7);
+    let allow = &profile.allow;
+    assert!(allow.exec("/usr/bin/nvidia-smi"));
+    assert!(!allow.exec("/usr/bin/curl"));
+    assert!(allow.read("/models/llama/model.safetensors"));
+    assert!(!allow.read("/home/user/.ssh/id_rsa"));
+    assert!(allow.write("/dev/shm/nccl-1"));
+    assert!(!allow.write("/etc/passwd"));
+    assert!(allow.connect("10.1.2.3:443".parse().unwrap()));
+    assert!(!allow.connect("10.1.2.3:80".parse().unwrap()));
+    assert!(allow.connect("[::1]:9999".parse().unwrap()));
+    assert!(allow.listen("0.0.0.0:8000".parse().unwrap()));
+    assert!(allow.unix("/run/nvidia-persistenced/socket"));
+    assert!(allow.unix("@nccl-abc"));
+    assert!(!allow.unix("/var/run/docker.sock"));
+    assert!(allow.device(crate::events::DeviceClass::NvidiaUvm));
+    assert!(!allow.device(crate::events::DeviceClass::Kfd));
+}
+
+#[test]
+fn several_documents_and_defaults() {
+    let text = "name: a\nselector: {executables: [/bin/a]}\n---\nname: b\nselector: {args: ['b *']}\nmode: enforce\ndry_run: true\n";
+    let profiles = parse_profiles(Path::new("p.yaml"), text).unwrap();
+    assert_eq!(profiles.len(), 2);
+    assert_eq!(profiles[0].mode, Mode::Alert);
+    assert_eq!(profiles[1].mode, Mode::Enforce);
+    assert!(profiles[1].dry_run);
+    assert_eq!(profiles[1].location.line, 4);
+    // Without `allow`, nothing is allowed; without `unix`, unix sockets are not checked.
+    assert!(!profiles[0].allow.exec("/bin/a"));
+    assert!(profiles[0].allow.unix("/anything"));
+}
+
+#[test]
+fn selector_ors_within_and_ands_across_keys() {
+    let profile = one(EXAMPLE);
+    let cgroup = Some("/system.slice/vllm.service");
+    let args = "python3 -m vllm.entrypoints.openai.api_server --model /models/x";
+    assert!(profile.selects(&subject(Some("/usr/bin/python3.11"), args, cgroup)));
+    // The other executable glob: ORed.
+    assert!(profile.selects(&subject(Some("/opt/conda/bin/python"), args, cgroup)));
+    // Each key must match: ANDed.
+    assert!(!profile.selects(&subject(Some("/usr/bin/bash"), args, cgroup)));
+    assert!(!profile.selects(&subject(
+        Some("/usr/bin/python3"),
+        "python3 train.py",
+        cgroup
+    )));
+    assert!(!profile.selects(&subject(
+        Some("/usr/bin/python3"),
+        args,
+        Some("/user.slice")
+    )));
+    // Unknown executable or cgroup: no match for that key.
+    assert!(!profile.selects(&subject(None, args, cgroup)));
+    assert!(!profile.selects(&subject(Some("/usr/bin/python3"), args, None)));
+}
+
+#[test]
+fn absent_selector_keys_are_not_tested() {
+    let profile = one("name: a\nselector:\n  args: ['*serve*']\n");
+    assert!(profile.selects(&subject(None, "ollama serve", None)));
+    assert!(!profile.selects(&subject(None, "ollama run", None)));
+}
+
+#[test]
+fn args_wildcards_cross_slashes() {
+    let glob = ArgsGlob::new("*/vllm serve*").unwrap();
+    assert!(glob.matches("/usr/bin/python3 /usr/local/bin/vllm serve /models/m"));
+    assert!(!glob.matches("/usr/bin/python3 -c vllm"));
+    let glob = ArgsGlob::new("python? x/y").unwrap();
+    assert!(glob.matches("python3 x/y"));
+    assert!(ArgsGlob::new("x?y").unwrap().matches("x/y"));
+    assert!(ArgsGlob::new("[/]").unwrap().matches("/"));
+    assert_eq!(join_args(&["a".into(), "b c".into()]), "a b c");
+    // Path globs keep `*` inside one component.
+    assert!(!PathGlob::new("/opt/*").unwrap().matches("/opt/a/b"));
+    assert!(PathGlob::new("/opt/**").unwrap().matches("/opt/a/b"));
+}
+
+#[test]
+fn path_glob_prefix_is_only_a_shortcut() {
+    let glob = PathGlob::new("/usr/lib/**/libcuda.so*").unwrap();
+    assert!(glob.matches("/usr/lib/x86_64-linux-gnu/libcuda.so.1"));
+    assert!(!glob.matches("/opt/lib/libcuda.so.1"));
+    let glob = PathGlob::new("**/*.gguf").unwrap();
+    assert!(glob.matches("/srv/m/model.gguf"));
+    let glob = PathGlob::new("/dev/nvidia[0-9]*").unwrap();
+    assert!(glob.matches("/dev/nvidia12"));
+    assert!(!glob.matches("/dev/nvidiactl"));
+}
+
+#[test]
+fn duplicate_names_in_one_file() {
+    let text = "name: a\nselector: {args: [x]}\n---\nname: a\nselector: {args: [y]}\n";
+    let errors = parse_profiles(Path::new("p.yaml"), text).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        "p.yaml:4:7: name: duplicate profile name \"a\" (first defined at p.yaml:1:7)"
+    );
+}

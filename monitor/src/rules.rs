@@ -1,0 +1,467 @@
+//! The rules engine: decides which profile governs each process, checks events against
+//! profiles and host guards, correlates a read of a protected file with a later outbound
+//! connection, and folds repeated alerts.
+//!
+//! Governance:
+//! - It is decided at exec: the first profile (in load order) whose selector matches the new
+//!   executable, argv and cgroup governs the process. That exec is never an alert.
+//! - A child inherits its parent's profile at fork, and keeps it across an exec that matches
+//!   no profile (that exec is checked against `allow.exec`); an exec that matches another
+//!   profile switches to it, without an alert.
+//! - It ends at exit.
+//!
+//! Call [`Engine::handle`] after the process table has applied the event (`on_exec`,
+//! `on_fork`, `on_exit`), so that the table describes the process as the event left it.
+
+mod checks;
+mod dedup;
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::{Map, Value};
+
+use crate::{
+    alert::{new_uid, Action, Alert, Severity},
+    clock::BootClock,
+    config::Config,
+    events::{Event, Exec, Fork, Header},
+    output::event_record,
+    process::{same_start, Process, ProcessTable},
+    profile::{join_args, Profile, Subject},
+};
+use checks::Finding;
+use dedup::{Dedup, Key};
+
+/// A rule: a stable id (`security_rule.name`) and its severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub id: &'static str,
+    pub severity: Severity,
+}
+
+const fn rule(id: &'static str, severity: Severity) -> Rule {
+    Rule { id, severity }
+}
+
+/// A governed process executed something its profile does not allow.
+pub const EXEC_NOT_ALLOWED: Rule = rule("exec-not-allowed", Severity::High);
+/// A governed process opened for reading a file its profile does not allow.
+pub const FILE_READ_NOT_ALLOWED: Rule = rule("file-read-not-allowed", Severity::Medium);
+/// A governed process changed (or opened to change) a file its profile does not allow.
+pub const FILE_WRITE_NOT_ALLOWED: Rule = rule("file-write-not-allowed", Severity::High);
+/// A governed process connected (or sent a datagram) to a destination not allowed.
+pub const CONNECT_NOT_ALLOWED: Rule = rule("connect-not-allowed", Severity::High);
+/// A governed process listened (TCP) or bound (UDP) on an address not allowed.
+pub const LISTEN_NOT_ALLOWED: Rule = rule("listen-not-allowed", Severity::Medium);
+/// A governed process opened an accelerator device class its profile does not allow.
+pub const DEVICE_NOT_ALLOWED: Rule = rule("device-not-allowed", Severity::High);
+/// Any process read a protected file without a profile the guard lets read it.
+pub const PROTECTED_FILE_READ: Rule = rule("protected-file-read", Severity::High);
+/// Any process changed a protected file without a profile the guard lets write it.
+pub const PROTECTED_FILE_WRITE: Rule = rule("protected-file-write", Severity::Critical);
+/// Any process opened an accelerator device without a profile the GPU guard allows.
+pub const GPU_UNEXPECTED_PROCESS: Rule = rule("gpu-unexpected-process", Severity::High);
+/// A process that read a protected file connected to a destination its profile does not
+/// allow (anything but loopback without a profile).
+pub const MODEL_EXFILTRATION: Rule = rule("model-exfiltration", Severity::Critical);
+/// Events were lost (kernel ring buffer or user-space queue full).
+pub const EVENTS_LOST: Rule = rule("events-lost", Severity::High);
+/// A new configuration failed to load; the previous one stays in force.
+pub const CONFIG_RELOAD_FAILED: Rule = rule("config-reload-failed", Severity::Medium);
+
+/// Every rule, for documentation and exporters.
+pub const RULES: [Rule; 12] = [
+    EXEC_NOT_ALLOWED,
+    FILE_READ_NOT_ALLOWED,
+    FILE_WRITE_NOT_ALLOWED,
+    CONNECT_NOT_ALLOWED,
+    LISTEN_NOT_ALLOWED,
+    DEVICE_NOT_ALLOWED,
+    PROTECTED_FILE_READ,
+    PROTECTED_FILE_WRITE,
+    GPU_UNEXPECTED_PROCESS,
+    MODEL_EXFILTRATION,
+    EVENTS_LOST,
+    CONFIG_RELOAD_FAILED,
+];
+
+/// Most distinct alerts being folded at once; past it the oldest window is closed early.
+pub const MAX_DEDUP_KEYS: usize = 10_000;
+
+/// What one event led to.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict {
+    /// Alerts to raise now.
+    pub alerts: Vec<Alert>,
+    /// `(tgid, profile id)` when the event put a process under a profile or changed its
+    /// profile (an exec that matched a selector, a fork whose child inherits a profile), so
+    /// the caller can update the kernel's watched set.
+    pub governed: Option<(u32, u32)>,
+}
+
+/// What the engine remembers of a process.
+#[derive(Clone, Debug)]
+struct ProcessState {
+    start_time_ns: u64,
+    profile: Option<u32>,
+    /// When it came under its profile (`CLOCK_BOOTTIME` ns): a child that started before
+    /// cannot have inherited it.
+    since_ns: u64,
+    /// The last protected file it (or its parent, before the fork) read.
+    protected_read: Option<String>,
+}
+
+impl ProcessState {
+    fn is_useful(&self) -> bool {
+        self.profile.is_some() || self.protected_read.is_some()
+    }
+}
+
+/// The rules engine. See the module documentation.
+pub struct Engine {
+    config: Arc<Config>,
+    /// By tgid; only governed processes and those that read a protected file.
+    processes: HashMap<u32, ProcessState>,
+    dedup: Dedup,
+}
+
+fn window_ns(config: &Config) -> u64 {
+    u64::try_from(config.dedup_window.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Engine {
+    pub fn new(config: Arc<Config>) -> Engine {
+        let dedup = Dedup::new(window_ns(&config), MAX_DEDUP_KEYS);
+        Engine {
+            config,
+            processes: HashMap::new(),
+            dedup,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Takes a new configuration, keeping what is known of processes: a process keeps the
+    /// profile of the same name (with its new id), or becomes ungoverned when the profile is
+    /// gone. Call [`Engine::seed`] after it to govern running processes that a new profile
+    /// selects, and [`Engine::governed`] to resynchronise the kernel's watched set.
+    pub fn reload(&mut self, config: Arc<Config>) {
+        let old = std::mem::replace(&mut self.config, config);
+        for state in self.processes.values_mut() {
+            state.profile = state
+                .profile
+                .and_then(|id| old.profile(id))
+                .and_then(|p| self.config.profile_by_name(&p.name))
+                .map(|p| p.id);
+        }
+        self.processes.retain(|_, state| state.is_useful());
+        self.dedup.set_window(window_ns(&self.config));
+    }
+
+    /// The profile governing a process, if any.
+    pub fn governing(&self, tgid: u32, start_time_ns: u64) -> Option<&Profile> {
+        let id = self.state(tgid, start_time_ns)?.profile?;
+        self.config.profile(id)
+    }
+
+    /// Every governed process: `(tgid, profile id)`, by tgid.
+    pub fn governed(&self) -> Vec<(u32, u32)> {
+        let mut governed: Vec<(u32, u32)> = self
+            .processes
+            .iter()
+            .filter_map(|(tgid, state)| state.profile.map(|id| (*tgid, id)))
+            .collect();
+        governed.sort_unstable();
+        governed
+    }
+
+    /// Governs the processes found by the `/proc` scan: each live process that the engine
+    /// does not know yet gets the profile its selector matches, else that of its nearest
+    /// ancestor that matches one. Returns the processes governed, by tgid.
+    pub fn seed(&mut self, table: &ProcessTable) -> Vec<(u32, u32)> {
+        let direct: HashMap<(u32, u64), u32> = table
+            .iter()
+            .filter_map(|p| Some(((p.tgid, p.start_time_ns), self.select(p)?.id)))
+            .collect();
+        let mut governed = Vec::new();
+        for process in table.iter() {
+            if self
+                .state(process.tgid, process.start_time_ns)
+                .is_some_and(|s| s.profile.is_some())
+            {
+                continue;
+            }
+            let own = direct.get(&(process.tgid, process.start_time_ns)).copied();
+            let inherited = || {
+                table.ancestry(process, 64).iter().find_map(|a| {
+                    direct
+                        .get(&(a.tgid, a.start_time_ns))
+                        .copied()
+                        .or_else(|| self.state(a.tgid, a.start_time_ns).and_then(|s| s.profile))
+                })
+            };
+            if let Some(id) = own.or_else(inherited) {
+                governed.push((process.tgid, id));
+            }
+        }
+        for &(tgid, id) in &governed {
+            let Some(process) = table.get_by_tgid(tgid) else {
+                continue;
+            };
+            let state = self.state_entry(tgid, process.start_time_ns);
+            state.profile = Some(id);
+            state.since_ns = process.start_time_ns;
+        }
+        governed.sort_unstable();
+        governed
+    }
+
+    /// Evaluates one event (after the process table applied it).
+    pub fn handle(&mut self, event: &Event, table: &ProcessTable, clock: &BootClock) -> Verdict {
+        let mut verdict = Verdict::default();
+        let header = *event.header();
+        let findings: Vec<Finding> = match event {
+            Event::Exec(exec) => {
+                let (finding, governed) = self.on_exec(exec, table);
+                verdict.governed = governed;
+                finding.into_iter().collect()
+            }
+            Event::Fork(fork) => {
+                verdict.governed = self.on_fork(fork);
+                Vec::new()
+            }
+            Event::Exit(exit) => {
+                let h = &exit.header;
+                if self.state(h.tgid, h.start_time_ns).is_some() {
+                    self.processes.remove(&h.tgid);
+                }
+                Vec::new()
+            }
+            Event::File(file) => {
+                let state = self.resolve(&header, table);
+                let profile = self.profile_of(state.as_ref());
+                let outcome = checks::file(&self.config, profile, file);
+                if let Some(path) = outcome.protected_read {
+                    self.state_entry(header.tgid, header.start_time_ns)
+                        .protected_read = Some(path);
+                }
+                outcome.findings
+            }
+            Event::Net(net) => {
+                let state = self.resolve(&header, table);
+                let profile = self.profile_of(state.as_ref());
+                let read = state.as_ref().and_then(|s| s.protected_read.as_deref());
+                checks::net(profile, read, net)
+            }
+            Event::Device(device) => {
+                let state = self.resolve(&header, table);
+                let profile = self.profile_of(state.as_ref());
+                checks::device(&self.config, profile, device)
+                    .into_iter()
+                    .collect()
+            }
+            Event::GpuIoctls(_) => Vec::new(),
+        };
+        if findings.is_empty() {
+            return verdict;
+        }
+        let profile = self
+            .governing(header.tgid, header.start_time_ns)
+            .map(|p| p.name.clone());
+        let process = table.get(header.tgid, header.start_time_ns);
+        let attributes = attributes(clock, table, event, process);
+        let observed = clock.unix_ns(BootClock::boot_now_ns());
+        for finding in findings {
+            let mut attributes = attributes.clone();
+            if let Some(path) = finding.file_path {
+                attributes.insert("file.path".into(), Value::from(path));
+            }
+            let alert = Alert {
+                rule: finding.rule.id.to_owned(),
+                severity: finding.rule.severity,
+                action: Action::Alert,
+                profile: profile.clone(),
+                time_unix_ns: clock.unix_ns(header.time_ns),
+                observed_unix_ns: observed,
+                count: 1,
+                uid: new_uid(),
+                attributes,
+            };
+            let key = Key {
+                rule: finding.rule.id,
+                tgid: header.tgid,
+                start_time_ns: header.start_time_ns,
+                object: finding.object,
+            };
+            self.dedup
+                .admit(key, header.time_ns, alert, &mut verdict.alerts);
+        }
+        verdict
+    }
+
+    /// Called every second: the alerts folded by deduplication whose window closed by
+    /// `now_boot_ns`, each with its count of repeats (`monitor.count`).
+    pub fn flush(&mut self, now_boot_ns: u64, clock: &BootClock) -> Vec<Alert> {
+        self.dedup.flush(now_boot_ns, clock.unix_ns(now_boot_ns))
+    }
+
+    /// Forgets processes the table no longer knows (their exit was lost). Call it after
+    /// the table's own sweep.
+    pub fn sweep(&mut self, table: &ProcessTable) {
+        self.processes
+            .retain(|tgid, state| table.get(*tgid, state.start_time_ns).is_some());
+    }
+
+    fn select(&self, process: &Process) -> Option<&Profile> {
+        let args = join_args(&process.args);
+        self.config.select(&Subject {
+            exe: process.exe.as_deref(),
+            args: &args,
+            cgroup: process.cgroup_path.as_deref(),
+        })
+    }
+
+    fn state(&self, tgid: u32, start_time_ns: u64) -> Option<&ProcessState> {
+        self.processes
+            .get(&tgid)
+            .filter(|s| same_start(s.start_time_ns, start_time_ns))
+    }
+
+    /// The state of a process, created empty (or replacing a stale one of a reused tgid).
+    fn state_entry(&mut self, tgid: u32, start_time_ns: u64) -> &mut ProcessState {
+        let state = self.processes.entry(tgid).or_insert(ProcessState {
+            start_time_ns,
+            profile: None,
+            since_ns: start_time_ns,
+            protected_read: None,
+        });
+        if !same_start(state.start_time_ns, start_time_ns) {
+            *state = ProcessState {
+                start_time_ns,
+                profile: None,
+                since_ns: start_time_ns,
+                protected_read: None,
+            };
+        }
+        state
+    }
+
+    /// The state of the event's process; when unknown, its parent's profile if the parent
+    /// was governed before the process started (its fork event was lost).
+    fn resolve(&mut self, header: &Header, table: &ProcessTable) -> Option<ProcessState> {
+        if let Some(state) = self.state(header.tgid, header.start_time_ns) {
+            return Some(state.clone());
+        }
+        let process = table.get(header.tgid, header.start_time_ns)?;
+        let parent = table.parent(process)?;
+        let parent_state = self.state(parent.tgid, parent.start_time_ns)?;
+        let id = parent_state.profile?;
+        if process.start_time_ns < parent_state.since_ns {
+            return None;
+        }
+        let state = ProcessState {
+            start_time_ns: header.start_time_ns,
+            profile: Some(id),
+            since_ns: process.start_time_ns,
+            protected_read: None,
+        };
+        self.processes.insert(header.tgid, state.clone());
+        Some(state)
+    }
+
+    fn profile_of(&self, state: Option<&ProcessState>) -> Option<&Profile> {
+        self.config.profile(state?.profile?)
+    }
+
+    fn on_exec(
+        &mut self,
+        exec: &Exec,
+        table: &ProcessTable,
+    ) -> (Option<Finding>, Option<(u32, u32)>) {
+        let header = &exec.header;
+        let prior = self.resolve(header, table).and_then(|state| state.profile);
+        let args = join_args(&exec.args);
+        let cgroup = table
+            .get(header.tgid, header.start_time_ns)
+            .and_then(|p| p.cgroup_path.as_deref());
+        let subject = Subject {
+            exe: Some(&exec.path),
+            args: &args,
+            cgroup,
+        };
+        match self.config.select(&subject).map(|p| p.id) {
+            Some(id) => {
+                let state = self.state_entry(header.tgid, header.start_time_ns);
+                state.profile = Some(id);
+                if prior == Some(id) {
+                    return (None, None);
+                }
+                state.since_ns = header.time_ns;
+                (None, Some((header.tgid, id)))
+            }
+            None => {
+                let finding = prior
+                    .and_then(|id| self.config.profile(id))
+                    .and_then(|profile| checks::exec(profile, &exec.path));
+                (finding, None)
+            }
+        }
+    }
+
+    fn on_fork(&mut self, fork: &Fork) -> Option<(u32, u32)> {
+        let child = &fork.header;
+        let inherited = self
+            .state(fork.parent_tgid, fork.parent_start_time_ns)
+            .filter(|parent| parent.is_useful())
+            .map(|parent| ProcessState {
+                start_time_ns: child.start_time_ns,
+                profile: parent.profile,
+                since_ns: child.time_ns,
+                protected_read: parent.protected_read.clone(),
+            });
+        match inherited {
+            Some(state) => {
+                let governed = state.profile.map(|id| (child.tgid, id));
+                self.processes.insert(child.tgid, state);
+                governed
+            }
+            None => {
+                // A state left by an earlier process with this tgid is stale.
+                if self
+                    .processes
+                    .get(&child.tgid)
+                    .is_some_and(|s| !same_start(s.start_time_ns, child.start_time_ns))
+                {
+                    self.processes.remove(&child.tgid);
+                }
+                None
+            }
+        }
+    }
+}
+
+/// The event's record as alert attributes: the same keys as `monitor trace`, without the
+/// record's `time` and `event.kind` (the alert has its own), with `monitor.event.kind`.
+fn attributes(
+    clock: &BootClock,
+    table: &ProcessTable,
+    event: &Event,
+    process: Option<&Process>,
+) -> Map<String, Value> {
+    let mut map = match event_record(clock, table, event, process) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    map.remove("time");
+    map.remove("event.kind");
+    map.insert(
+        "monitor.event.kind".into(),
+        Value::from(event.header().kind.name()),
+    );
+    map
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! The decisions themselves: one event, the process's profile and the host guards in,
+//! findings out. No state here; the engine keeps it.
+
+use crate::{
+    cidr::is_loopback,
+    config::Config,
+    events::{Device, File, FileOp, Net, NetOp, Transport},
+    profile::Profile,
+};
+
+use super::{
+    Rule, CONNECT_NOT_ALLOWED, DEVICE_NOT_ALLOWED, EXEC_NOT_ALLOWED, FILE_READ_NOT_ALLOWED,
+    FILE_WRITE_NOT_ALLOWED, GPU_UNEXPECTED_PROCESS, LISTEN_NOT_ALLOWED, MODEL_EXFILTRATION,
+    PROTECTED_FILE_READ, PROTECTED_FILE_WRITE,
+};
+
+const ENOENT: i64 = 2;
+const ENOTDIR: i64 = 20;
+
+/// One rule broken by one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Finding {
+    pub(crate) rule: Rule,
+    /// What the rule is about (path, peer, device class, executable): with the rule and
+    /// the process, the deduplication key.
+    pub(crate) object: String,
+    /// A protected file the alert is about besides the event's own (`model-exfiltration`).
+    pub(crate) file_path: Option<String>,
+}
+
+fn finding(rule: Rule, object: impl Into<String>) -> Finding {
+    Finding {
+        rule,
+        object: object.into(),
+        file_path: None,
+    }
+}
+
+/// An exec by a process that stays under `profile`.
+pub(crate) fn exec(profile: &Profile, path: &str) -> Option<Finding> {
+    (!profile.allow.exec(path)).then(|| finding(EXEC_NOT_ALLOWED, path))
+}
+
+/// What a file event yields: findings, and the protected file it read, if it did.
+#[derive(Debug, Default)]
+pub(crate) struct FileOutcome {
+    pub(crate) findings: Vec<Finding>,
+    pub(crate) protected_read: Option<String>,
+}
+
+/// Opens for read are checked against `allow.files.read`, opens that may change the file
+/// and every other operation against `allow.files.write`; a path under a protected guard is
+/// decided by the guards alone. One finding per rule: the first path that breaks it.
+/// Failed opens of missing paths (`ENOENT`, `ENOTDIR`) are probes, not accesses.
+pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> FileOutcome {
+    let mut outcome = FileOutcome::default();
+    if event.result == -ENOENT || event.result == -ENOTDIR {
+        return outcome;
+    }
+    let (reads, writes) = match event.op {
+        FileOp::Open => (
+            event.access.read || !event.access.modifies(),
+            event.access.modifies(),
+        ),
+        FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod => (false, true),
+    };
+    let paths = std::iter::once(event.path.as_str()).chain(event.target.as_deref());
+    for path in paths {
+        let guards: Vec<_> = config
+            .guards
+            .protected_paths
+            .iter()
+            .filter(|g| g.covers(path))
+            .collect();
+        let found = if guards.is_empty() {
+            profile.and_then(|profile| {
+                if writes && !profile.allow.write(path) {
+                    Some(FILE_WRITE_NOT_ALLOWED)
+                } else if reads && !profile.allow.read(path) {
+                    Some(FILE_READ_NOT_ALLOWED)
+                } else {
+                    None
+                }
+            })
+        } else {
+            // Every guard covering the path must let the profile do it.
+            let name = profile.map(|p| p.name.as_str());
+            let may = |names: &[String]| name.is_some_and(|n| names.iter().any(|m| m == n));
+            if reads && event.result >= 0 {
+                outcome.protected_read = Some(path.to_owned());
+            }
+            if writes && guards.iter().any(|g| !may(&g.write)) {
+                Some(PROTECTED_FILE_WRITE)
+            } else if reads && guards.iter().any(|g| !may(&g.read)) {
+                Some(PROTECTED_FILE_READ)
+            } else {
+                None
+            }
+        };
+        if let Some(rule) = found {
+            if !outcome.findings.iter().any(|f| f.rule == rule) {
+                outcome.findings.push(finding(rule, path));
+            }
+        }
+    }
+    outcome
+}
+
+/// Connects and sends are checked against `allow.network.connect` (or, after a read of a
+/// protected file, for `model-exfiltration`); TCP listens and UDP binds against
+/// `allow.network.listen`; unix socket paths against `allow.network.unix` when given.
+pub(crate) fn net(
+    profile: Option<&Profile>,
+    protected_read: Option<&str>,
+    event: &Net,
+) -> Vec<Finding> {
+    if event.transport == Transport::Unix {
+        let (Some(profile), Some(path)) = (profile, event.unix_path.as_deref()) else {
+            return Vec::new();
+        };
+        let rule = match event.op {
+            NetOp::Connect | NetOp::Send => CONNECT_NOT_ALLOWED,
+            NetOp::Bind => LISTEN_NOT_ALLOWED,
+            NetOp::Listen | NetOp::Accept => return Vec::new(),
+        };
+        return if profile.allow.unix(path) {
+            Vec::new()
+        } else {
+            vec![finding(rule, path)]
+        };
+    }
+    match event.op {
+        NetOp::Connect | NetOp::Send => {
+            let Some(peer) = event.peer else {
+                return Vec::new();
+            };
+            let allowed = match profile {
+                Some(profile) => profile.allow.connect(peer),
+                None => is_loopback(peer.ip()),
+            };
+            match (allowed, protected_read, profile) {
+                (true, _, _) => Vec::new(),
+                (false, Some(file), _) => vec![Finding {
+                    rule: MODEL_EXFILTRATION,
+                    object: peer.to_string(),
+                    file_path: Some(file.to_owned()),
+                }],
+                (false, None, Some(_)) => vec![finding(CONNECT_NOT_ALLOWED, peer.to_string())],
+                (false, None, None) => Vec::new(),
+            }
+        }
+        NetOp::Listen | NetOp::Bind => {
+            let checked = match event.transport {
+                Transport::Udp => event.op == NetOp::Bind,
+                Transport::Tcp | Transport::Other | Transport::Unix => event.op == NetOp::Listen,
+            };
+            let (Some(profile), Some(local), true) = (profile, event.local, checked) else {
+                return Vec::new();
+            };
+            if local.port() == 0 || profile.allow.listen(local) {
+                Vec::new()
+            } else {
+                vec![finding(LISTEN_NOT_ALLOWED, local.to_string())]
+            }
+        }
+        NetOp::Accept => Vec::new(),
+    }
+}
+
+/// A governed process opening a class its profile does not allow: `device-not-allowed`;
+/// otherwise, any process not governed by a profile the GPU guard allows:
+/// `gpu-unexpected-process`. Opens of absent nodes are ignored; a failed open of a node that
+/// exists (ENXIO or ENODEV: no driver behind it) is still the attempt, and counts.
+pub(crate) fn device(
+    config: &Config,
+    profile: Option<&Profile>,
+    event: &Device,
+) -> Option<Finding> {
+    if [-ENOENT, -ENOTDIR].contains(&event.result) {
+        return None;
+    }
+    let class = event.class.name();
+    if let Some(profile) = profile {
+        if !profile.allow.device(event.class) {
+            return Some(finding(DEVICE_NOT_ALLOWED, class));
+        }
+    }
+    let guard = config.guards.gpu.as_ref()?;
+    let allowed = profile.is_some_and(|p| guard.allow.contains(&p.name));
+    (!allowed).then(|| finding(GPU_UNEXPECTED_PROCESS, class))
+}
