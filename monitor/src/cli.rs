@@ -233,8 +233,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 out: std::io::sink(),
                 sinks,
                 config: Some((source, config)),
+                observer: None,
             })
             .await
+            .map(drop)
         }
         Command::Trace(args) => {
             let selectors = args.selectors()?;
@@ -248,8 +250,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 out: stdout,
                 sinks: Vec::new(),
                 config: None,
+                observer: None,
             })
             .await
+            .map(drop)
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     clock::BootClock,
     config::Config,
     ioctls::IoctlTracker,
-    pipeline::{self, Counters, Mode, PipelineOptions, Processor, WatchSelectors},
+    pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
     policy::KernelPolicy,
     reload::ConfigSource,
     rules::{Engine, CONFIG_RELOAD_FAILED},
@@ -35,13 +35,16 @@ pub struct Plan<W: Write> {
     pub sinks: Vec<Box<dyn AlertSink>>,
     /// Profiles and guards, and where to reload them from (`monitor run`).
     pub config: Option<(ConfigSource, Config)>,
+    /// `monitor learn`: the observer, and how long to observe (until SIGINT when `None`).
+    pub observer: Option<(Box<dyn Observer>, Option<Duration>)>,
 }
 
 /// How often configuration files are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 
-/// Runs the monitor until SIGINT or SIGTERM.
-pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
+/// Runs the monitor until SIGINT or SIGTERM (or the observation time is over); returns the
+/// observer, if any, for its results.
+pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Observer>>> {
     let Plan {
         mode,
         sensor: sensor_options,
@@ -50,7 +53,12 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
         out,
         sinks,
         config,
+        observer,
     } = plan;
+    let (observer, duration) = match observer {
+        Some((observer, duration)) => (Some(observer), duration),
+        None => (None, None),
+    };
     let (mut sensor, maps) = Sensor::load(&sensor_options)?;
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
@@ -107,6 +115,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
     );
     processor.sinks = sinks;
     processor.engine = engine;
+    processor.observer = observer;
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
@@ -119,6 +128,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut ioctl_summary = tokio::time::interval(pipeline_options.ioctl_summary);
     let mut reload_poll = tokio::time::interval(RELOAD_POLL);
+    let started = tokio::time::Instant::now();
+    let deadline = duration.map(|d| started + d);
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             batch = queue_rx.recv() => match batch {
@@ -141,6 +153,20 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
                         info!("configuration files changed: reloading");
                         reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
                     }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
+                info!("observation time is over");
+                break;
+            }
+            _ = progress.tick(), if processor.observer.is_some() => {
+                let events = processor.observer.as_ref().map_or(0, |o| o.events());
+                match deadline {
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        eprintln!("learning: {}s left, {events} events seen", left.as_secs());
+                    }
+                    None => eprintln!("learning: {events} events seen (Ctrl-C to finish)"),
                 }
             }
             signal = signals.recv() => {
@@ -181,7 +207,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<()> {
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);
     }
-    Ok(())
+    Ok(processor.observer.take())
 }
 
 /// Loads the configuration again. A configuration that fails to load is reported (log and a

@@ -120,11 +120,24 @@ pub struct WatchSelectors {
     pub exes: Vec<Glob>,
 }
 
+/// Something that watches events go by (`monitor learn`): it sees every event after the
+/// process table applied it, and names processes to put in the kernel's watched set.
+pub trait Observer: Send {
+    /// Processes already running that it wants watched (after the /proc scan).
+    fn seed(&mut self, table: &ProcessTable) -> Vec<u32>;
+    /// One event; returns processes to watch from now on.
+    fn observe(&mut self, event: &Event, table: &ProcessTable) -> Vec<u32>;
+    /// Events observed so far (for progress).
+    fn events(&self) -> u64;
+}
+
 /// What the processor prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Every watched event as a JSON line (`monitor trace`).
     Trace,
+    /// Events go to an observer only (`monitor learn`).
+    Observe,
     /// Alerts only (`monitor run`).
     Run,
 }
@@ -162,6 +175,8 @@ pub struct Processor<W: Write> {
     pub ioctls: Option<IoctlTracker>,
     /// Profiles, guards and rules (`monitor run`).
     pub engine: Option<Engine>,
+    /// `monitor learn`.
+    pub observer: Option<Box<dyn Observer>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -200,6 +215,7 @@ impl<W: Write> Processor<W> {
             sinks: Vec::new(),
             ioctls: None,
             engine: None,
+            observer: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -214,6 +230,11 @@ impl<W: Write> Processor<W> {
         let count = snapshots.len();
         self.table.seed(snapshots);
         self.govern_running();
+        if let Some(observer) = &mut self.observer {
+            for tgid in observer.seed(&self.table) {
+                self.watch_tree(tgid, WATCH_EXE);
+            }
+        }
         for &pid in &self.selectors.pids.clone() {
             if self.table.get_by_tgid(pid).is_none() {
                 anyhow::bail!("failed to watch pid {pid}: no such process");
@@ -444,6 +465,11 @@ impl<W: Write> Processor<W> {
             }
         };
         self.judge(&event);
+        if let Some(observer) = &mut self.observer {
+            for tgid in observer.observe(&event, &self.table) {
+                self.watch(tgid, WATCH_EXE);
+            }
+        }
         if let (Mode::Trace, Some(record)) = (self.mode, record) {
             self.emit(&record)?;
         }
@@ -523,7 +549,9 @@ impl<W: Write> Processor<W> {
                             serde_json::to_writer(&mut self.out, &record)?;
                             self.out.write_all(b"\n")?;
                         }
-                        Mode::Run => {
+                        // Learning from an incomplete record is said in the learn output; the
+                        // loss is also logged above.
+                        Mode::Run | Mode::Observe => {
                             pending.push(output::loss_alert(
                                 &self.clock,
                                 now,
