@@ -32,6 +32,23 @@ pub mod maps {
     /// Executables that may start a governed process: [`super::InodeKey`] -> 1. An exec of
     /// one is watched from its first instruction, until user space has matched its selector.
     pub const EXEC_CANDIDATES: &str = "EXEC_CANDIDATES";
+    /// Enforcement settings per profile: profile id -> [`super::ProfilePolicy`].
+    pub const POLICY: &str = "POLICY";
+    /// Allowed connect/send destinations: LPM trie of [`super::NetKey`] -> [`super::PortRanges`].
+    pub const NET_CONNECT: &str = "NET_CONNECT";
+    /// Allowed listen/bind addresses, likewise.
+    pub const NET_LISTEN: &str = "NET_LISTEN";
+    /// Executables a profile allows: [`super::ExecKey`] -> 1.
+    pub const EXEC_ALLOWED: &str = "EXEC_ALLOWED";
+    /// Profiles the GPU guard allows: profile id -> 1.
+    pub const GPU_ALLOWED: &str = "GPU_ALLOWED";
+    /// Host guard settings: index 0 = GPU guard `POLICY_*` bits; index 1 = protected-path
+    /// enforcement `POLICY_*` bits.
+    pub const GUARDS: &str = "GUARDS";
+    /// Protected directory paths whose write-opens an enforcing guard stops: index -> [`super::Prefix`].
+    pub const PROTECTED_PREFIXES: &str = "PROTECTED_PREFIXES";
+    /// Profiles allowed to write what a guard protects: [`super::GuardWriter`] -> 1.
+    pub const GUARD_WRITERS: &str = "GUARD_WRITERS";
 }
 
 /// Names of the programs, shared by both sides.
@@ -40,6 +57,12 @@ pub mod programs {
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
     pub const DEVICE_ACCESS: &str = "device_access";
+    pub const CONNECT4: &str = "connect4";
+    pub const CONNECT6: &str = "connect6";
+    pub const SENDMSG4: &str = "sendmsg4";
+    pub const SENDMSG6: &str = "sendmsg6";
+    pub const BIND4: &str = "bind4";
+    pub const BIND6: &str = "bind6";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.
@@ -468,6 +491,89 @@ pub struct SendKey {
     pub addr: [u8; 16],
 }
 
+/// [`ProfilePolicy::flags`] and the GPU guard: refuse what is not allowed.
+pub const POLICY_ENFORCE: u32 = 1;
+/// ... but only say what would have been refused.
+pub const POLICY_DRY_RUN: u32 = 2;
+
+/// Enforcement settings of one profile.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfilePolicy {
+    /// `POLICY_*`
+    pub flags: u32,
+    /// Allowed device classes: bit `1 << DeviceClassId`.
+    pub devices: u32,
+}
+
+/// Data of an LPM key in [`maps::NET_CONNECT`]/[`maps::NET_LISTEN`]: the profile id (big
+/// endian, so that it is the first 32 bits of every prefix), then the address as IPv6
+/// (IPv4 as `::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetKey {
+    pub profile_be: u32,
+    pub addr: [u8; 16],
+}
+
+/// Most port ranges one network rule carries (after merging the rules that cover it).
+pub const PORT_RANGES_MAX: usize = 8;
+
+/// Allowed ports of a network prefix: `ranges[..count]`, inclusive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRanges {
+    pub count: u32,
+    pub ranges: [[u16; 2]; PORT_RANGES_MAX],
+}
+
+/// Key of [`maps::EXEC_ALLOWED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecKey {
+    pub profile: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// Bytes of a protected directory path the kernel compares (with its trailing `/`).
+pub const PREFIX_CAP: usize = 128;
+/// Most protected directory paths with write enforcement.
+pub const PREFIXES_MAX: u32 = 8;
+
+/// A protected directory path, for enforcement at the entry of an open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// 0: unused slot.
+    pub len: u32,
+    /// Index of the guard it belongs to.
+    pub guard: u32,
+    /// The path, zero-padded.
+    pub bytes: [u8; PREFIX_CAP],
+    /// 0xff for each byte of the path, 0 after it: the kernel compares whole words without
+    /// a branch per byte (a byte loop with an early exit exhausts the verifier).
+    pub mask: [u8; PREFIX_CAP],
+}
+
+/// Key of [`maps::GUARD_WRITERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GuardWriter {
+    pub guard: u32,
+    pub profile: u32,
+}
+
+/// [`FileEvent::flags`]: the kernel killed the process at the entry of this open.
+pub const FILE_KILLED: u32 = 16;
+/// [`FileEvent::flags`]: it would have (dry run).
+pub const FILE_WOULD_KILL: u32 = 32;
+
+/// [`ExecEvent::flags`]: the kernel killed the process before the new program ran.
+pub const EXEC_KILLED: u32 = 8;
+/// [`ExecEvent::flags`]: it would have (dry run).
+pub const EXEC_WOULD_KILL: u32 = 16;
+
 /// Why a process is watched. Stored in [`maps::WATCHED`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -576,6 +682,10 @@ const _: () = assert!(core::mem::size_of::<Pending>() == 56);
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Suffix>() == 32);
 const _: () = assert!(core::mem::size_of::<SendKey>() == 24);
+const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PortRanges>() == 36);
+const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Prefix>() == 8 + 2 * PREFIX_CAP);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -590,4 +700,10 @@ mod user {
     unsafe impl aya::Pod for super::IoctlKey {}
     unsafe impl aya::Pod for super::SendKey {}
     unsafe impl aya::Pod for super::Pending {}
+    unsafe impl aya::Pod for super::ProfilePolicy {}
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::PortRanges {}
+    unsafe impl aya::Pod for super::ExecKey {}
+    unsafe impl aya::Pod for super::Prefix {}
+    unsafe impl aya::Pod for super::GuardWriter {}
 }

@@ -7,36 +7,65 @@ use aya_ebpf::{
     macros::{cgroup_device, tracepoint},
     programs::{DeviceContext, TracePointContext},
 };
-use monitor_common::{FdKey, IoctlKey, Pending, PENDING_DEVICE};
+use monitor_common::{FdKey, IoctlKey, Pending, PENDING_DEVICE, POLICY_DRY_RUN, POLICY_ENFORCE};
 
-use crate::{config_self_tgid, syscall_arg, ACCEL_FDS, ACCEL_MAJORS, IOCTL_COUNTS, PENDING};
+use crate::{
+    config_self_tgid,
+    enforce::{enforced_policy, refuse},
+    syscall_arg, ACCEL_FDS, ACCEL_MAJORS, GPU_ALLOWED, GUARDS, IOCTL_COUNTS, PENDING, WATCHED,
+};
 
 /// `BPF_DEVCG_DEV_CHAR`
 const DEV_CHAR: u32 = 2;
 /// `BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE`
 const ACC_READ_WRITE: u32 = 2 | 4;
 
-/// Observes device access; always allows it (enforcement is a separate program).
+/// Observes accelerator device access, and refuses it where an enforce-mode profile or the
+/// GPU guard says so. Every other device is always allowed: a wrong 0 here would cut
+/// processes off /dev/null.
 #[cgroup_device]
 pub fn device_access(ctx: DeviceContext) -> i32 {
-    observe(&ctx);
+    match observe(&ctx) {
+        Some(class) => decide(class),
+        None => 1,
+    }
+}
+
+/// Whether an accelerator open is allowed (1) or refused (0).
+#[inline(always)]
+fn decide(class: u32) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == config_self_tgid() || tgid == 1 {
+        return 1;
+    }
+    if let Some((_, policy)) = enforced_policy() {
+        if policy.devices & (1 << (class & 31)) == 0 {
+            return refuse(&policy);
+        }
+    }
+    let guard = GUARDS.get(0).copied().unwrap_or(0);
+    if guard & POLICY_ENFORCE != 0 {
+        let profile = unsafe { WATCHED.get(tgid) }.map_or(0, |w| w.profile);
+        if profile == 0 || unsafe { GPU_ALLOWED.get(profile).is_none() } {
+            return if guard & POLICY_DRY_RUN != 0 { 1 } else { 0 };
+        }
+    }
     1
 }
 
+/// Marks the thread's syscall when it opens an accelerator device; returns its class.
 #[inline(always)]
-fn observe(ctx: &DeviceContext) {
+fn observe(ctx: &DeviceContext) -> Option<u32> {
     let dev = unsafe { &*ctx.device };
     let dev_type = dev.access_type & 0xffff;
     let access = dev.access_type >> 16;
     if dev_type != DEV_CHAR || access & ACC_READ_WRITE == 0 {
-        return;
+        return None;
     }
-    let Some(class) = (unsafe { ACCEL_MAJORS.get(dev.major) }).copied() else {
-        return;
-    };
+    let class = (unsafe { ACCEL_MAJORS.get(dev.major) }).copied()?;
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == config_self_tgid() {
-        return;
+        return None;
     }
     if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
         // A watched process's open recorded at entry: add what the hook knows.
@@ -57,6 +86,7 @@ fn observe(ctx: &DeviceContext) {
         };
         let _ = PENDING.insert(pid_tgid, pending, 0);
     }
+    Some(class)
 }
 
 /// `ioctl(fd, cmd, arg)`: counted per (process, class, type, number) on accelerator fds.

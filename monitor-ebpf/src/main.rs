@@ -7,6 +7,7 @@
 #![no_main]
 
 mod device;
+mod enforce;
 mod file;
 mod kernel;
 mod net;
@@ -16,13 +17,14 @@ mod process;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, Pending, SendKey, Stat, Suffix,
-    WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    stats_slot, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, NetKey,
+    Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry, PREFIXES_MAX,
+    STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.
@@ -88,6 +90,30 @@ static IOCTL_COUNTS: PerCpuHashMap<IoctlKey, u64> = PerCpuHashMap::with_max_entr
 
 #[map(name = "EXEC_CANDIDATES")]
 static EXEC_CANDIDATES: HashMap<InodeKey, u32> = HashMap::with_max_entries(4096, 0);
+
+#[map(name = "POLICY")]
+static POLICY: HashMap<u32, ProfilePolicy> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "NET_CONNECT")]
+static NET_CONNECT: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(16384, 0);
+
+#[map(name = "NET_LISTEN")]
+static NET_LISTEN: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(4096, 0);
+
+#[map(name = "EXEC_ALLOWED")]
+static EXEC_ALLOWED: HashMap<ExecKey, u32> = HashMap::with_max_entries(65536, 0);
+
+#[map(name = "GPU_ALLOWED")]
+static GPU_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "GUARDS")]
+static GUARDS: Array<u32> = Array::with_max_entries(4, 0);
+
+#[map(name = "PROTECTED_PREFIXES")]
+static PROTECTED_PREFIXES: Array<Prefix> = Array::with_max_entries(PREFIXES_MAX, 0);
+
+#[map(name = "GUARD_WRITERS")]
+static GUARD_WRITERS: HashMap<GuardWriter, u32> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "SENT")]
 static SENT: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(16384, 0);

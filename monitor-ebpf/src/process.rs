@@ -11,15 +11,15 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry, ARGS_CAP,
-    EXEC_ARGS_TRUNCATED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, HEADER_WATCHED, PATH_CAP,
-    WATCH_CANDIDATE, WATCH_INHERITED,
+    EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry,
+    ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED,
+    EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE, WATCH_INHERITED,
 };
 
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, EXEC_CANDIDATES, WATCHED,
+    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, WATCHED,
 };
 
 #[inline(always)]
@@ -60,6 +60,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent_start_time = parent.process_start_time().unwrap_or(0);
     let bprm: *const u8 = ctx.arg(2);
     let mut watched = is_watched(tgid);
+    let verdict = exec_verdict(bprm);
     if !watched && is_candidate(bprm) {
         // Watched before the new program runs: no window for a fast process to act unseen.
         let entry = WatchEntry {
@@ -125,9 +126,49 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if !complete {
         count(Stat::ReadFailed, kind);
     }
+    unsafe { (*event).flags |= verdict };
     count(Stat::Emitted, kind);
     entry.submit(submit_flags());
     Ok(())
+}
+
+/// For a process governed by an enforce-mode profile: an exec of a program the profile does
+/// not allow is killed here, before the new program runs a single instruction (the signal is
+/// delivered on the way back to user space). Returns the `EXEC_*` verdict flag.
+#[inline(always)]
+fn exec_verdict(bprm: *const u8) -> u32 {
+    let Some((profile, policy)) = crate::enforce::enforced_policy() else {
+        return 0;
+    };
+    // A process that just exec'd a candidate has no profile yet; one with a profile is a
+    // governed server or its child.
+    let Ok(Some((dev, ino))) = exec_inode(bprm) else {
+        return 0;
+    };
+    let key = ExecKey { profile, dev, ino };
+    let candidate = InodeKey { dev, _pad: 0, ino };
+    // Another profile's executable: user space decides by its selector (it may switch).
+    if unsafe { EXEC_ALLOWED.get(key).is_some() || EXEC_CANDIDATES.get(candidate).is_some() } {
+        return 0;
+    }
+    if crate::enforce::refuse(&policy) == 1 {
+        return EXEC_WOULD_KILL;
+    }
+    unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
+    EXEC_KILLED
+}
+
+#[inline(always)]
+fn exec_inode(bprm: *const u8) -> Result<Option<(u32, u64)>, i64> {
+    let file: *const u8 = unsafe { read(bprm, off!(binprm_file))? };
+    if file.is_null() {
+        return Ok(None);
+    }
+    let inode = crate::kernel::file_inode(file)?;
+    let ino: u64 = unsafe { read(inode, off!(inode_ino))? };
+    let sb: *const u8 = unsafe { read(inode, off!(inode_sb))? };
+    let dev: u32 = unsafe { read(sb, off!(sb_dev))? };
+    Ok(Some((dev, ino)))
 }
 
 #[inline(always)]
@@ -145,16 +186,13 @@ fn read_args(task: Task, args: &mut [u8; ARGS_CAP]) -> Result<(u32, bool), i64> 
 /// Whether the executable (the interpreter, for a script) is a candidate for a profile.
 #[inline(always)]
 fn is_candidate(bprm: *const u8) -> bool {
-    let check = || -> Result<bool, i64> {
-        let file: *const u8 = unsafe { read(bprm, off!(binprm_file))? };
-        let inode = crate::kernel::file_inode(file)?;
-        let ino: u64 = unsafe { read(inode, off!(inode_ino))? };
-        let sb: *const u8 = unsafe { read(inode, off!(inode_sb))? };
-        let dev: u32 = unsafe { read(sb, off!(sb_dev))? };
-        let key = InodeKey { dev, _pad: 0, ino };
-        Ok(unsafe { EXEC_CANDIDATES.get(key).is_some() })
-    };
-    check().unwrap_or(false)
+    match exec_inode(bprm) {
+        Ok(Some((dev, ino))) => {
+            let key = InodeKey { dev, _pad: 0, ino };
+            unsafe { EXEC_CANDIDATES.get(key).is_some() }
+        }
+        _ => false,
+    }
 }
 
 #[inline(always)]

@@ -595,7 +595,8 @@ mod tests {
             ("task_struct", "pid", o.task_pid),
             ("task_struct", "real_parent", o.task_real_parent),
             ("task_struct", "mm", o.task_mm),
-            ("dentry", "d_name", o.dentry_name),
+            // (d_name sits in an anonymous union on new kernels: the raw dump lists it there.)
+            ("dentry", "d_parent", o.dentry_parent),
             ("linux_binprm", "filename", o.binprm_filename),
         ] {
             assert_eq!(raw_member_bits(&dump, s, m), Some(ours * 8), "{s}.{m}");

@@ -44,6 +44,11 @@ pub struct RunArgs {
     /// a loaded one replaces it.
     #[arg(long = "profiles", value_name = "PATH")]
     pub profiles: Vec<PathBuf>,
+    /// Compute every enforce-mode decision but only report it (`would-deny`, `would-kill`).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub otlp: crate::otlp::OtlpArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -117,6 +122,7 @@ impl CommonArgs {
             exec_candidates: Vec::new(),
             accel_majors,
             cgroup: self.cgroup.clone(),
+            dry_run: false,
         }
     }
 
@@ -159,6 +165,26 @@ impl std::fmt::Display for CheckFailed {
 }
 
 impl std::error::Error for CheckFailed {}
+
+/// `outputs.otlp` and `outputs.spool` of the config, for the OTLP settings resolver.
+fn otlp_file_settings(config: &crate::config::Config) -> Option<crate::otlp::OtlpFileSettings> {
+    let outputs = &config.outputs;
+    if outputs.otlp.is_none() && outputs.spool.is_none() {
+        return None;
+    }
+    let mut file = crate::otlp::OtlpFileSettings::default();
+    if let Some(otlp) = &outputs.otlp {
+        file.endpoint = Some(otlp.endpoint.clone());
+        file.protocol = Some(otlp.protocol.name().into());
+        file.headers = otlp.headers.clone();
+        file.ca_file = otlp.ca_file.clone();
+    }
+    if let Some(spool) = &outputs.spool {
+        file.spool_dir = Some(spool.dir.clone());
+        file.spool_max_bytes = Some(spool.max_bytes);
+    }
+    Some(file)
+}
 
 /// Opens the alerts file for appending, creating its directory.
 fn open_alerts_file(path: &std::path::Path) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
@@ -217,14 +243,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             };
-            let sinks: Vec<Box<dyn AlertSink>> = match &config.outputs.alerts_file {
+            let mut sinks: Vec<Box<dyn AlertSink>> = match &config.outputs.alerts_file {
                 Some(path) => vec![Box::new(JsonLines::new(open_alerts_file(path)?))],
                 None => vec![Box::new(JsonLines::new(std::io::BufWriter::new(
                     std::io::stdout(),
                 )))],
             };
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            let file = otlp_file_settings(&config);
+            if let Some(settings) =
+                crate::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
+            {
+                let (dir, max_bytes) = args.otlp.spool(file.as_ref());
+                tracing::info!(
+                    endpoint = %settings.logs_endpoint,
+                    spool = %dir.display(),
+                    "alerts are exported over OTLP (spooled on disk first)"
+                );
+                sinks.push(Box::new(crate::otlp::OtlpSink::start(
+                    settings,
+                    &dir,
+                    max_bytes,
+                    metrics.clone(),
+                )?));
+            }
             let mut sensor = args.common.sensor_options(false);
             sensor.protect_always = true;
+            sensor.dry_run = args.dry_run;
             crate::daemon::run(Plan {
                 mode: Mode::Run,
                 sensor,
@@ -234,6 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 sinks,
                 config: Some((source, config)),
                 observer: None,
+                metrics: Some(metrics),
             })
             .await
             .map(drop)
@@ -251,6 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 sinks: Vec::new(),
                 config: None,
                 observer: None,
+                metrics: None,
             })
             .await
             .map(drop)

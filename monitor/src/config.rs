@@ -54,8 +54,8 @@ const CONFIG_KEYS: &[&str] = &[
     "dedup_window_secs",
 ];
 const GUARDS_KEYS: &[&str] = &["protected_paths", "gpu"];
-const PROTECTED_KEYS: &[&str] = &["paths", "read", "write"];
-const GPU_KEYS: &[&str] = &["allow"];
+const PROTECTED_KEYS: &[&str] = &["paths", "read", "write", "enforce"];
+const GPU_KEYS: &[&str] = &["allow", "enforce"];
 const OUTPUTS_KEYS: &[&str] = &["alerts_file", "otlp", "spool"];
 const OTLP_KEYS: &[&str] = &["endpoint", "protocol", "headers", "ca_file"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_bytes"];
@@ -90,6 +90,8 @@ pub struct ProtectedPaths {
     pub read: Vec<String>,
     /// Profile names that may write.
     pub write: Vec<String>,
+    /// Stop writes by others (a kill before the open completes), not only report them.
+    pub enforce: bool,
 }
 
 impl ProtectedPaths {
@@ -102,6 +104,8 @@ impl ProtectedPaths {
 #[derive(Clone, Debug, Default)]
 pub struct GpuGuard {
     pub allow: Vec<String>,
+    /// Refuse (EPERM) accelerator opens by processes outside `allow`, not only report them.
+    pub enforce: bool,
 }
 
 /// Where alerts go.
@@ -504,7 +508,11 @@ fn parse_guards(reader: &mut Reader, node: &MarkedYaml, known: &[String]) -> Gua
                 .get("allow")
                 .map(|list| profile_names(reader, list, "guards.gpu.allow", known))
                 .unwrap_or_default();
-            guards.gpu = Some(GpuGuard { allow });
+            let enforce = gpu_fields
+                .get("enforce")
+                .and_then(|node| reader.boolean(node, "guards.gpu.enforce"))
+                .unwrap_or(false);
+            guards.gpu = Some(GpuGuard { allow, enforce });
         }
     }
     guards
@@ -539,7 +547,16 @@ fn parse_protected(
     };
     let read = names(reader, &fields, "read");
     let write = names(reader, &fields, "write");
-    Some(ProtectedPaths { paths, read, write })
+    let enforce = fields
+        .get("enforce")
+        .and_then(|node| reader.boolean(node, &join(key, "enforce")))
+        .unwrap_or(false);
+    Some(ProtectedPaths {
+        paths,
+        read,
+        write,
+        enforce,
+    })
 }
 
 fn has_items(node: &MarkedYaml) -> bool {

@@ -15,6 +15,7 @@ use crate::{
     clock::BootClock,
     config::Config,
     ioctls::IoctlTracker,
+    metrics::Metrics,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
     policy::KernelPolicy,
     reload::ConfigSource,
@@ -37,6 +38,8 @@ pub struct Plan<W: Write> {
     pub config: Option<(ConfigSource, Config)>,
     /// `monitor learn`: the observer, and how long to observe (until SIGINT when `None`).
     pub observer: Option<(Box<dyn Observer>, Option<Duration>)>,
+    /// Counters exported over OTLP.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// How often configuration files are checked for changes.
@@ -54,6 +57,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         sinks,
         config,
         observer,
+        metrics,
     } = plan;
     let (observer, duration) = match observer {
         Some((observer, duration)) => (Some(observer), duration),
@@ -75,6 +79,15 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         protected_dirs: maps.protected_dirs,
         protected_suffixes: maps.protected_suffixes,
         exec_candidates: maps.exec_candidates,
+        policy: maps.policy,
+        net_connect: maps.net_connect,
+        net_listen: maps.net_listen,
+        exec_allowed: maps.exec_allowed,
+        gpu_allowed: maps.gpu_allowed,
+        guards: maps.guards,
+        protected_prefixes: maps.protected_prefixes,
+        guard_writers: maps.guard_writers,
+        dry_run: sensor_options.dry_run,
     };
     let mut source = None;
     let mut engine = None;
@@ -116,6 +129,8 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     processor.sinks = sinks;
     processor.engine = engine;
     processor.observer = observer;
+    processor.dry_run = sensor_options.dry_run;
+    processor.metrics = metrics;
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");

@@ -6,9 +6,9 @@
 
 use monitor_common::{
     DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOpCode, ForkEvent,
-    NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_PATH_FROM_FILENAME,
-    EXEC_PATH_TRUNCATED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
-    HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
+    NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
+    EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED,
+    FILE_RAW_TRUNCATED, FILE_RESOLVED, FILE_WOULD_KILL, HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
 };
 
 /// An event from the kernel, owned and checked.
@@ -95,6 +95,10 @@ pub struct File {
     pub result: i64,
     /// Reported because the path is under a protected prefix (host-wide).
     pub protected: bool,
+    /// An enforcing guard killed the process at the entry of this open.
+    pub killed: bool,
+    /// It would have (dry run).
+    pub would_kill: bool,
 }
 
 /// What a network event did.
@@ -306,6 +310,10 @@ pub struct Exec {
     pub path_from_filename: bool,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The kernel killed it before the new program ran (enforce mode).
+    pub killed: bool,
+    /// It would have been killed (enforce mode, dry run).
+    pub would_kill: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -421,6 +429,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 path_from_filename: raw.flags & EXEC_PATH_FROM_FILENAME != 0,
                 args: split_args(&raw.args[..args_len]),
                 args_truncated: raw.flags & EXEC_ARGS_TRUNCATED != 0,
+                killed: raw.flags & EXEC_KILLED != 0,
+                would_kill: raw.flags & EXEC_WOULD_KILL != 0,
             }))
         }
         EventKind::Fork => {
@@ -476,6 +486,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
                 result: raw.result,
                 protected: raw.flags & FILE_PROTECTED != 0,
+                killed: raw.flags & FILE_KILLED != 0,
+                would_kill: raw.flags & FILE_WOULD_KILL != 0,
             }))
         }
         EventKind::Net => {
@@ -810,6 +822,8 @@ mod tests {
             access: Access::default(),
             result: 0,
             protected: false,
+            killed: false,
+            would_kill: false,
         };
         let target = File {
             path: String::new(),

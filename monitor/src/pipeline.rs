@@ -177,6 +177,10 @@ pub struct Processor<W: Write> {
     pub engine: Option<Engine>,
     /// `monitor learn`.
     pub observer: Option<Box<dyn Observer>>,
+    /// `--dry-run`: enforce decisions are reported as `would-*`.
+    pub dry_run: bool,
+    /// Counters exported over OTLP (`monitor run`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -216,6 +220,8 @@ impl<W: Write> Processor<W> {
             ioctls: None,
             engine: None,
             observer: None,
+            dry_run: false,
+            metrics: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -333,7 +339,21 @@ impl<W: Write> Processor<W> {
             Event::Fork(_) => verdict.governed.map(|(_, id)| Some(id)),
             _ => None,
         };
-        for alert in &verdict.alerts {
+        let profile = engine.governing(header.tgid, header.start_time_ns);
+        let enforce = profile.filter(|p| p.mode == crate::profile::Mode::Enforce);
+        let dry_run = self.dry_run || enforce.is_some_and(|p| p.dry_run);
+        let gpu_enforce = engine
+            .config()
+            .guards
+            .gpu
+            .as_ref()
+            .is_some_and(|g| g.enforce);
+        let mut alerts = verdict.alerts;
+        for alert in &mut alerts {
+            alert.action =
+                enforcement_action(event, &alert.rule, enforce.is_some(), gpu_enforce, dry_run);
+        }
+        for alert in &alerts {
             self.raise(alert);
         }
         match governed {
@@ -378,6 +398,9 @@ impl<W: Write> Processor<W> {
     fn handle(&mut self, event: Event) -> std::io::Result<()> {
         let kind = event.header().kind;
         self.summary.events[kind_slot(kind)] += 1;
+        if let Some(metrics) = &self.metrics {
+            metrics.event(kind.name());
+        }
         self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
         let tgid = event.header().tgid;
         let mut event = event;
@@ -541,6 +564,9 @@ impl<W: Write> Processor<W> {
                         count,
                         "events lost"
                     );
+                    if let Some(metrics) = &self.metrics {
+                        metrics.loss(stage.name(), kind.name(), stage.reason(), count);
+                    }
                     match self.mode {
                         Mode::Trace => {
                             let record =
@@ -575,6 +601,9 @@ impl<W: Write> Processor<W> {
 
     /// Sends an alert to every sink. A failing sink is logged and does not stop the others.
     pub fn raise(&mut self, alert: &Alert) {
+        if let Some(metrics) = &self.metrics {
+            metrics.alert(&alert.rule, alert.severity);
+        }
         for sink in &mut self.sinks {
             if let Err(err) = sink.send(alert) {
                 warn!("failed to send alert {}: {err:#}", alert.rule);
@@ -593,6 +622,9 @@ impl<W: Write> Processor<W> {
     /// Drops exited processes past their grace period.
     pub fn sweep(&mut self) {
         self.table.sweep(BootClock::boot_now_ns());
+        if let Some(metrics) = &self.metrics {
+            metrics.set_processes(self.table.len() as u64);
+        }
     }
 
     /// Writes the summary record (trace mode) and logs it.
@@ -634,6 +666,49 @@ impl<W: Write> Processor<W> {
             }
         }
         self.out.flush()
+    }
+}
+
+/// What the kernel did about an event that broke a rule: `monitor.action`.
+fn enforcement_action(
+    event: &Event,
+    rule: &str,
+    profile_enforces: bool,
+    gpu_guard_enforces: bool,
+    dry_run: bool,
+) -> crate::alert::Action {
+    use crate::alert::Action;
+    const EPERM: i64 = -1;
+    let refused = |result: i64| {
+        if result == EPERM {
+            Action::Denied
+        } else if dry_run {
+            Action::WouldDeny
+        } else {
+            Action::Alert
+        }
+    };
+    match event {
+        Event::Exec(exec) if exec.killed => Action::Killed,
+        Event::Exec(exec) if exec.would_kill => Action::WouldKill,
+        Event::File(file) if file.killed => Action::Killed,
+        Event::File(file) if file.would_kill => Action::WouldKill,
+        Event::Net(net)
+            if profile_enforces
+                && matches!(
+                    rule,
+                    "connect-not-allowed" | "listen-not-allowed" | "model-exfiltration"
+                ) =>
+        {
+            refused(net.result)
+        }
+        Event::Device(device)
+            if (profile_enforces && rule == "device-not-allowed")
+                || (gpu_guard_enforces && rule == "gpu-unexpected-process") =>
+        {
+            refused(device.result)
+        }
+        _ => Action::Alert,
     }
 }
 

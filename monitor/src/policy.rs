@@ -5,13 +5,20 @@
 
 use std::{collections::HashSet, path::PathBuf};
 
-use aya::maps::{Array, HashMap, MapData};
-use monitor_common::{InodeKey, Suffix, SUFFIXES_MAX};
+use std::net::IpAddr;
+
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
+use monitor_common::{
+    ExecKey, GuardWriter, InodeKey, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix,
+    POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX, PREFIXES_MAX, PREFIX_CAP, SUFFIXES_MAX,
+};
 use tracing::{debug, warn};
 
 use crate::{
+    cidr::{AddrRule, Ports},
     config::Config,
     glob::{expand, Glob},
+    profile::Mode,
     sensor::{inode_key, suffixes},
 };
 
@@ -115,6 +122,78 @@ pub struct KernelPolicy {
     pub protected_dirs: HashMap<MapData, InodeKey, u32>,
     pub protected_suffixes: Array<MapData, Suffix>,
     pub exec_candidates: HashMap<MapData, InodeKey, u32>,
+    pub policy: HashMap<MapData, u32, ProfilePolicy>,
+    pub net_connect: LpmTrie<MapData, NetKey, PortRanges>,
+    pub net_listen: LpmTrie<MapData, NetKey, PortRanges>,
+    pub exec_allowed: HashMap<MapData, ExecKey, u32>,
+    pub gpu_allowed: HashMap<MapData, u32, u32>,
+    pub guards: Array<MapData, u32>,
+    pub protected_prefixes: Array<MapData, Prefix>,
+    pub guard_writers: HashMap<MapData, GuardWriter, u32>,
+    /// `--dry-run`: every enforce decision is only reported.
+    pub dry_run: bool,
+}
+
+/// The IPv6 form of a network rule's address (IPv4 mapped) and its prefix length.
+fn net_prefix(rule: &AddrRule) -> ([u8; 16], u32) {
+    match rule.network() {
+        None => ([0; 16], 0),
+        Some(cidr) => match cidr.network() {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + u32::from(cidr.prefix())),
+            IpAddr::V6(v6) => (v6.octets(), u32::from(cidr.prefix())),
+        },
+    }
+}
+
+fn covers(outer: &([u8; 16], u32), inner: &([u8; 16], u32)) -> bool {
+    if outer.1 > inner.1 {
+        return false;
+    }
+    let (a, b) = (u128::from_be_bytes(outer.0), u128::from_be_bytes(inner.0));
+    let mask = if outer.1 == 0 {
+        0
+    } else {
+        u128::MAX << (128 - outer.1)
+    };
+    a & mask == b & mask
+}
+
+/// LPM entries for a profile's rules. The kernel takes the longest matching prefix only, so
+/// each entry carries the ports of every rule that covers it too.
+fn net_entries(profile: u32, rules: &[AddrRule]) -> Vec<(Key<NetKey>, PortRanges)> {
+    let prefixes: Vec<(([u8; 16], u32), Ports)> =
+        rules.iter().map(|r| (net_prefix(r), r.ports())).collect();
+    let mut out: Vec<(Key<NetKey>, PortRanges)> = Vec::new();
+    for (prefix, _) in &prefixes {
+        let mut ranges: Vec<[u16; 2]> = prefixes
+            .iter()
+            .filter(|(outer, _)| covers(outer, prefix))
+            .map(|(_, ports)| match ports {
+                Ports::Any => [0, u16::MAX],
+                Ports::Range(lo, hi) => [*lo, *hi],
+            })
+            .collect();
+        ranges.sort();
+        ranges.dedup();
+        if ranges.len() > PORT_RANGES_MAX {
+            warn!("profile {profile}: more than {PORT_RANGES_MAX} port ranges for one network; the kernel allows any port there");
+            ranges = vec![[0, u16::MAX]];
+        }
+        let mut value = PortRanges {
+            count: ranges.len() as u32,
+            ..PortRanges::default()
+        };
+        value.ranges[..ranges.len()].copy_from_slice(&ranges);
+        let key = Key::new(
+            32 + prefix.1,
+            NetKey {
+                profile_be: profile.to_be(),
+                addr: prefix.0,
+            },
+        );
+        out.push((key, value));
+    }
+    out
 }
 
 impl KernelPolicy {
@@ -136,12 +215,205 @@ impl KernelPolicy {
             .filter_map(|p| inode_key(p).ok())
             .collect();
         sync(&mut self.exec_candidates, &candidates)?;
+        self.apply_enforcement(config)?;
         debug!(
             dirs = keys.len(),
             suffixes = entries.len(),
             candidates = candidates.len(),
             "kernel policy applied"
         );
+        Ok(())
+    }
+}
+
+impl KernelPolicy {
+    /// Per-profile enforcement: modes, allowed destinations, executables and devices. New
+    /// entries go in before stale ones go out; a profile switching to enforce gets its allow
+    /// lists before its mode, so nothing is refused that the new rules allow.
+    fn apply_enforcement(&mut self, config: &Config) -> anyhow::Result<()> {
+        let mut connect_keys = Vec::new();
+        let mut listen_keys = Vec::new();
+        let mut exec_keys = HashSet::new();
+        let mut policies = std::collections::HashMap::new();
+        for profile in &config.profiles {
+            for (key, value) in net_entries(profile.id, &profile.allow.connect) {
+                self.net_connect.insert(&key, value, 0)?;
+                connect_keys.push((key.prefix_len(), key.data()));
+            }
+            for (key, value) in net_entries(profile.id, &profile.allow.listen) {
+                self.net_listen.insert(&key, value, 0)?;
+                listen_keys.push((key.prefix_len(), key.data()));
+            }
+            if profile.mode == Mode::Enforce {
+                for glob in &profile.allow.exec {
+                    let Ok(glob) = Glob::new(glob.as_str()) else {
+                        continue;
+                    };
+                    for path in expand(&glob, 50_000) {
+                        if let Ok(inode) = inode_key(&path) {
+                            exec_keys.insert(ExecKey {
+                                profile: profile.id,
+                                dev: inode.dev,
+                                ino: inode.ino,
+                            });
+                        }
+                    }
+                }
+            }
+            let mut flags = 0;
+            if profile.mode == Mode::Enforce {
+                flags |= POLICY_ENFORCE;
+                if profile.dry_run || self.dry_run {
+                    flags |= POLICY_DRY_RUN;
+                }
+            }
+            let devices = profile.allow.devices.iter().fold(0u32, |bits, class| {
+                bits | (1 << crate::sensor::class_id(*class))
+            });
+            policies.insert(profile.id, ProfilePolicy { flags, devices });
+        }
+        for key in &exec_keys {
+            self.exec_allowed.insert(key, 1, 0)?;
+        }
+        for (id, policy) in &policies {
+            self.policy.insert(id, policy, 0)?;
+        }
+        // Stale entries out.
+        let stale: Vec<u32> = self
+            .policy
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !policies.contains_key(id))
+            .collect();
+        for id in stale {
+            let _ = self.policy.remove(&id);
+        }
+        let stale: Vec<ExecKey> = self
+            .exec_allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !exec_keys.contains(k))
+            .collect();
+        for key in stale {
+            let _ = self.exec_allowed.remove(&key);
+        }
+        for (trie, wanted) in [
+            (&mut self.net_connect, &connect_keys),
+            (&mut self.net_listen, &listen_keys),
+        ] {
+            let stale: Vec<Key<NetKey>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+                .collect();
+            for key in stale {
+                let _ = trie.remove(&key);
+            }
+        }
+        // The GPU guard.
+        let mut allowed = HashSet::new();
+        let mut guard = 0;
+        if let Some(gpu) = &config.guards.gpu {
+            for name in &gpu.allow {
+                if let Some(profile) = config.profile_by_name(name) {
+                    allowed.insert(profile.id);
+                    self.gpu_allowed.insert(profile.id, 1, 0)?;
+                }
+            }
+            if gpu.enforce {
+                guard |= POLICY_ENFORCE;
+                if self.dry_run {
+                    guard |= POLICY_DRY_RUN;
+                }
+            }
+        }
+        let stale: Vec<u32> = self
+            .gpu_allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !allowed.contains(id))
+            .collect();
+        for id in stale {
+            let _ = self.gpu_allowed.remove(&id);
+        }
+        self.guards.set(0, guard, 0)?;
+        self.apply_write_guards(config)
+    }
+
+    /// Enforcing path guards: their directories (as the paths processes name) and who may
+    /// write there. Writers go in before the prefixes, so no allowed writer is ever killed.
+    fn apply_write_guards(&mut self, config: &Config) -> anyhow::Result<()> {
+        let mut prefixes = Vec::new();
+        let mut writers = HashSet::new();
+        for (index, guard) in config.guards.protected_paths.iter().enumerate() {
+            if !guard.enforce {
+                continue;
+            }
+            for name in &guard.write {
+                if let Some(profile) = config.profile_by_name(name) {
+                    writers.insert(GuardWriter {
+                        guard: index as u32,
+                        profile: profile.id,
+                    });
+                }
+            }
+            for glob in &guard.paths {
+                let pattern = glob.as_str();
+                let wild = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+                let Some(end) = pattern[..wild].rfind('/') else {
+                    continue;
+                };
+                let dir = &pattern[..=end];
+                if dir == "/" || dir.len() > PREFIX_CAP {
+                    warn!("guard path `{pattern}` cannot be enforced at open: give a directory of at most {PREFIX_CAP} bytes");
+                    continue;
+                }
+                let mut prefix = Prefix {
+                    len: dir.len() as u32,
+                    guard: index as u32,
+                    bytes: [0; PREFIX_CAP],
+                    mask: [0; PREFIX_CAP],
+                };
+                prefix.bytes[..dir.len()].copy_from_slice(dir.as_bytes());
+                prefix.mask[..dir.len()].fill(0xff);
+                prefixes.push(prefix);
+            }
+        }
+        if prefixes.len() > PREFIXES_MAX as usize {
+            warn!(
+                "more than {PREFIXES_MAX} enforcing guard directories: only the first are enforced"
+            );
+            prefixes.truncate(PREFIXES_MAX as usize);
+        }
+        for writer in &writers {
+            self.guard_writers.insert(writer, 1, 0)?;
+        }
+        for i in 0..PREFIXES_MAX {
+            let value = prefixes.get(i as usize).copied().unwrap_or(Prefix {
+                len: 0,
+                guard: 0,
+                bytes: [0; PREFIX_CAP],
+                mask: [0; PREFIX_CAP],
+            });
+            self.protected_prefixes.set(i, value, 0)?;
+        }
+        let stale: Vec<GuardWriter> = self
+            .guard_writers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|w| !writers.contains(w))
+            .collect();
+        for writer in stale {
+            let _ = self.guard_writers.remove(&writer);
+        }
+        let mut flags = 0;
+        if !prefixes.is_empty() {
+            flags |= POLICY_ENFORCE;
+            if self.dry_run {
+                flags |= POLICY_DRY_RUN;
+            }
+        }
+        self.guards.set(1, flags, 0)?;
         Ok(())
     }
 }
@@ -180,6 +452,32 @@ mod tests {
             "{suffixes:?}"
         );
         assert!(suffixes.contains(&".gguf".to_owned()), "{suffixes:?}");
+    }
+
+    #[test]
+    fn nested_rules_carry_the_ports_of_the_rules_around_them() {
+        let rules: Vec<AddrRule> = [
+            "10.0.0.0/8:443",
+            "10.1.0.0/16:80",
+            "127.0.0.0/8",
+            "[::1]:8000",
+        ]
+        .iter()
+        .map(|r| AddrRule::parse(r).unwrap())
+        .collect();
+        let entries = net_entries(7, &rules);
+        assert_eq!(entries.len(), 4);
+        let (key, ports) = &entries[1];
+        assert_eq!(key.prefix_len(), 32 + 96 + 16);
+        assert_eq!(key.data().profile_be, 7u32.to_be());
+        assert_eq!(ports.count, 2);
+        assert_eq!(&ports.ranges[..2], &[[80, 80], [443, 443]]);
+        let (key, ports) = &entries[2];
+        assert_eq!(key.prefix_len(), 32 + 96 + 8);
+        assert_eq!(&ports.ranges[..1], &[[0, u16::MAX]]);
+        let (key, ports) = &entries[3];
+        assert_eq!(key.prefix_len(), 32 + 128);
+        assert_eq!(&ports.ranges[..1], &[[8000, 8000]]);
     }
 
     #[test]

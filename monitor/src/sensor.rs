@@ -8,13 +8,14 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, TracePoint},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, TracePoint},
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    globals, maps, programs, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, Suffix, WatchEntry,
-    SUFFIXES_MAX, SUFFIX_CAP,
+    globals, maps, programs, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey,
+    KernelOffsets, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix, WatchEntry, SUFFIXES_MAX,
+    SUFFIX_CAP,
 };
 use tracing::{debug, info, warn};
 
@@ -45,6 +46,8 @@ pub struct SensorOptions {
     pub accel_majors: AccelMajors,
     /// The cgroup (v2) whose processes the device hook sees; the whole host by default.
     pub cgroup: Option<PathBuf>,
+    /// Enforce-mode decisions are only reported (`would-deny`, `would-kill`).
+    pub dry_run: bool,
 }
 
 impl Default for SensorOptions {
@@ -59,6 +62,7 @@ impl Default for SensorOptions {
             exec_candidates: Vec::new(),
             accel_majors: AccelMajors::default(),
             cgroup: None,
+            dry_run: false,
         }
     }
 }
@@ -247,6 +251,16 @@ const SYSCALL_HOOKS: &[SyscallHook] = &[
     },
 ];
 
+/// cgroup sock_addr programs: name and hook.
+const SOCK_ADDR_HOOKS: [(&str, &str); 6] = [
+    (programs::CONNECT4, "cgroup/connect4"),
+    (programs::CONNECT6, "cgroup/connect6"),
+    (programs::SENDMSG4, "cgroup/sendmsg4"),
+    (programs::SENDMSG6, "cgroup/sendmsg6"),
+    (programs::BIND4, "cgroup/bind4"),
+    (programs::BIND6, "cgroup/bind6"),
+];
+
 /// The loaded (and, after [`Sensor::attach`], attached) programs. Dropping it detaches
 /// everything: nothing is pinned.
 pub struct Sensor {
@@ -265,6 +279,14 @@ pub struct SensorMaps {
     pub exec_candidates: HashMap<MapData, InodeKey, u32>,
     pub protected_dirs: HashMap<MapData, InodeKey, u32>,
     pub protected_suffixes: Array<MapData, Suffix>,
+    pub policy: HashMap<MapData, u32, ProfilePolicy>,
+    pub net_connect: LpmTrie<MapData, NetKey, PortRanges>,
+    pub net_listen: LpmTrie<MapData, NetKey, PortRanges>,
+    pub exec_allowed: HashMap<MapData, ExecKey, u32>,
+    pub gpu_allowed: HashMap<MapData, u32, u32>,
+    pub guards: Array<MapData, u32>,
+    pub protected_prefixes: Array<MapData, Prefix>,
+    pub guard_writers: HashMap<MapData, GuardWriter, u32>,
 }
 
 impl Sensor {
@@ -341,6 +363,15 @@ impl Sensor {
         device
             .load()
             .context("failed to load the cgroup device program")?;
+        for (name, attach) in SOCK_ADDR_HOOKS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("failed to load program {name} ({attach})"))?;
+        }
 
         let mut majors: HashMap<_, u32, u32> = HashMap::try_from(
             ebpf.map_mut(maps::ACCEL_MAJORS)
@@ -374,6 +405,14 @@ impl Sensor {
             exec_candidates,
             protected_dirs,
             protected_suffixes,
+            policy: HashMap::try_from(take_map(&mut ebpf, maps::POLICY)?)?,
+            net_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_CONNECT)?)?,
+            net_listen: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_LISTEN)?)?,
+            exec_allowed: HashMap::try_from(take_map(&mut ebpf, maps::EXEC_ALLOWED)?)?,
+            gpu_allowed: HashMap::try_from(take_map(&mut ebpf, maps::GPU_ALLOWED)?)?,
+            guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
+            protected_prefixes: Array::try_from(take_map(&mut ebpf, maps::PROTECTED_PREFIXES)?)?,
+            guard_writers: HashMap::try_from(take_map(&mut ebpf, maps::GUARD_WRITERS)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((
@@ -462,13 +501,34 @@ impl Sensor {
             program = programs::DEVICE_ACCESS,
             hook = "cgroup/dev",
             cgroup = %self.cgroup.display(),
-            "attached (accelerator device opens, failed ones included)"
+            "attached (accelerator device opens, failed ones included; enforcement)"
+        );
+        for (name, attach) in SOCK_ADDR_HOOKS {
+            let program: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| {
+                    format!(
+                        "failed to attach {name} to cgroup {}",
+                        self.cgroup.display()
+                    )
+                })?;
+            debug!(program = name, hook = attach, "attached");
+        }
+        info!(
+            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6",
+            cgroup = %self.cgroup.display(),
+            "network enforcement attached (allows everything unless an enforce-mode profile refuses)"
         );
         Ok(())
     }
 }
 
-fn class_id(class: DeviceClass) -> u32 {
+pub fn class_id(class: DeviceClass) -> u32 {
     use monitor_common::DeviceClassId as Id;
     (match class {
         DeviceClass::Nvidia => Id::Nvidia,
@@ -481,7 +541,7 @@ fn class_id(class: DeviceClass) -> u32 {
 }
 
 /// The kernel's `dev_t` (12-bit major, 20-bit minor) of a user-space `st_dev`.
-fn kernel_dev(st_dev: u64) -> u32 {
+pub fn kernel_dev(st_dev: u64) -> u32 {
     let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
     (major << 20) | (minor & 0xfffff)
 }

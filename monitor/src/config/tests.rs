@@ -292,7 +292,7 @@ dedup_window_secs: -1
             "DIR/monitor.yaml:1:24: profiles[1]: failed to read DIR/missing: No such file or directory (os error 2)",
             "DIR/monitor.yaml:4:29: guards.protected_paths[0].paths[1]: glob \"models\" must start with \"/\" or \"**\": paths are absolute",
             "DIR/monitor.yaml:5:20: guards.protected_paths[0].read[1]: unknown profile \"nobody\" (loaded: good)",
-            "DIR/monitor.yaml:8:5: guards.gpu: unknown key \"deny\" (expected one of: allow)",
+            "DIR/monitor.yaml:8:5: guards.gpu: unknown key \"deny\" (expected one of: allow, enforce)",
             "DIR/monitor.yaml:10:20: outputs.otlp.endpoint: invalid endpoint \"127.0.0.1:4318\": expected an http:// or https:// URL",
             "DIR/monitor.yaml:10:48: outputs.otlp.protocol: unknown protocol \"http\" (expected one of: grpc, http/protobuf, http/json)",
             "DIR/monitor.yaml:11:10: outputs.spool: missing key \"dir\"",

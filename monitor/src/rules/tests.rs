@@ -53,9 +53,11 @@ fn config_with(profiles: &str, window: Duration) -> Config {
                 ],
                 read: vec!["server".into()],
                 write: vec![],
+                enforce: false,
             }],
             gpu: Some(GpuGuard {
                 allow: vec!["server".into(), "helper".into()],
+                enforce: false,
             }),
         },
         outputs: Outputs::default(),
@@ -134,6 +136,8 @@ impl World {
             path_from_filename: false,
             args,
             args_truncated: false,
+            killed: false,
+            would_kill: false,
         }))
     }
 
@@ -182,6 +186,8 @@ impl World {
             access,
             result,
             protected: false,
+            killed: false,
+            would_kill: false,
         }))
         .alerts
     }
