@@ -29,6 +29,8 @@ pub mod maps {
     pub const IOCTL_COUNTS: &str = "IOCTL_COUNTS";
     /// UDP destinations a process already reported: [`super::SendKey`] -> 1 (LRU).
     pub const SENT: &str = "SENT";
+    /// Behaviour already judged allowed: [`super::KnownKey`] -> 1 (LRU).
+    pub const KNOWN: &str = "KNOWN";
     /// Executables that may start a governed process: [`super::InodeKey`] -> 1. An exec of
     /// one is watched from its first instruction, until user space has matched its selector.
     pub const EXEC_CANDIDATES: &str = "EXEC_CANDIDATES";
@@ -43,7 +45,7 @@ pub mod maps {
     /// Profiles the GPU guard allows: profile id -> 1.
     pub const GPU_ALLOWED: &str = "GPU_ALLOWED";
     /// Host guard settings: index 0 = GPU guard `POLICY_*` bits; index 1 = protected-path
-    /// enforcement `POLICY_*` bits.
+    /// enforcement `POLICY_*` bits; index 2 = the configuration epoch ([`super::KnownKey`]).
     pub const GUARDS: &str = "GUARDS";
     /// Protected directory paths whose write-opens an enforcing guard stops: index -> [`super::Prefix`].
     pub const PROTECTED_PREFIXES: &str = "PROTECTED_PREFIXES";
@@ -144,10 +146,12 @@ pub enum Stat {
     LostRingFull = 1,
     /// Events sent without a complete payload (a kernel read failed).
     ReadFailed = 2,
+    /// Events not sent because user space already judged the same behaviour allowed.
+    Known = 3,
 }
 
 /// Number of counter families.
-pub const STAT_FAMILIES: u32 = 3;
+pub const STAT_FAMILIES: u32 = 4;
 
 /// Index of a counter in [`maps::STATS`].
 pub const fn stats_slot(stat: Stat, kind: u32) -> u32 {
@@ -288,6 +292,9 @@ pub struct FileEvent {
     /// Bytes used in `raw`.
     pub raw_len: u32,
     pub _pad: u32,
+    /// The key under which user space may tell the kernel "allowed, do not send again"
+    /// (`tgid` 0: not cacheable).
+    pub known: KnownKey,
     /// With `FILE_RESOLVED`: the absolute path of the file, walked in the kernel. Otherwise the
     /// directory the name in `raw` is relative to (the cwd or the dirfd's directory).
     pub path: [u8; PATH_CAP],
@@ -347,6 +354,8 @@ pub struct NetEvent {
     /// Bytes used in `addr`.
     pub addr_len: u32,
     pub _pad: u32,
+    /// As in [`FileEvent::known`].
+    pub known: KnownKey,
     /// A `struct sockaddr_*`: the peer (connect, accept, send) or the local address (bind,
     /// listen), as the process gave it or as the kernel's socket holds it.
     pub addr: [u8; SOCKADDR_CAP],
@@ -569,6 +578,26 @@ pub const FILE_KILLED: u32 = 16;
 /// [`FileEvent::flags`]: it would have (dry run).
 pub const FILE_WOULD_KILL: u32 = 32;
 
+/// Behaviour of a governed process that user space judged allowed: the kernel does not send
+/// it again. Keyed by process, its exec generation and the configuration epoch, so an exec
+/// or a reload forgets every judgment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KnownKey {
+    pub tgid: u32,
+    pub generation: u32,
+    /// `KNOWN_*` in the low 4 bits, the configuration epoch above.
+    pub kind: u32,
+    /// Open: the access bits of the flags. Network: the operation, and the port << 16.
+    pub aux: u32,
+    /// Open: inode number and device. Network: the IPv6 address (IPv4 mapped).
+    pub a: u64,
+    pub b: u64,
+}
+
+pub const KNOWN_OPEN: u32 = 1;
+pub const KNOWN_NET: u32 = 2;
+
 /// [`ExecEvent::flags`]: the kernel killed the process before the new program ran.
 pub const EXEC_KILLED: u32 = 8;
 /// [`ExecEvent::flags`]: it would have (dry run).
@@ -582,6 +611,10 @@ pub struct WatchEntry {
     pub reason: u32,
     /// Profile id, 0 when none.
     pub profile: u32,
+    /// Bumped by the kernel at every exec of the process: what user space judged of the
+    /// previous program is not trusted for the next (see [`KnownKey`]).
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 pub const WATCH_PID: u32 = 1;
@@ -673,10 +706,11 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 32 + 40 + PATH_CAP + ARGS_CAP);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<WatchEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<WatchEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<KnownKey>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
-const _: () = assert!(core::mem::size_of::<FileEvent>() == 32 + 32 + 2 * PATH_CAP);
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 24 + SOCKADDR_CAP);
+const _: () = assert!(core::mem::size_of::<FileEvent>() == 32 + 32 + 32 + 2 * PATH_CAP);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 24 + 32 + SOCKADDR_CAP);
 const _: () = assert!(core::mem::size_of::<DeviceEvent>() == 32 + 32 + 2 * PATH_CAP);
 const _: () = assert!(core::mem::size_of::<Pending>() == 56);
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
@@ -705,5 +739,6 @@ mod user {
     unsafe impl aya::Pod for super::PortRanges {}
     unsafe impl aya::Pod for super::ExecKey {}
     unsafe impl aya::Pod for super::Prefix {}
+    unsafe impl aya::Pod for super::KnownKey {}
     unsafe impl aya::Pod for super::GuardWriter {}
 }

@@ -12,15 +12,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    DeviceEvent, EventKind, FdKey, FileEvent, FileOpCode, GuardWriter, InodeKey, Pending, Stat,
-    FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
-    FILE_WOULD_KILL, PATH_CAP, PENDING_DEVICE, PENDING_FILE, POLICY_DRY_RUN, POLICY_ENFORCE,
-    PREFIXES_MAX, PREFIX_CAP, SUFFIXES_MAX, SUFFIX_CAP,
+    DeviceEvent, EventKind, FdKey, FileEvent, FileOpCode, GuardWriter, InodeKey, KnownKey, Pending,
+    Stat, FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
+    FILE_WOULD_KILL, KNOWN_OPEN, PATH_CAP, PENDING_DEVICE, PENDING_FILE, POLICY_DRY_RUN,
+    POLICY_ENFORCE, PREFIXES_MAX, PREFIX_CAP, SUFFIXES_MAX, SUFFIX_CAP,
 };
 
 use crate::{
     config_protect, config_self_tgid, count, is_watched,
     kernel::{file_flags, file_inode, file_path, inode_rdev, off, read, Task},
+    known, known_key,
     path::{write_path, write_user_str},
     process::header,
     submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, EVENTS, GUARDS, GUARD_WRITERS, OPEN_ARGS,
@@ -124,6 +125,7 @@ fn emit_guarded(pid_tgid: u64, open_flags: u32, flag: u32, name: u64) {
         (*event).path_len = 0;
         (*event).raw_len = 0;
         (*event)._pad = 0;
+        (*event).known = KnownKey::default();
     }
     if let Ok((len, truncated)) = write_user_str(unsafe { &mut (*event).raw }, name) {
         unsafe {
@@ -410,6 +412,7 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
             AT_FDCWD,
             0,
             false,
+            KnownKey::default(),
         );
     };
     let _ = PENDING.remove(pid_tgid);
@@ -425,6 +428,14 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
         _ => false,
     };
     let flags = if protected { FILE_PROTECTED } else { 0 };
+    // The same file opened the same way again: user space already judged it.
+    let key = match file {
+        Some(file) => open_key(pid_tgid, file, pending.open_flags),
+        None => None,
+    };
+    if known(&key, EventKind::File as u32) {
+        return Ok(());
+    }
     emit_file(
         task,
         pid_tgid,
@@ -436,7 +447,19 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
         pending.dfd,
         pending.name,
         true,
+        key.unwrap_or_default(),
     )
+}
+
+/// The cache key of an open: the file's inode and the access asked for.
+#[inline(always)]
+fn open_key(pid_tgid: u64, file: *const u8, open_flags: u32) -> Option<KnownKey> {
+    let inode = file_inode(file).ok()?;
+    let ino: u64 = unsafe { read(inode, off!(inode_ino)) }.ok()?;
+    let sb: *const u8 = unsafe { read(inode, off!(inode_sb)) }.ok()?;
+    let dev: u32 = unsafe { read(sb, off!(sb_dev)) }.ok()?;
+    let access = open_flags & (0o3 | O_CREAT | O_TRUNC);
+    known_key((pid_tgid >> 32) as u32, KNOWN_OPEN, access, ino, dev as u64)
 }
 
 /// Exit of rename*, unlink*, rmdir, truncate, ftruncate, chmod, fchmod, fchmodat*.
@@ -481,6 +504,7 @@ fn try_exit_file(ctx: &TracePointContext) -> Result<(), i64> {
         pending.dfd,
         pending.name,
         true,
+        KnownKey::default(),
     )?;
     if op == FileOpCode::Rename {
         emit_file(
@@ -494,6 +518,7 @@ fn try_exit_file(ctx: &TracePointContext) -> Result<(), i64> {
             pending.dfd2,
             pending.name2,
             true,
+            KnownKey::default(),
         )?;
     }
     Ok(())
@@ -517,6 +542,7 @@ fn emit_file(
     dfd: i32,
     name: u64,
     watched: bool,
+    known: KnownKey,
 ) -> Result<(), i64> {
     let kind = EventKind::File as u32;
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
@@ -535,6 +561,7 @@ fn emit_file(
         (*event).path_len = 0;
         (*event).raw_len = 0;
         (*event)._pad = 0;
+        (*event).known = known;
     }
     let complete = fill_paths(
         task,

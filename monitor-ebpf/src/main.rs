@@ -22,9 +22,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, NetKey,
-    Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry, PREFIXES_MAX,
-    STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    stats_slot, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, KnownKey,
+    NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
+    PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.
@@ -114,6 +114,40 @@ static PROTECTED_PREFIXES: Array<Prefix> = Array::with_max_entries(PREFIXES_MAX,
 
 #[map(name = "GUARD_WRITERS")]
 static GUARD_WRITERS: HashMap<GuardWriter, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "KNOWN")]
+static KNOWN: LruHashMap<KnownKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// The key for behaviour of a watched process, or `None` when it is not watched (only
+/// governed processes' judgments are cached).
+#[inline(always)]
+fn known_key(tgid: u32, kind: u32, aux: u32, a: u64, b: u64) -> Option<KnownKey> {
+    let entry = unsafe { WATCHED.get(tgid) }?;
+    if entry.profile == 0 {
+        return None;
+    }
+    let epoch = GUARDS.get(2).copied().unwrap_or(0);
+    Some(KnownKey {
+        tgid,
+        generation: entry.generation,
+        kind: kind | (epoch << 4),
+        aux,
+        a,
+        b,
+    })
+}
+
+/// Whether user space already judged this behaviour allowed; counts it when so.
+#[inline(always)]
+fn known(key: &Option<KnownKey>, event_kind: u32) -> bool {
+    match key {
+        Some(key) if unsafe { KNOWN.get(key).is_some() } => {
+            count(Stat::Known, event_kind);
+            true
+        }
+        _ => false,
+    }
+}
 
 #[map(name = "SENT")]
 static SENT: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(16384, 0);

@@ -7,12 +7,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    EventKind, NetEvent, NetOpCode, Pending, SendKey, Stat, PENDING_NET, SOCKADDR_CAP,
+    EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, KNOWN_NET, PENDING_NET,
+    SOCKADDR_CAP,
 };
 
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{file_socket, off, read, Task},
+    known, known_key,
     process::header,
     submit_flags, syscall_arg, syscall_ret, EVENTS, PENDING, SENT,
 };
@@ -155,6 +157,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if op == NetOpCode::Accept && ret < 0 {
         return Ok(());
     }
+    // The same operation to the same place again: user space already judged it.
+    let key = net_key(pid_tgid, op, &pending, sock);
+    if known(&key, EventKind::Net as u32) {
+        return Ok(());
+    }
     let kind = EventKind::Net as u32;
     let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
         count(Stat::LostRingFull, kind);
@@ -174,6 +181,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*event).result = ret;
         (*event).addr_len = 0;
         (*event)._pad = 0;
+        (*event).known = key.unwrap_or_default();
     }
     let addr = unsafe { &mut (*event).addr };
     let len = match op {
@@ -189,6 +197,44 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     count(Stat::Emitted, kind);
     entry.submit(submit_flags());
     Ok(())
+}
+
+/// The cache key of a socket operation: connect, send and bind by the address and port
+/// given; listen by the port; accept by the operation alone (no rule looks at its peer).
+#[inline(always)]
+fn net_key(
+    pid_tgid: u64,
+    op: NetOpCode,
+    pending: &Pending,
+    sock: Option<*const u8>,
+) -> Option<KnownKey> {
+    let tgid = (pid_tgid >> 32) as u32;
+    let (port, a, b) = match op {
+        NetOpCode::Connect | NetOpCode::Bind | NetOpCode::Send => {
+            let addr = pending.name;
+            let family = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
+            let port = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
+            match family {
+                AF_INET => {
+                    let ip = unsafe { bpf_probe_read_user((addr + 4) as *const u32) }.ok()?;
+                    (port, 0xffff_0000_0000, ip as u64)
+                }
+                AF_INET6 => {
+                    let hi = unsafe { bpf_probe_read_user((addr + 8) as *const u64) }.ok()?;
+                    let lo = unsafe { bpf_probe_read_user((addr + 16) as *const u64) }.ok()?;
+                    (port, hi, lo)
+                }
+                // Unix sockets and others are always sent.
+                _ => return None,
+            }
+        }
+        NetOpCode::Listen => {
+            let sk: *const u8 = unsafe { read(sock?, off!(socket_sk)) }.ok()?;
+            (unsafe { read::<u16>(sk, off!(skc_num)) }.ok()?, 0, 0)
+        }
+        NetOpCode::Accept => (0, 0, 0),
+    };
+    known_key(tgid, KNOWN_NET, op as u32 | ((port as u32) << 16), a, b)
 }
 
 #[inline(always)]

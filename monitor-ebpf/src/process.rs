@@ -59,6 +59,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let ppid = parent.tgid()?;
     let parent_start_time = parent.process_start_time().unwrap_or(0);
     let bprm: *const u8 = ctx.arg(2);
+    // A new program: what user space judged of the old one no longer holds.
+    if let Some(entry) = WATCHED.get_ptr_mut(tgid) {
+        unsafe { (*entry).generation = (*entry).generation.wrapping_add(1) };
+    }
     let mut watched = is_watched(tgid);
     let verdict = exec_verdict(bprm);
     if !watched && is_candidate(bprm) {
@@ -66,6 +70,8 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let entry = WatchEntry {
             reason: WATCH_CANDIDATE,
             profile: 0,
+            generation: 0,
+            _pad: 0,
         };
         watched = WATCHED.insert(tgid, entry, 0).is_ok();
     }
@@ -231,6 +237,8 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let entry = WatchEntry {
             reason: watch.reason | WATCH_INHERITED,
             profile: watch.profile,
+            generation: watch.generation,
+            _pad: 0,
         };
         let _ = WATCHED.insert(child_tgid, entry, 0);
     }

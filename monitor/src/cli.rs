@@ -33,6 +33,8 @@ pub enum Command {
     Trace(TraceArgs),
     /// Validate profile and config files: prints FILE:LINE:COLUMN: message for each error.
     Check(CheckArgs),
+    /// Watch selected processes and their children, then write a profile of what they did.
+    Learn(crate::learn::LearnArgs),
 }
 
 #[derive(Args, Debug)]
@@ -284,6 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map(drop)
         }
+        Command::Learn(args) => crate::learn::run(args).await,
         Command::Trace(args) => {
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);

@@ -131,6 +131,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     processor.observer = observer;
     processor.dry_run = sensor_options.dry_run;
     processor.metrics = metrics;
+    if mode == Mode::Run {
+        processor.known = Some(maps.known);
+    }
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");

@@ -6,9 +6,10 @@
 
 use monitor_common::{
     DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOpCode, ForkEvent,
-    NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
-    EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED,
-    FILE_RAW_TRUNCATED, FILE_RESOLVED, FILE_WOULD_KILL, HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
+    KnownKey, NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_KILLED,
+    EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, FILE_KILLED,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, FILE_WOULD_KILL,
+    HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
 };
 
 /// An event from the kernel, owned and checked.
@@ -99,6 +100,8 @@ pub struct File {
     pub killed: bool,
     /// It would have (dry run).
     pub would_kill: bool,
+    /// Where to tell the kernel this was judged allowed (governed processes only).
+    pub known: Option<KnownKey>,
 }
 
 /// What a network event did.
@@ -159,6 +162,8 @@ pub struct Net {
     /// 0 (or an fd) on success, `-errno` on failure. A non-blocking connect in progress
     /// (`-EINPROGRESS`) is not a failure.
     pub result: i64,
+    /// Where to tell the kernel this was judged allowed (governed processes only).
+    pub known: Option<KnownKey>,
 }
 
 /// Accelerator device classes.
@@ -488,6 +493,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 protected: raw.flags & FILE_PROTECTED != 0,
                 killed: raw.flags & FILE_KILLED != 0,
                 would_kill: raw.flags & FILE_WOULD_KILL != 0,
+                known: (raw.known.tgid != 0).then_some(raw.known),
             }))
         }
         EventKind::Net => {
@@ -523,6 +529,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 local: if local { ip } else { None },
                 unix_path,
                 result: raw.result,
+                known: (raw.known.tgid != 0).then_some(raw.known),
             }))
         }
         EventKind::Device => {
@@ -824,6 +831,7 @@ mod tests {
             protected: false,
             killed: false,
             would_kill: false,
+            known: None,
         };
         let target = File {
             path: String::new(),

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod events;
 pub mod glob;
 pub mod ioctls;
+pub mod learn;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;

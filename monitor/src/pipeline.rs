@@ -181,6 +181,8 @@ pub struct Processor<W: Write> {
     pub dry_run: bool,
     /// Counters exported over OTLP (`monitor run`).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
+    pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -222,6 +224,7 @@ impl<W: Write> Processor<W> {
             observer: None,
             dry_run: false,
             metrics: None,
+            known: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -280,6 +283,8 @@ impl<W: Write> Processor<W> {
         let entry = WatchEntry {
             reason: WATCH_PROFILE,
             profile,
+            generation: self.watched.get(&tgid, 0).map_or(0, |e| e.generation),
+            _pad: 0,
         };
         if let Err(err) = self.watched.insert(tgid, entry, 0) {
             warn!("failed to watch pid {tgid}: {err}");
@@ -353,6 +358,9 @@ impl<W: Write> Processor<W> {
             alert.action =
                 enforcement_action(event, &alert.rule, enforce.is_some(), gpu_enforce, dry_run);
         }
+        if alerts.is_empty() {
+            self.remember_allowed(event);
+        }
         for alert in &alerts {
             self.raise(alert);
         }
@@ -363,6 +371,22 @@ impl<W: Write> Processor<W> {
                 let _ = self.watched.remove(&header.tgid);
             }
             _ => {}
+        }
+    }
+
+    /// Tells the kernel not to send this behaviour again: the rules found nothing wrong with
+    /// it. Only governed processes' events carry a key; the kernel forgets the judgment at
+    /// the process's next exec and at a reload.
+    fn remember_allowed(&mut self, event: &Event) {
+        let key = match event {
+            Event::File(file) => file.known,
+            Event::Net(net) => net.known,
+            _ => None,
+        };
+        if let (Some(key), Some(known)) = (key, &mut self.known) {
+            if let Err(err) = known.insert(key, 1, 0) {
+                debug!("failed to remember allowed behaviour: {err}");
+            }
         }
     }
 
@@ -377,7 +401,12 @@ impl<W: Write> Processor<W> {
 
     /// Puts a process in the kernel's watched set.
     fn watch(&mut self, tgid: u32, reason: u32) {
-        let entry = WatchEntry { reason, profile: 0 };
+        let entry = WatchEntry {
+            reason,
+            profile: 0,
+            generation: self.watched.get(&tgid, 0).map_or(0, |e| e.generation),
+            _pad: 0,
+        };
         match self.watched.insert(tgid, entry, 0) {
             Ok(()) => {
                 self.watching.insert(tgid);
@@ -641,9 +670,20 @@ impl<W: Write> Processor<W> {
         }
         let total_lost: u64 = self.summary.kernel_lost.iter().sum::<u64>()
             + self.summary.user_lost.iter().sum::<u64>();
+        // Events the kernel did not send because user space had judged the same behaviour.
+        let known: u64 = EventKind::ALL
+            .iter()
+            .filter_map(|kind| {
+                self.stats
+                    .get(&stats_slot(Stat::Known, *kind as u32), 0)
+                    .ok()
+            })
+            .map(|values| values.iter().sum::<u64>())
+            .sum();
         info!(
             events = ?events,
             lost = total_lost,
+            known,
             processes = self.table.len(),
             "summary"
         );

@@ -216,6 +216,9 @@ impl KernelPolicy {
             .collect();
         sync(&mut self.exec_candidates, &candidates)?;
         self.apply_enforcement(config)?;
+        // A new configuration: every judgment the kernel cached is forgotten.
+        let epoch = self.guards.get(&2, 0).unwrap_or(0);
+        self.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
         debug!(
             dirs = keys.len(),
             suffixes = entries.len(),

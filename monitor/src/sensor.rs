@@ -14,8 +14,8 @@ use aya::{
 };
 use monitor_common::{
     globals, maps, programs, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey,
-    KernelOffsets, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix, WatchEntry, SUFFIXES_MAX,
-    SUFFIX_CAP,
+    KernelOffsets, KnownKey, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix, WatchEntry,
+    SUFFIXES_MAX, SUFFIX_CAP,
 };
 use tracing::{debug, info, warn};
 
@@ -287,6 +287,7 @@ pub struct SensorMaps {
     pub guards: Array<MapData, u32>,
     pub protected_prefixes: Array<MapData, Prefix>,
     pub guard_writers: HashMap<MapData, GuardWriter, u32>,
+    pub known: HashMap<MapData, KnownKey, u32>,
 }
 
 impl Sensor {
@@ -413,6 +414,7 @@ impl Sensor {
             guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
             protected_prefixes: Array::try_from(take_map(&mut ebpf, maps::PROTECTED_PREFIXES)?)?,
             guard_writers: HashMap::try_from(take_map(&mut ebpf, maps::GUARD_WRITERS)?)?,
+            known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((

@@ -243,6 +243,16 @@ impl Monitor {
         }
     }
 
+    /// Stops the monitor and returns its stdout lines and its stderr.
+    pub fn stop_with_stderr(self) -> (Vec<Value>, String) {
+        let stderr = self.stderr.clone();
+        let lines = self.stop();
+        // The log is complete once the process has exited and its pipe closed.
+        std::thread::sleep(Duration::from_millis(100));
+        let text = stderr.lock().unwrap().clone();
+        (lines, text)
+    }
+
     /// Stops the monitor with SIGINT and returns everything it printed.
     pub fn stop(mut self) -> Vec<Value> {
         self.shutdown();

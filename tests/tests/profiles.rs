@@ -53,6 +53,13 @@ elif scenario == "exfil":
         socket.create_connection(("127.0.0.2", other), timeout=1).close()
     except OSError:
         pass
+elif scenario == "repeat":
+    import time
+    time.sleep(0.5)  # steady state: the first open and connect have been judged by now
+    for _ in range(100):
+        with open(os.path.join(root, "models", "model.bin"), "rb") as f:
+            f.read(1)
+        socket.create_connection(("127.0.0.1", upstream)).close()
 elif scenario == "burst":
     for _ in range(25):
         with open(os.path.join(root, "app", "planted.py"), "w") as f:
@@ -390,4 +397,31 @@ fn a_bad_reload_keeps_the_old_rules() {
         .filter(|v| v["security_rule.name"] == "exec-not-allowed")
         .count();
     assert_eq!(execs, 1, "the reloaded profile allows the shell");
+}
+
+#[test]
+fn allowed_behaviour_judged_once_is_not_sent_again() {
+    let site = Site::new("known", 10);
+    let monitor = site.start();
+    // The server opens the same model file and connects to the upstream 100 times (fewer
+    // than the upstream's backlog: nobody accepts).
+    site.serve("repeat");
+    std::thread::sleep(Duration::from_millis(500));
+    let (lines, stderr) = monitor.stop_with_stderr();
+    assert!(alerts(&lines).is_empty(), "{:#?}", alerts(&lines));
+    // The summary at exit counts the events the kernel kept back.
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("summary"))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    let known: u64 = summary
+        .split("known=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no known= in {summary}"));
+    assert!(
+        known >= 150,
+        "repeats were not kept in the kernel: {summary}"
+    );
 }

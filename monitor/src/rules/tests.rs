@@ -188,6 +188,7 @@ impl World {
             protected: false,
             killed: false,
             would_kill: false,
+            known: None,
         }))
         .alerts
     }
@@ -222,6 +223,7 @@ impl World {
             local,
             unix_path,
             result: 0,
+            known: None,
         }))
         .alerts
     }
