@@ -732,8 +732,8 @@ fn has_protected_suffix(dentry: *const u8) -> Result<bool, i64> {
             continue;
         }
         let mut equal = true;
-        for j in 0..SUFFIX_CAP {
-            if j >= SUFFIX_CAP - n && tail[j] != suffix.bytes[j] {
+        for (j, (a, b)) in tail.iter().zip(suffix.bytes.iter()).enumerate() {
+            if j >= SUFFIX_CAP - n && a != b {
                 equal = false;
             }
         }

@@ -77,6 +77,10 @@ pub struct TraceArgs {
     /// Report opens of files below this directory by any process (repeatable).
     #[arg(long = "protect", value_name = "DIR")]
     pub protect: Vec<PathBuf>,
+    /// Report opens of files whose name ends with this suffix by any process (repeatable),
+    /// e.g. .safetensors.
+    #[arg(long = "protect-suffix", value_name = "SUFFIX")]
+    pub protect_suffixes: Vec<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -291,6 +295,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             sensor_options.protect_dirs = args.protect.clone();
+            sensor_options.protect_suffixes = args.protect_suffixes.clone();
             crate::daemon::run(Plan {
                 mode: Mode::Trace,
                 sensor: sensor_options,

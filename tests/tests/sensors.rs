@@ -407,6 +407,7 @@ fn unwatched_opens_outside_protected_dirs_produce_nothing() {
     std::fs::create_dir_all(dir.0.join("other")).unwrap();
     std::fs::write(dir.0.join("models/llama/weights.bin"), "w").unwrap();
     std::fs::write(dir.0.join("other/notes.txt"), "n").unwrap();
+    std::fs::write(dir.0.join("other/stray.safetensors"), "w").unwrap();
     symlink(dir.0.join("models"), dir.0.join("other/shortcut")).unwrap();
     let protected = dir.path("models");
     let monitor = Monitor::start(&[
@@ -420,10 +421,12 @@ fn unwatched_opens_outside_protected_dirs_produce_nothing() {
         r#"
 import os
 open({other:?}).close()
+open({stray:?}, "rb").close()
 os.chdir({other_dir:?})
 open("shortcut/llama/weights.bin", "rb").close()
 "#,
         other = dir.path("other/notes.txt"),
+        stray = dir.path("other/stray.safetensors"),
         other_dir = dir.path("other"),
     ));
     // Through a symlink and a relative path: the inode check still sees the protected dir.
