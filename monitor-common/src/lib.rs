@@ -65,6 +65,7 @@ pub mod programs {
     pub const SENDMSG6: &str = "sendmsg6";
     pub const BIND4: &str = "bind4";
     pub const BIND6: &str = "bind6";
+    pub const LSM_PROBE: &str = "lsm_probe";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.

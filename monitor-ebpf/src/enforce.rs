@@ -120,3 +120,10 @@ pub fn bind4(ctx: SockAddrContext) -> i32 {
 pub fn bind6(ctx: SockAddrContext) -> i32 {
     decide(&ctx, true, Direction::Listen)
 }
+
+/// Loaded (never attached) at start-up to learn whether this host allows BPF-LSM programs:
+/// the start-up log and the alerts say which mechanism stops writes to guarded files.
+#[aya_ebpf::macros::lsm(hook = "file_open")]
+pub fn lsm_probe(_ctx: aya_ebpf::programs::LsmContext) -> i32 {
+    0
+}

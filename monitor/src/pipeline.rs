@@ -357,6 +357,11 @@ impl<W: Write> Processor<W> {
         for alert in &mut alerts {
             alert.action =
                 enforcement_action(event, &alert.rule, enforce.is_some(), gpu_enforce, dry_run);
+            if let Some(mechanism) = enforcement_mechanism(event, alert.action) {
+                alert
+                    .attributes
+                    .insert("monitor.enforcement.mechanism".into(), mechanism.into());
+            }
         }
         if alerts.is_empty() {
             self.remember_allowed(event);
@@ -750,6 +755,21 @@ fn enforcement_action(
         }
         _ => Action::Alert,
     }
+}
+
+/// How the kernel acted (`monitor.enforcement.mechanism`), when it did or would have.
+fn enforcement_mechanism(event: &Event, action: crate::alert::Action) -> Option<&'static str> {
+    use crate::alert::Action;
+    if action == Action::Alert {
+        return None;
+    }
+    Some(match event {
+        Event::Exec(_) => "sigkill-before-exec",
+        Event::File(_) => "sigkill-at-open-entry",
+        Event::Net(_) => "cgroup-sock-addr",
+        Event::Device(_) => "cgroup-device",
+        _ => return None,
+    })
 }
 
 /// Options of the pipeline around the sensor.

@@ -267,6 +267,28 @@ pub struct Sensor {
     ebpf: Ebpf,
     tracefs: PathBuf,
     cgroup: PathBuf,
+    /// Whether this host loads BPF-LSM programs.
+    pub lsm: bool,
+}
+
+/// Loads (does not attach) a BPF-LSM program to learn whether the host allows them, and says
+/// which mechanism stops writes to guarded files.
+fn probe_lsm(ebpf: &mut Ebpf, btf: &aya::Btf) -> bool {
+    let result = ebpf
+        .program_mut(programs::LSM_PROBE)
+        .context("program missing from the object")
+        .and_then(|p| -> anyhow::Result<&mut aya::programs::Lsm> { Ok(p.try_into()?) })
+        .and_then(|p| Ok(p.load("file_open", btf)?));
+    match result {
+        Ok(()) => {
+            info!("BPF-LSM programs load on this host; writes to enforcing guards are still stopped by a kill at the open's entry (an LSM deny is not built yet)");
+            true
+        }
+        Err(err) => {
+            info!("BPF-LSM unavailable ({err:#}); writes to enforcing guards are stopped by a kill at the open's entry");
+            false
+        }
+    }
 }
 
 /// Handles on the maps, taken out of the [`Sensor`] so stages can own them.
@@ -364,6 +386,7 @@ impl Sensor {
         device
             .load()
             .context("failed to load the cgroup device program")?;
+        let lsm = probe_lsm(&mut ebpf, &btf);
         for (name, attach) in SOCK_ADDR_HOOKS {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -422,6 +445,7 @@ impl Sensor {
                 ebpf,
                 tracefs,
                 cgroup,
+                lsm,
             },
             maps,
         ))

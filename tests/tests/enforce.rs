@@ -183,6 +183,7 @@ fn enforce_mode_refuses_in_the_kernel() {
     assert_eq!(report["connect6_other"], "EPERM", "{report}");
     assert_eq!(report["gpu"], "EPERM", "{report}");
     let denied = alert(&monitor, "connect-not-allowed", "denied");
+    assert_eq!(denied["monitor.enforcement.mechanism"], "cgroup-sock-addr");
     assert_eq!(denied["error.type"], "EPERM");
     assert_eq!(denied["monitor.profile"], "enforced");
     let device = alert(&monitor, "device-not-allowed", "denied");
@@ -210,6 +211,10 @@ fn enforce_mode_refuses_in_the_kernel() {
         "weights"
     );
     let write = alert(&monitor, "protected-file-write", "killed");
+    assert_eq!(
+        write["monitor.enforcement.mechanism"],
+        "sigkill-at-open-entry"
+    );
     assert_eq!(
         write["file.path"],
         site.root
