@@ -76,17 +76,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     ));
 
     let mut policy = KernelPolicy {
-        protected_dirs: maps.protected_dirs,
-        protected_suffixes: maps.protected_suffixes,
-        exec_candidates: maps.exec_candidates,
-        policy: maps.policy,
-        net_connect: maps.net_connect,
-        net_listen: maps.net_listen,
-        exec_allowed: maps.exec_allowed,
-        gpu_allowed: maps.gpu_allowed,
-        guards: maps.guards,
-        protected_prefixes: maps.protected_prefixes,
-        guard_writers: maps.guard_writers,
+        maps: maps.policy,
         dry_run: sensor_options.dry_run,
     };
     let mut source = None;

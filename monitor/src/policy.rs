@@ -118,7 +118,7 @@ pub fn exec_candidates(config: &Config) -> Vec<PathBuf> {
 }
 
 /// The kernel maps a configuration fills.
-pub struct KernelPolicy {
+pub struct PolicyMaps {
     pub protected_dirs: HashMap<MapData, InodeKey, u32>,
     pub protected_suffixes: Array<MapData, Suffix>,
     pub exec_candidates: HashMap<MapData, InodeKey, u32>,
@@ -130,6 +130,11 @@ pub struct KernelPolicy {
     pub guards: Array<MapData, u32>,
     pub protected_prefixes: Array<MapData, Prefix>,
     pub guard_writers: HashMap<MapData, GuardWriter, u32>,
+}
+
+/// Keeps the kernel maps equal to the configuration in force.
+pub struct KernelPolicy {
+    pub maps: PolicyMaps,
     /// `--dry-run`: every enforce decision is only reported.
     pub dry_run: bool,
 }
@@ -201,24 +206,24 @@ impl KernelPolicy {
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
         let (dirs, suffix_list) = protection(config);
         let keys: HashSet<InodeKey> = dirs.iter().filter_map(|d| inode_key(d).ok()).collect();
-        sync(&mut self.protected_dirs, &keys)?;
+        sync(&mut self.maps.protected_dirs, &keys)?;
         let entries = suffixes(&suffix_list[..suffix_list.len().min(SUFFIXES_MAX as usize)])?;
         for i in 0..SUFFIXES_MAX {
             let value = entries.get(i as usize).copied().unwrap_or(Suffix {
                 len: 0,
                 bytes: [0; monitor_common::SUFFIX_CAP],
             });
-            self.protected_suffixes.set(i, value, 0)?;
+            self.maps.protected_suffixes.set(i, value, 0)?;
         }
         let candidates: HashSet<InodeKey> = exec_candidates(config)
             .iter()
             .filter_map(|p| inode_key(p).ok())
             .collect();
-        sync(&mut self.exec_candidates, &candidates)?;
+        sync(&mut self.maps.exec_candidates, &candidates)?;
         self.apply_enforcement(config)?;
         // A new configuration: every judgment the kernel cached is forgotten.
-        let epoch = self.guards.get(&2, 0).unwrap_or(0);
-        self.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
+        let epoch = self.maps.guards.get(&2, 0).unwrap_or(0);
+        self.maps.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
         debug!(
             dirs = keys.len(),
             suffixes = entries.len(),
@@ -240,11 +245,11 @@ impl KernelPolicy {
         let mut policies = std::collections::HashMap::new();
         for profile in &config.profiles {
             for (key, value) in net_entries(profile.id, &profile.allow.connect) {
-                self.net_connect.insert(&key, value, 0)?;
+                self.maps.net_connect.insert(&key, value, 0)?;
                 connect_keys.push((key.prefix_len(), key.data()));
             }
             for (key, value) in net_entries(profile.id, &profile.allow.listen) {
-                self.net_listen.insert(&key, value, 0)?;
+                self.maps.net_listen.insert(&key, value, 0)?;
                 listen_keys.push((key.prefix_len(), key.data()));
             }
             if profile.mode == Mode::Enforce {
@@ -276,33 +281,35 @@ impl KernelPolicy {
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }
         for key in &exec_keys {
-            self.exec_allowed.insert(key, 1, 0)?;
+            self.maps.exec_allowed.insert(key, 1, 0)?;
         }
         for (id, policy) in &policies {
-            self.policy.insert(id, policy, 0)?;
+            self.maps.policy.insert(id, policy, 0)?;
         }
         // Stale entries out.
         let stale: Vec<u32> = self
+            .maps
             .policy
             .keys()
             .filter_map(Result::ok)
             .filter(|id| !policies.contains_key(id))
             .collect();
         for id in stale {
-            let _ = self.policy.remove(&id);
+            let _ = self.maps.policy.remove(&id);
         }
         let stale: Vec<ExecKey> = self
+            .maps
             .exec_allowed
             .keys()
             .filter_map(Result::ok)
             .filter(|k| !exec_keys.contains(k))
             .collect();
         for key in stale {
-            let _ = self.exec_allowed.remove(&key);
+            let _ = self.maps.exec_allowed.remove(&key);
         }
         for (trie, wanted) in [
-            (&mut self.net_connect, &connect_keys),
-            (&mut self.net_listen, &listen_keys),
+            (&mut self.maps.net_connect, &connect_keys),
+            (&mut self.maps.net_listen, &listen_keys),
         ] {
             let stale: Vec<Key<NetKey>> = trie
                 .keys()
@@ -320,7 +327,7 @@ impl KernelPolicy {
             for name in &gpu.allow {
                 if let Some(profile) = config.profile_by_name(name) {
                     allowed.insert(profile.id);
-                    self.gpu_allowed.insert(profile.id, 1, 0)?;
+                    self.maps.gpu_allowed.insert(profile.id, 1, 0)?;
                 }
             }
             if gpu.enforce {
@@ -331,15 +338,16 @@ impl KernelPolicy {
             }
         }
         let stale: Vec<u32> = self
+            .maps
             .gpu_allowed
             .keys()
             .filter_map(Result::ok)
             .filter(|id| !allowed.contains(id))
             .collect();
         for id in stale {
-            let _ = self.gpu_allowed.remove(&id);
+            let _ = self.maps.gpu_allowed.remove(&id);
         }
-        self.guards.set(0, guard, 0)?;
+        self.maps.guards.set(0, guard, 0)?;
         self.apply_write_guards(config)
     }
 
@@ -389,7 +397,7 @@ impl KernelPolicy {
             prefixes.truncate(PREFIXES_MAX as usize);
         }
         for writer in &writers {
-            self.guard_writers.insert(writer, 1, 0)?;
+            self.maps.guard_writers.insert(writer, 1, 0)?;
         }
         for i in 0..PREFIXES_MAX {
             let value = prefixes.get(i as usize).copied().unwrap_or(Prefix {
@@ -398,16 +406,17 @@ impl KernelPolicy {
                 bytes: [0; PREFIX_CAP],
                 mask: [0; PREFIX_CAP],
             });
-            self.protected_prefixes.set(i, value, 0)?;
+            self.maps.protected_prefixes.set(i, value, 0)?;
         }
         let stale: Vec<GuardWriter> = self
+            .maps
             .guard_writers
             .keys()
             .filter_map(Result::ok)
             .filter(|w| !writers.contains(w))
             .collect();
         for writer in stale {
-            let _ = self.guard_writers.remove(&writer);
+            let _ = self.maps.guard_writers.remove(&writer);
         }
         let mut flags = 0;
         if !prefixes.is_empty() {
@@ -416,7 +425,7 @@ impl KernelPolicy {
                 flags |= POLICY_DRY_RUN;
             }
         }
-        self.guards.set(1, flags, 0)?;
+        self.maps.guards.set(1, flags, 0)?;
         Ok(())
     }
 }

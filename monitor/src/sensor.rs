@@ -13,9 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    globals, maps, programs, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey,
-    KernelOffsets, KnownKey, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix, WatchEntry,
-    SUFFIXES_MAX, SUFFIX_CAP,
+    globals, maps, programs, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey, Suffix,
+    WatchEntry, SUFFIXES_MAX, SUFFIX_CAP,
 };
 use tracing::{debug, info, warn};
 
@@ -298,17 +297,8 @@ pub struct SensorMaps {
     pub watched: HashMap<MapData, u32, WatchEntry>,
     pub ioctl_counts: PerCpuHashMap<MapData, IoctlKey, u64>,
     pub accel_fds: HashMap<MapData, FdKey, u32>,
-    pub exec_candidates: HashMap<MapData, InodeKey, u32>,
-    pub protected_dirs: HashMap<MapData, InodeKey, u32>,
-    pub protected_suffixes: Array<MapData, Suffix>,
-    pub policy: HashMap<MapData, u32, ProfilePolicy>,
-    pub net_connect: LpmTrie<MapData, NetKey, PortRanges>,
-    pub net_listen: LpmTrie<MapData, NetKey, PortRanges>,
-    pub exec_allowed: HashMap<MapData, ExecKey, u32>,
-    pub gpu_allowed: HashMap<MapData, u32, u32>,
-    pub guards: Array<MapData, u32>,
-    pub protected_prefixes: Array<MapData, Prefix>,
-    pub guard_writers: HashMap<MapData, GuardWriter, u32>,
+    /// What a configuration fills (guards, profiles' enforcement).
+    pub policy: crate::policy::PolicyMaps,
     pub known: HashMap<MapData, KnownKey, u32>,
 }
 
@@ -426,17 +416,22 @@ impl Sensor {
             watched: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED)?)?,
             ioctl_counts: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::IOCTL_COUNTS)?)?,
             accel_fds: HashMap::try_from(take_map(&mut ebpf, maps::ACCEL_FDS)?)?,
-            exec_candidates,
-            protected_dirs,
-            protected_suffixes,
-            policy: HashMap::try_from(take_map(&mut ebpf, maps::POLICY)?)?,
-            net_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_CONNECT)?)?,
-            net_listen: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_LISTEN)?)?,
-            exec_allowed: HashMap::try_from(take_map(&mut ebpf, maps::EXEC_ALLOWED)?)?,
-            gpu_allowed: HashMap::try_from(take_map(&mut ebpf, maps::GPU_ALLOWED)?)?,
-            guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
-            protected_prefixes: Array::try_from(take_map(&mut ebpf, maps::PROTECTED_PREFIXES)?)?,
-            guard_writers: HashMap::try_from(take_map(&mut ebpf, maps::GUARD_WRITERS)?)?,
+            policy: crate::policy::PolicyMaps {
+                exec_candidates,
+                protected_dirs,
+                protected_suffixes,
+                policy: HashMap::try_from(take_map(&mut ebpf, maps::POLICY)?)?,
+                net_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_CONNECT)?)?,
+                net_listen: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_LISTEN)?)?,
+                exec_allowed: HashMap::try_from(take_map(&mut ebpf, maps::EXEC_ALLOWED)?)?,
+                gpu_allowed: HashMap::try_from(take_map(&mut ebpf, maps::GPU_ALLOWED)?)?,
+                guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
+                protected_prefixes: Array::try_from(take_map(
+                    &mut ebpf,
+                    maps::PROTECTED_PREFIXES,
+                )?)?,
+                guard_writers: HashMap::try_from(take_map(&mut ebpf, maps::GUARD_WRITERS)?)?,
+            },
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
