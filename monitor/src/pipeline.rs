@@ -353,6 +353,7 @@ impl<W: Write> Processor<W> {
             .gpu
             .as_ref()
             .is_some_and(|g| g.enforce);
+        let findings = verdict.findings;
         let mut alerts = verdict.alerts;
         for alert in &mut alerts {
             alert.action =
@@ -363,7 +364,8 @@ impl<W: Write> Processor<W> {
                     .insert("monitor.enforcement.mechanism".into(), mechanism.into());
             }
         }
-        if alerts.is_empty() {
+        // Only what broke no rule: a repeat folded by deduplication is still a violation.
+        if findings == 0 {
             self.remember_allowed(event);
         }
         for alert in &alerts {

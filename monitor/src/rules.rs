@@ -97,6 +97,9 @@ pub struct Verdict {
     /// profile (an exec that matched a selector, a fork whose child inherits a profile), so
     /// the caller can update the kernel's watched set.
     pub governed: Option<(u32, u32)>,
+    /// Rules the event broke, whether their alerts go out now or are folded into a later
+    /// count: 0 means the behaviour is allowed.
+    pub findings: usize,
 }
 
 /// What the engine remembers of a process.
@@ -267,6 +270,7 @@ impl Engine {
         if findings.is_empty() {
             return verdict;
         }
+        verdict.findings = findings.len();
         let profile = self
             .governing(header.tgid, header.start_time_ns)
             .map(|p| p.name.clone());

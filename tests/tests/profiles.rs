@@ -308,8 +308,18 @@ fn a_burst_of_identical_violations_is_one_alert_then_a_count() {
     let folded = monitor.wait_for("the folded count", Duration::from_secs(15), |v| {
         v["security_rule.name"] == "file-write-not-allowed" && v["monitor.count"].as_u64() > Some(1)
     });
-    assert_eq!(folded["monitor.count"], 24);
     let lines = settle_and_stop(monitor);
+    let summary: Vec<(Value, Value, Value)> = alerts(&lines)
+        .iter()
+        .map(|v| {
+            (
+                v["security_rule.name"].clone(),
+                v["monitor.count"].clone(),
+                v["time"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(folded["monitor.count"], 24, "{summary:?}");
     let writes: Vec<&Value> = alerts(&lines)
         .into_iter()
         .filter(|v| v["security_rule.name"] == "file-write-not-allowed")
