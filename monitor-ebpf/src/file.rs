@@ -24,8 +24,9 @@ use crate::{
     known, known_key,
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, EVENTS, GUARDS, GUARD_WRITERS, OPEN_ARGS,
-    PENDING, PROTECTED_DIRS, PROTECTED_PREFIXES, PROTECTED_SUFFIXES, SCRATCH, WATCHED,
+    submit_flags, syscall_arg, syscall_ret, ProtKey, ACCEL_FDS, EVENTS, GUARDS, GUARD_WRITERS,
+    OPEN_ARGS, PENDING, PROTECTED_DIRS, PROTECTED_PREFIXES, PROTECTED_SEEN, PROTECTED_SUFFIXES,
+    SCRATCH, WATCHED,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -657,7 +658,29 @@ fn fill_paths(
 /// names: symlinks, relative paths and renames of the directory do not get around it.
 #[inline(always)]
 fn is_protected(file: *const u8) -> Result<bool, i64> {
-    let (vfsmount, mut dentry) = file_path(file)?;
+    let (vfsmount, dentry) = file_path(file)?;
+    // The walk costs tens of kernel reads; a file opened again (the common case on a busy
+    // host) is answered by one lookup. The key holds the dentry, its parent (a rename into a
+    // protected directory changes it), its inode (a freed dentry reused for another file) and
+    // the configuration epoch (a reload changes what is protected).
+    let parent: u64 = unsafe { read(dentry, off!(dentry_parent))? };
+    let inode: u64 = unsafe { read(dentry, off!(dentry_inode))? };
+    let key = ProtKey {
+        dentry: dentry as u64,
+        parent,
+        inode,
+        epoch: GUARDS.get(2).copied().unwrap_or(0) as u64,
+    };
+    if let Some(&cached) = unsafe { PROTECTED_SEEN.get(key) } {
+        return Ok(cached != 0);
+    }
+    let protected = walk_protected(vfsmount, dentry)?;
+    let _ = PROTECTED_SEEN.insert(key, u32::from(protected), 0);
+    Ok(protected)
+}
+
+#[inline(always)]
+fn walk_protected(vfsmount: *const u8, mut dentry: *const u8) -> Result<bool, i64> {
     if has_protected_suffix(dentry)? {
         return Ok(true);
     }

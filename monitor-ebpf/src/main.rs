@@ -115,6 +115,19 @@ static PROTECTED_PREFIXES: Array<Prefix> = Array::with_max_entries(PREFIXES_MAX,
 #[map(name = "GUARD_WRITERS")]
 static GUARD_WRITERS: HashMap<GuardWriter, u32> = HashMap::with_max_entries(1024, 0);
 
+/// Files already checked against the protected directories (see `file::is_protected`).
+#[map(name = "PROTECTED_SEEN")]
+static PROTECTED_SEEN: LruHashMap<ProtKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProtKey {
+    pub dentry: u64,
+    pub parent: u64,
+    pub inode: u64,
+    pub epoch: u64,
+}
+
 #[map(name = "KNOWN")]
 static KNOWN: LruHashMap<KnownKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
