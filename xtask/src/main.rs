@@ -3,6 +3,7 @@
 //! Every task prints each command before running it (`$ cargo build ...`) and says in a
 //! lowercase `failed to ...` error what went wrong and what to do about it.
 
+mod bench;
 mod cmd;
 mod setup;
 mod tasks;
@@ -50,6 +51,13 @@ enum Task {
     },
     /// Check formatting (rustfmt) and lints (clippy, warnings denied)
     Lint,
+    /// Set up, build in release, and measure the monitor's overhead side by side with no
+    /// monitor and bpftrace (as root); writes target/bench/results.{md,json}
+    Bench {
+        /// 3 rounds of tiny sizes: proves the harness works (about a minute)
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,5 +80,6 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Run { debug, args } => tasks::run(&ws, debug, args),
         Task::Test { extra } => Ok(tasks::test(&ws, &extra)),
         Task::Lint => Ok(tasks::lint(&ws)),
+        Task::Bench { quick } => bench::bench(&ws, quick),
     }
 }
