@@ -313,12 +313,17 @@ fn open_rate(
             thread::spawn(move || {
                 let mut done = 0u64;
                 let begin = Instant::now();
+                let total = (per_thread * deadline.as_secs_f64()) as u64;
                 loop {
                     let elapsed = begin.elapsed();
                     if elapsed >= deadline {
                         break;
                     }
-                    let due = (per_thread * elapsed.as_secs_f64()) as u64;
+                    // A thread that fell behind (no CPU for a while) catches up in bursts of
+                    // at most 10 ms worth, and never past the deadline.
+                    let due = ((per_thread * elapsed.as_secs_f64()) as u64)
+                        .min(done + (per_thread / 100.0) as u64 + 1)
+                        .min(total);
                     while done < due {
                         let path = paths.path(done);
                         // SAFETY: `path` is NUL-terminated and lives in `paths`.

@@ -699,11 +699,31 @@ pub fn markdown(results: &Results) -> String {
         );
     }
     let _ = writeln!(md, "- Took {:.0} s", results.seconds);
-    if !results.neighbours_at_start.is_empty() {
+    if !results.neighbours_at_start.is_empty() || !results.neighbours_at_end.is_empty() {
+        let list = |l: &[String]| {
+            if l.is_empty() {
+                "none".to_owned()
+            } else {
+                l.join(", ")
+            }
+        };
         let _ = writeln!(
             md,
-            "- Other busy processes at the start (noise): {}",
-            results.neighbours_at_start.join(", ")
+            "- Other busy processes (noise: builds, other monitors): at the start {}; at the end {}",
+            list(&results.neighbours_at_start),
+            list(&results.neighbours_at_end)
+        );
+    }
+    if !results.phase_load.is_empty() {
+        let loads: Vec<String> = results
+            .phase_load
+            .iter()
+            .map(|(phase, load)| format!("{phase} {load}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "- Load average as each phase began: {}",
+            loads.join("; ")
         );
     }
     md.push('\n');
