@@ -21,7 +21,7 @@ use monitor::{
     clock::BootClock,
     config::Config,
     events::{decode, Event},
-    process::{ExecInfo, ProcessTable},
+    process::ProcessTable,
     procfs::ProcSnapshot,
     rules::Engine,
 };
@@ -430,18 +430,7 @@ impl Pipeline {
     fn apply(&mut self, event: &Event) {
         match event {
             Event::Exec(exec) => {
-                self.table.on_exec(ExecInfo {
-                    tgid: exec.header.tgid,
-                    start_time_ns: exec.header.start_time_ns,
-                    ppid: exec.ppid,
-                    parent_start_time_ns: exec.parent_start_time_ns,
-                    exe: exec.path.clone(),
-                    args: exec.args.clone(),
-                    args_truncated: exec.args_truncated,
-                    uid: exec.uid,
-                    cgroup_id: exec.cgroup_id,
-                    cgroup_path: None,
-                });
+                self.table.on_exec(exec.table_info(None));
             }
             Event::Fork(fork) => {
                 self.table.on_fork(

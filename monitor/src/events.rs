@@ -337,6 +337,24 @@ pub struct Exit {
     pub core_dumped: bool,
 }
 
+impl Exec {
+    /// What the process table keeps of this exec (`cgroup_path` resolved by the caller).
+    pub fn table_info(&self, cgroup_path: Option<String>) -> crate::process::ExecInfo {
+        crate::process::ExecInfo {
+            tgid: self.header.tgid,
+            start_time_ns: self.header.start_time_ns,
+            ppid: self.ppid,
+            parent_start_time_ns: self.parent_start_time_ns,
+            exe: self.path.clone(),
+            args: self.args.clone(),
+            args_truncated: self.args_truncated,
+            uid: self.uid,
+            cgroup_id: self.cgroup_id,
+            cgroup_path,
+        }
+    }
+}
+
 impl Event {
     pub fn header(&self) -> &Header {
         match self {

@@ -37,7 +37,7 @@ use crate::{
     glob::Glob,
     ioctls::IoctlTracker,
     output::{self, LossStage},
-    process::{ExecInfo, ProcessTable},
+    process::ProcessTable,
     procfs,
     rules::Engine,
     sink::AlertSink,
@@ -466,18 +466,7 @@ impl<W: Write> Processor<W> {
                     .cgroups
                     .as_mut()
                     .and_then(|resolver| resolver.path(exec.cgroup_id));
-                let process = self.table.on_exec(ExecInfo {
-                    tgid: exec.header.tgid,
-                    start_time_ns: exec.header.start_time_ns,
-                    ppid: exec.ppid,
-                    parent_start_time_ns: exec.parent_start_time_ns,
-                    exe: exec.path.clone(),
-                    args: exec.args.clone(),
-                    args_truncated: exec.args_truncated,
-                    uid: exec.uid,
-                    cgroup_id: exec.cgroup_id,
-                    cgroup_path,
-                });
+                let process = self.table.on_exec(exec.table_info(cgroup_path));
                 let tgid = process.tgid;
                 if !print && self.selectors.exes.iter().any(|g| g.matches(&exec.path)) {
                     self.watch(tgid, WATCH_EXE);
