@@ -266,12 +266,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     spool = %dir.display(),
                     "alerts are exported over OTLP (spooled on disk first)"
                 );
-                sinks.push(Box::new(crate::otlp::OtlpSink::start(
-                    settings,
-                    &dir,
-                    max_bytes,
-                    metrics.clone(),
-                )?));
+                sinks.push(Box::new(
+                    crate::otlp::OtlpSink::start(settings, &dir, max_bytes, metrics.clone())?
+                        .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
+                ));
             }
             let mut sensor = args.common.sensor_options(false);
             sensor.protect_always = true;

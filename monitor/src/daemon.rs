@@ -42,6 +42,11 @@ pub struct Plan<W: Write> {
     pub metrics: Option<Arc<Metrics>>,
 }
 
+/// How long a stop keeps sending what the OTLP spool holds. A service manager waits about
+/// 10 s (Kubernetes 30 s) before its SIGKILL; what is not sent by then stays in the spool
+/// for the next start, and the log says how many.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+
 /// How often configuration files are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 
@@ -195,7 +200,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     }
 
     // Detach first so nothing new arrives, then let the reader drain what is left.
-    drop(sensor);
+    let stopping = std::time::Instant::now();
+    let links = sensor.detach();
+    info!(links, elapsed_ms = stopping.elapsed().as_millis() as u64, "programs detached");
     let _ = stop_tx.send(true);
     match reader.await {
         Ok(Ok(())) => {}
@@ -215,6 +222,10 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);
     }
+    info!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "stopped"
+    );
     Ok(processor.observer.take())
 }
 
