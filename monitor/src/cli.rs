@@ -126,6 +126,7 @@ impl CommonArgs {
             protect_suffixes: Vec::new(),
             protect_always: false,
             exec_candidates: Vec::new(),
+            exec_candidates_expected: 0,
             accel_majors,
             cgroup: self.cgroup.clone(),
             dry_run: false,
@@ -227,6 +228,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if report.diagnostics.is_empty() {
                 println!("ok: {} profiles", report.profiles);
+                for note in &report.notes {
+                    println!("{note}");
+                }
                 Ok(())
             } else {
                 Err(CheckFailed(report.diagnostics.len()).into())

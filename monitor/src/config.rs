@@ -217,6 +217,9 @@ pub struct CheckReport {
     /// Profiles that loaded (from profile files, and those that configs load).
     pub profiles: usize,
     pub diagnostics: Vec<Diagnostic>,
+    /// What the selectors' executable globs match on this host, and whether the kernel map
+    /// holds them all (see [`crate::policy::Candidates::describe`]).
+    pub notes: Vec<String>,
 }
 
 /// Validates files that are profiles or configs (a config has `profiles`, `guards`,
@@ -230,6 +233,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
 pub fn check(paths: &[PathBuf]) -> CheckReport {
     let mut report = CheckReport::default();
     let mut profiles = ProfileSet::default();
+    let mut loaded = Vec::new();
     for path in paths {
         if path.is_dir() {
             profiles.add_path(path, None);
@@ -244,7 +248,10 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
         };
         if is_config(path, &text) {
             match parse_config(path, &text) {
-                Ok(config) => report.profiles += config.profiles.len(),
+                Ok(config) => {
+                    report.profiles += config.profiles.len();
+                    loaded.extend(config.profiles);
+                }
                 Err(diagnostics) => report.diagnostics.extend(diagnostics),
             }
         } else {
@@ -254,6 +261,13 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
     profiles.check_duplicates();
     report.profiles += profiles.profiles.len();
     report.diagnostics.extend(profiles.diagnostics);
+    loaded.extend(profiles.profiles);
+    if report.diagnostics.is_empty() {
+        // What `monitor run` would size the kernel map to, and what would not fit.
+        let candidates = crate::policy::exec_candidates(&loaded);
+        let capacity = crate::policy::candidate_capacity(candidates.keys.len());
+        report.notes = candidates.describe(capacity);
+    }
     report
 }
 

@@ -68,6 +68,16 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         Some((observer, duration)) => (Some(observer), duration),
         None => (None, None),
     };
+    let mut sensor_options = sensor_options;
+    if let Some((_, config)) = &config {
+        // The kernel's candidate map is sized from what the selectors match now.
+        let candidates = crate::policy::exec_candidates(&config.profiles);
+        sensor_options.exec_candidates_expected = candidates.keys.len();
+        let capacity = crate::policy::candidate_capacity(candidates.keys.len());
+        for line in candidates.describe(capacity) {
+            info!("{line}");
+        }
+    }
     let (mut sensor, maps) = Sensor::load(&sensor_options)?;
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
@@ -238,16 +248,8 @@ fn reload<W: Write>(
     processor: &mut Processor<W>,
     clock: &BootClock,
 ) {
-    match source.load() {
-        Ok(config) => {
-            *fingerprint = source.fingerprint(&config);
-            if let Err(err) = policy.apply(&config) {
-                error!("failed to update the kernel's guards: {err:#}");
-            }
-            let profiles = config.profiles.len();
-            processor.reload(Arc::new(config));
-            info!(profiles, "configuration reloaded");
-        }
+    let config = match source.load() {
+        Ok(config) => config,
         Err(diagnostics) => {
             if let Some(engine) = processor.engine.as_ref() {
                 *fingerprint = source.fingerprint(&engine.config().clone());
@@ -257,30 +259,52 @@ fn reload<W: Write>(
                 error!("{line}");
             }
             error!("the new configuration failed to load; the previous one stays in force");
-            let now = clock.unix_ns(BootClock::boot_now_ns());
-            let mut attributes = serde_json::Map::new();
-            attributes.insert("monitor.config.errors".into(), errors.into());
-            if let Some(path) = &source.path {
-                attributes.insert(
-                    "monitor.config.path".into(),
-                    path.display().to_string().into(),
-                );
-            }
-            let alert = Alert {
-                rule: CONFIG_RELOAD_FAILED.id.into(),
-                severity: CONFIG_RELOAD_FAILED.severity,
-                action: Action::Alert,
-                profile: None,
-                time_unix_ns: now,
-                observed_unix_ns: now,
-                count: 1,
-                uid: new_uid(),
-                attributes,
-            };
-            processor.raise(&alert);
-            processor.flush_alerts();
+            reload_failed(source, errors, processor, clock);
+            return;
         }
+    };
+    *fingerprint = source.fingerprint(&config);
+    // The kernel first: if it refuses the new rules, its maps are put back and the daemon
+    // keeps the old rules too, so both sides always judge by the same configuration.
+    if let Err(err) = policy.apply(&config) {
+        error!("{err:#}");
+        reload_failed(source, vec![format!("{err:#}")], processor, clock);
+        return;
     }
+    let profiles = config.profiles.len();
+    processor.reload(Arc::new(config));
+    info!(profiles, "configuration reloaded");
+}
+
+/// Raises `config-reload-failed` with what went wrong.
+fn reload_failed<W: Write>(
+    source: &ConfigSource,
+    errors: Vec<String>,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+) {
+    let now = clock.unix_ns(BootClock::boot_now_ns());
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("monitor.config.errors".into(), errors.into());
+    if let Some(path) = &source.path {
+        attributes.insert(
+            "monitor.config.path".into(),
+            path.display().to_string().into(),
+        );
+    }
+    let alert = Alert {
+        rule: CONFIG_RELOAD_FAILED.id.into(),
+        severity: CONFIG_RELOAD_FAILED.severity,
+        action: Action::Alert,
+        profile: None,
+        time_unix_ns: now,
+        observed_unix_ns: now,
+        count: 1,
+        uid: new_uid(),
+        attributes,
+    };
+    processor.raise(&alert);
+    processor.flush_alerts();
 }
 
 /// SIGINT, SIGTERM and SIGHUP.

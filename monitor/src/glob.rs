@@ -165,12 +165,42 @@ impl Glob {
     }
 }
 
+/// What a glob matched on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expansion {
+    pub files: Vec<std::path::PathBuf>,
+    /// The walk stopped at its budget of directory entries before it saw everything: files
+    /// may be missing. (A `**` walk also stops [`DEPTH_LIMIT`] levels down, by design.)
+    pub incomplete: bool,
+}
+
+/// How deep a `**` walk goes below the glob's literal directory.
+pub const DEPTH_LIMIT: usize = 8;
+
 /// Files on this host that an absolute path glob matches (symlinks followed), visiting at
 /// most `budget` directory entries so that a broad pattern cannot stall start-up.
 pub fn expand(glob: &Glob, budget: usize) -> Vec<std::path::PathBuf> {
+    expand_where(glob, budget, std::fs::Metadata::is_file).files
+}
+
+/// Executable regular files that an absolute path glob matches (what an exec can run).
+pub fn expand_executables(glob: &Glob, budget: usize) -> Expansion {
+    use std::os::unix::fs::PermissionsExt as _;
+    expand_where(glob, budget, |meta| {
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    })
+}
+
+/// Files whose metadata (symlinks followed) `keep` accepts, among those `glob` matches.
+pub fn expand_where(
+    glob: &Glob,
+    budget: usize,
+    keep: impl Fn(&std::fs::Metadata) -> bool,
+) -> Expansion {
+    let mut expansion = Expansion::default();
     let pattern = glob.as_str();
     if !pattern.starts_with('/') {
-        return Vec::new();
+        return expansion;
     }
     // Walk from the deepest directory without wildcards.
     let wild = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
@@ -179,11 +209,10 @@ pub fn expand(glob: &Glob, budget: usize) -> Vec<std::path::PathBuf> {
         Some(i) => pattern[..i].to_owned(),
     };
     let depth_limit = if pattern.contains("**") {
-        8
+        DEPTH_LIMIT
     } else {
         pattern[base.len()..].matches('/').count()
     };
-    let mut found = Vec::new();
     let mut budget = budget;
     let mut stack = vec![(std::path::PathBuf::from(&base), 0usize)];
     while let Some((dir, depth)) = stack.pop() {
@@ -192,13 +221,14 @@ pub fn expand(glob: &Glob, budget: usize) -> Vec<std::path::PathBuf> {
         };
         for entry in entries.flatten() {
             if budget == 0 {
-                return found;
+                expansion.incomplete = true;
+                return expansion;
             }
             budget -= 1;
             let path = entry.path();
             let text = path.to_string_lossy();
-            if glob.matches(&text) && path.is_file() {
-                found.push(path.clone());
+            if glob.matches(&text) && std::fs::metadata(&path).is_ok_and(|m| keep(&m)) {
+                expansion.files.push(path.clone());
             }
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && depth + 1 < depth_limit {
@@ -206,7 +236,7 @@ pub fn expand(glob: &Glob, budget: usize) -> Vec<std::path::PathBuf> {
             }
         }
     }
-    found
+    expansion
 }
 
 #[cfg(test)]
@@ -225,6 +255,26 @@ mod tests {
         let found = super::expand(&Glob::new(&pattern).unwrap(), 1000);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(found, [dir.join("a/b/x.bin")]);
+    }
+
+    #[test]
+    fn executables_only_and_incomplete_walks_say_so() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("glob-exec-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for (name, mode) in [("run", 0o755), ("data", 0o644), ("sub/tool", 0o700)] {
+            std::fs::write(dir.join(name), "").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let glob = Glob::new(&format!("{}/**", dir.display())).unwrap();
+        let mut found = super::expand_executables(&glob, 1000);
+        found.files.sort();
+        let cut = super::expand_executables(&glob, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.files, [dir.join("run"), dir.join("sub/tool")]);
+        assert!(!found.incomplete);
+        assert!(cut.incomplete);
     }
 
     fn m(p: &str, t: &str) -> bool {

@@ -5,6 +5,8 @@
 
 use std::{collections::HashSet, path::PathBuf};
 
+use anyhow::Context as _;
+
 use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
@@ -17,7 +19,7 @@ use tracing::{debug, warn};
 use crate::{
     cidr::{AddrRule, Ports},
     config::Config,
-    glob::{expand, Glob},
+    glob::{expand, expand_executables, Glob},
     profile::Mode,
     sensor::{inode_key, suffixes},
 };
@@ -102,19 +104,112 @@ fn existing_dirs(pattern: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Executables on this host that a profile's selector may match.
-pub fn exec_candidates(config: &Config) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for profile in &config.profiles {
+/// Directory entries a selector glob's walk may visit, per glob.
+const EXPAND_BUDGET: usize = 50_000;
+/// Fewest entries of the kernel's exec-candidate map (what the object declares).
+pub const EXEC_CANDIDATES_MIN: u32 = 4096;
+/// Most entries it is sized to: the map is preallocated (about 64 bytes an entry), so a
+/// selector such as `/usr/**` on a large host falls back to user space past this.
+pub const EXEC_CANDIDATES_MAX: u32 = 1 << 17;
+
+/// The exec-candidate map's size for a configuration whose selectors match `count`
+/// executables: twice that (room for reloads that add some), within the bounds above.
+pub fn candidate_capacity(count: usize) -> u32 {
+    let wanted = count.saturating_mul(2).max(1).next_power_of_two();
+    u32::try_from(wanted)
+        .unwrap_or(u32::MAX)
+        .clamp(EXEC_CANDIDATES_MIN, EXEC_CANDIDATES_MAX)
+}
+
+/// What one selector glob matched.
+#[derive(Clone, Debug)]
+pub struct SelectorExpansion {
+    pub profile: String,
+    pub pattern: String,
+    /// Executable regular files it matched (symlinks followed).
+    pub executables: usize,
+    /// The walk stopped before it saw everything.
+    pub incomplete: bool,
+}
+
+/// Executables on this host that the profiles' selectors may match, by inode (hard links and
+/// symlinks to one file count once), and what each glob matched.
+#[derive(Clone, Debug, Default)]
+pub struct Candidates {
+    pub keys: Vec<InodeKey>,
+    pub globs: Vec<SelectorExpansion>,
+}
+
+impl Candidates {
+    /// Lines for `monitor check` and the log: what each glob matched, and what a kernel map
+    /// of `capacity` entries cannot hold (matched in user space at exec instead).
+    pub fn describe(&self, capacity: u32) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .globs
+            .iter()
+            .map(|g| {
+                let mut line = format!(
+                    "profile {}: selector executable `{}` matches {} executables",
+                    g.profile, g.pattern, g.executables
+                );
+                if g.incomplete {
+                    line.push_str(&format!(
+                        " (the walk stopped after {EXPAND_BUDGET} entries: executables beyond are matched in user space at exec)"
+                    ));
+                }
+                line
+            })
+            .collect();
+        let total = self.keys.len();
+        let overflow = total.saturating_sub(capacity as usize);
+        if overflow > 0 {
+            lines.push(format!(
+                "exec candidates: {total} executables, more than the kernel map's {capacity} entries: {overflow} of them are matched in user space at exec (watched a few milliseconds later, not from their first instruction)"
+            ));
+        } else {
+            lines.push(format!(
+                "exec candidates: {total} executables, all in the kernel map ({capacity} entries)"
+            ));
+        }
+        lines
+    }
+}
+
+/// Expands every profile's selector globs.
+pub fn exec_candidates(profiles: &[crate::profile::Profile]) -> Candidates {
+    let mut keys = HashSet::new();
+    let mut globs = Vec::new();
+    // Several curated profiles share a pattern (`/usr/**/bin/python3*`): walk it once.
+    let mut walked: std::collections::HashMap<&str, crate::glob::Expansion> =
+        std::collections::HashMap::new();
+    for profile in profiles {
         for pattern in &profile.selector.executables {
-            if let Ok(glob) = Glob::new(pattern.as_str()) {
-                found.extend(expand(&glob, 50_000));
-            }
+            let Ok(glob) = Glob::new(pattern.as_str()) else {
+                continue;
+            };
+            let expansion = walked
+                .entry(pattern.as_str())
+                .or_insert_with(|| expand_executables(&glob, EXPAND_BUDGET));
+            let before = keys.len();
+            keys.extend(expansion.files.iter().filter_map(|p| inode_key(p).ok()));
+            debug!(
+                profile = %profile.name,
+                pattern = pattern.as_str(),
+                files = expansion.files.len(),
+                new = keys.len() - before,
+                "selector glob expanded"
+            );
+            globs.push(SelectorExpansion {
+                profile: profile.name.clone(),
+                pattern: pattern.as_str().to_owned(),
+                executables: expansion.files.len(),
+                incomplete: expansion.incomplete,
+            });
         }
     }
-    found.sort();
-    found.dedup();
-    found
+    let mut keys: Vec<InodeKey> = keys.into_iter().collect();
+    keys.sort_unstable_by_key(|k| (k.dev, k.ino));
+    Candidates { keys, globs }
 }
 
 /// The kernel maps a configuration fills.
@@ -130,6 +225,8 @@ pub struct PolicyMaps {
     pub guards: Array<MapData, u32>,
     pub protected_prefixes: Array<MapData, Prefix>,
     pub guard_writers: HashMap<MapData, GuardWriter, u32>,
+    /// Entries `exec_candidates` was created with (sized from the configuration at start-up).
+    pub exec_candidates_capacity: u32,
 }
 
 /// Keeps the kernel maps equal to the configuration in force.
@@ -202,8 +299,25 @@ fn net_entries(profile: u32, rules: &[AddrRule]) -> Vec<(Key<NetKey>, PortRanges
 }
 
 impl KernelPolicy {
-    /// Makes the maps match `config`.
+    /// Makes the maps match `config`, all or nothing: when the kernel refuses an update half
+    /// way (a map full, memory), every map is put back as it was and the error says so.
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
+        let saved = Snapshot::take(&self.maps)
+            .context("failed to read the kernel's policy maps before changing them")?;
+        let Err(err) = self.apply_all(config) else {
+            return Ok(());
+        };
+        match saved.restore(&mut self.maps) {
+            Ok(()) => Err(err.context(
+                "failed to update the kernel's policy maps; they were put back as they were, and the previous rules stay in force",
+            )),
+            Err(restore) => Err(err.context(format!(
+                "failed to update the kernel's policy maps, and failed to put them back ({restore:#}): restart the monitor"
+            ))),
+        }
+    }
+
+    fn apply_all(&mut self, config: &Config) -> anyhow::Result<()> {
         let (dirs, suffix_list) = protection(config);
         let keys: HashSet<InodeKey> = dirs.iter().filter_map(|d| inode_key(d).ok()).collect();
         sync(&mut self.maps.protected_dirs, &keys)?;
@@ -215,10 +329,20 @@ impl KernelPolicy {
             });
             self.maps.protected_suffixes.set(i, value, 0)?;
         }
-        let candidates: HashSet<InodeKey> = exec_candidates(config)
-            .iter()
-            .filter_map(|p| inode_key(p).ok())
-            .collect();
+        let found = exec_candidates(&config.profiles);
+        let capacity = self.maps.exec_candidates_capacity;
+        for line in found.describe(capacity) {
+            if found.keys.len() > capacity as usize {
+                warn!("{line}");
+            } else {
+                debug!("{line}");
+            }
+        }
+        let candidates: HashSet<InodeKey> =
+            found.keys.iter().take(capacity as usize).copied().collect();
+        // Stale entries out first: the map may not have room for the old and the new at once,
+        // and an executable no configuration names needs no watching.
+        remove_stale(&mut self.maps.exec_candidates, &candidates)?;
         sync(&mut self.maps.exec_candidates, &candidates)?;
         self.apply_enforcement(config)?;
         // A new configuration: every judgment the kernel cached is forgotten.
@@ -430,6 +554,137 @@ impl KernelPolicy {
     }
 }
 
+/// Removes the keys that are not wanted.
+fn remove_stale<V: aya::Pod>(
+    map: &mut HashMap<MapData, InodeKey, V>,
+    wanted: &HashSet<InodeKey>,
+) -> anyhow::Result<()> {
+    let stale: Vec<InodeKey> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for key in stale {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
+
+/// What the policy maps held before a change, to put back when the change fails half way.
+struct Snapshot {
+    protected_dirs: Vec<(InodeKey, u32)>,
+    protected_suffixes: Vec<Suffix>,
+    exec_candidates: Vec<(InodeKey, u32)>,
+    policy: Vec<(u32, ProfilePolicy)>,
+    net_connect: Vec<(Key<NetKey>, PortRanges)>,
+    net_listen: Vec<(Key<NetKey>, PortRanges)>,
+    exec_allowed: Vec<(ExecKey, u32)>,
+    gpu_allowed: Vec<(u32, u32)>,
+    guards: Vec<u32>,
+    protected_prefixes: Vec<Prefix>,
+    guard_writers: Vec<(GuardWriter, u32)>,
+}
+
+impl Snapshot {
+    fn take(maps: &PolicyMaps) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot {
+            protected_dirs: save_hash(&maps.protected_dirs)?,
+            protected_suffixes: save_array(&maps.protected_suffixes)?,
+            exec_candidates: save_hash(&maps.exec_candidates)?,
+            policy: save_hash(&maps.policy)?,
+            net_connect: save_trie(&maps.net_connect)?,
+            net_listen: save_trie(&maps.net_listen)?,
+            exec_allowed: save_hash(&maps.exec_allowed)?,
+            gpu_allowed: save_hash(&maps.gpu_allowed)?,
+            guards: save_array(&maps.guards)?,
+            protected_prefixes: save_array(&maps.protected_prefixes)?,
+            guard_writers: save_hash(&maps.guard_writers)?,
+        })
+    }
+
+    /// Puts every map back. The switches (modes, guard flags) go back last, once the lists
+    /// they act on are whole again.
+    fn restore(&self, maps: &mut PolicyMaps) -> anyhow::Result<()> {
+        restore_hash(&mut maps.protected_dirs, &self.protected_dirs)?;
+        restore_array(&mut maps.protected_suffixes, &self.protected_suffixes)?;
+        restore_hash(&mut maps.exec_candidates, &self.exec_candidates)?;
+        restore_trie(&mut maps.net_connect, &self.net_connect)?;
+        restore_trie(&mut maps.net_listen, &self.net_listen)?;
+        restore_hash(&mut maps.exec_allowed, &self.exec_allowed)?;
+        restore_hash(&mut maps.gpu_allowed, &self.gpu_allowed)?;
+        restore_hash(&mut maps.guard_writers, &self.guard_writers)?;
+        restore_array(&mut maps.protected_prefixes, &self.protected_prefixes)?;
+        restore_hash(&mut maps.policy, &self.policy)?;
+        restore_array(&mut maps.guards, &self.guards)?;
+        Ok(())
+    }
+}
+
+fn save_hash<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+) -> anyhow::Result<Vec<(K, V)>> {
+    Ok(map.iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Removes what the snapshot did not hold (making room first), then writes back what it did.
+fn restore_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    saved: &[(K, V)],
+) -> anyhow::Result<()> {
+    let keep: HashSet<K> = saved.iter().map(|(k, _)| *k).collect();
+    let extra: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(k))
+        .collect();
+    for key in extra {
+        map.remove(&key)?;
+    }
+    for (key, value) in saved {
+        map.insert(key, value, 0)?;
+    }
+    Ok(())
+}
+
+fn save_trie(
+    map: &LpmTrie<MapData, NetKey, PortRanges>,
+) -> anyhow::Result<Vec<(Key<NetKey>, PortRanges)>> {
+    Ok(map.iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+fn restore_trie(
+    map: &mut LpmTrie<MapData, NetKey, PortRanges>,
+    saved: &[(Key<NetKey>, PortRanges)],
+) -> anyhow::Result<()> {
+    let keep: HashSet<(u32, NetKey)> = saved
+        .iter()
+        .map(|(k, _)| (k.prefix_len(), k.data()))
+        .collect();
+    let extra: Vec<Key<NetKey>> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for key in extra {
+        map.remove(&key)?;
+    }
+    for (key, value) in saved {
+        map.insert(key, value, 0)?;
+    }
+    Ok(())
+}
+
+fn save_array<V: aya::Pod>(map: &Array<MapData, V>) -> anyhow::Result<Vec<V>> {
+    Ok(map.iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+fn restore_array<V: aya::Pod>(map: &mut Array<MapData, V>, saved: &[V]) -> anyhow::Result<()> {
+    for (index, value) in saved.iter().enumerate() {
+        map.set(index as u32, value, 0)?;
+    }
+    Ok(())
+}
+
 /// Inserts what is missing, then removes what is stale.
 fn sync(
     map: &mut HashMap<MapData, InodeKey, u32>,
@@ -452,6 +707,7 @@ fn sync(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn builtin_guards_become_dirs_and_suffixes() {
@@ -495,12 +751,28 @@ mod tests {
     #[test]
     fn builtin_profiles_have_candidates_here() {
         // python3 exists on this host and several curated profiles run on it.
-        let found = exec_candidates(&Config::builtin());
-        assert!(
-            found
-                .iter()
-                .any(|p| p.to_string_lossy().contains("python3")),
-            "{found:?}"
-        );
+        let python = inode_key(Path::new("/usr/bin/python3")).unwrap();
+        let found = exec_candidates(&Config::builtin().profiles);
+        assert!(found.keys.contains(&python), "{found:?}");
+    }
+
+    #[test]
+    fn the_candidate_map_is_sized_from_the_config() {
+        assert_eq!(candidate_capacity(0), EXEC_CANDIDATES_MIN);
+        assert_eq!(candidate_capacity(5000), 16384);
+        assert_eq!(candidate_capacity(usize::MAX), EXEC_CANDIDATES_MAX);
+        let found = Candidates {
+            keys: vec![
+                InodeKey {
+                    dev: 1,
+                    _pad: 0,
+                    ino: 1
+                };
+                5
+            ],
+            globs: Vec::new(),
+        };
+        let lines = found.describe(4);
+        assert!(lines[0].contains("1 of them are matched in user space"), "{lines:?}");
     }
 }

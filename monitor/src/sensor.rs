@@ -41,6 +41,9 @@ pub struct SensorOptions {
     pub protect_always: bool,
     /// Executables whose exec is watched at once (they may start a governed process).
     pub exec_candidates: Vec<PathBuf>,
+    /// How many executables the configuration's selectors match: the candidate map is sized
+    /// from it (see [`crate::policy::candidate_capacity`]).
+    pub exec_candidates_expected: usize,
     /// Accelerator device majors (from /proc/devices plus the fixed ones and overrides).
     pub accel_majors: AccelMajors,
     /// The cgroup (v2) whose processes the device hook sees; the whole host by default.
@@ -59,6 +62,7 @@ impl Default for SensorOptions {
             protect_suffixes: Vec::new(),
             protect_always: false,
             exec_candidates: Vec::new(),
+            exec_candidates_expected: 0,
             accel_majors: AccelMajors::default(),
             cgroup: None,
             dry_run: false,
@@ -344,11 +348,18 @@ impl Sensor {
             _pad: 0,
         };
         let btf = aya::Btf::from_sys_fs().context("failed to load the kernel's BTF")?;
+        let exec_capacity = crate::policy::candidate_capacity(
+            options
+                .exec_candidates
+                .len()
+                .max(options.exec_candidates_expected),
+        );
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(globals::CONFIG, &config, true)
             .override_global(globals::OFFSETS, &offsets, true)
             .map_max_entries(maps::EVENTS, options.ring_size)
+            .map_max_entries(maps::EXEC_CANDIDATES, exec_capacity)
             .load(OBJECT)
             .context("failed to load the kernel programs")?;
         for hook in HOOKS {
@@ -409,7 +420,10 @@ impl Sensor {
         }
         let mut exec_candidates: HashMap<_, InodeKey, u32> =
             HashMap::try_from(take_map(&mut ebpf, maps::EXEC_CANDIDATES)?)?;
-        for key in protected_inodes(&options.exec_candidates) {
+        for key in protected_inodes(&options.exec_candidates)
+            .into_iter()
+            .take(exec_capacity as usize)
+        {
             exec_candidates.insert(key, 1, 0)?;
         }
 
@@ -434,6 +448,7 @@ impl Sensor {
                     maps::PROTECTED_PREFIXES,
                 )?)?,
                 guard_writers: HashMap::try_from(take_map(&mut ebpf, maps::GUARD_WRITERS)?)?,
+                exec_candidates_capacity: exec_capacity,
             },
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
         };
