@@ -211,6 +211,33 @@ pub fn load_config(path: &Path) -> Result<Config, Vec<Diagnostic>> {
     parse_config(path, &text)
 }
 
+/// The `profiles:` entries of a config file (files or directories, made absolute), for
+/// watching; empty when the file does not read or parse.
+pub fn profile_paths(file: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    let Ok(documents) = load_documents(file, &text) else {
+        return Vec::new();
+    };
+    let Some(document) = documents.iter().find(|d| !yaml::is_null(d)) else {
+        return Vec::new();
+    };
+    let mut reader = Reader::new(file);
+    let Some(fields) = reader.mapping(document, "", CONFIG_KEYS) else {
+        return Vec::new();
+    };
+    let directory = file.parent().unwrap_or(Path::new("."));
+    match fields.get("profiles") {
+        Some(list) => reader
+            .strings(list, "profiles")
+            .into_iter()
+            .map(|item| directory.join(item.value))
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
 /// What `monitor check` found.
 #[derive(Clone, Debug, Default)]
 pub struct CheckReport {

@@ -7,7 +7,7 @@ use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     alert::{new_uid, Action, Alert},
@@ -47,8 +47,13 @@ pub struct Plan<W: Write> {
 /// for the next start, and the log says how many.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
-/// How often configuration files are checked for changes.
-const RELOAD_POLL: Duration = Duration::from_secs(2);
+/// How often configuration files are read to look for changes that inotify did not report
+/// (a file system without inotify, a watch that could not be set).
+const RELOAD_POLL: Duration = Duration::from_secs(5);
+/// A reload waits until its files have been quiet this long...
+const RELOAD_QUIET: Duration = Duration::from_millis(150);
+/// ...but no longer than this after the first change, so a steady writer still gets reloads.
+const RELOAD_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Runs the monitor until SIGINT or SIGTERM (or the observation time is over); returns the
 /// observer, if any, for its results.
@@ -110,6 +115,24 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         engine = Some(Engine::new(Arc::new(config)));
     }
 
+    // inotify on the configuration's files; the poll below is the fallback.
+    let mut watcher = match &source {
+        Some((config_source, _)) => match crate::reload::Watcher::new() {
+            Ok(mut watcher) => {
+                if let Some(engine) = &engine {
+                    watcher.arm(&config_source.inputs(engine.config()));
+                }
+                Some(watcher)
+            }
+            Err(err) => {
+                warn!("failed to watch the configuration files ({err}); changes are seen by a poll every {}s", RELOAD_POLL.as_secs());
+                None
+            }
+        },
+        None => None,
+    };
+    // When the files changed and have been quiet long enough: (first change, last change).
+    let mut pending_reload: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     let mut signals = Signals::new()?;
     sensor.attach()?;
 
@@ -168,14 +191,34 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 processor.flush_alerts();
                 processor.sweep();
             }
+            changed = async {
+                match watcher.as_mut() {
+                    Some(watcher) => watcher.changed().await,
+                    None => std::future::pending().await,
+                }
+            }, if watcher.is_some() => {
+                match changed {
+                    Ok(what) => {
+                        debug!(file = %what, "configuration file changed");
+                        let now = tokio::time::Instant::now();
+                        let first = pending_reload.map_or(now, |(first, _)| first);
+                        pending_reload = Some((first, now));
+                    }
+                    Err(err) => {
+                        warn!("failed to read configuration file events ({err}); changes are seen by a poll every {}s", RELOAD_POLL.as_secs());
+                        watcher = None;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(pending_reload.map_or(started, |(first, last)| (last + RELOAD_QUIET).min(first + RELOAD_MAX_DELAY))), if pending_reload.is_some() => {
+                pending_reload = None;
+                if let Some((config_source, fingerprint)) = &mut source {
+                    reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut());
+                }
+            }
             _ = reload_poll.tick(), if source.is_some() => {
                 if let Some((config_source, fingerprint)) = &mut source {
-                    let engine_config = processor.engine.as_ref().map(|e| e.config().clone());
-                    let current = engine_config.map(|c| config_source.fingerprint(&c));
-                    if current.as_ref() != Some(fingerprint) {
-                        info!("configuration files changed: reloading");
-                        reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
-                    }
+                    reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut());
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
@@ -198,6 +241,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                         Some((config_source, fingerprint)) => {
                             info!("received SIGHUP: reloading the configuration");
                             reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
+                            if let (Some(watcher), Some(engine)) = (watcher.as_mut(), processor.engine.as_ref()) {
+                                watcher.arm(&config_source.inputs(engine.config()));
+                            }
                         }
                         None => info!("received SIGHUP: nothing to reload"),
                     }
@@ -237,6 +283,30 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         "stopped"
     );
     Ok(processor.observer.take())
+}
+
+/// Reloads when the content of the configuration's files differs from what was loaded last
+/// (a touched file, or one written back unchanged, is no change); then watches the files the
+/// configuration in force is made of.
+fn reload_if_changed<W: Write>(
+    source: &ConfigSource,
+    fingerprint: &mut crate::reload::Fingerprint,
+    policy: &mut KernelPolicy,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+    watcher: Option<&mut crate::reload::Watcher>,
+) {
+    let Some(config) = processor.engine.as_ref().map(|e| e.config().clone()) else {
+        return;
+    };
+    if source.fingerprint(&config) == *fingerprint {
+        return;
+    }
+    info!("configuration files changed: reloading");
+    reload(source, fingerprint, policy, processor, clock);
+    if let (Some(watcher), Some(engine)) = (watcher, processor.engine.as_ref()) {
+        watcher.arm(&source.inputs(engine.config()));
+    }
 }
 
 /// Loads the configuration again. A configuration that fails to load is reported (log and a
