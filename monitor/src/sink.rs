@@ -533,3 +533,253 @@ impl AlertSink for AlertsFile {
         std::mem::take(&mut self.notices)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "monitor-sink-test-{name}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            if let Err(e) = std::fs::remove_dir_all(&self.0) {
+                eprintln!("failed to remove {}: {e}", self.0.display());
+            }
+        }
+    }
+
+    fn alert(n: u64) -> Alert {
+        let mut attributes = Map::new();
+        attributes.insert("process.pid".into(), n.into());
+        notice(
+            Rule {
+                id: "test-rule",
+                severity: Severity::Low,
+            },
+            attributes,
+        )
+    }
+
+    /// Every line of the file, parsed; panics on a line that is not whole JSON.
+    fn lines(path: &Path) -> Vec<Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_torn_last_line_is_closed_and_reported() {
+        let dir = TempDir::new("torn");
+        let path = dir.0.join("alerts.jsonl");
+        std::fs::write(&path, b"{\"whole\":1}\n{\"security_rule.na").unwrap();
+        let mut sink = AlertsFile::open(&path).unwrap();
+        sink.send(&alert(1)).unwrap();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut rest = text.lines();
+        assert_eq!(rest.next(), Some("{\"whole\":1}"));
+        assert_eq!(rest.next(), Some("{\"security_rule.na"));
+        let repaired: Value = serde_json::from_str(rest.next().unwrap()).unwrap();
+        assert_eq!(repaired["security_rule.name"], "alerts-file-repaired");
+        assert_eq!(repaired["monitor.alerts_file.torn_bytes"], 18);
+        assert_eq!(repaired["file.path"], path.display().to_string());
+        let next: Value = serde_json::from_str(rest.next().unwrap()).unwrap();
+        assert_eq!(next["process.pid"], 1);
+        assert!(text.ends_with('\n'));
+        // And through the other outputs.
+        let notices = sink.take_notices();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].rule, "alerts-file-repaired");
+        // A whole file is left alone.
+        drop(sink);
+        let before = std::fs::read(&path).unwrap();
+        let mut sink = AlertsFile::open(&path).unwrap();
+        assert!(sink.take_notices().is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn the_alerts_file_is_created_0600_whatever_the_umask() {
+        let dir = TempDir::new("mode");
+        let path = dir.0.join("sub/alerts.jsonl");
+        // SAFETY: umask only changes the modes of files created meanwhile.
+        let old = unsafe { libc::umask(0) };
+        let sink = AlertsFile::open(&path);
+        unsafe { libc::umask(old) };
+        drop(sink.unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn rename_rotation_is_followed_on_reopen_and_without_a_signal() {
+        let dir = TempDir::new("rotate");
+        let path = dir.0.join("alerts.jsonl");
+        let mut sink = AlertsFile::open(&path).unwrap();
+        sink.send(&alert(1)).unwrap();
+        // logrotate `create`, then SIGHUP.
+        std::fs::rename(&path, dir.0.join("alerts.jsonl.1")).unwrap();
+        sink.reopen().unwrap();
+        sink.send(&alert(2)).unwrap();
+        assert_eq!(lines(&dir.0.join("alerts.jsonl.1")).len(), 1);
+        assert_eq!(lines(&path)[0]["process.pid"], 2);
+        // The same without a signal: the next flush after a second sees another file there.
+        std::fs::rename(&path, dir.0.join("alerts.jsonl.2")).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        std::thread::sleep(ROTATION_CHECK + Duration::from_millis(50));
+        sink.flush().unwrap();
+        sink.send(&alert(3)).unwrap();
+        assert_eq!(lines(&dir.0.join("alerts.jsonl.2")).len(), 1);
+        assert_eq!(lines(&path)[0]["process.pid"], 3);
+        // Or none at all.
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(ROTATION_CHECK + Duration::from_millis(50));
+        sink.flush().unwrap();
+        sink.send(&alert(4)).unwrap();
+        assert_eq!(lines(&path)[0]["process.pid"], 4);
+    }
+
+    #[test]
+    fn copytruncate_leaves_no_hole() {
+        let dir = TempDir::new("copytruncate");
+        let path = dir.0.join("alerts.jsonl");
+        let mut sink = AlertsFile::open(&path).unwrap();
+        for n in 0..10 {
+            sink.send(&alert(n)).unwrap();
+        }
+        std::fs::copy(&path, dir.0.join("alerts.jsonl.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        sink.send(&alert(10)).unwrap();
+        // O_APPEND: the next line starts at offset 0, not after ten lines of zeros.
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["process.pid"], 10);
+    }
+
+    /// A sink that records what it gets and raises the notices it is given.
+    #[derive(Clone, Default)]
+    struct Probe {
+        got: Arc<Mutex<Vec<String>>>,
+        raise: Arc<Mutex<Vec<Alert>>>,
+    }
+
+    impl AlertSink for Probe {
+        fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
+            self.got.lock().unwrap().push(alert.rule.clone());
+            Ok(())
+        }
+
+        fn take_notices(&mut self) -> Vec<Alert> {
+            std::mem::take(&mut *self.raise.lock().unwrap())
+        }
+    }
+
+    #[test]
+    fn outputs_relay_a_notice_to_the_others_only() {
+        let (a, b, c) = (Probe::default(), Probe::default(), Probe::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut outputs = Outputs::new(
+            vec![
+                Box::new(a.clone()),
+                Box::new(b.clone()),
+                Box::new(c.clone()),
+            ],
+            Some(metrics.clone()),
+        );
+        outputs.send(&alert(1)).unwrap();
+        b.raise
+            .lock()
+            .unwrap()
+            .push(notice(EXPORT_REJECTED, Map::new()));
+        outputs.flush().unwrap();
+        assert_eq!(*a.got.lock().unwrap(), ["test-rule", "export-rejected"]);
+        assert_eq!(*b.got.lock().unwrap(), ["test-rule"]);
+        assert_eq!(*c.got.lock().unwrap(), ["test-rule", "export-rejected"]);
+        // Counted like any alert.
+        assert!(metrics.snapshot().iter().any(|p| p.name == "monitor.alerts"
+            && p.labels
+                .contains(&("security_rule.name", "export-rejected".into()))));
+        // At close, the last output's notices reach the ones closed after it.
+        c.raise
+            .lock()
+            .unwrap()
+            .push(notice(SPOOL_WRITE_FAILED, Map::new()));
+        outputs.close().unwrap();
+        assert_eq!(a.got.lock().unwrap().last().unwrap(), "spool-write-failed");
+        assert_eq!(b.got.lock().unwrap().last().unwrap(), "spool-write-failed");
+    }
+
+    /// A writer that blocks until it is let go, and keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (lock, cvar) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cvar.wait(open).unwrap();
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_stdout_never_blocks_and_losses_are_counted() {
+        let gate = Gate::default();
+        let mut sink = StdoutLines::start_on(gate.clone(), 4).unwrap();
+        let started = Instant::now();
+        // The writer takes one line and blocks on it; 4 wait; the rest are lost.
+        for n in 0..20 {
+            sink.send(&alert(n)).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        sink.flush().unwrap();
+        let notices = sink.take_notices();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].rule, "alert-output-failed");
+        let lost = notices[0].attributes["monitor.output.lost"]
+            .as_u64()
+            .unwrap();
+        assert!((15..=16).contains(&lost), "{lost}");
+        *gate.open.0.lock().unwrap() = true;
+        gate.open.1.notify_all();
+        sink.close().unwrap();
+        let text = String::from_utf8(gate.written.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count() as u64, 20 - lost);
+        for line in text.lines() {
+            serde_json::from_str::<Value>(line).unwrap();
+        }
+    }
+}
