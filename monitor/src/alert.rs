@@ -4,10 +4,13 @@
 //! semantic-convention attributes (`process.*`, `file.path`, `network.peer.*`, `device.*`,
 //! `container.id`, `security_rule.name`, `monitor.*`) plus a severity and two timestamps.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Alert severity. Ordered: `Low < Medium < High < Critical`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Serialized by [`Severity::name`] (the spool stores alerts with serde).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Severity {
     Low,
     Medium,
@@ -57,8 +60,9 @@ impl Severity {
     }
 }
 
-/// What the monitor did about it (`monitor.action`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What the monitor did about it (`monitor.action`). Serialized by [`Action::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     Alert,
     Denied,
@@ -79,14 +83,16 @@ impl Action {
     }
 }
 
-/// One alert, ready for every output.
-#[derive(Clone, Debug, PartialEq)]
+/// One alert, ready for every output. Its serde form is what the spool stores (the field
+/// names are the record format: renaming one needs a `#[serde(alias)]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// Stable rule id (`security_rule.name`), e.g. `exec-not-allowed`.
     pub rule: String,
     pub severity: Severity,
     pub action: Action,
     /// The profile that governs the process, if any (`monitor.profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
     /// When the event happened in the kernel, Unix-epoch nanoseconds.
     pub time_unix_ns: i128,

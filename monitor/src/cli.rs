@@ -10,7 +10,7 @@ use crate::{
     pipeline::{Mode, PipelineOptions, WatchSelectors},
     reload::ConfigSource,
     sensor::SensorOptions,
-    sink::{AlertSink, JsonLines},
+    sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
 };
 
 /// eBPF runtime security monitor for AI inference hosts.
@@ -35,6 +35,30 @@ pub enum Command {
     Check(CheckArgs),
     /// Watch selected processes and their children, then write a profile of what they did.
     Learn(crate::learn::LearnArgs),
+    /// Act on the OTLP spool (`monitor spool replay`).
+    Spool(SpoolArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SpoolArgs {
+    #[command(subcommand)]
+    pub command: SpoolCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpoolCommand {
+    /// Send the dead letters (alerts the collector refused for good) to the collector again,
+    /// once what made it refuse them is fixed. What it still refuses stays for next time.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Host configuration, for `outputs.otlp` and `outputs.spool`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub otlp: crate::otlp::OtlpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -193,28 +217,40 @@ fn otlp_file_settings(config: &crate::config::Config) -> Option<crate::otlp::Otl
     Some(file)
 }
 
-/// Opens the alerts file for appending, creating its directory.
-fn open_alerts_file(path: &std::path::Path) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
-    use anyhow::Context as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "failed to create the directory of alerts_file {}",
-                path.display()
-            )
-        })?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "failed to open alerts_file {} for appending",
-                path.display()
-            )
-        })?;
-    Ok(std::io::BufWriter::new(file))
+/// `monitor spool replay`.
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let source = ConfigSource {
+        path: args.config.clone(),
+        extra_profiles: Vec::new(),
+    };
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            anyhow::bail!(
+                "failed to load the configuration ({} errors above)",
+                diagnostics.len()
+            );
+        }
+    };
+    let file = otlp_file_settings(&config);
+    let Some(settings) =
+        crate::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
+    else {
+        anyhow::bail!(
+            "no OTLP collector to replay to: give --otlp-endpoint URL (or \
+             OTEL_EXPORTER_OTLP_ENDPOINT, or outputs.otlp in --config)"
+        );
+    };
+    let (dir, _) = args.otlp.spool(file.as_ref());
+    let done = crate::otlp::replay(&settings, &dir).await?;
+    println!(
+        "replayed {} dead letters to {} ({} of them rejected again in a partial success)",
+        done.sent, settings.logs_endpoint, done.rejected
+    );
+    Ok(())
 }
 
 /// Runs a parsed command line.
@@ -254,10 +290,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let mut sinks: Vec<Box<dyn AlertSink>> = match &config.outputs.alerts_file {
-                Some(path) => vec![Box::new(JsonLines::new(open_alerts_file(path)?))],
-                None => vec![Box::new(JsonLines::new(std::io::BufWriter::new(
-                    std::io::stdout(),
-                )))],
+                Some(path) => vec![Box::new(AlertsFile::open(path)?)],
+                None => vec![Box::new(StdoutLines::start()?)],
             };
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
             let file = otlp_file_settings(&config);
@@ -284,7 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 pipeline: args.common.pipeline_options(),
                 selectors: WatchSelectors::default(),
                 out: std::io::sink(),
-                sinks,
+                sinks: vec![Box::new(Outputs::new(sinks, Some(metrics.clone())))],
                 config: Some((source, config)),
                 observer: None,
                 metrics: Some(metrics),
@@ -293,6 +327,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(drop)
         }
         Command::Learn(args) => crate::learn::run(args).await,
+        Command::Spool(SpoolArgs {
+            command: SpoolCommand::Replay(args),
+        }) => replay(args).await,
         Command::Trace(args) => {
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);

@@ -237,6 +237,12 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
             }
             signal = signals.recv() => {
                 if signal == "SIGHUP" {
+                    // Log rotation: the alerts file is opened again by its path.
+                    for sink in &mut processor.sinks {
+                        if let Err(err) = sink.reopen() {
+                            warn!("failed to reopen the alert outputs: {err:#}");
+                        }
+                    }
                     match &mut source {
                         Some((config_source, fingerprint)) => {
                             info!("received SIGHUP: reloading the configuration");

@@ -44,6 +44,8 @@ pub struct Metrics {
     alerts_exported: AtomicU64,
     alerts_rejected: AtomicU64,
     export_retries: AtomicU64,
+    alerts_dead_lettered: AtomicU64,
+    spool_write_failed: AtomicU64,
     spool_dropped: [AtomicU64; 4],
     spool_corrupt_bytes: AtomicU64,
 }
@@ -135,7 +137,18 @@ impl Metrics {
         self.export_retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Alerts the full spool dropped, by severity (`Low..=Critical`).
+    /// Alerts the collector rejected for good, kept in the dead letters.
+    pub fn alerts_dead_lettered(&self, n: u64) {
+        self.alerts_dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Alerts that could not be written to the spool at once (kept in memory instead).
+    pub fn spool_write_failed(&self, n: u64) {
+        self.spool_write_failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Alerts dropped (by the full spool, the full in-memory queue in front of it, or the full
+    /// dead letters), by severity (`Low..=Critical`).
     pub fn spool_dropped(&self, by_severity: [u64; 4]) {
         for (counter, n) in self.spool_dropped.iter().zip(by_severity) {
             counter.fetch_add(n, Ordering::Relaxed);
@@ -154,6 +167,8 @@ impl Metrics {
             "monitor.alerts.exported" => &self.alerts_exported,
             "monitor.alerts.rejected" => &self.alerts_rejected,
             "monitor.alerts.export.retries" => &self.export_retries,
+            "monitor.alerts.dead_lettered" => &self.alerts_dead_lettered,
+            "monitor.spool.write_failed" => &self.spool_write_failed,
             "monitor.spool.corrupt" => &self.spool_corrupt_bytes,
             _ => return 0,
         };
@@ -233,13 +248,23 @@ impl Metrics {
             ),
             (
                 "monitor.alerts.rejected",
-                "Alerts the OTLP collector rejected for good.",
+                "Alerts the OTLP collector rejected for good (kept as dead letters).",
                 "{alert}",
             ),
             (
                 "monitor.alerts.export.retries",
                 "OTLP export attempts that failed and were retried.",
                 "{request}",
+            ),
+            (
+                "monitor.alerts.dead_lettered",
+                "Alerts the OTLP collector rejected for good, kept as dead letters for replay.",
+                "{alert}",
+            ),
+            (
+                "monitor.spool.write_failed",
+                "Alerts that could not be written to the spool at once and waited in memory.",
+                "{alert}",
             ),
             (
                 "monitor.spool.corrupt",
@@ -300,6 +325,8 @@ mod tests {
         metrics.set_processes(321);
         metrics.spool_dropped([1, 0, 0, 2]);
         metrics.alerts_exported(5);
+        metrics.alerts_dead_lettered(3);
+        metrics.spool_write_failed(2);
         let points = metrics.snapshot();
         assert_eq!(
             value(&points, "monitor.events", &[("event.kind", "exec")]),
@@ -354,5 +381,7 @@ mod tests {
             Some(2)
         );
         assert_eq!(value(&points, "monitor.alerts.exported", &[]), Some(5));
+        assert_eq!(value(&points, "monitor.alerts.dead_lettered", &[]), Some(3));
+        assert_eq!(value(&points, "monitor.spool.write_failed", &[]), Some(2));
     }
 }

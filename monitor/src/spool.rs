@@ -6,13 +6,16 @@
 //! - `<severity>-<id>.seg`: segments, append-only files of records. Each severity has its own
 //!   chain of segments (a "lane"), so that dropping "the oldest alerts of the lowest severity"
 //!   frees whole files, never rewrites one.
+//! - `notice-<id>.seg`: the `spool-dropped` reports. This lane is never dropped: room for it is
+//!   reserved, so the report of a drop survives the drop it reports, and the counts add up.
 //! - `<severity>-<id>.ack`: the sequence numbers of the records of that segment that are done
 //!   (exported, or rejected for good). A segment and its ack file are deleted together once
 //!   every record in the segment is done.
 //!
 //! A record is `magic "MSP1" | payload length u32 | sequence u64 | crc32 u32 | payload`, all
 //! little-endian; the CRC covers the length, the sequence and the payload. The payload is the
-//! alert as JSON. Sequence numbers grow across lanes and restarts: the exporter sends in that
+//! alert as JSON, [`Alert`]'s own serde form (the same fields as the record of earlier
+//! versions, which are read unchanged). Sequence numbers grow across lanes and restarts: the exporter sends in that
 //! order. An ack entry is `sequence u64 | crc32 u32` of those 8 bytes.
 //!
 //! Crash safety: records and acks are written with one `write` each (they survive a crash of
@@ -21,18 +24,22 @@
 //! by scanning for the next record whose magic and CRC check out; what was skipped is logged and
 //! counted. A lost ack only means a record is sent twice, with the same `log.record.uid`.
 //! Old segments are never appended to: each run starts new ones.
+//!
+//! Files are private whatever the umask: the directory is created 0700, every file 0600.
 
 use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{self, Write},
-    os::unix::{fs::FileExt, io::AsRawFd},
+    os::unix::{
+        fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt},
+        io::AsRawFd,
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
@@ -50,8 +57,18 @@ const SEVERITIES: [Severity; 4] = [
     Severity::Critical,
 ];
 
+/// The lanes: one per severity (`Low..=Critical`, indexes 0 to 3), then the notices.
+const LANES: usize = 5;
+/// The lane of the `spool-dropped` reports: never dropped to make room.
+const NOTICE_LANE: usize = 4;
+
 /// The rule of the alert that reports alerts the spool had to drop.
 pub const DROPPED_RULE: &str = "spool-dropped";
+
+/// Mode of the spool directory.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the spool writes.
+pub const FILE_MODE: u32 = 0o600;
 
 fn lane_index(severity: Severity) -> usize {
     match severity {
@@ -62,10 +79,21 @@ fn lane_index(severity: Severity) -> usize {
     }
 }
 
+fn lane_name(lane: usize) -> &'static str {
+    SEVERITIES.get(lane).map_or("notice", |s| s.name())
+}
+
+fn lane_from_name(name: &str) -> Option<usize> {
+    if name == "notice" {
+        return Some(NOTICE_LANE);
+    }
+    Severity::from_name(name).map(lane_index)
+}
+
 /// Identifies one spooled record: what [`Spool::ack`] takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordId {
-    pub severity: Severity,
+    lane: usize,
     /// Global sequence number, unique in this spool directory.
     pub seq: u64,
 }
@@ -104,63 +132,51 @@ pub struct Recovery {
     pub corrupt_bytes: u64,
 }
 
-/// The alert as stored in a record.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    uid: String,
-    rule: String,
-    severity: String,
-    action: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    profile: Option<String>,
-    time_unix_ns: i128,
-    observed_unix_ns: i128,
-    count: u64,
-    attributes: Map<String, Value>,
-}
-
-fn action_from_name(name: &str) -> Option<Action> {
-    [
-        Action::Alert,
-        Action::Denied,
-        Action::Killed,
-        Action::WouldDeny,
-        Action::WouldKill,
-    ]
-    .into_iter()
-    .find(|a| a.name() == name)
-}
-
 fn encode_alert(alert: &Alert) -> Vec<u8> {
-    let stored = Stored {
-        uid: alert.uid.clone(),
-        rule: alert.rule.clone(),
-        severity: alert.severity.name().into(),
-        action: alert.action.name().into(),
-        profile: alert.profile.clone(),
-        time_unix_ns: alert.time_unix_ns,
-        observed_unix_ns: alert.observed_unix_ns,
-        count: alert.count,
-        attributes: alert.attributes.clone(),
-    };
-    serde_json::to_vec(&stored).expect("an alert serializes to JSON")
+    serde_json::to_vec(alert).expect("an alert serializes to JSON")
 }
 
 fn decode_alert(payload: &[u8]) -> anyhow::Result<Alert> {
-    let stored: Stored = serde_json::from_slice(payload)?;
-    Ok(Alert {
-        severity: Severity::from_name(&stored.severity)
-            .with_context(|| format!("unknown severity {:?}", stored.severity))?,
-        action: action_from_name(&stored.action)
-            .with_context(|| format!("unknown action {:?}", stored.action))?,
-        rule: stored.rule,
-        profile: stored.profile,
-        time_unix_ns: stored.time_unix_ns,
-        observed_unix_ns: stored.observed_unix_ns,
-        count: stored.count,
-        uid: stored.uid,
-        attributes: stored.attributes,
-    })
+    Ok(serde_json::from_slice(payload)?)
+}
+
+/// Opens (creating it 0600 whatever the umask) a file of the spool for appending.
+fn open_private(path: &Path, create_new: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).mode(FILE_MODE);
+    if create_new {
+        options.create_new(true);
+    } else {
+        options.create(true);
+    }
+    let file = options.open(path)?;
+    // The umask can only take bits away from FILE_MODE, but a umask like 0277 would leave
+    // the monitor unable to write its own file: set the mode outright.
+    if file.metadata()?.permissions().mode() & 0o777 != FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+/// Creates `dir` (and its parents) 0700; an existing directory open to others is reported.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        warn!(
+            "the spool dir {} has mode {mode:o}: other users may read the alerts in it; \
+             `chmod 700` it (the monitor creates it 0700)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn record_crc(len: u32, seq: u64, payload: &[u8]) -> u32 {
@@ -270,6 +286,10 @@ struct Entry {
     segment: u64,
     offset: u64,
     len: usize,
+    /// Handed to the exporter by [`Spool::next_batch`] and not acked yet: it may be delivered,
+    /// so its segment is not dropped to make room (the drop count would count a delivered
+    /// alert as lost).
+    in_flight: bool,
 }
 
 struct Segment {
@@ -295,7 +315,13 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
-    lanes: [Lane; 4],
+    /// Room kept for the notice lane: alerts may fill `max_bytes - reserve`.
+    reserve: u64,
+    /// Bytes of one batch: a quarter of the spool.
+    batch_cap: usize,
+    lanes: [Lane; LANES],
+    /// The newest `spool-dropped` report not yet exported.
+    report: Option<PendingReport>,
     next_seq: u64,
     next_segment: u64,
     /// Bytes of all segment files.
@@ -309,6 +335,27 @@ pub struct Spool {
     dir_dirty: bool,
     dir_handle: Arc<File>,
     _lock: File,
+}
+
+/// A `spool-dropped` report in the notice lane.
+#[derive(Clone, Copy, Debug)]
+struct PendingReport {
+    id: RecordId,
+    counts: [u64; 4],
+    /// Handed to the exporter by [`Spool::next_batch`]: it may be delivered, so a newer report
+    /// must not replace it (the counts would be delivered twice).
+    handed_out: bool,
+}
+
+/// The drop counts of a `spool-dropped` report.
+fn report_counts(alert: &Alert) -> [u64; 4] {
+    std::array::from_fn(|i| {
+        alert
+            .attributes
+            .get(&format!("monitor.spool.dropped.{}", SEVERITIES[i].name()))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    })
 }
 
 /// Files to make durable, collected under the spool's lock and synced outside it.
@@ -336,19 +383,19 @@ impl PendingSync {
     }
 }
 
-fn segment_name(severity: Severity, id: u64) -> String {
-    format!("{}-{id:016x}.seg", severity.name())
+fn segment_name(lane: usize, id: u64) -> String {
+    format!("{}-{id:016x}.seg", lane_name(lane))
 }
 
-fn parse_segment_name(name: &str) -> Option<(Severity, u64, bool)> {
+fn parse_segment_name(name: &str) -> Option<(usize, u64, bool)> {
     let (stem, is_segment) = if let Some(stem) = name.strip_suffix(".seg") {
         (stem, true)
     } else {
         (name.strip_suffix(".ack")?, false)
     };
-    let (severity, id) = stem.rsplit_once('-')?;
+    let (lane, id) = stem.rsplit_once('-')?;
     Some((
-        Severity::from_name(severity)?,
+        lane_from_name(lane)?,
         u64::from_str_radix(id, 16).ok()?,
         is_segment,
     ))
@@ -359,14 +406,10 @@ impl Spool {
     /// Corrupt stretches are skipped and reported, never fatal.
     pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Spool> {
         let hint = "; pass --spool-dir DIR with a directory the monitor can write";
-        std::fs::create_dir_all(dir)
+        create_private_dir(dir)
             .with_context(|| format!("failed to create the spool dir {}{hint}", dir.display()))?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock = open_private(&lock_path, false)
             .with_context(|| format!("failed to write in the spool dir {}{hint}", dir.display()))?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -384,7 +427,10 @@ impl Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             segment_bytes,
+            reserve: 0,
+            batch_cap: usize::try_from(max_bytes / 4).unwrap_or(usize::MAX),
             lanes: Default::default(),
+            report: None,
             next_seq: 0,
             next_segment: 0,
             total_bytes: 0,
@@ -396,6 +442,10 @@ impl Spool {
             dir_handle: Arc::new(dir_handle),
             _lock: lock,
         };
+        // Room for two reports (one being exported, one new) of the largest counts, at most
+        // half of the spool.
+        let report = encode_alert(&spool.drop_alert([u64::MAX; 4]));
+        spool.reserve = (2 * (HEADER + report.len()) as u64).min(max_bytes / 2);
         spool.recover()?;
         // The limit may have been lowered since the last run.
         spool.make_room(0, Severity::Critical, &mut Appended::default())?;
@@ -411,20 +461,19 @@ impl Spool {
         {
             let entry = entry?;
             let name = entry.file_name();
-            let Some((severity, id, is_segment)) = name.to_str().and_then(parse_segment_name)
-            else {
+            let Some((lane, id, is_segment)) = name.to_str().and_then(parse_segment_name) else {
                 continue;
             };
             if is_segment {
-                segments.push((severity, id));
+                segments.push((lane, id));
             } else {
-                ack_files.push((severity, id, entry.path()));
+                ack_files.push((lane, id, entry.path()));
             }
             self.next_segment = self.next_segment.max(id + 1);
         }
         segments.sort_by_key(|&(_, id)| id);
-        for (severity, id) in segments {
-            let name = segment_name(severity, id);
+        for (lane_i, id) in segments {
+            let name = segment_name(lane_i, id);
             let path = dir.join(&name);
             let ack_path = path.with_extension("ack");
             let data = match std::fs::read(&path) {
@@ -440,7 +489,7 @@ impl Spool {
                 .with_context(|| format!("failed to read {}", ack_path.display()))?
                 .into_iter()
                 .collect();
-            let lane = &mut self.lanes[lane_index(severity)];
+            let lane = &mut self.lanes[lane_i];
             let mut pending = 0;
             for record in &found {
                 self.next_seq = self.next_seq.max(record.seq + 1);
@@ -452,6 +501,7 @@ impl Spool {
                             segment: id,
                             offset: record.offset,
                             len: record.len,
+                            in_flight: false,
                         },
                     );
                 }
@@ -475,9 +525,25 @@ impl Spool {
             }
         }
         // Ack files whose segment is gone: the removal was cut short.
-        for (severity, id, path) in ack_files {
-            if !self.lanes[lane_index(severity)].segments.contains_key(&id) {
-                let _ = std::fs::remove_file(path);
+        for (lane, id, path) in ack_files {
+            if !self.lanes[lane].segments.contains_key(&id) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!("failed to remove {}: {e}", path.display());
+                }
+            }
+        }
+        // The newest report a previous run left: the next report may replace it.
+        if let Some(&seq) = self.lanes[NOTICE_LANE].pending.keys().next_back() {
+            let id = RecordId {
+                lane: NOTICE_LANE,
+                seq,
+            };
+            if let Some(alert) = self.read_record(id)? {
+                self.report = Some(PendingReport {
+                    id,
+                    counts: report_counts(&alert),
+                    handed_out: false,
+                });
             }
         }
         if self.recovery.segments > 0 {
@@ -502,6 +568,20 @@ impl Spool {
         self.lanes.iter().map(|l| l.pending.len()).sum()
     }
 
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Counts alerts lost on their way to the spool (a full in-memory queue, a full dead-letter
+    /// store) with the spool's own drops: the next `spool-dropped` report includes them.
+    pub fn count_lost(&mut self, by_severity: [u64; 4]) {
+        for (i, n) in by_severity.into_iter().enumerate() {
+            self.unreported_drops[i] += n;
+            self.dropped_total[i] += n;
+        }
+    }
+
     /// Bytes of the segment files (what counts against `max_bytes`).
     pub fn bytes(&self) -> u64 {
         self.total_bytes
@@ -516,44 +596,76 @@ impl Spool {
     /// When the spool is full, whole oldest segments of the lowest severity are dropped first;
     /// if only alerts more severe than this one are left, this one is dropped instead.
     pub fn append(&mut self, alert: &Alert) -> io::Result<Appended> {
-        self.append_record(alert, true)
-    }
-
-    /// Spools a `spool-dropped` alert (rule [`DROPPED_RULE`], severity high,
-    /// `monitor.spool.dropped.<severity>` counts) for the drops since the last report, if any.
-    /// When the report does not fit either (only critical alerts are left), its counts are
-    /// kept for the next try and the report is not counted as a drop of its own.
-    pub fn append_drop_report(&mut self) -> io::Result<Option<Appended>> {
-        let Some((report, drops)) = self.take_drop_alert() else {
-            return Ok(None);
-        };
-        let appended = self.append_record(&report, false)?;
-        if appended.stored.is_none() {
-            for (unreported, n) in self.unreported_drops.iter_mut().zip(drops) {
-                *unreported += n;
-            }
-        }
-        Ok(Some(appended))
-    }
-
-    fn append_record(&mut self, alert: &Alert, count_own_drop: bool) -> io::Result<Appended> {
         let payload = encode_alert(alert);
         let record_bytes = (HEADER + payload.len()) as u64;
         let severity = alert.severity;
         let mut appended = Appended::default();
-        if record_bytes > self.max_bytes
+        if record_bytes > self.max_bytes.saturating_sub(self.reserve)
             || !self.make_room(record_bytes, severity, &mut appended)?
         {
-            if count_own_drop {
-                self.count_drop(severity, 1, &mut appended);
-            }
+            self.count_drop(severity, 1, &mut appended);
             return Ok(appended);
         }
+        appended.stored = Some(self.write_record(lane_index(severity), &payload)?);
+        Ok(appended)
+    }
+
+    /// Spools a `spool-dropped` alert (rule [`DROPPED_RULE`], severity high,
+    /// `monitor.spool.dropped.<severity>` counts) for the drops since the last report, if any,
+    /// and returns a report of those drops alone for the other outputs.
+    ///
+    /// Reports go to the notice lane, which is never dropped and has room reserved, so every
+    /// drop is reported exactly once: a report not yet handed to the exporter is replaced by
+    /// one with the sum of both counts. When the report cannot be written (the disk is full),
+    /// its counts stay due for the next call.
+    pub fn append_drop_report(&mut self) -> io::Result<Option<Alert>> {
+        if self.unreported_drops.iter().all(|&n| n == 0) {
+            return Ok(None);
+        }
+        let drops = std::mem::take(&mut self.unreported_drops);
+        let replaced = self
+            .report
+            .filter(|r| !r.handed_out && self.lanes[NOTICE_LANE].pending.contains_key(&r.id.seq));
+        let mut counts = drops;
+        if let Some(old) = replaced {
+            for (c, n) in counts.iter_mut().zip(old.counts) {
+                *c += n;
+            }
+        }
+        let spooled = self.drop_alert(counts);
+        match self.write_record(NOTICE_LANE, &encode_alert(&spooled)) {
+            Ok(id) => {
+                // The new report is on disk before the old one is marked done: a crash in
+                // between sends both (counts twice), never neither.
+                if let Some(old) = replaced {
+                    self.ack(&[old.id])?;
+                }
+                self.report = Some(PendingReport {
+                    id,
+                    counts,
+                    handed_out: false,
+                });
+                // Each notice in a segment of its own, removed as soon as it is done.
+                self.retire_active(NOTICE_LANE);
+                Ok(Some(self.drop_alert(drops)))
+            }
+            Err(e) => {
+                for (unreported, n) in self.unreported_drops.iter_mut().zip(drops) {
+                    *unreported += n;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends one record to the lane's active segment.
+    fn write_record(&mut self, lane_i: usize, payload: &[u8]) -> io::Result<RecordId> {
+        let record_bytes = (HEADER + payload.len()) as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let segment_id = self.active_segment(severity)?;
-        let buf = encode_record(seq, &payload);
-        let lane = &mut self.lanes[lane_index(severity)];
+        let segment_id = self.active_segment(lane_i)?;
+        let buf = encode_record(seq, payload);
+        let lane = &mut self.lanes[lane_i];
         let segment = lane
             .segments
             .get_mut(&segment_id)
@@ -565,7 +677,7 @@ impl Spool {
             let on_disk = writer.metadata().map_or(offset, |m| m.len()).max(offset);
             segment.bytes = on_disk;
             self.total_bytes += on_disk - offset;
-            self.retire_active(severity);
+            self.retire_active(lane_i);
             return Err(e);
         }
         segment.bytes += record_bytes;
@@ -577,15 +689,15 @@ impl Spool {
                 segment: segment_id,
                 offset,
                 len: payload.len(),
+                in_flight: false,
             },
         );
         self.total_bytes += record_bytes;
         self.dirty.push(writer);
         if full {
-            self.retire_active(severity);
+            self.retire_active(lane_i);
         }
-        appended.stored = Some(RecordId { severity, seq });
-        Ok(appended)
+        Ok(RecordId { lane: lane_i, seq })
     }
 
     fn count_drop(&mut self, severity: Severity, n: u64, appended: &mut Appended) {
@@ -595,26 +707,48 @@ impl Spool {
         self.dropped_total[i] += n;
     }
 
-    /// Drops whole segments, lowest severity and oldest first, until `record_bytes` more fit.
-    /// False when only segments more severe than `severity` are left to drop.
+    /// Bytes of the alert lanes (all but the notices).
+    fn alert_bytes(&self) -> u64 {
+        let notices: u64 = self.lanes[NOTICE_LANE]
+            .segments
+            .values()
+            .map(|s| s.bytes)
+            .sum();
+        self.total_bytes - notices
+    }
+
+    /// Drops whole segments, lowest severity and oldest first, until `record_bytes` more fit
+    /// beside the room reserved for notices. False when only segments more severe than
+    /// `severity` are left to drop.
     fn make_room(
         &mut self,
         record_bytes: u64,
         severity: Severity,
         appended: &mut Appended,
     ) -> io::Result<bool> {
-        while self.total_bytes + record_bytes > self.max_bytes {
-            let Some(victim_severity) = SEVERITIES
+        let limit = self.max_bytes.saturating_sub(self.reserve);
+        while self.alert_bytes() + record_bytes > limit {
+            // The oldest segment of the lowest severity, up to this alert's, that holds no
+            // record in flight.
+            let victim = SEVERITIES
                 .into_iter()
-                .find(|&s| !self.lanes[lane_index(s)].segments.is_empty())
-            else {
+                .filter(|&s| s <= severity)
+                .find_map(|s| {
+                    let lane = &self.lanes[lane_index(s)];
+                    lane.segments
+                        .keys()
+                        .find(|&&id| {
+                            !lane
+                                .pending
+                                .values()
+                                .any(|e| e.segment == id && e.in_flight)
+                        })
+                        .map(|&id| (s, id))
+                });
+            let Some((victim_severity, id)) = victim else {
                 return Ok(false);
             };
-            if victim_severity > severity {
-                return Ok(false);
-            }
             let lane = &mut self.lanes[lane_index(victim_severity)];
-            let (&id, _) = lane.segments.first_key_value().expect("lane is not empty");
             let segment = lane.segments.remove(&id).expect("segment exists");
             if lane.active == Some(id) {
                 lane.active = None;
@@ -637,19 +771,16 @@ impl Spool {
     }
 
     /// The lane's segment to append to, created when there is none.
-    fn active_segment(&mut self, severity: Severity) -> io::Result<u64> {
-        if let Some(id) = self.lanes[lane_index(severity)].active {
+    fn active_segment(&mut self, lane_i: usize) -> io::Result<u64> {
+        if let Some(id) = self.lanes[lane_i].active {
             return Ok(id);
         }
         let id = self.next_segment;
         self.next_segment += 1;
-        let path = self.dir.join(segment_name(severity, id));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let path = self.dir.join(segment_name(lane_i, id));
+        let file = open_private(&path, true)?;
         self.dir_dirty = true;
-        let lane = &mut self.lanes[lane_index(severity)];
+        let lane = &mut self.lanes[lane_i];
         lane.segments.insert(
             id,
             Segment {
@@ -667,8 +798,8 @@ impl Spool {
     }
 
     /// Stops appending to the lane's active segment; removes it if nothing in it is pending.
-    fn retire_active(&mut self, severity: Severity) {
-        let lane = &mut self.lanes[lane_index(severity)];
+    fn retire_active(&mut self, lane_i: usize) {
+        let lane = &mut self.lanes[lane_i];
         let Some(id) = lane.active.take() else { return };
         let Some(segment) = lane.segments.get_mut(&id) else {
             return;
@@ -682,7 +813,6 @@ impl Spool {
             self.remove_files(&segment);
         }
     }
-
     fn remove_files(&mut self, segment: &Segment) {
         // The segment first: an ack file without its segment is cleaned up at start-up, a
         // segment without its acks would be sent again.
@@ -698,7 +828,9 @@ impl Spool {
         self.dir_dirty = true;
     }
 
-    /// Up to `max_records` pending records (and about `max_bytes` of them), oldest first.
+    /// Up to `max_records` pending records (and about `max_bytes` of them, at most a quarter of
+    /// the spool: records in flight are not dropped to make room, and the rest must be able
+    /// to make it), oldest first.
     /// Records that cannot be read back (corrupt since written, or undecodable) are dropped
     /// with a warning and counted in the returned number.
     pub fn next_batch(
@@ -706,66 +838,53 @@ impl Spool {
         max_records: usize,
         max_bytes: usize,
     ) -> io::Result<(Vec<Spooled>, usize)> {
-        let mut cursors: [std::collections::btree_map::Iter<'_, u64, Entry>; 4] =
+        let mut cursors: [std::collections::btree_map::Iter<'_, u64, Entry>; LANES] =
             std::array::from_fn(|i| self.lanes[i].pending.iter());
         let mut picked: Vec<(RecordId, u64, u64, usize)> = Vec::new();
-        let mut peeked: [Option<(u64, u64, u64, usize)>; 4] = std::array::from_fn(|i| {
+        let mut peeked: [Option<(u64, u64, u64, usize)>; LANES] = std::array::from_fn(|i| {
             cursors[i]
                 .next()
                 .map(|(&seq, e)| (seq, e.segment, e.offset, e.len))
         });
+        let max_bytes = max_bytes.min(self.batch_cap);
         let mut bytes = 0;
         while picked.len() < max_records && (picked.is_empty() || bytes < max_bytes) {
-            let Some(i) = (0..4)
+            let Some(i) = (0..LANES)
                 .filter(|&i| peeked[i].is_some())
                 .min_by_key(|&i| peeked[i].unwrap().0)
             else {
                 break;
             };
             let (seq, segment, offset, len) = peeked[i].unwrap();
-            picked.push((
-                RecordId {
-                    severity: SEVERITIES[i],
-                    seq,
-                },
-                segment,
-                offset,
-                len,
-            ));
+            picked.push((RecordId { lane: i, seq }, segment, offset, len));
             bytes += HEADER + len;
             peeked[i] = cursors[i]
                 .next()
                 .map(|(&seq, e)| (seq, e.segment, e.offset, e.len));
         }
         drop(cursors);
+        for (id, ..) in &picked {
+            if let Some(entry) = self.lanes[id.lane].pending.get_mut(&id.seq) {
+                entry.in_flight = true;
+            }
+        }
         let mut batch = Vec::with_capacity(picked.len());
         let mut bad = Vec::new();
         for (id, segment_id, offset, len) in picked {
-            let segment = self.lanes[lane_index(id.severity)]
+            if let Some(report) = self.report.as_mut().filter(|r| r.id == id) {
+                report.handed_out = true;
+            }
+            let segment = self.lanes[id.lane]
                 .segments
                 .get_mut(&segment_id)
                 .expect("pending record's segment exists");
-            if segment.reader.is_none() {
-                segment.reader = Some(File::open(&segment.path)?);
-            }
-            let mut buf = vec![0u8; HEADER + len];
-            let read = segment
-                .reader
-                .as_ref()
-                .unwrap()
-                .read_exact_at(&mut buf, offset);
-            let alert = match read {
-                Ok(()) => match parse_record(&buf, 0) {
-                    Some((seq, _)) if seq == id.seq => decode_alert(&buf[HEADER..]),
-                    _ => Err(anyhow::anyhow!("the record fails its CRC check")),
-                },
-                Err(e) => Err(e.into()),
-            };
+            let read = Self::read_at(segment, id.seq, offset, len);
+            let alert = read.map(|alert| alert.1);
             match alert {
                 Ok(alert) => batch.push(Spooled {
                     id,
                     alert,
-                    bytes: buf.len(),
+                    bytes: HEADER + len,
                 }),
                 Err(e) => {
                     warn!(
@@ -784,12 +903,60 @@ impl Spool {
         Ok((batch, dropped))
     }
 
+    /// Reads back and decodes the record `seq` at `offset` of a segment.
+    fn read_at(
+        segment: &mut Segment,
+        seq: u64,
+        offset: u64,
+        len: usize,
+    ) -> anyhow::Result<(usize, Alert)> {
+        if segment.reader.is_none() {
+            segment.reader = Some(File::open(&segment.path)?);
+        }
+        let mut buf = vec![0u8; HEADER + len];
+        segment
+            .reader
+            .as_ref()
+            .expect("opened above")
+            .read_exact_at(&mut buf, offset)?;
+        match parse_record(&buf, 0) {
+            Some((found, _)) if found == seq => Ok((buf.len(), decode_alert(&buf[HEADER..])?)),
+            _ => anyhow::bail!("the record fails its CRC check"),
+        }
+    }
+
+    /// A pending record, read back; `None` (and a warning) when it cannot be.
+    fn read_record(&mut self, id: RecordId) -> io::Result<Option<Alert>> {
+        let lane = &mut self.lanes[id.lane];
+        let Some(entry) = lane.pending.get(&id.seq) else {
+            return Ok(None);
+        };
+        let (segment_id, offset, len) = (entry.segment, entry.offset, entry.len);
+        let Some(segment) = lane.segments.get_mut(&segment_id) else {
+            return Ok(None);
+        };
+        match Self::read_at(segment, id.seq, offset, len) {
+            Ok((_, alert)) => Ok(Some(alert)),
+            Err(e) => {
+                warn!(
+                    "failed to read spooled record {} of {}: {e:#}",
+                    id.seq,
+                    segment.path.display()
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// Marks records as done (exported, or rejected for good). Segments with nothing left
     /// pending are removed, except the one each lane is appending to.
     pub fn ack(&mut self, ids: &[RecordId]) -> io::Result<()> {
         let mut entries: BTreeMap<(usize, u64), Vec<u8>> = BTreeMap::new();
         for id in ids {
-            let lane = lane_index(id.severity);
+            let lane = id.lane;
+            if self.report.is_some_and(|r| r.id == *id) {
+                self.report = None;
+            }
             // Unknown ids belong to segments dropped while the batch was out: nothing to do.
             let Some(entry) = self.lanes[lane].pending.remove(&id.seq) else {
                 continue;
@@ -813,11 +980,7 @@ impl Spool {
                 continue;
             }
             if segment.acks.is_none() {
-                match OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&segment.ack_path)
-                {
+                match open_private(&segment.ack_path, false) {
                     Ok(file) => {
                         segment.acks = Some(Arc::new(file));
                         self.dir_dirty = true;
@@ -851,15 +1014,10 @@ impl Spool {
         self.pending_sync().run()
     }
 
-    /// The report of the drops since the last call, and their counts; `None` when nothing
-    /// was dropped.
-    fn take_drop_alert(&mut self) -> Option<(Alert, [u64; 4])> {
-        if self.unreported_drops.iter().all(|&n| n == 0) {
-            return None;
-        }
-        let drops = std::mem::take(&mut self.unreported_drops);
+    /// A `spool-dropped` report of these counts, by severity (`Low..=Critical`).
+    fn drop_alert(&self, counts: [u64; 4]) -> Alert {
         let mut attributes = Map::new();
-        for (severity, n) in SEVERITIES.iter().zip(drops) {
+        for (severity, n) in SEVERITIES.iter().zip(counts) {
             attributes.insert(
                 format!("monitor.spool.dropped.{}", severity.name()),
                 Value::from(n),
@@ -869,11 +1027,15 @@ impl Spool {
             "monitor.spool.max_bytes".into(),
             Value::from(self.max_bytes),
         );
+        attributes.insert(
+            "monitor.spool.dir".into(),
+            Value::from(self.dir.display().to_string()),
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        let alert = Alert {
+        Alert {
             rule: DROPPED_RULE.into(),
             severity: Severity::High,
             action: Action::Alert,
@@ -883,8 +1045,7 @@ impl Spool {
             count: 1,
             uid: crate::alert::new_uid(),
             attributes,
-        };
-        Some((alert, drops))
+        }
     }
 }
 
@@ -934,8 +1095,12 @@ mod tests {
         }
     }
 
+    /// Every pending record, in one batch (the exporter's are smaller).
     fn all(spool: &mut Spool) -> Vec<Spooled> {
-        spool.next_batch(usize::MAX, usize::MAX).unwrap().0
+        let cap = std::mem::replace(&mut spool.batch_cap, usize::MAX);
+        let batch = spool.next_batch(usize::MAX, usize::MAX).unwrap().0;
+        spool.batch_cap = cap;
+        batch
     }
 
     fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -1091,13 +1256,21 @@ mod tests {
         }
     }
 
+    /// Room a spool in `dir` keeps for its notices (about the same for any limit).
+    fn reserve(dir: &Path) -> u64 {
+        let probe = dir.with_extension("probe");
+        let reserve = Spool::open(&probe, 1 << 20).unwrap().reserve;
+        std::fs::remove_dir_all(&probe).unwrap();
+        reserve
+    }
+
     #[test]
     fn full_spool_drops_low_before_critical() {
         let dir = TempDir::new("full");
         // Critical records are the largest ("critical" is the longest severity name).
         let one = encode_record(0, &encode_alert(&alert(Severity::Critical, 10))).len() as u64;
-        // Room for 20 records; segments of 1 KiB (a few records each).
-        let max = one * 20;
+        // Room for 20 records beside the notices; segments of 1 KiB (a few records each).
+        let max = one * 20 + reserve(&dir.0);
         let mut spool = Spool::open(&dir.0, max).unwrap();
         for n in 10..20 {
             let appended = spool.append(&alert(Severity::Critical, n)).unwrap();
@@ -1131,22 +1304,27 @@ mod tests {
 
         // The drops are reported by an alert of their own, which is spooled too.
         let report = spool.append_drop_report().unwrap().expect("a report");
-        let id = report.stored.expect("the report fits");
+        assert_eq!(report.attributes["monitor.spool.dropped.low"], dropped[0]);
         assert!(spool.append_drop_report().unwrap().is_none());
         let batch = all(&mut spool);
-        let report = &batch.iter().find(|s| s.id == id).unwrap().alert;
-        assert_eq!(report.rule, DROPPED_RULE);
+        let report = &batch
+            .iter()
+            .find(|s| s.alert.rule == DROPPED_RULE)
+            .unwrap()
+            .alert;
         assert_eq!(report.severity, Severity::High);
         assert_eq!(report.attributes["monitor.spool.dropped.low"], dropped[0]);
         assert_eq!(report.attributes["monitor.spool.dropped.medium"], 0);
         assert_eq!(report.attributes["monitor.spool.dropped.critical"], 0);
+        assert!(spool.bytes() <= max);
     }
 
     #[test]
     fn alert_less_severe_than_everything_spooled_is_dropped_itself() {
         let dir = TempDir::new("full-critical");
         let one = encode_record(0, &encode_alert(&alert(Severity::Critical, 10))).len() as u64;
-        let mut spool = Spool::open(&dir.0, one * 5).unwrap();
+        let max = one * 5 + reserve(&dir.0);
+        let mut spool = Spool::open(&dir.0, max).unwrap();
         for n in 10..15 {
             assert!(spool
                 .append(&alert(Severity::Critical, n))
@@ -1157,21 +1335,141 @@ mod tests {
         let appended = spool.append(&alert(Severity::Low, 15)).unwrap();
         assert_eq!(appended.stored, None);
         assert_eq!(appended.dropped, [1, 0, 0, 0]);
-        // The report (high) does not fit either: it is kept for later, not counted as a drop.
-        let report = spool
-            .append_drop_report()
-            .unwrap()
-            .expect("a report was due");
-        assert_eq!(report.stored, None);
-        assert_eq!(report.dropped, [0; 4]);
+        // The report (high) still fits: the notices have room of their own.
+        let report = spool.append_drop_report().unwrap().expect("a report");
+        assert_eq!(report.attributes["monitor.spool.dropped.low"], 1);
         assert_eq!(spool.dropped_total(), [1, 0, 0, 0]);
-        // Once the criticals are exported, the report goes out with the first count.
-        let ids: Vec<RecordId> = all(&mut spool).iter().map(|s| s.id).collect();
-        spool.ack(&ids).unwrap();
-        let report = spool.append_drop_report().unwrap().expect("still due");
-        assert!(report.stored.is_some());
         let batch = all(&mut spool);
-        assert_eq!(batch[0].alert.attributes["monitor.spool.dropped.low"], 1);
+        assert_eq!(batch.len(), 6);
+        assert_eq!(batch[5].alert.rule, DROPPED_RULE);
+        assert_eq!(batch[5].alert.attributes["monitor.spool.dropped.low"], 1);
+        assert!(spool.bytes() <= max);
+    }
+
+    /// The `spool-dropped` counts of every report pending in the spool, summed.
+    fn reported(spool: &mut Spool) -> [u64; 4] {
+        let mut sum = [0; 4];
+        for s in all(spool) {
+            if s.alert.rule == DROPPED_RULE {
+                for (t, n) in sum.iter_mut().zip(report_counts(&s.alert)) {
+                    *t += n;
+                }
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn drop_counts_add_up_exactly_and_reports_are_never_dropped() {
+        let dir = TempDir::new("exact");
+        let one = encode_record(0, &encode_alert(&alert(Severity::High, 10))).len() as u64;
+        // A tiny spool: room for about 8 alerts; reports are high, like the alerts that
+        // push each other out, and must survive them.
+        let max = one * 8 + reserve(&dir.0);
+        let mut spool = Spool::open(&dir.0, max).unwrap();
+        let mut appended_total = 0;
+        let mut delivered_alerts = 0;
+        let mut delivered_counts = [0; 4];
+        for n in 0..200 {
+            let severity = SEVERITIES[n % 3];
+            spool.append(&alert(severity, n)).unwrap();
+            appended_total += 1;
+            if n % 7 == 0 {
+                spool.append_drop_report().unwrap();
+            }
+            if n % 50 == 0 {
+                // The exporter takes a batch: a report handed out is not replaced (a second
+                // one follows) until it is delivered.
+                let batch = all(&mut spool);
+                spool.append(&alert(Severity::High, n)).unwrap();
+                appended_total += 1;
+                spool.append_drop_report().unwrap();
+                for s in &batch {
+                    if s.alert.rule == DROPPED_RULE {
+                        for (t, n) in delivered_counts.iter_mut().zip(report_counts(&s.alert)) {
+                            *t += n;
+                        }
+                    } else {
+                        delivered_alerts += 1;
+                    }
+                }
+                let ids: Vec<RecordId> = batch.iter().map(|s| s.id).collect();
+                spool.ack(&ids).unwrap();
+            }
+            assert!(spool.bytes() <= max, "{} > {max}", spool.bytes());
+        }
+        spool.append_drop_report().unwrap();
+        let dropped: u64 = spool.dropped_total().iter().sum();
+        assert!(dropped > 100, "{dropped}");
+        let kept = all(&mut spool)
+            .iter()
+            .filter(|s| s.alert.rule != DROPPED_RULE)
+            .count() as u64;
+        assert_eq!(kept + delivered_alerts + dropped, appended_total);
+        // Every drop is in exactly one report, delivered or pending.
+        let pending = reported(&mut spool);
+        let reported_total: [u64; 4] = std::array::from_fn(|i| pending[i] + delivered_counts[i]);
+        assert_eq!(reported_total, spool.dropped_total());
+        let reports = all(&mut spool)
+            .iter()
+            .filter(|s| s.alert.rule == DROPPED_RULE)
+            .count();
+        assert!((1..=2).contains(&reports), "{reports} reports pending");
+        // And across a restart: the reports left pending and the new drops add up.
+        let first_run = reported(&mut spool);
+        drop(spool);
+        let mut spool = Spool::open(&dir.0, max).unwrap();
+        assert_eq!(spool.dropped_total(), [0; 4]);
+        for n in 0..20 {
+            spool.append(&alert(Severity::Low, 1000 + n)).unwrap();
+        }
+        let second_run = spool.dropped_total();
+        assert!(second_run[0] > 0);
+        spool.append_drop_report().unwrap();
+        let expected: [u64; 4] = std::array::from_fn(|i| first_run[i] + second_run[i]);
+        assert_eq!(reported(&mut spool), expected);
+    }
+
+    #[test]
+    fn records_of_the_earlier_format_are_read() {
+        // A payload as the spool wrote it when it stored a mirror of the alert.
+        let old = br#"{"uid":"0123456789abcdef0123456789abcdef","rule":"exec-not-allowed","severity":"high","action":"would-deny","profile":"vllm","time_unix_ns":1700000000000000000,"observed_unix_ns":1700000000000000100,"count":3,"attributes":{"process.pid":42}}"#;
+        let alert = decode_alert(old).unwrap();
+        assert_eq!(alert.rule, "exec-not-allowed");
+        assert_eq!(alert.severity, Severity::High);
+        assert_eq!(alert.action, Action::WouldDeny);
+        assert_eq!(alert.profile.as_deref(), Some("vllm"));
+        assert_eq!(alert.count, 3);
+        assert_eq!(alert.attributes["process.pid"], 42);
+        // And what is written now reads back the same.
+        assert_eq!(decode_alert(&encode_alert(&alert)).unwrap(), alert);
+        let without_profile = br#"{"uid":"u","rule":"r","severity":"low","action":"alert","time_unix_ns":1,"observed_unix_ns":2,"count":1,"attributes":{}}"#;
+        assert_eq!(decode_alert(without_profile).unwrap().profile, None);
+    }
+
+    #[test]
+    fn files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("modes");
+        // SAFETY: umask only changes the modes of files created meanwhile.
+        let old = unsafe { libc::umask(0) };
+        let mut spool = Spool::open(&dir.0.join("spool"), 1 << 20).unwrap();
+        let appended = spool.append(&alert(Severity::Low, 1)).unwrap();
+        spool.ack(&[appended.stored.unwrap()]).unwrap();
+        spool.append(&alert(Severity::Low, 2)).unwrap();
+        unsafe { libc::umask(old) };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.0.join("spool")), 0o700);
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.0.join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "ack")));
+        for file in files {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
     }
 
     #[test]
@@ -1183,8 +1481,9 @@ mod tests {
             spool.append(&alert(SEVERITIES[n % 2 * 3], n)).unwrap();
         }
         drop(spool);
-        let mut spool = Spool::open(&dir.0, one * 16).unwrap();
-        assert!(spool.bytes() <= one * 16);
+        let max = one * 16 + reserve(&dir.0);
+        let mut spool = Spool::open(&dir.0, max).unwrap();
+        assert!(spool.bytes() <= max);
         let batch = all(&mut spool);
         assert!(batch.iter().all(|s| s.alert.severity == Severity::Critical));
         assert_eq!(batch.len(), 15);

@@ -3,6 +3,7 @@
 //! makes the spool durable every 100 ms.
 
 use std::{
+    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -17,12 +18,18 @@ use tracing::{debug, error, info, warn};
 use super::{
     convert,
     settings::{Backoff, OtlpSettings},
-    transport::{ExportError, Transport},
+    transport::{ExportError, Status, Transport},
 };
 use crate::{
+    alert::Alert,
     metrics::Metrics,
-    spool::{RecordId, Spool},
+    sink::{notice, EXPORT_REJECTED},
+    spool::{RecordId, Spool, Spooled},
 };
+
+/// The dead letters: alerts the collector refused for good, kept in a spool of their own
+/// in this subdirectory of the spool, until `monitor spool replay` sends them again.
+pub const DEAD_LETTER_DIR: &str = "dead-letter";
 
 /// Records per export request.
 const MAX_BATCH_RECORDS: usize = 512;
@@ -39,6 +46,11 @@ pub struct Shared {
     /// Rung by the sink when there is something new to send.
     pub wake: Notify,
     pub metrics: Arc<Metrics>,
+    /// Alerts about the export itself, for the other outputs.
+    pub notices: Mutex<Vec<Alert>>,
+    /// Where the dead letters go, and their size limit.
+    pub dead_letter_dir: PathBuf,
+    pub dead_letter_max_bytes: u64,
 }
 
 impl Shared {
@@ -46,19 +58,77 @@ impl Shared {
         self.spool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Spools a `spool-dropped` alert if the spool dropped anything since the last report.
+    /// Raises an alert through the other outputs.
+    pub fn notice(&self, alert: Alert) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(alert);
+    }
+
+    /// Spools a `spool-dropped` alert if the spool dropped anything since the last report,
+    /// and raises one through the other outputs.
     pub fn report_drops(&self) {
-        let mut spool = self.spool();
-        match spool.append_drop_report() {
-            Ok(Some(appended)) => {
-                if appended.stored.is_some() {
-                    self.metrics.alerts_spooled(1);
-                }
-                self.metrics.spool_dropped(appended.dropped);
+        let report = self.spool().append_drop_report();
+        match report {
+            Ok(Some(alert)) => {
+                self.metrics.alerts_spooled(1);
+                self.notice(alert);
             }
             Ok(None) => {}
-            Err(e) => warn!("failed to spool the report of dropped alerts: {e}"),
+            Err(e) => {
+                warn!("failed to spool the report of dropped alerts (tried again later): {e}")
+            }
         }
+    }
+
+    /// Keeps alerts the collector refused for good in the dead letters. Alerts the full
+    /// dead-letter store drops are counted with the spool's drops.
+    fn dead_letter(&self, batch: &[Spooled]) -> anyhow::Result<()> {
+        let mut dead = Spool::open(&self.dead_letter_dir, self.dead_letter_max_bytes)?;
+        let mut lost = [0u64; 4];
+        for spooled in batch {
+            let appended = dead.append(&spooled.alert)?;
+            for (l, n) in lost.iter_mut().zip(appended.dropped) {
+                *l += n;
+            }
+        }
+        dead.sync()?;
+        drop(dead);
+        if lost.iter().any(|&n| n > 0) {
+            warn!(
+                "the dead letters {} are full: dropped {lost:?} (low, medium, high, critical) \
+                 of the oldest",
+                self.dead_letter_dir.display()
+            );
+            self.spool().count_lost(lost);
+            self.metrics.spool_dropped(lost);
+        }
+        self.metrics.alerts_dead_lettered(batch.len() as u64);
+        Ok(())
+    }
+
+    /// Raises `export-rejected` with what the collector answered.
+    fn report_rejection(&self, count: u64, reason: &str, status: Option<Status>, kept: bool) {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("monitor.export.rejected".into(), count.into());
+        attributes.insert("monitor.export.response".into(), reason.into());
+        match status {
+            Some(Status::Http(code)) => {
+                attributes.insert("http.response.status_code".into(), code.into());
+            }
+            Some(Status::Grpc(code)) => {
+                attributes.insert("rpc.grpc.status_code".into(), code.into());
+            }
+            None => {}
+        }
+        if kept {
+            attributes.insert(
+                "monitor.export.dead_letter_dir".into(),
+                self.dead_letter_dir.display().to_string().into(),
+            );
+        }
+        self.notice(notice(EXPORT_REJECTED, attributes));
     }
 }
 
@@ -180,7 +250,6 @@ async fn export_logs(
         let ids: Vec<RecordId> = batch.iter().map(|s| s.id).collect();
         let count = ids.len() as u64;
         let request = convert::logs_request(&resource, batch.iter().map(|s| &s.alert));
-        drop(batch);
         loop {
             let outcome = tokio::select! {
                 outcome = transport.export_logs(request.clone()) => outcome,
@@ -190,11 +259,13 @@ async fn export_logs(
                 Ok(accepted) => {
                     let rejected = accepted.rejected.clamp(0, count as i64) as u64;
                     if rejected > 0 {
+                        // A partial success does not say which: nothing to keep.
                         warn!(
                             "the OTLP collector rejected {rejected} of {count} alerts: {}",
                             accepted.message
                         );
                         shared.metrics.alerts_rejected(rejected);
+                        shared.report_rejection(rejected, &accepted.message, None, false);
                     }
                     shared.metrics.alerts_exported(count - rejected);
                     if attempt > 0 {
@@ -229,14 +300,37 @@ async fn export_logs(
                         _ = stopped(&mut state) => return,
                     }
                 }
-                Err(ExportError::Permanent { reason }) => {
-                    error!("the OTLP collector rejected {count} alerts for good, dropping them: {reason}");
+                Err(ExportError::Permanent { reason, status }) => {
+                    if let Err(e) = shared.dead_letter(&batch) {
+                        // They stay in the spool, and are offered again after a pause.
+                        warn!(
+                            "the OTLP collector rejected {count} alerts ({reason}) and they \
+                             could not be kept in the dead letters {}: {e:#}; they stay in the \
+                             spool",
+                            shared.dead_letter_dir.display()
+                        );
+                        shared.metrics.export_retry();
+                        let delay = backoff.delay(attempt);
+                        attempt = attempt.saturating_add(1);
+                        tokio::select! {
+                            _ = sleep(delay) => {}
+                            _ = stopped(&mut state) => return,
+                        }
+                        continue;
+                    }
+                    error!(
+                        "the OTLP collector rejected {count} alerts for good: {reason}; they \
+                         are kept in {}: send them again with `monitor spool replay`",
+                        shared.dead_letter_dir.display()
+                    );
                     shared.metrics.alerts_rejected(count);
+                    shared.report_rejection(count, &reason, status, true);
                     attempt = 0;
                     break;
                 }
             }
         }
+        drop(batch);
         if let Err(e) = shared.spool().ack(&ids) {
             warn!("failed to mark exported alerts in the spool (they may be sent again): {e}");
         }

@@ -14,6 +14,7 @@
 
 mod convert;
 mod exporter;
+mod replay;
 mod settings;
 mod sink;
 mod transport;
@@ -22,9 +23,11 @@ mod transport;
 mod tests;
 
 pub use convert::{any_value, log_record, logs_request, metrics_request, EVENT_NAME, SCOPE_NAME};
+pub use exporter::DEAD_LETTER_DIR;
+pub use replay::{replay, Replayed};
 pub use settings::{
     percent_decode, process_env, Backoff, OtlpArgs, OtlpFileSettings, OtlpSettings, Protocol,
     DEFAULT_SPOOL_DIR, DEFAULT_SPOOL_MAX_BYTES,
 };
-pub use sink::{OtlpSink, CLOSE_TIMEOUT};
-pub use transport::{Accepted, ExportError, Transport};
+pub use sink::{OtlpSink, BACKLOG_LIMIT, CLOSE_TIMEOUT};
+pub use transport::{Accepted, ExportError, Status, Transport};

@@ -1,8 +1,9 @@
 //! [`OtlpSink`]: the alert sink that spools every alert and lets a task of its own export it.
 
 use std::{
+    collections::VecDeque,
     path::Path,
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, Mutex},
     thread::JoinHandle,
     time::Duration,
 };
@@ -12,14 +13,30 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::{
-    exporter::{self, RunState, Shared},
+    exporter::{self, RunState, Shared, DEAD_LETTER_DIR},
     settings::OtlpSettings,
     transport::Transport,
 };
-use crate::{alert::Alert, metrics::Metrics, sink::AlertSink, spool::Spool};
+use crate::{
+    alert::Alert,
+    metrics::Metrics,
+    sink::{notice, AlertSink, SPOOL_WRITE_FAILED},
+    spool::{Appended, Spool},
+};
 
 /// How long [`AlertSink::close`] keeps sending what is spooled.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Alerts kept in memory while the spool cannot be written (a full disk).
+pub const BACKLOG_LIMIT: usize = 16_384;
+
+/// A spell of spool write failures.
+struct Spell {
+    error: String,
+    /// Alerts that could not be written at once.
+    held: u64,
+    /// Of those, dropped because the backlog was full.
+    dropped: u64,
+}
 
 /// Exports alerts as OTLP logs, through a durable spool.
 ///
@@ -34,6 +51,10 @@ pub struct OtlpSink {
     done: mpsc::Receiver<()>,
     thread: Option<JoinHandle<()>>,
     close_timeout: Duration,
+    /// Alerts waiting for the spool to be writable again, oldest first.
+    backlog: VecDeque<Alert>,
+    backlog_limit: usize,
+    spell: Option<Spell>,
 }
 
 impl OtlpSink {
@@ -67,9 +88,12 @@ impl OtlpSink {
             );
         }
         let shared = Arc::new(Shared {
-            spool: std::sync::Mutex::new(spool),
+            spool: Mutex::new(spool),
             wake: Notify::new(),
             metrics,
+            notices: Mutex::new(Vec::new()),
+            dead_letter_dir: spool_dir.join(DEAD_LETTER_DIR),
+            dead_letter_max_bytes: (max_bytes / 4).max(64 << 10),
         });
         // Drops at start-up (a smaller limit than last time) are reported like any others.
         shared.report_drops();
@@ -118,7 +142,98 @@ impl OtlpSink {
             done,
             thread: Some(thread),
             close_timeout: CLOSE_TIMEOUT,
+            backlog: VecDeque::new(),
+            backlog_limit: BACKLOG_LIMIT,
+            spell: None,
         })
+    }
+
+    /// Changes how many alerts wait in memory while the spool cannot be written.
+    pub fn with_backlog_limit(mut self, limit: usize) -> Self {
+        self.backlog_limit = limit.max(1);
+        self
+    }
+
+    /// Alerts waiting in memory for the spool.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn account(&self, appended: Appended) {
+        if appended.stored.is_some() {
+            self.shared.metrics.alerts_spooled(1);
+        }
+        self.shared.metrics.spool_dropped(appended.dropped);
+    }
+
+    /// Keeps an alert the spool could not take; past the limit, the oldest of the lowest
+    /// severity goes (counted with the spool's drops, reported by `spool-dropped`).
+    fn hold(&mut self, alert: Alert, error: &std::io::Error) {
+        self.shared.metrics.spool_write_failed(1);
+        let spell = self.spell.get_or_insert_with(|| {
+            warn!(
+                "failed to write alerts to the OTLP spool ({error}); they wait in memory (up to \
+                 {}) until it can be written",
+                self.backlog_limit
+            );
+            Spell {
+                error: error.to_string(),
+                held: 0,
+                dropped: 0,
+            }
+        });
+        if spell.held == 0 {
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("error.type".into(), spell.error.clone().into());
+            attributes.insert(
+                "monitor.spool.dir".into(),
+                self.shared.spool().dir().display().to_string().into(),
+            );
+            attributes.insert("monitor.spool.held".into(), (self.backlog.len() + 1).into());
+            attributes.insert(
+                "monitor.spool.backlog_limit".into(),
+                self.backlog_limit.into(),
+            );
+            self.shared.notice(notice(SPOOL_WRITE_FAILED, attributes));
+        }
+        spell.held += 1;
+        self.backlog.push_back(alert);
+        if self.backlog.len() > self.backlog_limit {
+            let lowest = self
+                .backlog
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, a)| a.severity)
+                .map(|(i, _)| i)
+                .expect("the backlog is not empty");
+            let dropped = self.backlog.remove(lowest).expect("index in range");
+            let mut lost = [0; 4];
+            lost[dropped.severity as usize] = 1;
+            self.shared.spool().count_lost(lost);
+            self.shared.metrics.spool_dropped(lost);
+            spell.dropped += 1;
+        }
+    }
+
+    /// Writes what waits in memory to the spool, oldest first, until a write fails.
+    fn drain_backlog(&mut self) {
+        while let Some(alert) = self.backlog.front() {
+            let appended = self.shared.spool().append(alert);
+            match appended {
+                Ok(appended) => {
+                    self.account(appended);
+                    self.backlog.pop_front();
+                }
+                Err(_) => return,
+            }
+        }
+        if let Some(spell) = self.spell.take() {
+            info!(
+                "the OTLP spool can be written again: {} alerts waited in memory and are \
+                 spooled now ({} of them dropped because memory was full)",
+                spell.held, spell.dropped
+            );
+        }
     }
 
     /// Changes how long `close` keeps sending (default [`CLOSE_TIMEOUT`]).
@@ -155,24 +270,37 @@ impl OtlpSink {
 
 impl AlertSink for OtlpSink {
     fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
-        let appended = self
-            .shared
-            .spool()
-            .append(alert)
-            .context("failed to write the alert to the OTLP spool")?;
-        let metrics = &self.shared.metrics;
-        if appended.stored.is_some() {
-            metrics.alerts_spooled(1);
+        self.drain_backlog();
+        if self.backlog.is_empty() {
+            let appended = self.shared.spool().append(alert);
+            match appended {
+                Ok(appended) => self.account(appended),
+                Err(e) => self.hold(alert.clone(), &e),
+            }
+        } else {
+            // Behind the ones that wait: the order is kept.
+            let error = std::io::Error::other("the spool cannot be written");
+            self.hold(alert.clone(), &error);
         }
-        metrics.spool_dropped(appended.dropped);
         self.shared.wake.notify_one();
         Ok(())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.drain_backlog();
         self.shared.report_drops();
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    fn take_notices(&mut self) -> Vec<Alert> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .notices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     fn close(&mut self) -> anyhow::Result<()> {
@@ -185,6 +313,12 @@ impl AlertSink for OtlpSink {
         let pending = self.pending();
         if pending > 0 {
             warn!("{pending} alerts not exported yet stay in the OTLP spool for the next start");
+        }
+        if !self.backlog.is_empty() {
+            tracing::error!(
+                "{} alerts could not be written to the OTLP spool and are lost at exit",
+                self.backlog.len()
+            );
         }
         Ok(())
     }

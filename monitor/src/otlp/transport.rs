@@ -42,14 +42,25 @@ pub enum ExportError {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// The collector will never take this request: drop it.
-    Permanent { reason: String },
+    /// The collector will never take this request: keep it aside (dead letters).
+    Permanent {
+        reason: String,
+        /// The status the collector answered with, when it answered.
+        status: Option<Status>,
+    },
+}
+
+/// A collector's answer: an HTTP status or a gRPC status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Http(u16),
+    Grpc(i32),
 }
 
 impl std::fmt::Display for ExportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExportError::Retryable { reason, .. } | ExportError::Permanent { reason } => {
+            ExportError::Retryable { reason, .. } | ExportError::Permanent { reason, .. } => {
                 f.write_str(reason)
             }
         }
@@ -389,9 +400,13 @@ fn grpc_error(status: tonic::Status) -> ExportError {
         | Code::Aborted
         | Code::OutOfRange
         | Code::Unavailable
-        | Code::DataLoss => true,
-        // Only when the server says when to come back.
-        Code::ResourceExhausted => retry_after.is_some(),
+        | Code::DataLoss
+        // A collector out of memory or over its quota will take the alerts later; the spec
+        // retries it only with RetryInfo, but giving up loses them: back off instead.
+        | Code::ResourceExhausted
+        // A collector that failed inside may recover.
+        | Code::Internal
+        | Code::Unknown => true,
         _ => false,
     };
     if retryable {
@@ -400,7 +415,10 @@ fn grpc_error(status: tonic::Status) -> ExportError {
             retry_after,
         }
     } else {
-        ExportError::Permanent { reason }
+        ExportError::Permanent {
+            reason,
+            status: Some(Status::Grpc(status.code() as i32)),
+        }
     }
 }
 
@@ -441,6 +459,7 @@ async fn post(
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| ExportError::Permanent {
             reason: format!("failed to build the request: {e}"),
+            status: None,
         })?;
     for (name, value) in headers {
         request.headers_mut().append(name, value.clone());
@@ -478,15 +497,21 @@ async fn post(
             "{uri} answered {status}: {}",
             error_text(content_type.as_ref(), &body)
         );
-        match status {
-            StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Err(ExportError::Retryable {
+        // Every 5xx is the server's trouble, not the request's: retry it (the spec retries
+        // only 502-504, and a collector answering 500 while it restarts would lose alerts).
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            Err(ExportError::Retryable {
                 reason,
                 retry_after,
-            }),
-            _ => Err(ExportError::Permanent { reason }),
+            })
+        } else {
+            Err(ExportError::Permanent {
+                reason,
+                status: Some(Status::Http(status.as_u16())),
+            })
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -525,7 +550,15 @@ mod tests {
         assert!(retryable(tonic::Status::deadline_exceeded("slow")));
         assert!(!retryable(tonic::Status::invalid_argument("bad")));
         assert!(!retryable(tonic::Status::unauthenticated("who")));
-        assert!(!retryable(tonic::Status::resource_exhausted("full")));
+        assert!(retryable(tonic::Status::resource_exhausted("full")));
+        assert!(retryable(tonic::Status::internal("oops")));
+        assert_eq!(
+            grpc_error(tonic::Status::invalid_argument("bad")),
+            ExportError::Permanent {
+                reason: "gRPC status InvalidArgument: bad".into(),
+                status: Some(Status::Grpc(3)),
+            }
+        );
         let with_info = tonic::Status::with_details(
             tonic::Code::ResourceExhausted,
             "full",

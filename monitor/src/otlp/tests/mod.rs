@@ -464,7 +464,7 @@ async fn grpc_unavailable_is_retried() {
     retryable_then_success(Protocol::Grpc, fail).await;
 }
 
-async fn permanent_failure_drops(protocol: Protocol) {
+async fn permanent_failure_is_dead_lettered(protocol: Protocol) {
     let receiver = receiver_at(protocol, "127.0.0.1:0".parse().unwrap()).await;
     receiver.script([Reply::Fail {
         http: 400,
@@ -473,20 +473,44 @@ async fn permanent_failure_drops(protocol: Protocol) {
     }]);
     let dir = TempDir::new("permanent");
     let metrics = Arc::new(Metrics::new());
-    let mut sink = start(
-        settings(protocol, receiver.addr, &[]),
-        &dir.0,
-        1 << 20,
-        &metrics,
-    );
-    sink.send(&numbered_alert(1)).unwrap();
+    let settings = settings(protocol, receiver.addr, &[]);
+    let mut sink = start(settings.clone(), &dir.0, 1 << 20, &metrics);
+    let rejected = numbered_alert(1);
+    sink.send(&rejected).unwrap();
     let start = Instant::now();
-    while metrics.counter("monitor.alerts.rejected") == 0 && start.elapsed() < WAIT {
+    while metrics.counter("monitor.alerts.dead_lettered") == 0 && start.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(metrics.counter("monitor.alerts.rejected"), 1);
+    assert_eq!(metrics.counter("monitor.alerts.dead_lettered"), 1);
     assert_eq!(metrics.counter("monitor.alerts.export.retries"), 0);
-    // Dropped from the spool: it does not block the next alert.
+    // Raised through the other outputs, with the collector's answer.
+    let notices = sink.take_notices();
+    let notice = notices
+        .iter()
+        .find(|n| n.rule == "export-rejected")
+        .unwrap_or_else(|| panic!("an export-rejected notice: {notices:?}"));
+    assert_eq!(notice.severity, Severity::High);
+    assert_eq!(notice.attributes["monitor.export.rejected"], 1);
+    let response = notice.attributes["monitor.export.response"]
+        .as_str()
+        .unwrap();
+    match protocol {
+        Protocol::Http => {
+            assert_eq!(notice.attributes["http.response.status_code"], 400);
+            assert!(response.contains("400"), "{response}");
+        }
+        Protocol::Grpc => {
+            assert_eq!(notice.attributes["rpc.grpc.status_code"], 3);
+            assert!(response.contains("InvalidArgument"), "{response}");
+        }
+    }
+    let dead_letters = dir.0.join(super::DEAD_LETTER_DIR);
+    assert_eq!(
+        notice.attributes["monitor.export.dead_letter_dir"],
+        dead_letters.display().to_string()
+    );
+    // Out of the spool: it does not block the next alert.
     let next = numbered_alert(2);
     sink.send(&next).unwrap();
     receiver
@@ -497,18 +521,198 @@ async fn permanent_failure_drops(protocol: Protocol) {
     assert_eq!(
         receiver.with(|c| c.logs.len()),
         2,
-        "the rejected batch is not resent"
+        "the rejected batch is not resent by the exporter"
     );
+    // The operator replays the dead letters: the collector takes them now.
+    let replayed = super::replay(&settings, &dir.0).await.unwrap();
+    assert_eq!(replayed.sent, 1);
+    receiver
+        .wait_for("the replayed alert", WAIT, |r| {
+            r.uids().contains(&rejected.uid)
+        })
+        .await;
+    // Nothing is left to replay.
+    assert_eq!(super::replay(&settings, &dir.0).await.unwrap().sent, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_400_is_counted_and_dropped() {
-    permanent_failure_drops(Protocol::Http).await;
+async fn http_400_is_dead_lettered_reported_and_replayable() {
+    permanent_failure_is_dead_lettered(Protocol::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_invalid_argument_is_counted_and_dropped() {
-    permanent_failure_drops(Protocol::Grpc).await;
+async fn grpc_invalid_argument_is_dead_lettered_reported_and_replayable() {
+    permanent_failure_is_dead_lettered(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_collector_still_refuses_keeps_the_dead_letters() {
+    let receiver = Receiver::http("127.0.0.1:0".parse().unwrap()).await;
+    let refuse = || Reply::Fail {
+        http: 400,
+        grpc: tonic::Code::InvalidArgument,
+        retry_after: None,
+    };
+    receiver.script([refuse(), refuse()]);
+    let dir = TempDir::new("replay-refused");
+    let metrics = Arc::new(Metrics::new());
+    let settings = settings(Protocol::Http, receiver.addr, &[]);
+    let mut sink = start(settings.clone(), &dir.0, 1 << 20, &metrics);
+    let rejected = numbered_alert(1);
+    sink.send(&rejected).unwrap();
+    let start = Instant::now();
+    while metrics.counter("monitor.alerts.dead_lettered") == 0 && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    block_in_place(|| sink.close()).unwrap();
+    drop(sink);
+    let err = super::replay(&settings, &dir.0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("400") && err.contains("1 still kept"), "{err}");
+    // Kept: the next replay sends it.
+    assert_eq!(super::replay(&settings, &dir.0).await.unwrap().sent, 1);
+    assert!(receiver.uids().contains(&rejected.uid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_500_and_grpc_internal_are_retried_until_delivered() {
+    for protocol in [Protocol::Http, Protocol::Grpc] {
+        let receiver = receiver_at(protocol, "127.0.0.1:0".parse().unwrap()).await;
+        let fail = |http, grpc| Reply::Fail {
+            http,
+            grpc,
+            retry_after: None,
+        };
+        receiver.script([
+            fail(500, tonic::Code::Internal),
+            fail(429, tonic::Code::ResourceExhausted),
+            fail(500, tonic::Code::Unknown),
+        ]);
+        let dir = TempDir::new("retry-5xx");
+        let metrics = Arc::new(Metrics::new());
+        let mut sink = start(
+            settings(protocol, receiver.addr, &[]),
+            &dir.0,
+            1 << 20,
+            &metrics,
+        );
+        let alert = numbered_alert(7);
+        sink.send(&alert).unwrap();
+        receiver
+            .wait_for("the alert after three refusals", WAIT, |r| {
+                r.uids() == [alert.uid.clone()]
+            })
+            .await;
+        assert_eq!(metrics.counter("monitor.alerts.export.retries"), 3);
+        assert_eq!(metrics.counter("monitor.alerts.rejected"), 0);
+        block_in_place(|| sink.close()).unwrap();
+        assert!(sink.take_notices().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_the_spool_cannot_take_wait_in_memory_and_are_delivered() {
+    let receiver = Receiver::http("127.0.0.1:0".parse().unwrap()).await;
+    let dir = TempDir::new("unwritable");
+    let spool_dir = dir.0.join("spool");
+    let metrics = Arc::new(Metrics::new());
+    // Segments of 1 KiB: a new segment file every few alerts.
+    let mut sink = start(
+        settings(Protocol::Http, receiver.addr, &[]),
+        &spool_dir,
+        16 << 10,
+        &metrics,
+    );
+    // The spool dir disappears (a real failure: every new segment fails with ENOENT)...
+    let away = dir.0.join("away");
+    std::fs::rename(&spool_dir, &away).unwrap();
+    let alerts: Vec<Alert> = (0..20).map(numbered_alert).collect();
+    for alert in &alerts {
+        sink.send(alert).unwrap();
+    }
+    sink.flush().unwrap();
+    assert!(sink.backlog() > 0, "alerts wait in memory");
+    assert!(metrics.counter("monitor.spool.write_failed") > 0);
+    let notices = sink.take_notices();
+    let failed: Vec<&Alert> = notices
+        .iter()
+        .filter(|n| n.rule == "spool-write-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "once per spell: {notices:?}");
+    assert!(failed[0].attributes["error.type"]
+        .as_str()
+        .unwrap()
+        .contains("No such file"));
+    // ...and comes back: what waited is spooled, in order, and delivered.
+    std::fs::rename(&away, &spool_dir).unwrap();
+    sink.flush().unwrap();
+    assert_eq!(sink.backlog(), 0);
+    receiver
+        .wait_for("every alert", WAIT, |r| {
+            let uids = r.uids();
+            alerts.iter().all(|a| uids.contains(&a.uid))
+        })
+        .await;
+    assert_eq!(metrics.spool_dropped_counts(), [0; 4]);
+    // A second spell is reported again.
+    std::fs::rename(&spool_dir, &away).unwrap();
+    for n in 20..30 {
+        sink.send(&numbered_alert(n)).unwrap();
+    }
+    std::fs::rename(&away, &spool_dir).unwrap();
+    sink.flush().unwrap();
+    let again = sink.take_notices();
+    assert_eq!(
+        again
+            .iter()
+            .filter(|n| n.rule == "spool-write-failed")
+            .count(),
+        1,
+        "{again:?}"
+    );
+    block_in_place(|| sink.close()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_memory_queue_drops_the_lowest_and_counts_it() {
+    let addr = free_port();
+    let dir = TempDir::new("backlog-full");
+    let spool_dir = dir.0.join("spool");
+    let metrics = Arc::new(Metrics::new());
+    let mut sink = start(
+        settings(Protocol::Http, addr, &[]),
+        &spool_dir,
+        16 << 10,
+        &metrics,
+    )
+    .with_backlog_limit(4);
+    let away = dir.0.join("away");
+    std::fs::rename(&spool_dir, &away).unwrap();
+    // Fill the active segment until writes fail, then 4 wait and the rest are dropped.
+    for n in 0..40 {
+        let mut alert = numbered_alert(n);
+        alert.severity = if n == 39 {
+            Severity::Critical
+        } else {
+            Severity::Low
+        };
+        sink.send(&alert).unwrap();
+    }
+    assert_eq!(sink.backlog(), 4);
+    let failed = metrics.counter("monitor.spool.write_failed");
+    let dropped = metrics.spool_dropped_counts();
+    assert_eq!(dropped, [failed - 4, 0, 0, 0], "the critical one is kept");
+    std::fs::rename(&away, &spool_dir).unwrap();
+    sink.flush().unwrap();
+    // The report of those drops is spooled and raised with the exact count.
+    let notices = sink.take_notices();
+    let report = notices
+        .iter()
+        .find(|n| n.rule == "spool-dropped")
+        .unwrap_or_else(|| panic!("a spool-dropped notice: {notices:?}"));
+    assert_eq!(report.attributes["monitor.spool.dropped.low"], failed - 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
