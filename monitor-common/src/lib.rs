@@ -51,6 +51,9 @@ pub mod maps {
     pub const PROTECTED_PREFIXES: &str = "PROTECTED_PREFIXES";
     /// Profiles allowed to write what a guard protects: [`super::GuardWriter`] -> 1.
     pub const GUARD_WRITERS: &str = "GUARD_WRITERS";
+    /// Accelerator opens the device hook let through, until the open's exit files the fd in
+    /// [`ACCEL_FDS`]: pid_tgid -> [`super::DeviceOpen`] (LRU).
+    pub const DEVICE_OPENS: &str = "DEVICE_OPENS";
 }
 
 /// Names of the programs, shared by both sides.
@@ -66,6 +69,8 @@ pub mod programs {
     pub const BIND4: &str = "bind4";
     pub const BIND6: &str = "bind6";
     pub const LSM_PROBE: &str = "lsm_probe";
+    /// Exit of the open syscalls: files an accelerator fd the device hook saw for ioctl counting.
+    pub const SYS_EXIT_OPEN_DEVICE: &str = "sys_exit_open_device";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.
@@ -350,17 +355,66 @@ pub struct NetEvent {
     pub op: u32,
     /// `SOCK_STREAM`, `SOCK_DGRAM`, ... (0 when unknown).
     pub sock_type: u32,
-    /// 0 or the new fd on success, `-errno` on failure.
+    /// 0 or the new fd on success, `-errno` on failure. From a cgroup program (`decision`
+    /// set): `-EPERM` when refused, else 0 (the operation had not run yet).
     pub result: i64,
     /// Bytes used in `addr`.
     pub addr_len: u32,
-    pub _pad: u32,
+    /// [`Decision`] as u32: what the cgroup program decided, on the kernel's copy of the
+    /// address; [`Decision::Observed`] when a syscall tracepoint saw it instead.
+    pub decision: u32,
+    /// `NET_*` bits.
+    pub flags: u32,
+    /// The socket's protocol (`IPPROTO_TCP`, `IPPROTO_UDP`, ...; 0 when unknown).
+    pub protocol: u32,
     /// As in [`FileEvent::known`].
     pub known: KnownKey,
     /// A `struct sockaddr_*`: the peer (connect, accept, send) or the local address (bind,
     /// listen), as the process gave it or as the kernel's socket holds it.
     pub addr: [u8; SOCKADDR_CAP],
 }
+
+/// [`NetEvent::flags`]: the address was read from the process's memory after the kernel
+/// copied it (a syscall tracepoint): another thread may have rewritten it in between.
+pub const NET_UNVERIFIED: u32 = 1;
+
+/// What a cgroup program decided about the operation it reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Seen after the fact by a syscall tracepoint: nothing was decided.
+    Observed = 0,
+    /// Let through.
+    Allowed = 1,
+    /// Refused (`EPERM`).
+    Denied = 2,
+    /// It would have been refused (dry run).
+    WouldDeny = 3,
+}
+
+impl TryFrom<u32> for Decision {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            0 => Decision::Observed,
+            1 => Decision::Allowed,
+            2 => Decision::Denied,
+            3 => Decision::WouldDeny,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Address families, as in `struct sockaddr::sa_family` (both sides decode them).
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// Socket types, as in [`NetEvent::sock_type`].
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
+/// The errno a cgroup program's refusal gives the process.
+pub const EPERM: i64 = 1;
 
 /// Room for any `struct sockaddr` we decode (`sockaddr_un` is 110 bytes).
 pub const SOCKADDR_CAP: usize = 128;
@@ -402,6 +456,22 @@ pub enum DeviceClassId {
     Accel = 6,
 }
 
+impl TryFrom<u32> for DeviceClassId {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => DeviceClassId::Nvidia,
+            2 => DeviceClassId::NvidiaUvm,
+            3 => DeviceClassId::NvidiaCaps,
+            4 => DeviceClassId::Dri,
+            5 => DeviceClassId::Kfd,
+            6 => DeviceClassId::Accel,
+            other => return Err(other),
+        })
+    }
+}
+
 /// An open of an accelerator device node.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -413,11 +483,26 @@ pub struct DeviceEvent {
     pub minor: u32,
     /// `FILE_*` bits for `path`/`raw`, as in [`FileEvent`].
     pub flags: u32,
+    /// From the device hook: `-EPERM` when refused, else 0 (the driver's open had not run).
     pub result: i64,
     pub path_len: u32,
     pub raw_len: u32,
+    /// [`Decision`] as u32: what the device hook decided.
+    pub decision: u32,
+    pub _pad: u32,
     pub path: [u8; PATH_CAP],
     pub raw: [u8; PATH_CAP],
+}
+
+/// Value of [`maps::DEVICE_OPENS`]: the device node the hook let a thread open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceOpen {
+    pub major: u32,
+    pub minor: u32,
+    /// [`DeviceClassId`] as u32.
+    pub class: u32,
+    pub _pad: u32,
 }
 
 /// A syscall in flight, from its entry (and the device hook) to its exit.
@@ -449,6 +534,9 @@ pub const PENDING_FILE: u32 = 1;
 pub const PENDING_NET: u32 = 2;
 /// [`Pending::flags`]: the device hook saw an accelerator device being opened.
 pub const PENDING_DEVICE: u32 = 4;
+/// [`Pending::flags`]: a cgroup sock_addr program judged (and reported, unless already
+/// known) this syscall's address from the kernel's copy: its exit reports nothing more.
+pub const PENDING_NET_JUDGED: u32 = 8;
 
 /// Key of [`maps::PROTECTED_DIRS`]: a directory by device and inode number.
 #[repr(C)]
@@ -711,8 +799,9 @@ const _: () = assert!(core::mem::size_of::<WatchEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<KnownKey>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<FileEvent>() == 32 + 32 + 32 + 2 * PATH_CAP);
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 24 + 32 + SOCKADDR_CAP);
-const _: () = assert!(core::mem::size_of::<DeviceEvent>() == 32 + 32 + 2 * PATH_CAP);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 32 + 32 + SOCKADDR_CAP);
+const _: () = assert!(core::mem::size_of::<DeviceEvent>() == 32 + 40 + 2 * PATH_CAP);
+const _: () = assert!(core::mem::size_of::<DeviceOpen>() == 16);
 const _: () = assert!(core::mem::size_of::<Pending>() == 56);
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Suffix>() == 32);
@@ -742,4 +831,5 @@ mod user {
     unsafe impl aya::Pod for super::Prefix {}
     unsafe impl aya::Pod for super::KnownKey {}
     unsafe impl aya::Pod for super::GuardWriter {}
+    unsafe impl aya::Pod for super::DeviceOpen {}
 }

@@ -1,18 +1,27 @@
 //! Accelerator devices, host-wide: the cgroup device hook sees every open of a device node
-//! (before the driver's open, so failed opens too) and marks the thread's syscall; the open's
-//! exit (file.rs) reports it. ioctls on accelerator fds are counted in the kernel.
+//! (before the driver's open, so failed opens too, and io_uring's opens, which no syscall
+//! tracepoint sees), decides it, and reports it with the process that asked, once per open.
+//! ioctls on accelerator fds are counted in the kernel: the open's exit files the fd.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{cgroup_device, tracepoint},
     programs::{DeviceContext, TracePointContext},
 };
-use monitor_common::{FdKey, IoctlKey, Pending, PENDING_DEVICE, POLICY_DRY_RUN, POLICY_ENFORCE};
+use monitor_common::{
+    Decision, DeviceEvent, DeviceOpen, EventKind, FdKey, FileOpCode, IoctlKey, Stat, EPERM,
+    PENDING_FILE, POLICY_ENFORCE,
+};
 
 use crate::{
-    config_self_tgid,
-    enforce::{enforced_policy, refuse},
-    syscall_arg, ACCEL_FDS, ACCEL_MAJORS, GPU_ALLOWED, GUARDS, IOCTL_COUNTS, PENDING, WATCHED,
+    config_self_tgid, count,
+    enforce::{enforced_policy, refusal, verdict, ALLOW},
+    is_watched,
+    kernel::{file_inode, inode_rdev, Task},
+    path::write_user_str,
+    process::header,
+    submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, ACCEL_MAJORS, DEVICE_OPENS, EVENTS,
+    GPU_ALLOWED, GUARDS, IOCTL_COUNTS, OPEN_ARGS, PENDING, WATCHED,
 };
 
 /// `BPF_DEVCG_DEV_CHAR`
@@ -25,68 +34,143 @@ const ACC_READ_WRITE: u32 = 2 | 4;
 /// processes off /dev/null.
 #[cgroup_device]
 pub fn device_access(ctx: DeviceContext) -> i32 {
-    match observe(&ctx) {
-        Some(class) => decide(class),
-        None => 1,
+    let dev = unsafe { &*ctx.device };
+    // The cheapest tests first: a read or write of a character device of an accelerator class.
+    let dev_type = dev.access_type & 0xffff;
+    let access = dev.access_type >> 16;
+    if dev_type != DEV_CHAR || access & ACC_READ_WRITE == 0 {
+        return ALLOW;
     }
+    let Some(class) = (unsafe { ACCEL_MAJORS.get(dev.major) }).copied() else {
+        return ALLOW;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == config_self_tgid() {
+        return ALLOW;
+    }
+    let decision = decide(tgid, class);
+    report(pid_tgid, dev.major, dev.minor, class, decision);
+    verdict(decision)
 }
 
-/// Whether an accelerator open is allowed (1) or refused (0).
+/// Whether an accelerator open is allowed, refused, or would be (dry run).
 #[inline(always)]
-fn decide(class: u32) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == config_self_tgid() || tgid == 1 {
-        return 1;
+fn decide(tgid: u32, class: u32) -> Decision {
+    if tgid == 1 {
+        return Decision::Allowed;
     }
     if let Some((_, policy)) = enforced_policy() {
         if policy.devices & (1 << (class & 31)) == 0 {
-            return refuse(&policy);
+            return refusal(policy.flags);
         }
     }
     let guard = GUARDS.get(0).copied().unwrap_or(0);
     if guard & POLICY_ENFORCE != 0 {
         let profile = unsafe { WATCHED.get(tgid) }.map_or(0, |w| w.profile);
         if profile == 0 || unsafe { GPU_ALLOWED.get(profile).is_none() } {
-            return if guard & POLICY_DRY_RUN != 0 { 1 } else { 0 };
+            return refusal(guard);
         }
     }
-    1
+    Decision::Allowed
 }
 
-/// Marks the thread's syscall when it opens an accelerator device; returns its class.
+/// Sends the attempt, and prepares what the open's exit needs. The event is the open's only
+/// report: a watched process's open syscall in flight is told not to report a file open too.
 #[inline(always)]
-fn observe(ctx: &DeviceContext) -> Option<u32> {
-    let dev = unsafe { &*ctx.device };
-    let dev_type = dev.access_type & 0xffff;
-    let access = dev.access_type >> 16;
-    if dev_type != DEV_CHAR || access & ACC_READ_WRITE == 0 {
-        return None;
-    }
-    let class = (unsafe { ACCEL_MAJORS.get(dev.major) }).copied()?;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == config_self_tgid() {
-        return None;
-    }
+fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision) {
+    let tgid = (pid_tgid >> 32) as u32;
     if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
-        // A watched process's open recorded at entry: add what the hook knows.
         unsafe {
-            (*pending).flags |= PENDING_DEVICE;
-            (*pending).major = dev.major;
-            (*pending).minor = dev.minor;
-            (*pending).class = class;
+            if (*pending).flags & PENDING_FILE != 0 && (*pending).op == FileOpCode::Open as u32 {
+                (*pending).flags = 0;
+            }
         }
-    } else {
-        let pending = Pending {
-            flags: PENDING_DEVICE,
-            major: dev.major,
-            minor: dev.minor,
-            class,
-            dfd: -100,
-            ..Pending::default()
-        };
-        let _ = PENDING.insert(pid_tgid, pending, 0);
     }
-    Some(class)
+    if decision != Decision::Denied {
+        let open = DeviceOpen {
+            major,
+            minor,
+            class,
+            _pad: 0,
+        };
+        if DEVICE_OPENS.insert(pid_tgid, open, 0).is_err() {
+            // Its ioctls go uncounted: count that.
+            count(Stat::LostRingFull, EventKind::GpuIoctls as u32);
+        }
+    }
+    let kind = EventKind::Device as u32;
+    let Some(mut entry) = EVENTS.reserve::<DeviceEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return;
+    };
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = header(
+            EventKind::Device,
+            tgid,
+            pid_tgid as u32,
+            task.process_start_time().unwrap_or(0),
+            is_watched(tgid),
+        );
+        (*event).class = class;
+        (*event).major = major;
+        (*event).minor = minor;
+        (*event).flags = 0;
+        (*event).result = if decision == Decision::Denied {
+            -EPERM
+        } else {
+            0
+        };
+        (*event).decision = decision as u32;
+        (*event)._pad = 0;
+        (*event).path_len = 0;
+        (*event).raw_len = 0;
+    }
+    // The name, when this thread's last open syscall on this CPU is the one in flight (io_uring
+    // opens have none): an absolute name only, and user space checks that it is this node.
+    if let Some(slot) = OPEN_ARGS.get(0) {
+        if slot.pid_tgid == pid_tgid {
+            let raw = unsafe { &mut (*event).raw };
+            if let Ok((len, _)) = write_user_str(raw, slot.name) {
+                if raw[0] == b'/' {
+                    unsafe { (*event).raw_len = len };
+                }
+            }
+        }
+    }
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+}
+
+/// Exit of open, openat, openat2 and creat: an accelerator fd the device hook let through is
+/// filed for ioctl counting (io_uring's opens have no exit here: their fds go uncounted).
+#[tracepoint]
+pub fn sys_exit_open_device(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(open) = (unsafe { DEVICE_OPENS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = DEVICE_OPENS.remove(pid_tgid);
+    let ret = syscall_ret(&ctx);
+    if ret < 0 {
+        return 0;
+    }
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    // The hook may have seen another access by this thread (access(2), say): only file the
+    // fd of that very device.
+    let Ok((major, minor)) = task.file(ret).and_then(file_inode).and_then(inode_rdev) else {
+        return 0;
+    };
+    if major == open.major && minor == open.minor {
+        let key = FdKey {
+            tgid: (pid_tgid >> 32) as u32,
+            fd: ret as u32,
+        };
+        let _ = ACCEL_FDS.insert(key, open.class, 0);
+    }
+    0
 }
 
 /// `ioctl(fd, cmd, arg)`: counted per (process, class, type, number) on accelerator fds.

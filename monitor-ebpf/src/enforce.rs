@@ -1,18 +1,20 @@
-//! Enforcement without BPF-LSM: cgroup `connect4/6`, `sendmsg4/6` and `bind4/6` programs
-//! refuse (EPERM) what a governed process's enforce-mode profile does not allow, decided in
-//! the kernel against per-profile LPM tries. Device and exec enforcement live with their
-//! sensors (device.rs, process.rs). The monitor itself and PID 1 are never enforced on.
+//! Enforcement without BPF-LSM: the cgroup `connect4/6`, `sendmsg4/6` and `bind4/6` programs
+//! (net.rs) refuse (EPERM) what a governed process's enforce-mode profile does not allow,
+//! decided here in the kernel against per-profile LPM tries. Device and exec enforcement live
+//! with their sensors (device.rs, process.rs). The monitor itself and PID 1 are never
+//! enforced on.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, maps::lpm_trie::Key,
-    programs::SockAddrContext,
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::lpm_trie::Key};
+use monitor_common::{
+    Decision, NetKey, ProfilePolicy, POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX,
 };
-use monitor_common::{NetKey, ProfilePolicy, POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX};
 
 use crate::{config_self_tgid, NET_CONNECT, NET_LISTEN, POLICY, WATCHED};
 
-const ALLOW: i32 = 1;
-const DENY: i32 = 0;
+/// What a cgroup program returns to let the operation through.
+pub const ALLOW: i32 = 1;
+/// ... and to refuse it (`EPERM`).
+pub const DENY: i32 = 0;
 
 /// The enforce-mode policy of the current process's profile, if it has one.
 #[inline(always)]
@@ -29,49 +31,54 @@ pub fn enforced_policy() -> Option<(u32, ProfilePolicy)> {
     (policy.flags & POLICY_ENFORCE != 0).then_some((profile, policy))
 }
 
-/// Refuses unless dry-run.
+/// The refusal of a policy: denied, or only reported in a dry run.
+#[inline(always)]
+pub fn refusal(flags: u32) -> Decision {
+    if flags & POLICY_DRY_RUN != 0 {
+        Decision::WouldDeny
+    } else {
+        Decision::Denied
+    }
+}
+
+/// Refuses (0) unless dry-run (1).
 #[inline(always)]
 pub fn refuse(policy: &ProfilePolicy) -> i32 {
-    if policy.flags & POLICY_DRY_RUN != 0 {
-        ALLOW
-    } else {
+    verdict(refusal(policy.flags))
+}
+
+/// What a cgroup program returns for a decision.
+#[inline(always)]
+pub fn verdict(decision: Decision) -> i32 {
+    if decision == Decision::Denied {
         DENY
+    } else {
+        ALLOW
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub enum Direction {
     Connect,
     Listen,
 }
 
+/// The decision about an address (IPv6, IPv4 mapped) and port (host order) of the current
+/// process, against its enforce-mode profile's LPM tries.
 #[inline(always)]
-fn decide(ctx: &SockAddrContext, v6: bool, direction: Direction) -> i32 {
+pub fn judge(addr: &[u8; 16], port: u16, direction: Direction) -> Decision {
     let Some((profile, policy)) = enforced_policy() else {
-        return ALLOW;
+        return Decision::Allowed;
     };
-    let sa = unsafe { &*ctx.sock_addr };
-    // user_port holds the port in network byte order in its low 16 bits.
-    let port = u16::from_be(sa.user_port as u16);
     if direction == Direction::Listen && port == 0 {
         // An ephemeral port: nothing to decide.
-        return ALLOW;
-    }
-    let mut addr = [0u8; 16];
-    if v6 {
-        for (i, word) in sa.user_ip6.iter().enumerate() {
-            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-    } else {
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12..16].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        return Decision::Allowed;
     }
     let key = Key::new(
         32 + 128,
         NetKey {
             profile_be: profile.to_be(),
-            addr,
+            addr: *addr,
         },
     );
     let trie = match direction {
@@ -83,42 +90,12 @@ fn decide(ctx: &SockAddrContext, v6: bool, direction: Direction) -> i32 {
             if (i as u32) < ports.count {
                 let [lo, hi] = ports.ranges[i];
                 if lo <= port && port <= hi {
-                    return ALLOW;
+                    return Decision::Allowed;
                 }
             }
         }
     }
-    refuse(&policy)
-}
-
-#[cgroup_sock_addr(connect4)]
-pub fn connect4(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, false, Direction::Connect)
-}
-
-#[cgroup_sock_addr(connect6)]
-pub fn connect6(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, true, Direction::Connect)
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, false, Direction::Connect)
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, true, Direction::Connect)
-}
-
-#[cgroup_sock_addr(bind4)]
-pub fn bind4(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, false, Direction::Listen)
-}
-
-#[cgroup_sock_addr(bind6)]
-pub fn bind6(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, true, Direction::Listen)
+    refusal(policy.flags)
 }
 
 /// Loaded (never attached) at start-up to learn whether this host allows BPF-LSM programs:

@@ -22,7 +22,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, KnownKey,
+    stats_slot, Config, DeviceOpen, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, KnownKey,
     NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
     PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
@@ -84,6 +84,9 @@ static PROTECTED_SUFFIXES: Array<Suffix> = Array::with_max_entries(SUFFIXES_MAX,
 
 #[map(name = "ACCEL_FDS")]
 static ACCEL_FDS: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "DEVICE_OPENS")]
+static DEVICE_OPENS: LruHashMap<u64, DeviceOpen> = LruHashMap::with_max_entries(4096, 0);
 
 #[map(name = "IOCTL_COUNTS")]
 static IOCTL_COUNTS: PerCpuHashMap<IoctlKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);

@@ -1,28 +1,175 @@
 //! Network sensor for watched processes: connect, accept, bind, listen, and UDP datagrams
 //! to a destination (each destination reported once per process).
+//!
+//! Connects, binds and datagrams of IPv4/IPv6 sockets are reported by the cgroup
+//! `connect4/6`, `bind4/6` and `sendmsg4/6` programs, from the kernel's own copy of the
+//! address, with the decision they took (enforce.rs): they run for every path into the
+//! socket layer (the syscalls, `sendmmsg`, io_uring) and after the copy from user memory, so
+//! a sockaddr rewritten by another thread cannot mislead them. The syscall tracepoints
+//! report what those programs do not see: unix sockets, listen and accept (read from the
+//! kernel's socket), and the operations of processes outside the cgroup the programs are
+//! attached to; an address they read from user memory is flagged `NET_UNVERIFIED`.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
 };
 use monitor_common::{
-    EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, KNOWN_NET, PENDING_NET,
-    SOCKADDR_CAP,
+    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET,
+    AF_INET6, AF_UNIX, EPERM, KNOWN_NET, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED,
+    SOCKADDR_CAP, SOCK_DGRAM,
 };
 
 use crate::{
-    config_self_tgid, count, is_watched,
+    config_self_tgid, count,
+    enforce::{judge, verdict, Direction, ALLOW},
+    is_watched,
     kernel::{file_socket, off, read, Task},
     known, known_key,
     process::header,
     submit_flags, syscall_arg, syscall_ret, EVENTS, PENDING, SENT,
 };
 
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const SOCK_DGRAM: u32 = 2;
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    judge_and_report(&ctx, false, NetOpCode::Connect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    judge_and_report(&ctx, true, NetOpCode::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge_and_report(&ctx, false, NetOpCode::Send)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge_and_report(&ctx, true, NetOpCode::Send)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    judge_and_report(&ctx, false, NetOpCode::Bind)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    judge_and_report(&ctx, true, NetOpCode::Bind)
+}
+
+/// Judges a connect, bind or datagram of the current process on the kernel's copy of its
+/// address, and reports it unless user space already judged the same thing allowed (or, for
+/// a datagram, already saw its destination). Refusals are always reported.
+#[inline(always)]
+fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // The cheapest test first: unwatched processes are neither judged nor reported.
+    if tgid == config_self_tgid() || !is_watched(tgid) {
+        return ALLOW;
+    }
+    let sa = unsafe { &*ctx.sock_addr };
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port_be = sa.user_port as u16;
+    // The address as IPv6 (IPv4 mapped), as the tries hold it.
+    let mut addr = [0u8; 16];
+    if v6 {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    } else {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..16].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    let direction = if op == NetOpCode::Bind {
+        Direction::Listen
+    } else {
+        Direction::Connect
+    };
+    let decision = judge(&addr, u16::from_be(port_be), direction);
+    // The syscall's exit (when there is one: not for io_uring) must not report it again.
+    if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
+        unsafe {
+            if (*pending).flags & PENDING_NET != 0 {
+                (*pending).flags |= PENDING_NET_JUDGED;
+            }
+        }
+    }
+    let a = u64::from_ne_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let b = u64::from_ne_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let key = known_key(tgid, KNOWN_NET, op as u32 | ((port_be as u32) << 16), a, b);
+    let sent = SendKey {
+        tgid,
+        port: port_be as u32,
+        addr,
+    };
+    if decision == Decision::Allowed {
+        if op == NetOpCode::Send && unsafe { SENT.get(sent).is_some() } {
+            return ALLOW;
+        }
+        if known(&key, EventKind::Net as u32) {
+            return ALLOW;
+        }
+    }
+    let kind = EventKind::Net as u32;
+    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return verdict(decision);
+    };
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = header(
+            EventKind::Net,
+            tgid,
+            pid_tgid as u32,
+            task.process_start_time().unwrap_or(0),
+            true,
+        );
+        (*event).op = op as u32;
+        (*event).sock_type = sa.type_;
+        (*event).protocol = sa.protocol;
+        (*event).result = if decision == Decision::Denied {
+            -EPERM
+        } else {
+            0
+        };
+        (*event).decision = decision as u32;
+        (*event).flags = 0;
+        (*event).known = key.unwrap_or_default();
+        // A sockaddr_in / sockaddr_in6 of the kernel's copy.
+        let out = &mut (*event).addr;
+        out[2..4].copy_from_slice(&port_be.to_ne_bytes());
+        if v6 {
+            out[0..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+            out[4..8].copy_from_slice(&[0; 4]);
+            out[8..24].copy_from_slice(&addr);
+            out[24..28].copy_from_slice(&[0; 4]);
+            (*event).addr_len = 28;
+        } else {
+            out[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
+            out[4..8].copy_from_slice(&addr[12..16]);
+            out[8..16].copy_from_slice(&[0; 8]);
+            (*event).addr_len = 16;
+        }
+    }
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+    if op == NetOpCode::Send && decision == Decision::Allowed {
+        // Reported: later datagrams to this destination are not (LRU, per process).
+        let _ = SENT.insert(sent, 1, 0);
+    }
+    verdict(decision)
+}
 
 #[inline(always)]
 fn record(op: NetOpCode, fd: u64, addr: u64, addr_len: u32) {
@@ -121,18 +268,17 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = PENDING.remove(pid_tgid);
-    if pending.flags & PENDING_NET == 0 {
+    if pending.flags & PENDING_NET == 0 || pending.flags & PENDING_NET_JUDGED != 0 {
+        // Not ours, or a cgroup program already judged and reported it.
         return Ok(());
     }
     let ret = syscall_ret(ctx);
-    let op = match pending.op {
-        1 => NetOpCode::Connect,
-        2 => NetOpCode::Accept,
-        3 => NetOpCode::Bind,
-        4 => NetOpCode::Listen,
-        5 => NetOpCode::Send,
-        _ => return Ok(()),
+    let Ok(op) = NetOpCode::try_from(pending.op) else {
+        return Ok(());
     };
+    // Connect, bind and send name an address in the process's memory, read again here after
+    // the kernel used its own copy: not to be trusted, nor remembered as judged.
+    let unverified = matches!(op, NetOpCode::Connect | NetOpCode::Bind | NetOpCode::Send);
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
     // accept: the new socket; the others: the socket they were called on.
     let fd = if op == NetOpCode::Accept {
@@ -158,7 +304,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // The same operation to the same place again: user space already judged it.
-    let key = net_key(pid_tgid, op, &pending, sock);
+    let key = if unverified {
+        None
+    } else {
+        net_key(pid_tgid, op, sock)
+    };
     if known(&key, EventKind::Net as u32) {
         return Ok(());
     }
@@ -180,7 +330,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*event).sock_type = sock_type;
         (*event).result = ret;
         (*event).addr_len = 0;
-        (*event)._pad = 0;
+        (*event).decision = Decision::Observed as u32;
+        (*event).flags = if unverified { NET_UNVERIFIED } else { 0 };
+        (*event).protocol = 0;
         (*event).known = key.unwrap_or_default();
     }
     let addr = unsafe { &mut (*event).addr };
@@ -199,42 +351,21 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// The cache key of a socket operation: connect, send and bind by the address and port
-/// given; listen by the port; accept by the operation alone (no rule looks at its peer).
+/// The cache key of a listen (by its port, from the kernel's socket) or an accept (by the
+/// operation alone: no rule looks at its peer). Connects, binds and sends seen here were read
+/// from user memory and are never cached.
 #[inline(always)]
-fn net_key(
-    pid_tgid: u64,
-    op: NetOpCode,
-    pending: &Pending,
-    sock: Option<*const u8>,
-) -> Option<KnownKey> {
+fn net_key(pid_tgid: u64, op: NetOpCode, sock: Option<*const u8>) -> Option<KnownKey> {
     let tgid = (pid_tgid >> 32) as u32;
-    let (port, a, b) = match op {
-        NetOpCode::Connect | NetOpCode::Bind | NetOpCode::Send => {
-            let addr = pending.name;
-            let family = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
-            let port = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
-            match family {
-                AF_INET => {
-                    let ip = unsafe { bpf_probe_read_user((addr + 4) as *const u32) }.ok()?;
-                    (port, 0xffff_0000_0000, ip as u64)
-                }
-                AF_INET6 => {
-                    let hi = unsafe { bpf_probe_read_user((addr + 8) as *const u64) }.ok()?;
-                    let lo = unsafe { bpf_probe_read_user((addr + 16) as *const u64) }.ok()?;
-                    (port, hi, lo)
-                }
-                // Unix sockets and others are always sent.
-                _ => return None,
-            }
-        }
+    let port = match op {
         NetOpCode::Listen => {
             let sk: *const u8 = unsafe { read(sock?, off!(socket_sk)) }.ok()?;
-            (unsafe { read::<u16>(sk, off!(skc_num)) }.ok()?, 0, 0)
+            unsafe { read::<u16>(sk, off!(skc_num)) }.ok()?
         }
-        NetOpCode::Accept => (0, 0, 0),
+        NetOpCode::Accept => 0,
+        NetOpCode::Connect | NetOpCode::Bind | NetOpCode::Send => return None,
     };
-    known_key(tgid, KNOWN_NET, op as u32 | ((port as u32) << 16), a, b)
+    known_key(tgid, KNOWN_NET, op as u32 | ((port as u32) << 16), 0, 0)
 }
 
 #[inline(always)]

@@ -92,6 +92,13 @@ pub fn parse_accel_major(text: &str) -> Result<(u32, DeviceClass), String> {
     Ok((major, class))
 }
 
+/// Whether `path` (following symlinks, as an open does) is the character device (major, minor).
+pub fn is_node(path: &Path, major: u32, minor: u32) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| {
+        meta.file_type().is_char_device() && meta.rdev() == libc::makedev(major, minor)
+    })
+}
+
 /// Finds the character device node for (major, minor) under `dir` (recursively, bounded).
 pub fn find_node(dir: &Path, major: u32, minor: u32) -> Option<String> {
     fn walk(dir: &Path, rdev: u64, depth: u32) -> Option<String> {
@@ -139,6 +146,13 @@ mod tests {
         assert!(parse_accel_major("1").unwrap_err().contains("MAJOR=CLASS"));
         assert!(parse_accel_major("x=nvidia").is_err());
         assert!(parse_accel_major("1=tpu").unwrap_err().contains("nvidia"));
+    }
+
+    #[test]
+    fn checks_a_node_by_its_numbers() {
+        assert!(is_node(Path::new("/dev/null"), 1, 3));
+        assert!(!is_node(Path::new("/dev/null"), 1, 5));
+        assert!(!is_node(Path::new("/nonexistent"), 1, 3));
     }
 
     #[test]

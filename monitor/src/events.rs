@@ -4,12 +4,14 @@
 //! `read_unaligned` after a length check, never transmuted, and the kind is decoded with
 //! `TryFrom<u32>`.
 
+pub use monitor_common::Decision;
 use monitor_common::{
-    DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOpCode, ForkEvent,
-    KnownKey, NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_KILLED,
-    EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, FILE_KILLED,
-    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, FILE_WOULD_KILL,
-    HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
+    DeviceClassId, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent,
+    FileOpCode, ForkEvent, KnownKey, NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP,
+    EXEC_ARGS_TRUNCATED, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED,
+    EXEC_WOULD_KILL, FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED,
+    FILE_RESOLVED, FILE_WOULD_KILL, HEADER_WATCHED, NET_UNVERIFIED, PATH_CAP, SOCKADDR_CAP,
+    SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// An event from the kernel, owned and checked.
@@ -160,8 +162,15 @@ pub struct Net {
     /// Unix socket path, or `@name` for the abstract namespace.
     pub unix_path: Option<String>,
     /// 0 (or an fd) on success, `-errno` on failure. A non-blocking connect in progress
-    /// (`-EINPROGRESS`) is not a failure.
+    /// (`-EINPROGRESS`) is not a failure. Judged by a cgroup program: `-EPERM` when refused,
+    /// else 0 (the operation had not run yet).
     pub result: i64,
+    /// What the cgroup program decided on the kernel's copy of the address;
+    /// [`Decision::Observed`] when a syscall tracepoint saw it.
+    pub decision: Decision,
+    /// The address was read from the process's memory after the kernel's copy (a syscall
+    /// tracepoint): another thread may have rewritten it in between (`monitor.unverified`).
+    pub unverified: bool,
     /// Where to tell the kernel this was judged allowed (governed processes only).
     pub known: Option<KnownKey>,
 }
@@ -211,8 +220,11 @@ pub struct Device {
     pub class: DeviceClass,
     pub major: u32,
     pub minor: u32,
-    /// The fd on success, `-errno` on failure.
+    /// From the device hook (`decision` not `Observed`): `-EPERM` when refused, else 0 (the
+    /// driver's open had not run yet). Otherwise the fd on success, `-errno` on failure.
     pub result: i64,
+    /// What the device hook decided.
+    pub decision: Decision,
 }
 
 /// ioctls a process made on accelerator devices since the last summary, counted in the
@@ -529,10 +541,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let address = decode_sockaddr(&raw.addr[..len]);
             let transport = match (&address, raw.sock_type) {
                 (SockAddr::Unix(_), _) => Transport::Unix,
-                (_, 1) => Transport::Tcp,
-                (_, 2) => Transport::Udp,
+                (_, SOCK_STREAM) => Transport::Tcp,
+                (_, SOCK_DGRAM) => Transport::Udp,
                 (_, _) => Transport::Other,
             };
+            let decision =
+                Decision::try_from(raw.decision).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
             let (ip, unix_path) = match address {
                 SockAddr::Ip(addr) => (Some(addr), None),
                 SockAddr::Unix(path) => (None, Some(path)),
@@ -547,21 +561,26 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 local: if local { ip } else { None },
                 unix_path,
                 result: raw.result,
+                decision,
+                unverified: raw.flags & NET_UNVERIFIED != 0,
                 known: (raw.known.tgid != 0).then_some(raw.known),
             }))
         }
         EventKind::Device => {
             let raw: DeviceEvent = read(bytes, raw_kind)?;
             let (path, _) = file_path(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
-            let class = match raw.class {
-                1 => DeviceClass::Nvidia,
-                2 => DeviceClass::NvidiaUvm,
-                3 => DeviceClass::NvidiaCaps,
-                4 => DeviceClass::Dri,
-                5 => DeviceClass::Kfd,
-                6 => DeviceClass::Accel,
-                _ => return Err(DecodeError::UnknownKind(raw_kind)),
+            let class = match DeviceClassId::try_from(raw.class)
+                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
+            {
+                DeviceClassId::Nvidia => DeviceClass::Nvidia,
+                DeviceClassId::NvidiaUvm => DeviceClass::NvidiaUvm,
+                DeviceClassId::NvidiaCaps => DeviceClass::NvidiaCaps,
+                DeviceClassId::Dri => DeviceClass::Dri,
+                DeviceClassId::Kfd => DeviceClass::Kfd,
+                DeviceClassId::Accel => DeviceClass::Accel,
             };
+            let decision =
+                Decision::try_from(raw.decision).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
             Ok(Event::Device(Device {
                 header: header(&raw.header, kind),
                 path,
@@ -569,6 +588,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 major: raw.major,
                 minor: raw.minor,
                 result: raw.result,
+                decision,
             }))
         }
         // Summaries are built in user space from the kernel's counters, never sent.
@@ -637,8 +657,8 @@ fn decode_sockaddr(bytes: &[u8]) -> SockAddr {
             .unwrap_or(0)
     };
     match family {
-        // AF_UNIX: a path, or a name in the abstract namespace (leading NUL), shown as @name.
-        1 => {
+        // A path, or a name in the abstract namespace (leading NUL), shown as @name.
+        AF_UNIX => {
             let path = &bytes[2..];
             if path.first() == Some(&0) {
                 let name = &path[1..];
@@ -649,11 +669,11 @@ fn decode_sockaddr(bytes: &[u8]) -> SockAddr {
                 SockAddr::Unix(String::from_utf8_lossy(path).into_owned())
             }
         }
-        2 if bytes.len() >= 8 => {
+        AF_INET if bytes.len() >= 8 => {
             let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
             SockAddr::Ip(SocketAddr::new(ip.into(), port()))
         }
-        10 if bytes.len() >= 24 => {
+        AF_INET6 if bytes.len() >= 24 => {
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&bytes[8..24]);
             let ip = Ipv6Addr::from(octets);

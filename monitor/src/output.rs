@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     clock::BootClock,
-    events::{errno_name, Event, Exec, Exit, File, FileOp, Fork, Net, NetOp},
+    events::{errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, Net, NetOp},
     process::{Process, ProcessTable},
 };
 
@@ -156,7 +156,7 @@ pub fn event_record(
             map.insert("device.class".into(), json!(device.class.name()));
             map.insert("device.major".into(), json!(device.major));
             map.insert("device.minor".into(), json!(device.minor));
-            result_keys(&mut map, device.result, "monitor.result.fd");
+            decision_keys(&mut map, device.decision, device.result, "monitor.result.fd");
         }
         Event::GpuIoctls(summary) => {
             let counts: Vec<Value> = summary
@@ -246,11 +246,29 @@ fn net_keys(map: &mut Map<String, Value>, net: &Net) {
         };
         map.insert(key.into(), json!(path));
     }
+    if net.unverified {
+        map.insert("monitor.unverified".into(), json!(true));
+    }
     // A non-blocking connect in progress is not a failure.
     if net.result == -115 {
         map.insert("monitor.network.in_progress".into(), json!(true));
     } else {
-        result_keys(map, net.result, "monitor.result");
+        decision_keys(map, net.decision, net.result, "monitor.result");
+    }
+}
+
+/// The result of an operation a cgroup program judged before it ran (`monitor.decision`, and
+/// `error.type` when it refused), or the result a syscall tracepoint saw.
+fn decision_keys(map: &mut Map<String, Value>, decision: Decision, result: i64, ok_key: &str) {
+    let name = match decision {
+        Decision::Observed => return result_keys(map, result, ok_key),
+        Decision::Allowed => "allowed",
+        Decision::Denied => "denied",
+        Decision::WouldDeny => "would-deny",
+    };
+    map.insert("monitor.decision".into(), json!(name));
+    if result < 0 {
+        result_keys(map, result, ok_key);
     }
 }
 

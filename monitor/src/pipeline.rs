@@ -387,7 +387,9 @@ impl<W: Write> Processor<W> {
     fn remember_allowed(&mut self, event: &Event) {
         let key = match event {
             Event::File(file) => file.known,
-            Event::Net(net) => net.known,
+            // An address read from user memory is never remembered (the kernel sends no key
+            // for one either).
+            Event::Net(net) if !net.unverified => net.known,
             _ => None,
         };
         if let (Some(key), Some(known)) = (key, &mut self.known) {
@@ -443,7 +445,15 @@ impl<W: Write> Processor<W> {
         // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
         let host_wide = match &mut event {
             Event::Device(device) => {
-                if device.path.is_empty() {
+                // The kernel's name is the one the process passed (possibly rewritten since,
+                // or another open's): kept only if it is this very node.
+                if device.path.is_empty()
+                    || !crate::devices::is_node(
+                        std::path::Path::new(&device.path),
+                        device.major,
+                        device.minor,
+                    )
+                {
                     device.path = self.device_node(device.major, device.minor);
                 }
                 true
@@ -713,16 +723,16 @@ fn enforcement_action(
     gpu_guard_enforces: bool,
     dry_run: bool,
 ) -> crate::alert::Action {
-    use crate::alert::Action;
-    const EPERM: i64 = -1;
-    let refused = |result: i64| {
-        if result == EPERM {
-            Action::Denied
-        } else if dry_run {
-            Action::WouldDeny
-        } else {
-            Action::Alert
-        }
+    use crate::{alert::Action, events::Decision};
+    // What the kernel decided, where a cgroup program judged the operation itself; otherwise
+    // (a syscall tracepoint saw it) what its result says.
+    let refused = |decision: Decision, result: i64| match decision {
+        Decision::Denied => Action::Denied,
+        Decision::WouldDeny => Action::WouldDeny,
+        Decision::Allowed => Action::Alert,
+        Decision::Observed if result == -monitor_common::EPERM => Action::Denied,
+        Decision::Observed if dry_run => Action::WouldDeny,
+        Decision::Observed => Action::Alert,
     };
     match event {
         Event::Exec(exec) if exec.killed => Action::Killed,
@@ -736,13 +746,13 @@ fn enforcement_action(
                     "connect-not-allowed" | "listen-not-allowed" | "model-exfiltration"
                 ) =>
         {
-            refused(net.result)
+            refused(net.decision, net.result)
         }
         Event::Device(device)
             if (profile_enforces && rule == "device-not-allowed")
                 || (gpu_guard_enforces && rule == "gpu-unexpected-process") =>
         {
-            refused(device.result)
+            refused(device.decision, device.result)
         }
         _ => Action::Alert,
     }

@@ -137,6 +137,11 @@ const SYSCALL_HOOKS: &[SyscallHook] = &[
         optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
     },
     SyscallHook {
+        program: programs::SYS_EXIT_OPEN_DEVICE,
+        required: &["sys_exit_openat"],
+        optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
+    },
+    SyscallHook {
         program: "sys_enter_rename",
         required: &[],
         optional: &["sys_enter_rename"],
@@ -544,7 +549,7 @@ impl Sensor {
             program = programs::DEVICE_ACCESS,
             hook = "cgroup/dev",
             cgroup = %self.cgroup.display(),
-            "attached (accelerator device opens, failed ones included; enforcement)"
+            "attached (accelerator device opens on every path, io_uring included, failed ones too; reported from the hook; enforcement)"
         );
         for (name, attach) in SOCK_ADDR_HOOKS {
             let program: &mut CgroupSockAddr = self
@@ -566,7 +571,7 @@ impl Sensor {
         info!(
             hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6",
             cgroup = %self.cgroup.display(),
-            "network enforcement attached (allows everything unless an enforce-mode profile refuses)"
+            "network sensor and enforcement attached: connects, binds and datagrams of watched processes in this cgroup are reported from the kernel's copy of the address (io_uring and sendmmsg included); the syscall tracepoints report unix sockets, listen, accept and processes outside it (flagged monitor.unverified)"
         );
         Ok(())
     }

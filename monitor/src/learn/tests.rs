@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use monitor_common::EventKind;
+use monitor_common::{Decision, EventKind};
 
 use super::{
     generalise::{
@@ -608,6 +608,8 @@ impl World {
             local,
             unix_path,
             result: 0,
+            decision: Decision::Observed,
+            unverified: false,
             known: None,
         }));
     }
@@ -621,6 +623,7 @@ impl World {
             major: 195,
             minor: 0,
             result,
+            decision: Decision::Observed,
         }));
     }
 }

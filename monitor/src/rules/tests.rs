@@ -1,6 +1,6 @@
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use monitor_common::EventKind;
+use monitor_common::{Decision, EventKind};
 
 use super::*;
 use crate::{
@@ -223,6 +223,8 @@ impl World {
             local,
             unix_path,
             result: 0,
+            decision: Decision::Observed,
+            unverified: false,
             known: None,
         }))
         .alerts
@@ -247,6 +249,7 @@ impl World {
             major: 195,
             minor: 0,
             result,
+            decision: Decision::Observed,
         }))
         .alerts
     }
