@@ -192,11 +192,12 @@ pub(crate) fn device(
 
 /// Any process reaching a governed process's memory (the kernel only reports those whose
 /// target is governed, and never a process's access to itself). One alert per accessor,
-/// operation and target.
+/// operation (ptrace: request) and target.
 pub(crate) fn memory(event: &MemoryAccess) -> Finding {
+    let operation = event.op.ptrace_request().unwrap_or(event.op.name());
     finding(
         PROCESS_MEMORY_ACCESS,
-        format!("{}:{}", event.op.name(), event.target_tgid),
+        format!("{operation}:{}", event.target_tgid),
     )
 }
 
