@@ -10,14 +10,23 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    EventKind, IoUringEvent, IoUringKey, IoUringOpCode, Stat, IO_URING_KEY_CREATE,
-    IO_URING_REPORTED_OPS,
+    EventKind, IoUringEvent, IoUringKey, IoUringOpCode, Stat, WatchEntry, IO_URING_KEY_CREATE,
+    IO_URING_REPORTED_OPS, WATCH_CANDIDATE,
 };
 
 use crate::{
     config_self_tgid, count, kernel::Task, process::header, submit_flags, EVENTS,
     IO_URING_RINGS, IO_URING_SEEN, WATCHED,
 };
+
+/// Governed, or about to be: a process that just exec'd a profile's executable is watched
+/// with no profile until user space has matched its selector, and a fast program can set up
+/// its ring before then. User space drops what an ungoverned process did.
+#[inline(always)]
+fn governed(tgid: u32) -> Option<WatchEntry> {
+    let entry = unsafe { WATCHED.get(tgid) }?;
+    (entry.profile != 0 || entry.reason & 0xff == WATCH_CANDIDATE).then_some(*entry)
+}
 
 /// Who created a ring (a governed process).
 #[repr(C)]
@@ -39,7 +48,7 @@ unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 pub fn io_uring_create(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let ring: u64 = unsafe { field(&ctx, 16) };
-    let Some(entry) = (unsafe { WATCHED.get(tgid) }).filter(|e| e.profile != 0) else {
+    let Some(entry) = governed(tgid) else {
         // A ring at an address a governed process's ring once had is not its.
         let _ = IO_URING_RINGS.remove(&ring);
         return 0;
@@ -85,7 +94,7 @@ pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
         }
     } else {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if unsafe { WATCHED.get(tgid) }.is_none_or(|e| e.profile == 0) {
+        if governed(tgid).is_none() {
             return 0;
         }
         let task = Task(unsafe { bpf_get_current_task() } as *const u8);
@@ -95,7 +104,7 @@ pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
             start_time: task.process_start_time().unwrap_or(0),
         }
     };
-    let Some(entry) = (unsafe { WATCHED.get(owner.tgid) }).filter(|e| e.profile != 0) else {
+    let Some(entry) = governed(owner.tgid) else {
         return 0;
     };
     let flags: u64 = unsafe { field(&ctx, 40) };

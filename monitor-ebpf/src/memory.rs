@@ -16,7 +16,7 @@ use monitor_common::{
     EventKind, MemoryAccessEvent, MemoryOpCode, Stat, WatchEntry, MEMORY_AT_EXIT, MEMORY_KILLED,
     MEMORY_WOULD_KILL, POLICY_DRY_RUN, POLICY_ENFORCE, PTRACE_ATTACH, PTRACE_PEEKDATA,
     PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA, PTRACE_POKETEXT, PTRACE_POKEUSR,
-    PTRACE_SEIZE,
+    PTRACE_SEIZE, WATCH_CANDIDATE,
 };
 
 use crate::{
@@ -26,15 +26,18 @@ use crate::{
     submit_flags, syscall_arg, syscall_ret, CONFIG, EVENTS, POLICY, WATCHED, WATCHED_THREADS,
 };
 
-/// The governed process a pid names (its tgid, or one of its threads): (tgid, entry).
+/// The governed process a pid names (its tgid, or one of its threads): (tgid, entry). A
+/// process that just exec'd a profile's executable counts (user space has not matched its
+/// selector yet, and drops the report if it does not govern the process).
 #[inline(always)]
 fn governed(pid: u32) -> Option<(u32, WatchEntry)> {
+    let governs = |e: &WatchEntry| e.profile != 0 || e.reason & 0xff == WATCH_CANDIDATE;
     if let Some(entry) = unsafe { WATCHED.get(pid) } {
-        return (entry.profile != 0).then_some((pid, *entry));
+        return governs(entry).then_some((pid, *entry));
     }
     let tgid = *unsafe { WATCHED_THREADS.get(pid) }?;
     let entry = unsafe { WATCHED.get(tgid) }?;
-    (entry.profile != 0).then_some((tgid, *entry))
+    governs(entry).then_some((tgid, *entry))
 }
 
 /// The thread group of the task a `struct pid` names (`pid->tasks[PIDTYPE_PID].first`, a

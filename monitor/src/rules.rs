@@ -275,7 +275,20 @@ impl Engine {
                     .collect()
             }
             Event::GpuIoctls(_) => Vec::new(),
-            Event::MemoryAccess(access) => vec![checks::memory(access)],
+            Event::MemoryAccess(access) => {
+                // The kernel also reports targets that had just exec'd a profile's executable,
+                // before user space matched the selector: only governed targets count.
+                let governed = access.target_profile != 0
+                    || self
+                        .processes
+                        .get(&access.target_tgid)
+                        .is_some_and(|s| s.profile.is_some());
+                if governed {
+                    vec![checks::memory(access)]
+                } else {
+                    Vec::new()
+                }
+            }
             Event::IoUring(uring) => {
                 let state = self.resolve(&header, table);
                 let profile = self.profile_of(state.as_ref());

@@ -515,7 +515,7 @@ allow:
   exec: ["/usr/bin/true"]
   files:
     read: ["/**"]
-    write: ["/tmp/**", "/dev/**"]
+    write: ["/dev/**"]
   network:
     connect: ["127.0.0.1:*"]
 {transitions}---
