@@ -54,6 +54,14 @@ pub mod maps {
     /// Accelerator opens the device hook let through, until the open's exit files the fd in
     /// [`ACCEL_FDS`]: pid_tgid -> [`super::DeviceOpen`] (LRU).
     pub const DEVICE_OPENS: &str = "DEVICE_OPENS";
+    /// Threads of watched processes: thread id -> tgid, so that a syscall naming a thread of
+    /// a governed process (ptrace, process_vm_readv) finds its process.
+    pub const WATCHED_THREADS: &str = "WATCHED_THREADS";
+    /// io_uring rings of governed processes: ring ctx address -> creator tgid, so that a
+    /// submission by the ring's SQPOLL kernel thread is charged to the process.
+    pub const IO_URING_RINGS: &str = "IO_URING_RINGS";
+    /// io_uring opcodes a governed process already reported: [`super::IoUringKey`] -> 1 (LRU).
+    pub const IO_URING_SEEN: &str = "IO_URING_SEEN";
 }
 
 /// Names of the programs, shared by both sides.
@@ -71,6 +79,12 @@ pub mod programs {
     pub const LSM_PROBE: &str = "lsm_probe";
     /// Exit of the open syscalls: files an accelerator fd the device hook saw for ioctl counting.
     pub const SYS_EXIT_OPEN_DEVICE: &str = "sys_exit_open_device";
+    pub const PROCESS_VM_ENTER: &str = "process_vm_enter";
+    pub const PTRACE_ENTER: &str = "ptrace_enter";
+    pub const PIDFD_GETFD_ENTER: &str = "pidfd_getfd_enter";
+    pub const PROC_MEM_OPEN_EXIT: &str = "proc_mem_open_exit";
+    pub const IO_URING_CREATE: &str = "io_uring_create";
+    pub const IO_URING_SUBMIT: &str = "io_uring_submit";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.
@@ -96,10 +110,14 @@ pub enum EventKind {
     Device = 6,
     /// A periodic summary of a process's ioctls on accelerator devices.
     GpuIoctls = 7,
+    /// Another process reads or writes a governed process's memory.
+    MemoryAccess = 8,
+    /// A governed process creates an io_uring ring or submits a request to one.
+    IoUring = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
@@ -107,6 +125,8 @@ impl EventKind {
         EventKind::Net,
         EventKind::Device,
         EventKind::GpuIoctls,
+        EventKind::MemoryAccess,
+        EventKind::IoUring,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -118,6 +138,8 @@ impl EventKind {
             EventKind::Net => "network",
             EventKind::Device => "device",
             EventKind::GpuIoctls => "gpu-ioctls",
+            EventKind::MemoryAccess => "memory-access",
+            EventKind::IoUring => "io-uring",
         }
     }
 }
@@ -134,6 +156,8 @@ impl TryFrom<u32> for EventKind {
             5 => Ok(EventKind::Net),
             6 => Ok(EventKind::Device),
             7 => Ok(EventKind::GpuIoctls),
+            8 => Ok(EventKind::MemoryAccess),
+            9 => Ok(EventKind::IoUring),
             other => Err(other),
         }
     }
@@ -223,6 +247,9 @@ pub struct ExecEvent {
     /// Bytes used in `args` (NUL-separated argv, as in `/proc/PID/cmdline`).
     pub args_len: u32,
     pub gid: u32,
+    /// The number of arguments (`linux_binprm::argc`), also when `args` was cut.
+    pub argc: u32,
+    pub _pad: u32,
     pub path: [u8; PATH_CAP],
     pub args: [u8; ARGS_CAP],
 }
@@ -692,6 +719,10 @@ pub const EXEC_KILLED: u32 = 8;
 /// [`ExecEvent::flags`]: it would have (dry run).
 pub const EXEC_WOULD_KILL: u32 = 16;
 
+/// [`ExecEvent::flags`]: the program has no file on disk (a memfd, or a file unlinked before
+/// the exec): `path` holds the file's own name (`memfd:NAME`).
+pub const EXEC_FILELESS: u32 = 32;
+
 /// Why a process is watched. Stored in [`maps::WATCHED`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -733,6 +764,10 @@ pub struct Config {
     /// unwatched processes against them.
     pub protect: u32,
     pub _pad: u32,
+    /// The address of the kernel's `mem_open` (from /proc/kallsyms): a file whose
+    /// `f_op->open` is it is a `/proc/PID/mem` (`proc_mem_operations` is a data symbol,
+    /// absent from kallsyms without CONFIG_KALLSYMS_ALL). 0: unknown, not checked.
+    pub proc_mem_open: u64,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from the running
@@ -789,15 +824,24 @@ pub struct KernelOffsets {
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub dentry_inode: u32,
+    pub binprm_argc: u32,
+    pub inode_nlink: u32,
+    pub inode_private: u32,
+    pub file_f_op: u32,
+    pub fop_open: u32,
+    pub proc_inode_pid: u32,
+    pub proc_inode_vfs_inode: u32,
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 32 + 40 + PATH_CAP + ARGS_CAP);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 32 + 48 + PATH_CAP + ARGS_CAP);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<WatchEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<KnownKey>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<FileEvent>() == 32 + 32 + 32 + 2 * PATH_CAP);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 32 + 32 + SOCKADDR_CAP);
 const _: () = assert!(core::mem::size_of::<DeviceEvent>() == 32 + 40 + 2 * PATH_CAP);
@@ -811,6 +855,228 @@ const _: () = assert!(core::mem::size_of::<PortRanges>() == 36);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Prefix>() == 8 + 2 * PREFIX_CAP);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
+
+/// How a process reached another's memory, as [`MemoryAccessEvent::op`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryOpCode {
+    ProcessVmReadv = 1,
+    ProcessVmWritev = 2,
+    /// `ptrace(PTRACE_ATTACH)`, `PTRACE_SEIZE`, `PTRACE_PEEK*` or `PTRACE_POKE*`: the
+    /// request is in [`MemoryAccessEvent::arg`].
+    Ptrace = 3,
+    /// An open of `/proc/PID/mem` (or `/proc/PID/task/TID/mem`), however it was named.
+    ProcMemOpen = 4,
+    /// `pidfd_getfd`: the target's fd number is in [`MemoryAccessEvent::arg`].
+    PidfdGetfd = 5,
+}
+
+impl TryFrom<u32> for MemoryOpCode {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => MemoryOpCode::ProcessVmReadv,
+            2 => MemoryOpCode::ProcessVmWritev,
+            3 => MemoryOpCode::Ptrace,
+            4 => MemoryOpCode::ProcMemOpen,
+            5 => MemoryOpCode::PidfdGetfd,
+            other => return Err(other),
+        })
+    }
+}
+
+/// `ptrace` requests that read or write another process's memory, or take control of it.
+pub const PTRACE_PEEKTEXT: u64 = 1;
+pub const PTRACE_PEEKDATA: u64 = 2;
+pub const PTRACE_PEEKUSR: u64 = 3;
+pub const PTRACE_POKETEXT: u64 = 4;
+pub const PTRACE_POKEDATA: u64 = 5;
+pub const PTRACE_POKEUSR: u64 = 6;
+pub const PTRACE_ATTACH: u64 = 16;
+pub const PTRACE_SEIZE: u64 = 0x4206;
+
+/// [`MemoryAccessEvent::flags`]: the kernel killed the accessor (the target's profile
+/// enforces) before the syscall went on.
+pub const MEMORY_KILLED: u32 = 1;
+/// [`MemoryAccessEvent::flags`]: it would have (dry run).
+pub const MEMORY_WOULD_KILL: u32 = 2;
+/// [`MemoryAccessEvent::flags`]: seen at the exit of the syscall (an open): the kill came
+/// after the open, before the process could use the fd.
+pub const MEMORY_AT_EXIT: u32 = 4;
+
+/// Another process reached a governed process's memory. The header is about the accessor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryAccessEvent {
+    pub header: EventHeader,
+    /// [`MemoryOpCode`] as u32.
+    pub op: u32,
+    /// `MEMORY_*` bits.
+    pub flags: u32,
+    /// The governed process.
+    pub target_tgid: u32,
+    /// Its profile id.
+    pub target_profile: u32,
+    pub target_start_time: u64,
+    /// The ptrace request, the target fd of pidfd_getfd, or the fd opened.
+    pub arg: i64,
+}
+
+/// What a governed process did with io_uring, as [`IoUringEvent::op`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoUringOpCode {
+    /// `io_uring_setup`: a ring was created.
+    Create = 1,
+    /// A request was submitted (`opcode` says which).
+    Submit = 2,
+}
+
+impl TryFrom<u32> for IoUringOpCode {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => IoUringOpCode::Create,
+            2 => IoUringOpCode::Submit,
+            other => return Err(other),
+        })
+    }
+}
+
+/// io_uring use by a governed process (the ring's creator for SQPOLL submissions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IoUringEvent {
+    pub header: EventHeader,
+    /// [`IoUringOpCode`] as u32.
+    pub op: u32,
+    /// The request's `IORING_OP_*` (0 for a create).
+    pub opcode: u32,
+    /// The ring (`struct io_ring_ctx` address): which submissions belong together.
+    pub ring: u64,
+    /// Submitted by the ring's SQPOLL kernel thread.
+    pub sq_thread: u32,
+    /// The ring's setup flags (create) or the request's flags (submit), low 32 bits.
+    pub flags: u32,
+}
+
+/// Key of [`maps::IO_URING_SEEN`]: one report per process, exec generation and opcode
+/// (`opcode` 0x100: the ring creation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoUringKey {
+    pub tgid: u32,
+    pub generation: u32,
+    pub opcode: u32,
+    pub _pad: u32,
+}
+
+/// [`IoUringKey::opcode`] of a ring creation.
+pub const IO_URING_KEY_CREATE: u32 = 0x100;
+
+/// `IORING_OP_*` whose use is reported: those that open, change or remove files, reach the
+/// network or install fds, i.e. what the syscall sensors would have seen (bit `1 << opcode`).
+/// Reads and writes on fds already open are not (the open was).
+pub const IO_URING_REPORTED_OPS: u64 = (1 << 9) // SENDMSG
+    | (1 << 13) // ACCEPT
+    | (1 << 16) // CONNECT
+    | (1 << 17) // FALLOCATE
+    | (1 << 18) // OPENAT
+    | (1 << 26) // SEND
+    | (1 << 28) // OPENAT2
+    | (1 << 30) // SPLICE
+    | (1 << 35) // RENAMEAT
+    | (1 << 36) // UNLINKAT
+    | (1 << 37) // MKDIRAT
+    | (1 << 38) // SYMLINKAT
+    | (1 << 39) // LINKAT
+    | (1 << 40) // MSG_RING
+    | (1 << 41) // FSETXATTR
+    | (1 << 42) // SETXATTR
+    | (1 << 45) // SOCKET
+    | (1 << 46) // URING_CMD
+    | (1 << 47) // SEND_ZC
+    | (1 << 48) // SENDMSG_ZC
+    | (1 << 54) // FIXED_FD_INSTALL
+    | (1 << 55) // FTRUNCATE
+    | (1 << 56) // BIND
+    | (1 << 57); // LISTEN
+
+/// The name of an `IORING_OP_*` (as the kernel's `io_uring_get_opcode` spells it, lower case).
+pub const fn io_uring_op_name(opcode: u32) -> &'static str {
+    match opcode {
+        0 => "nop",
+        1 => "readv",
+        2 => "writev",
+        3 => "fsync",
+        4 => "read_fixed",
+        5 => "write_fixed",
+        6 => "poll_add",
+        7 => "poll_remove",
+        8 => "sync_file_range",
+        9 => "sendmsg",
+        10 => "recvmsg",
+        11 => "timeout",
+        12 => "timeout_remove",
+        13 => "accept",
+        14 => "async_cancel",
+        15 => "link_timeout",
+        16 => "connect",
+        17 => "fallocate",
+        18 => "openat",
+        19 => "close",
+        20 => "files_update",
+        21 => "statx",
+        22 => "read",
+        23 => "write",
+        24 => "fadvise",
+        25 => "madvise",
+        26 => "send",
+        27 => "recv",
+        28 => "openat2",
+        29 => "epoll_ctl",
+        30 => "splice",
+        31 => "provide_buffers",
+        32 => "remove_buffers",
+        33 => "tee",
+        34 => "shutdown",
+        35 => "renameat",
+        36 => "unlinkat",
+        37 => "mkdirat",
+        38 => "symlinkat",
+        39 => "linkat",
+        40 => "msg_ring",
+        41 => "fsetxattr",
+        42 => "setxattr",
+        43 => "fgetxattr",
+        44 => "getxattr",
+        45 => "socket",
+        46 => "uring_cmd",
+        47 => "send_zc",
+        48 => "sendmsg_zc",
+        49 => "read_multishot",
+        50 => "waitid",
+        51 => "futex_wait",
+        52 => "futex_wake",
+        53 => "futex_waitv",
+        54 => "fixed_fd_install",
+        55 => "ftruncate",
+        56 => "bind",
+        57 => "listen",
+        58 => "recv_zc",
+        59 => "epoll_wait",
+        60 => "readv_fixed",
+        61 => "writev_fixed",
+        62 => "pipe",
+        _ => "unknown",
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<MemoryAccessEvent>() == 32 + 32);
+const _: () = assert!(core::mem::size_of::<IoUringEvent>() == 32 + 24);
+const _: () = assert!(core::mem::size_of::<IoUringKey>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -832,4 +1098,5 @@ mod user {
     unsafe impl aya::Pod for super::KnownKey {}
     unsafe impl aya::Pod for super::GuardWriter {}
     unsafe impl aya::Pod for super::DeviceOpen {}
+    unsafe impl aya::Pod for super::IoUringKey {}
 }

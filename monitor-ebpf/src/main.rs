@@ -9,7 +9,9 @@
 mod device;
 mod enforce;
 mod file;
+mod io_uring;
 mod kernel;
+mod memory;
 mod net;
 mod path;
 mod process;
@@ -22,7 +24,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, DeviceOpen, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, KnownKey,
+    stats_slot, Config, DeviceOpen, ExecKey, FdKey, GuardWriter, InodeKey, IoUringKey, IoctlKey,
+    KernelOffsets, KnownKey,
     NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
     PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
@@ -35,6 +38,7 @@ static CONFIG: Config = Config {
     wakeup_bytes: 0,
     protect: 0,
     _pad: 0,
+    proc_mem_open: 0,
 };
 
 /// Struct field offsets written by the loader from the kernel's BTF.
@@ -130,6 +134,17 @@ pub struct ProtKey {
     pub inode: u64,
     pub epoch: u64,
 }
+
+/// Threads of watched processes: thread id -> tgid (see `memory::governed`).
+#[map(name = "WATCHED_THREADS")]
+static WATCHED_THREADS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Rings created by governed processes (see `io_uring::io_uring_submit`).
+#[map(name = "IO_URING_RINGS")]
+static IO_URING_RINGS: LruHashMap<u64, io_uring::RingOwner> = LruHashMap::with_max_entries(4096, 0);
+
+#[map(name = "IO_URING_SEEN")]
+static IO_URING_SEEN: LruHashMap<IoUringKey, u32> = LruHashMap::with_max_entries(16384, 0);
 
 #[map(name = "KNOWN")]
 static KNOWN: LruHashMap<KnownKey, u32> = LruHashMap::with_max_entries(65536, 0);

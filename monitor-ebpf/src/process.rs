@@ -12,14 +12,15 @@ use aya_ebpf::{
 };
 use monitor_common::{
     EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry,
-    ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED,
-    EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE, WATCH_INHERITED,
+    ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
+    EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
+    WATCH_INHERITED,
 };
 
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, WATCHED,
+    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, WATCHED, WATCHED_THREADS,
 };
 
 #[inline(always)]
@@ -93,6 +94,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         (*event).flags = 0;
         (*event).path_len = 0;
         (*event).args_len = 0;
+        // The real count, also when argv is cut at ARGS_CAP: the kernel counted it for exec.
+        (*event).argc = read::<i32>(bprm, off!(binprm_argc)).unwrap_or(0).max(0) as u32;
+        (*event)._pad = 0;
     }
     let mut complete = true;
 
@@ -129,6 +133,19 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
             }
         }
     }
+    // A program with no file on disk (memfd_create + execveat/fexecve, or a file unlinked
+    // while open): its path walk ends at "/", so the file's own name (`memfd:NAME`) says it.
+    if let Ok(Some(dentry)) = fileless_dentry(bprm) {
+        unsafe { (*event).flags |= EXEC_FILELESS };
+        if unsafe { (*event).path_len } <= 1 {
+            let qstr = dentry.wrapping_add(off!(dentry_name));
+            let name: *const u8 =
+                unsafe { read(qstr, off!(qstr_name)) }.unwrap_or(core::ptr::null());
+            if let Ok(name) = unsafe { bpf_probe_read_kernel_str_bytes(name, path_buf) } {
+                unsafe { (*event).path_len = name.len() as u32 };
+            }
+        }
+    }
     if !complete {
         count(Stat::ReadFailed, kind);
     }
@@ -152,9 +169,10 @@ fn exec_verdict(bprm: *const u8) -> u32 {
         return 0;
     };
     let key = ExecKey { profile, dev, ino };
-    let candidate = InodeKey { dev, _pad: 0, ino };
-    // Another profile's executable: user space decides by its selector (it may switch).
-    if unsafe { EXEC_ALLOWED.get(key).is_some() || EXEC_CANDIDATES.get(candidate).is_some() } {
+    // Only what `allow.exec` allows (and the executables of the profiles that `allow.transitions`
+    // names, which user space puts here too): another profile's selector executable is no
+    // exemption, or a compromised server could re-exec itself into a laxer profile.
+    if unsafe { EXEC_ALLOWED.get(key).is_some() } {
         return 0;
     }
     if crate::enforce::refuse(&policy) == 1 {
@@ -175,6 +193,22 @@ fn exec_inode(bprm: *const u8) -> Result<Option<(u32, u64)>, i64> {
     let sb: *const u8 = unsafe { read(inode, off!(inode_sb))? };
     let dev: u32 = unsafe { read(sb, off!(sb_dev))? };
     Ok(Some((dev, ino)))
+}
+
+/// The dentry of the executable when it has no link on disk (`i_nlink == 0`).
+#[inline(always)]
+fn fileless_dentry(bprm: *const u8) -> Result<Option<*const u8>, i64> {
+    let file: *const u8 = unsafe { read(bprm, off!(binprm_file))? };
+    if file.is_null() {
+        return Ok(None);
+    }
+    let inode = crate::kernel::file_inode(file)?;
+    let nlink: u32 = unsafe { read(inode, off!(inode_nlink))? };
+    if nlink != 0 {
+        return Ok(None);
+    }
+    let (_, dentry) = crate::kernel::file_path(file)?;
+    Ok(Some(dentry))
 }
 
 #[inline(always)]
@@ -222,8 +256,13 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent = Task(ctx.arg(0));
     let child = Task(ctx.arg(1));
     let child_tgid = child.tgid()?;
-    // A new thread is not a new process.
-    if child.pid()? != child_tgid {
+    // A new thread is not a new process; a thread of a watched one is remembered, so that a
+    // syscall naming it (ptrace, process_vm_readv take any thread id) finds its process.
+    let child_pid = child.pid()?;
+    if child_pid != child_tgid {
+        if unsafe { WATCHED.get(child_tgid).is_some() } {
+            let _ = WATCHED_THREADS.insert(child_pid, child_tgid, 0);
+        }
         return Ok(());
     }
     let parent_tgid = parent.tgid()?;
@@ -275,11 +314,16 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
 
 fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let task = Task(ctx.arg(0));
+    let tgid = task.tgid()?;
+    let pid = task.pid()?;
+    if pid != tgid {
+        // Its id may be reused by another process's thread.
+        let _ = WATCHED_THREADS.remove(pid);
+    }
     // `signal->live` reached 0 before this tracepoint when the whole group is dead.
     if task.live_threads()? != 0 {
         return Ok(());
     }
-    let tgid = task.tgid()?;
     if tgid == config_self_tgid() {
         return Ok(());
     }

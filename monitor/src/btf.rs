@@ -372,6 +372,15 @@ offsets! {
     skc_v6_daddr: "sock_common", "skc_v6_daddr";
     skc_v6_rcv_saddr: "sock_common", "skc_v6_rcv_saddr";
     dentry_inode: "dentry", "d_inode";
+    binprm_argc: "linux_binprm", "argc";
+    inode_nlink: "inode", "i_nlink";
+    inode_private: "inode", "i_private";
+    file_f_op: "file", "f_op";
+    fop_open: "file_operations", "open";
+    proc_inode_pid: "proc_inode", "pid";
+    proc_inode_vfs_inode: "proc_inode", "vfs_inode";
+    pid_tasks: "pid", "tasks";
+    task_pid_links: "task_struct", "pid_links";
 }
 
 #[cfg(test)]
@@ -563,6 +572,7 @@ mod tests {
                 "path_mnt",
                 "vfsmount_root",
                 "fdtable_max_fds",
+                "proc_inode_pid",
                 "inode_mode",
                 "skc_daddr",
             ]

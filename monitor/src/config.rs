@@ -452,6 +452,24 @@ pub(crate) fn parse_config(file: &Path, text: &str) -> Result<Config, Vec<Diagno
     let mut diagnostics = base.diagnostics;
     diagnostics.extend(extra.diagnostics);
     let profiles = merge(base.profiles, extra.profiles);
+    for profile in &profiles {
+        for name in &profile.allow.transitions {
+            if !known.contains(name) {
+                diagnostics.push(Diagnostic {
+                    line: profile.location.line,
+                    column: profile.location.column,
+                    ..Diagnostic::file(
+                        &profile.location.file,
+                        format!(
+                            "profile \"{}\": allow.transitions names unknown profile \"{name}\" (loaded: {})",
+                            profile.name,
+                            known.join(", ")
+                        ),
+                    )
+                });
+            }
+        }
+    }
 
     let guards = fields
         .get("guards")

@@ -6,12 +6,13 @@
 
 pub use monitor_common::Decision;
 use monitor_common::{
-    DeviceClassId, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent,
-    FileOpCode, ForkEvent, KnownKey, NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP,
-    EXEC_ARGS_TRUNCATED, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED,
-    EXEC_WOULD_KILL, FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED,
-    FILE_RESOLVED, FILE_WOULD_KILL, HEADER_WATCHED, NET_UNVERIFIED, PATH_CAP, SOCKADDR_CAP,
-    SOCK_DGRAM, SOCK_STREAM,
+    io_uring_op_name, DeviceClassId, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
+    FileEvent, FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent,
+    MemoryOpCode, NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED,
+    EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
+    FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
+    FILE_WOULD_KILL, HEADER_WATCHED, MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL,
+    NET_UNVERIFIED, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// An event from the kernel, owned and checked.
@@ -24,6 +25,102 @@ pub enum Event {
     Net(Net),
     Device(Device),
     GpuIoctls(GpuIoctls),
+    MemoryAccess(MemoryAccess),
+    IoUring(IoUring),
+}
+
+/// How another process reached a governed process's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryOp {
+    ProcessVmReadv,
+    ProcessVmWritev,
+    /// With the request (`PTRACE_ATTACH`, ...).
+    Ptrace(u64),
+    /// An open of `/proc/PID/mem` (any name for it).
+    ProcMemOpen,
+    /// `pidfd_getfd` of the target's fd.
+    PidfdGetfd,
+}
+
+impl MemoryOp {
+    /// `monitor.memory.operation`: the syscall (or file) that did it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryOp::ProcessVmReadv => "process_vm_readv",
+            MemoryOp::ProcessVmWritev => "process_vm_writev",
+            MemoryOp::Ptrace(_) => "ptrace",
+            MemoryOp::ProcMemOpen => "proc-pid-mem-open",
+            MemoryOp::PidfdGetfd => "pidfd_getfd",
+        }
+    }
+
+    /// The ptrace request by name.
+    pub fn ptrace_request(self) -> Option<&'static str> {
+        let MemoryOp::Ptrace(request) = self else {
+            return None;
+        };
+        Some(match request {
+            1 => "PTRACE_PEEKTEXT",
+            2 => "PTRACE_PEEKDATA",
+            3 => "PTRACE_PEEKUSER",
+            4 => "PTRACE_POKETEXT",
+            5 => "PTRACE_POKEDATA",
+            6 => "PTRACE_POKEUSER",
+            16 => "PTRACE_ATTACH",
+            0x4206 => "PTRACE_SEIZE",
+            _ => "other",
+        })
+    }
+}
+
+/// Another process read, wrote or took control of a governed process's memory. The header
+/// is about the accessor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryAccess {
+    pub header: Header,
+    pub op: MemoryOp,
+    pub target_tgid: u32,
+    /// 0 when the kernel did not read it (the process table knows it).
+    pub target_start_time_ns: u64,
+    /// The target's profile id when the kernel saw it.
+    pub target_profile: u32,
+    /// The fd (open, pidfd_getfd's target fd).
+    pub fd: Option<i64>,
+    /// The kernel killed the accessor (the target's profile enforces).
+    pub killed: bool,
+    pub would_kill: bool,
+    /// Seen at the syscall's exit (an open) rather than its entry.
+    pub at_exit: bool,
+}
+
+/// What a governed process did with io_uring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoUringOp {
+    /// Created a ring.
+    Create,
+    /// Submitted a request with this `IORING_OP_*`.
+    Submit(u32),
+}
+
+impl IoUringOp {
+    /// `monitor.io_uring.operation`: `setup`, or the opcode's name (`openat`, `connect`...).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoUringOp::Create => "setup",
+            IoUringOp::Submit(opcode) => io_uring_op_name(opcode),
+        }
+    }
+}
+
+/// io_uring use by a governed process (reported once per process, exec and opcode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoUring {
+    pub header: Header,
+    pub op: IoUringOp,
+    /// The ring's address in the kernel (which requests share a ring).
+    pub ring: u64,
+    /// Submitted by the ring's SQPOLL kernel thread (charged to the ring's creator).
+    pub sq_thread: bool,
 }
 
 /// What a file event did.
@@ -327,6 +424,10 @@ pub struct Exec {
     pub path_from_filename: bool,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// How many arguments there were (`args` may hold fewer when truncated).
+    pub args_count: usize,
+    /// The program has no file on disk (a memfd): `path` is the file's name, `memfd:NAME`.
+    pub fileless: bool,
     /// The kernel killed it before the new program ran (enforce mode).
     pub killed: bool,
     /// It would have been killed (enforce mode, dry run).
@@ -360,6 +461,7 @@ impl Exec {
             exe: self.path.clone(),
             args: self.args.clone(),
             args_truncated: self.args_truncated,
+            args_count: Some(self.args_count),
             uid: self.uid,
             cgroup_id: self.cgroup_id,
             cgroup_path,
@@ -377,6 +479,8 @@ impl Event {
             Event::Net(e) => &e.header,
             Event::Device(e) => &e.header,
             Event::GpuIoctls(e) => &e.header,
+            Event::MemoryAccess(e) => &e.header,
+            Event::IoUring(e) => &e.header,
         }
     }
 }
@@ -452,6 +556,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let raw: ExecEvent = read(bytes, raw_kind)?;
             let path_len = (raw.path_len as usize).min(PATH_CAP);
             let args_len = (raw.args_len as usize).min(ARGS_CAP);
+            let args = split_args(&raw.args[..args_len]);
+            // The kernel's count; what was copied when it could not read it.
+            let args_count = (raw.argc as usize).max(args.len());
             Ok(Event::Exec(Exec {
                 header: header(&raw.header, kind),
                 ppid: raw.ppid,
@@ -462,8 +569,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 path: String::from_utf8_lossy(&raw.path[..path_len]).into_owned(),
                 path_truncated: raw.flags & EXEC_PATH_TRUNCATED != 0,
                 path_from_filename: raw.flags & EXEC_PATH_FROM_FILENAME != 0,
-                args: split_args(&raw.args[..args_len]),
+                args,
                 args_truncated: raw.flags & EXEC_ARGS_TRUNCATED != 0,
+                args_count,
+                fileless: raw.flags & EXEC_FILELESS != 0,
                 killed: raw.flags & EXEC_KILLED != 0,
                 would_kill: raw.flags & EXEC_WOULD_KILL != 0,
             }))
@@ -593,6 +702,44 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         // Summaries are built in user space from the kernel's counters, never sent.
         EventKind::GpuIoctls => Err(DecodeError::UnknownKind(raw_kind)),
+        EventKind::MemoryAccess => {
+            let raw: MemoryAccessEvent = read(bytes, raw_kind)?;
+            let op = match MemoryOpCode::try_from(raw.op)
+                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
+            {
+                MemoryOpCode::ProcessVmReadv => MemoryOp::ProcessVmReadv,
+                MemoryOpCode::ProcessVmWritev => MemoryOp::ProcessVmWritev,
+                MemoryOpCode::Ptrace => MemoryOp::Ptrace(raw.arg as u64),
+                MemoryOpCode::ProcMemOpen => MemoryOp::ProcMemOpen,
+                MemoryOpCode::PidfdGetfd => MemoryOp::PidfdGetfd,
+            };
+            Ok(Event::MemoryAccess(MemoryAccess {
+                header: header(&raw.header, kind),
+                op,
+                target_tgid: raw.target_tgid,
+                target_start_time_ns: raw.target_start_time,
+                target_profile: raw.target_profile,
+                fd: matches!(op, MemoryOp::ProcMemOpen | MemoryOp::PidfdGetfd).then_some(raw.arg),
+                killed: raw.flags & MEMORY_KILLED != 0,
+                would_kill: raw.flags & MEMORY_WOULD_KILL != 0,
+                at_exit: raw.flags & MEMORY_AT_EXIT != 0,
+            }))
+        }
+        EventKind::IoUring => {
+            let raw: IoUringEvent = read(bytes, raw_kind)?;
+            let op = match IoUringOpCode::try_from(raw.op)
+                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
+            {
+                IoUringOpCode::Create => IoUringOp::Create,
+                IoUringOpCode::Submit => IoUringOp::Submit(raw.opcode),
+            };
+            Ok(Event::IoUring(IoUring {
+                header: header(&raw.header, kind),
+                op,
+                ring: raw.ring,
+                sq_thread: raw.sq_thread != 0,
+            }))
+        }
     }
 }
 

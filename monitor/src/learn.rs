@@ -485,6 +485,11 @@ impl Learning {
                 self.events += 1;
                 Vec::new()
             }
+            // Another process's deed (memory), or what a profile allows as a whole (io_uring).
+            Event::MemoryAccess(_) | Event::IoUring(_) => {
+                self.events += 1;
+                Vec::new()
+            }
         }
     }
 

@@ -5,7 +5,10 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     clock::BootClock,
-    events::{errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, Net, NetOp},
+    events::{
+        errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, IoUringOp, MemoryAccess, Net,
+        NetOp,
+    },
     process::{Process, ProcessTable},
 };
 
@@ -69,7 +72,10 @@ fn process_keys(map: &mut Map<String, Value>, clock: &BootClock, process: &Proce
         }
     }
     map.insert("process.command_args".into(), json!(process.args));
-    map.insert("process.args_count".into(), json!(process.args.len()));
+    map.insert(
+        "process.args_count".into(),
+        json!(process.args_count.unwrap_or(process.args.len())),
+    );
     if process.args_truncated {
         map.insert("process.command_args.truncated".into(), json!(true));
     }
@@ -112,9 +118,13 @@ pub fn event_record(
             path_truncated,
             path_from_filename,
             header,
+            fileless,
             ..
         }) => {
             map.insert("process.executable.path".into(), json!(path));
+            if *fileless {
+                map.insert("monitor.exec.fileless".into(), json!(true));
+            }
             if *path_truncated {
                 map.insert("process.executable.path.truncated".into(), json!(true));
             }
@@ -158,6 +168,17 @@ pub fn event_record(
             map.insert("device.minor".into(), json!(device.minor));
             decision_keys(&mut map, device.decision, device.result, "monitor.result.fd");
         }
+        Event::MemoryAccess(access) => memory_keys(&mut map, table, access),
+        Event::IoUring(uring) => {
+            map.insert("monitor.io_uring.operation".into(), json!(uring.op.name()));
+            if let IoUringOp::Submit(opcode) = uring.op {
+                map.insert("monitor.io_uring.opcode".into(), json!(opcode));
+            }
+            map.insert("monitor.io_uring.ring".into(), json!(format!("{:#x}", uring.ring)));
+            if uring.sq_thread {
+                map.insert("monitor.io_uring.sq_thread".into(), json!(true));
+            }
+        }
         Event::GpuIoctls(summary) => {
             let counts: Vec<Value> = summary
                 .counts
@@ -178,6 +199,30 @@ pub fn event_record(
         }
     }
     Value::Object(map)
+}
+
+/// The process whose memory was reached, as `monitor.target.process.*` (the `process.*` keys
+/// are the accessor's).
+fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &MemoryAccess) {
+    map.insert("monitor.memory.operation".into(), json!(access.op.name()));
+    if let Some(request) = access.op.ptrace_request() {
+        map.insert("monitor.ptrace.request".into(), json!(request));
+    }
+    if let Some(fd) = access.fd {
+        map.insert("monitor.memory.fd".into(), json!(fd));
+    }
+    map.insert("monitor.target.process.pid".into(), json!(access.target_tgid));
+    let target = if access.target_start_time_ns != 0 {
+        table.get(access.target_tgid, access.target_start_time_ns)
+    } else {
+        table.get_by_tgid(access.target_tgid)
+    };
+    if let Some(exe) = target.and_then(|t| t.exe.as_ref()) {
+        map.insert("monitor.target.process.executable.path".into(), json!(exe));
+    }
+    if let Some(target) = target {
+        map.insert("monitor.target.process.command_args".into(), json!(target.args));
+    }
 }
 
 /// `error.type` for a failure, or the success value under `ok_key`.

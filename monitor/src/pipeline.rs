@@ -459,6 +459,8 @@ impl<W: Write> Processor<W> {
                 true
             }
             Event::GpuIoctls(_) => true,
+            // The accessor may be any process; the target is governed.
+            Event::MemoryAccess(_) => true,
             Event::File(file) => file.protected,
             _ => false,
         };
@@ -517,7 +519,12 @@ impl<W: Write> Processor<W> {
                     output::event_record(&self.clock, &self.table, &event, process.as_ref())
                 })
             }
-            Event::File(_) | Event::Net(_) | Event::Device(_) | Event::GpuIoctls(_) => {
+            Event::File(_)
+            | Event::Net(_)
+            | Event::Device(_)
+            | Event::GpuIoctls(_)
+            | Event::MemoryAccess(_)
+            | Event::IoUring(_) => {
                 let process = self.table.get_by_tgid(tgid);
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
@@ -739,6 +746,8 @@ fn enforcement_action(
         Event::Exec(exec) if exec.would_kill => Action::WouldKill,
         Event::File(file) if file.killed => Action::Killed,
         Event::File(file) if file.would_kill => Action::WouldKill,
+        Event::MemoryAccess(access) if access.killed => Action::Killed,
+        Event::MemoryAccess(access) if access.would_kill => Action::WouldKill,
         Event::Net(net)
             if profile_enforces
                 && matches!(
@@ -769,6 +778,8 @@ fn enforcement_mechanism(event: &Event, action: crate::alert::Action) -> Option<
         Event::File(_) => "sigkill-at-open-entry",
         Event::Net(_) => "cgroup-sock-addr",
         Event::Device(_) => "cgroup-device",
+        Event::MemoryAccess(access) if access.at_exit => "sigkill-at-open-exit",
+        Event::MemoryAccess(_) => "sigkill-at-syscall-entry",
         _ => return None,
     })
 }

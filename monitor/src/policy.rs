@@ -377,7 +377,15 @@ impl KernelPolicy {
                 listen_keys.push((key.prefix_len(), key.data()));
             }
             if profile.mode == Mode::Enforce {
-                for glob in &profile.allow.exec {
+                // An exec into a profile this one may transition to is not killed: user
+                // space switches the process when the target's selector matches.
+                let transitions = profile
+                    .allow
+                    .transitions
+                    .iter()
+                    .filter_map(|name| config.profile_by_name(name))
+                    .flat_map(|target| target.selector.executables.iter());
+                for glob in profile.allow.exec.iter().chain(transitions) {
                     let Ok(glob) = Glob::new(glob.as_str()) else {
                         continue;
                     };

@@ -38,6 +38,8 @@ pub struct Process {
     pub exe: Option<String>,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The number of arguments when `args` holds fewer (truncated); `None`: `args.len()`.
+    pub args_count: Option<usize>,
     pub uid: Option<u32>,
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<String>,
@@ -68,6 +70,8 @@ pub struct ExecInfo {
     pub exe: String,
     pub args: Vec<String>,
     pub args_truncated: bool,
+    /// The kernel's count of arguments (`None`: `args.len()`).
+    pub args_count: Option<usize>,
     pub uid: u32,
     pub cgroup_id: u64,
     pub cgroup_path: Option<String>,
@@ -83,6 +87,7 @@ impl Process {
             exe: None,
             args: Vec::new(),
             args_truncated: false,
+            args_count: None,
             uid: None,
             cgroup_id: None,
             cgroup_path: None,
@@ -102,6 +107,7 @@ impl Process {
             exe: snapshot.exe,
             args: snapshot.args,
             args_truncated: false,
+            args_count: None,
             uid: Some(snapshot.uid),
             cgroup_id: None,
             cgroup_path: snapshot.cgroup_path,
@@ -116,6 +122,7 @@ impl Process {
         self.exe.clone_from(&parent.exe);
         self.args.clone_from(&parent.args);
         self.args_truncated = parent.args_truncated;
+        self.args_count = parent.args_count;
         self.uid = parent.uid;
         self.cgroup_id = parent.cgroup_id;
         self.cgroup_path.clone_from(&parent.cgroup_path);
@@ -132,6 +139,7 @@ impl Process {
         self.exe = Some(info.exe);
         self.args = info.args;
         self.args_truncated = info.args_truncated;
+        self.args_count = info.args_count;
         self.uid = Some(info.uid);
         if info.cgroup_path.is_some() || self.cgroup_id != Some(info.cgroup_id) {
             self.cgroup_path = info.cgroup_path;

@@ -20,7 +20,14 @@
 //!     listen: ["*:8000"]
 //!     unix: ["/run/**", "@*"]   # absent: unix sockets are not checked
 //!   devices: [nvidia, nvidia-uvm]
+//!   io_uring: false             # may it use io_uring (default false: `io-uring-not-allowed`)
+//!   transitions: [model-sync]   # profiles an exec may switch it to (default: none)
 //! ```
+//!
+//! A governed process keeps its profile across fork and exec: an exec that another profile's
+//! selector matches (argv is the process's own to choose) switches only to a profile its own
+//! `allow.transitions` names, and otherwise is an exec like any other, checked against
+//! `allow.exec` (and killed under `mode: enforce` when it is not allowed).
 //!
 //! Path globs (`executables`, `cgroups`, `exec`, `files`, `unix`): `*` and `?` stay within
 //! one path component, `**` crosses `/` (but `/a/**/b` needs a directory between `a` and
@@ -203,6 +210,10 @@ pub struct Allow {
     /// `None`: unix sockets are not checked.
     pub unix: Option<Vec<PathGlob>>,
     pub devices: Vec<DeviceClass>,
+    /// May use io_uring (a ring's requests bypass the syscall sensors).
+    pub io_uring: bool,
+    /// Profiles a governed process may switch to by an exec that their selector matches.
+    pub transitions: Vec<String>,
 }
 
 fn any_glob(globs: &[PathGlob], path: &str) -> bool {
@@ -237,6 +248,11 @@ impl Allow {
 
     pub fn device(&self, class: DeviceClass) -> bool {
         self.devices.contains(&class)
+    }
+
+    /// Whether an exec may switch the process to the profile named `name`.
+    pub fn transition(&self, name: &str) -> bool {
+        self.transitions.iter().any(|t| t == name)
     }
 }
 

@@ -5,9 +5,10 @@
 //! Governance:
 //! - It is decided at exec: the first profile (in load order) whose selector matches the new
 //!   executable, argv and cgroup governs the process. That exec is never an alert.
-//! - A child inherits its parent's profile at fork, and keeps it across an exec that matches
-//!   no profile (that exec is checked against `allow.exec`); an exec that matches another
-//!   profile switches to it, without an alert.
+//! - A child inherits its parent's profile at fork, and keeps it across every exec (checked
+//!   against `allow.exec`), unless its profile's `allow.transitions` names a profile whose
+//!   selector the exec matches: then it switches to that one, without an alert. A governed
+//!   process cannot hop to another profile by choosing its path and argv.
 //! - It ends at exit.
 //!
 //! Call [`Engine::handle`] after the process table has applied the event (`on_exec`,
@@ -64,13 +65,19 @@ pub const GPU_UNEXPECTED_PROCESS: Rule = rule("gpu-unexpected-process", Severity
 /// A process that read a protected file connected to a destination its profile does not
 /// allow (anything but loopback without a profile).
 pub const MODEL_EXFILTRATION: Rule = rule("model-exfiltration", Severity::Critical);
+/// Another process read, wrote or took control of a governed process's memory
+/// (process_vm_readv/writev, ptrace, /proc/PID/mem, pidfd_getfd).
+pub const PROCESS_MEMORY_ACCESS: Rule = rule("process-memory-access", Severity::Critical);
+/// A governed process used io_uring (created a ring, or submitted a request that opens,
+/// changes files or reaches the network) without `allow.io_uring`.
+pub const IO_URING_NOT_ALLOWED: Rule = rule("io-uring-not-allowed", Severity::High);
 /// Events were lost (kernel ring buffer or user-space queue full).
 pub const EVENTS_LOST: Rule = rule("events-lost", Severity::High);
 /// A new configuration failed to load; the previous one stays in force.
 pub const CONFIG_RELOAD_FAILED: Rule = rule("config-reload-failed", Severity::Medium);
 
 /// Every rule, for documentation and exporters.
-pub const RULES: [Rule; 12] = [
+pub const RULES: [Rule; 14] = [
     EXEC_NOT_ALLOWED,
     FILE_READ_NOT_ALLOWED,
     FILE_WRITE_NOT_ALLOWED,
@@ -81,6 +88,8 @@ pub const RULES: [Rule; 12] = [
     PROTECTED_FILE_WRITE,
     GPU_UNEXPECTED_PROCESS,
     MODEL_EXFILTRATION,
+    PROCESS_MEMORY_ACCESS,
+    IO_URING_NOT_ALLOWED,
     EVENTS_LOST,
     CONFIG_RELOAD_FAILED,
 ];
@@ -266,6 +275,25 @@ impl Engine {
                     .collect()
             }
             Event::GpuIoctls(_) => Vec::new(),
+            Event::MemoryAccess(access) => {
+                // The kernel also reports targets that had just exec'd a profile's executable,
+                // before user space matched the selector: only governed targets count.
+                let governed = access.target_profile != 0
+                    || self
+                        .processes
+                        .get(&access.target_tgid)
+                        .is_some_and(|s| s.profile.is_some());
+                if governed {
+                    vec![checks::memory(access)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::IoUring(uring) => {
+                let state = self.resolve(&header, table);
+                let profile = self.profile_of(state.as_ref());
+                checks::io_uring(profile, uring).into_iter().collect()
+            }
         };
         if findings.is_empty() {
             return verdict;
@@ -275,7 +303,18 @@ impl Engine {
             .governing(header.tgid, header.start_time_ns)
             .map(|p| p.name.clone());
         let process = table.get(header.tgid, header.start_time_ns);
-        let attributes = attributes(clock, table, event, process);
+        let mut attributes = attributes(clock, table, event, process);
+        if let Event::MemoryAccess(access) = event {
+            // The target's profile as the engine knows it, else as the kernel saw it.
+            let target = self
+                .processes
+                .get(&access.target_tgid)
+                .and_then(|s| s.profile)
+                .unwrap_or(access.target_profile);
+            if let Some(target) = self.config.profile(target) {
+                attributes.insert("monitor.target.profile".into(), Value::from(target.name.clone()));
+            }
+        }
         let observed = clock.unix_ns(BootClock::boot_now_ns());
         for finding in findings {
             let mut attributes = attributes.clone();
@@ -395,7 +434,18 @@ impl Engine {
             args: &args,
             cgroup,
         };
-        match self.config.select(&subject).map(|p| p.id) {
+        let selected = match prior.and_then(|id| self.config.profile(id)) {
+            // Governed: it keeps its profile unless the profile names the transition (argv
+            // is the process's own to choose, so a selector match alone proves nothing).
+            Some(current) => self
+                .config
+                .profiles
+                .iter()
+                .find(|p| p.id != current.id && current.allow.transition(&p.name) && p.selects(&subject))
+                .map(|p| p.id),
+            None => self.config.select(&subject).map(|p| p.id),
+        };
+        match selected {
             Some(id) => {
                 let state = self.state_entry(header.tgid, header.start_time_ns);
                 state.profile = Some(id);

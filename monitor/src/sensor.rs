@@ -257,7 +257,72 @@ const SYSCALL_HOOKS: &[SyscallHook] = &[
         required: &["sys_enter_close"],
         optional: &[],
     },
+    SyscallHook {
+        program: programs::PROCESS_VM_ENTER,
+        required: &["sys_enter_process_vm_readv", "sys_enter_process_vm_writev"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: programs::PTRACE_ENTER,
+        required: &["sys_enter_ptrace"],
+        optional: &[],
+    },
+    SyscallHook {
+        program: programs::PIDFD_GETFD_ENTER,
+        required: &[],
+        optional: &["sys_enter_pidfd_getfd"],
+    },
+    SyscallHook {
+        program: programs::PROC_MEM_OPEN_EXIT,
+        required: &["sys_exit_openat"],
+        optional: &["sys_exit_open", "sys_exit_openat2"],
+    },
 ];
+
+/// io_uring tracepoints (`io_uring/<name>`, 5.5+; absent when io_uring is not built):
+/// a program and its tracepoint. Without them io_uring use is not reported (say so).
+const IO_URING_HOOKS: [(&str, &str); 2] = [
+    (programs::IO_URING_CREATE, "io_uring_create"),
+    (programs::IO_URING_SUBMIT, "io_uring_submit_req"),
+];
+
+/// The address of the kernel's `mem_open` in /proc/kallsyms (0 when it cannot be read, e.g.
+/// not as root or with `kptr_restrict`): what tells a `/proc/PID/mem` file in the kernel.
+fn proc_mem_open_address() -> u64 {
+    let text = match std::fs::read_to_string("/proc/kallsyms") {
+        Ok(text) => text,
+        Err(err) => {
+            warn!("failed to read /proc/kallsyms: {err}; opens of /proc/PID/mem are not reported");
+            return 0;
+        }
+    };
+    let found: Vec<u64> = text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.next()?;
+            let _kind = fields.next()?;
+            (fields.next()? == "mem_open" && fields.next().is_none())
+                .then(|| u64::from_str_radix(address, 16).ok())
+                .flatten()
+        })
+        .collect();
+    match found.as_slice() {
+        [address] if *address != 0 => *address,
+        [0] => {
+            warn!("/proc/kallsyms hides addresses (kptr_restrict); opens of /proc/PID/mem are not reported: run as root with kernel.kptr_restrict=0 or 1");
+            0
+        }
+        [] => {
+            warn!("failed to find mem_open in /proc/kallsyms; opens of /proc/PID/mem are not reported");
+            0
+        }
+        _ => {
+            warn!("mem_open is ambiguous in /proc/kallsyms; opens of /proc/PID/mem are not reported");
+            0
+        }
+    }
+}
 
 /// cgroup sock_addr programs: name and hook.
 const SOCK_ADDR_HOOKS: [(&str, &str); 6] = [
@@ -351,6 +416,7 @@ impl Sensor {
                 options.protect_always || !protected.is_empty() || !suffixes.is_empty(),
             ),
             _pad: 0,
+            proc_mem_open: proc_mem_open_address(),
         };
         let btf = aya::Btf::from_sys_fs().context("failed to load the kernel's BTF")?;
         let exec_capacity = crate::policy::candidate_capacity(
@@ -387,6 +453,15 @@ impl Sensor {
             program
                 .load()
                 .with_context(|| format!("failed to load program {}", hook.program))?;
+        }
+        for (name, _) in IO_URING_HOOKS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("failed to load program {name}"))?;
         }
         let device: &mut CgroupDevice = ebpf
             .program_mut(programs::DEVICE_ACCESS)
@@ -526,6 +601,30 @@ impl Sensor {
             programs = SYSCALL_HOOKS.len(),
             "file, network and ioctl sensors attached to syscall tracepoints"
         );
+        let io_uring = self.tracefs.join("events/io_uring");
+        let layout = io_uring_layout(&io_uring);
+        for (name, tracepoint) in IO_URING_HOOKS {
+            if let Err(err) = &layout {
+                warn!(program = name, "{err}; io_uring use by governed processes is not reported");
+                continue;
+            }
+            if !io_uring.join(tracepoint).exists() {
+                warn!(
+                    program = name,
+                    "io_uring/{tracepoint} is not on this kernel; io_uring use by governed processes is not reported"
+                );
+                continue;
+            }
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            program.attach("io_uring", tracepoint).with_context(|| {
+                format!("failed to attach program {name} to io_uring/{tracepoint}")
+            })?;
+            debug!(program = name, hook = format!("tracepoint/io_uring/{tracepoint}"), "attached");
+        }
         let cgroup = std::fs::File::open(&self.cgroup)
             .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
         let device: &mut CgroupDevice = self
@@ -691,6 +790,34 @@ fn check_syscall_layout(tracefs: &Path) -> anyhow::Result<()> {
         if !format.contains(&expected) {
             bail!(
                 "unexpected layout of syscalls/{name} (wanted `{field}` at offset {offset}); this kernel is not supported yet, please report it with {}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The io_uring programs read these fields at fixed offsets (the tracepoints' records are
+/// no stable ABI): check this kernel's format files agree.
+fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
+    for (name, field, offset) in [
+        ("io_uring_create", "void * ctx", 16),
+        ("io_uring_create", "u32 flags", 32),
+        ("io_uring_submit_req", "void * ctx", 8),
+        ("io_uring_submit_req", "u8 opcode", 32),
+        ("io_uring_submit_req", "unsigned long long flags", 40),
+        ("io_uring_submit_req", "bool sq_thread", 48),
+    ] {
+        let path = events.join(name).join("format");
+        if !path.exists() {
+            // Absent tracepoints are reported by the caller.
+            continue;
+        }
+        let format = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        if !format.contains(&format!("field:{field};\toffset:{offset};")) {
+            bail!(
+                "unexpected layout of io_uring/{name} (wanted `{field}` at offset {offset}, see {})",
                 path.display()
             );
         }

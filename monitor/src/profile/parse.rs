@@ -23,7 +23,14 @@ const PROFILE_KEYS: &[&str] = &[
     "allow",
 ];
 const SELECTOR_KEYS: &[&str] = &["executables", "args", "cgroups"];
-const ALLOW_KEYS: &[&str] = &["exec", "files", "network", "devices"];
+const ALLOW_KEYS: &[&str] = &[
+    "exec",
+    "files",
+    "network",
+    "devices",
+    "io_uring",
+    "transitions",
+];
 const FILES_KEYS: &[&str] = &["read", "write"];
 const NETWORK_KEYS: &[&str] = &["connect", "listen", "unix"];
 
@@ -275,6 +282,17 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
                         ),
                     );
                 }
+            }
+        }
+    }
+    if let Some(node) = fields.get("io_uring") {
+        allow.io_uring = reader.boolean(node, "allow.io_uring").unwrap_or(false);
+    }
+    if let Some(list) = fields.get("transitions") {
+        for item in reader.strings(list, "allow.transitions") {
+            match check_name(item.value) {
+                Ok(()) => allow.transitions.push(item.value.to_owned()),
+                Err(err) => reader.error(item.node, &item.key, err),
             }
         }
     }

@@ -4,14 +4,14 @@
 use crate::{
     cidr::is_loopback,
     config::Config,
-    events::{Device, File, FileOp, Net, NetOp, Transport},
+    events::{Device, File, FileOp, IoUring, MemoryAccess, Net, NetOp, Transport},
     profile::Profile,
 };
 
 use super::{
     Rule, CONNECT_NOT_ALLOWED, DEVICE_NOT_ALLOWED, EXEC_NOT_ALLOWED, FILE_READ_NOT_ALLOWED,
-    FILE_WRITE_NOT_ALLOWED, GPU_UNEXPECTED_PROCESS, LISTEN_NOT_ALLOWED, MODEL_EXFILTRATION,
-    PROTECTED_FILE_READ, PROTECTED_FILE_WRITE,
+    FILE_WRITE_NOT_ALLOWED, GPU_UNEXPECTED_PROCESS, IO_URING_NOT_ALLOWED, LISTEN_NOT_ALLOWED,
+    MODEL_EXFILTRATION, PROCESS_MEMORY_ACCESS, PROTECTED_FILE_READ, PROTECTED_FILE_WRITE,
 };
 
 const ENOENT: i64 = 2;
@@ -188,4 +188,21 @@ pub(crate) fn device(
     let guard = config.guards.gpu.as_ref()?;
     let allowed = profile.is_some_and(|p| guard.allow.contains(&p.name));
     (!allowed).then(|| finding(GPU_UNEXPECTED_PROCESS, class))
+}
+
+/// Any process reaching a governed process's memory (the kernel only reports those whose
+/// target is governed, and never a process's access to itself). One alert per accessor,
+/// operation (ptrace: request) and target.
+pub(crate) fn memory(event: &MemoryAccess) -> Finding {
+    let operation = event.op.ptrace_request().unwrap_or(event.op.name());
+    finding(
+        PROCESS_MEMORY_ACCESS,
+        format!("{operation}:{}", event.target_tgid),
+    )
+}
+
+/// io_uring use by a governed process whose profile does not set `allow.io_uring`.
+pub(crate) fn io_uring(profile: Option<&Profile>, event: &IoUring) -> Option<Finding> {
+    let profile = profile?;
+    (!profile.allow.io_uring).then(|| finding(IO_URING_NOT_ALLOWED, event.op.name()))
 }

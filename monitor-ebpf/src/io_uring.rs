@@ -1,0 +1,167 @@
+//! io_uring use by governed processes. A request submitted to a ring does not go through the
+//! syscall tracepoints the file and network sensors use, so each ring a governed process
+//! creates and each security-relevant opcode it submits is reported, once per process, exec
+//! and opcode. Offsets are those of the tracefs format files (checked by the loader).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext as _,
+};
+use monitor_common::{
+    EventKind, IoUringEvent, IoUringKey, IoUringOpCode, Stat, WatchEntry, IO_URING_KEY_CREATE,
+    IO_URING_REPORTED_OPS, WATCH_CANDIDATE,
+};
+
+use crate::{
+    config_self_tgid, count, kernel::Task, process::header, submit_flags, EVENTS,
+    IO_URING_RINGS, IO_URING_SEEN, WATCHED,
+};
+
+/// Governed, or about to be: a process that just exec'd a profile's executable is watched
+/// with no profile until user space has matched its selector, and a fast program can set up
+/// its ring before then. User space drops what an ungoverned process did.
+#[inline(always)]
+fn governed(tgid: u32) -> Option<WatchEntry> {
+    let entry = unsafe { WATCHED.get(tgid) }?;
+    (entry.profile != 0 || entry.reason & 0xff == WATCH_CANDIDATE).then_some(*entry)
+}
+
+/// Who created a ring (a governed process).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RingOwner {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start_time: u64,
+}
+
+#[inline(always)]
+unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: within the tracepoint record (offsets from the format file).
+    unsafe { *(ctx.as_ptr().add(offset) as *const T) }
+}
+
+/// `io_uring:io_uring_create`: fd at 8, ctx at 16, flags at 32.
+#[tracepoint]
+pub fn io_uring_create(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let ring: u64 = unsafe { field(&ctx, 16) };
+    let Some(entry) = governed(tgid) else {
+        // A ring at an address a governed process's ring once had is not its.
+        let _ = IO_URING_RINGS.remove(&ring);
+        return 0;
+    };
+    if tgid == config_self_tgid() {
+        return 0;
+    }
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let start_time = task.process_start_time().unwrap_or(0);
+    let owner = RingOwner {
+        tgid,
+        _pad: 0,
+        start_time,
+    };
+    let _ = IO_URING_RINGS.insert(&ring, &owner, 0);
+    let flags: u32 = unsafe { field(&ctx, 32) };
+    emit(
+        owner,
+        entry.generation,
+        IoUringOpCode::Create,
+        IO_URING_KEY_CREATE,
+        ring,
+        false,
+        flags,
+    );
+    0
+}
+
+/// `io_uring:io_uring_submit_req`: ctx at 8, opcode (u8) at 32, flags at 40, sq_thread
+/// (bool) at 48. Runs in the submitter, or in the ring's SQPOLL thread.
+#[tracepoint]
+pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
+    let opcode = unsafe { field::<u8>(&ctx, 32) } as u32;
+    if opcode >= 64 || (IO_URING_REPORTED_OPS >> opcode) & 1 == 0 {
+        return 0;
+    }
+    let ring: u64 = unsafe { field(&ctx, 8) };
+    let sq_thread = unsafe { field::<u8>(&ctx, 48) } != 0;
+    let owner = if sq_thread {
+        match unsafe { IO_URING_RINGS.get(&ring) } {
+            Some(owner) => *owner,
+            None => return 0,
+        }
+    } else {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if governed(tgid).is_none() {
+            return 0;
+        }
+        let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+        RingOwner {
+            tgid,
+            _pad: 0,
+            start_time: task.process_start_time().unwrap_or(0),
+        }
+    };
+    let Some(entry) = governed(owner.tgid) else {
+        return 0;
+    };
+    let flags: u64 = unsafe { field(&ctx, 40) };
+    emit(
+        owner,
+        entry.generation,
+        IoUringOpCode::Submit,
+        opcode,
+        ring,
+        sq_thread,
+        flags as u32,
+    );
+    0
+}
+
+/// Sends one record per (process, exec generation, opcode).
+#[inline(always)]
+fn emit(
+    owner: RingOwner,
+    generation: u32,
+    op: IoUringOpCode,
+    opcode: u32,
+    ring: u64,
+    sq_thread: bool,
+    flags: u32,
+) {
+    let key = IoUringKey {
+        tgid: owner.tgid,
+        generation,
+        opcode,
+        _pad: 0,
+    };
+    let kind = EventKind::IoUring as u32;
+    if unsafe { IO_URING_SEEN.get(&key).is_some() } {
+        count(Stat::Known, kind);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<IoUringEvent>(0) else {
+        count(Stat::LostRingFull, kind);
+        return;
+    };
+    let _ = IO_URING_SEEN.insert(&key, &1, 0);
+    let event = IoUringEvent {
+        header: header(
+            EventKind::IoUring,
+            owner.tgid,
+            bpf_get_current_pid_tgid() as u32,
+            owner.start_time,
+            true,
+        ),
+        op: op as u32,
+        opcode: if op == IoUringOpCode::Create { 0 } else { opcode },
+        ring,
+        sq_thread: u32::from(sq_thread),
+        flags,
+    };
+    entry.write(event);
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+}

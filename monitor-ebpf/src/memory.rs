@@ -1,0 +1,230 @@
+//! Another process reaching a governed process's memory (where the model weights live):
+//! `process_vm_readv`/`process_vm_writev`, `ptrace` attach/seize/peek/poke, `pidfd_getfd`, and
+//! opens of `/proc/PID/mem` however they name it (judged by the opened file, not the path).
+//!
+//! These hooks run for every process on the host, so each first asks the cheapest question
+//! that can end it: is the target governed (one hash lookup by the pid the syscall names)?
+//! Under an enforce-mode profile of the target, the accessor is killed at the syscall's entry
+//! (for an open: at its exit, before the fd reaches user space).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_send_signal},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    EventKind, MemoryAccessEvent, MemoryOpCode, Stat, WatchEntry, MEMORY_AT_EXIT, MEMORY_KILLED,
+    MEMORY_WOULD_KILL, POLICY_DRY_RUN, POLICY_ENFORCE, PTRACE_ATTACH, PTRACE_PEEKDATA,
+    PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA, PTRACE_POKETEXT, PTRACE_POKEUSR,
+    PTRACE_SEIZE, WATCH_CANDIDATE,
+};
+
+use crate::{
+    config_self_tgid, count,
+    kernel::{off, read, Task},
+    process::header,
+    submit_flags, syscall_arg, syscall_ret, CONFIG, EVENTS, POLICY, WATCHED, WATCHED_THREADS,
+};
+
+/// The governed process a pid names (its tgid, or one of its threads): (tgid, entry). A
+/// process that just exec'd a profile's executable counts (user space has not matched its
+/// selector yet, and drops the report if it does not govern the process).
+#[inline(always)]
+fn governed(pid: u32) -> Option<(u32, WatchEntry)> {
+    let governs = |e: &WatchEntry| e.profile != 0 || e.reason & 0xff == WATCH_CANDIDATE;
+    if let Some(entry) = unsafe { WATCHED.get(pid) } {
+        return governs(entry).then_some((pid, *entry));
+    }
+    let tgid = *unsafe { WATCHED_THREADS.get(pid) }?;
+    let entry = unsafe { WATCHED.get(tgid) }?;
+    governs(entry).then_some((tgid, *entry))
+}
+
+/// The thread group of the task a `struct pid` names (`pid->tasks[PIDTYPE_PID].first`, a
+/// `task_struct::pid_links[PIDTYPE_PID]`): (tgid, start time of the process).
+#[inline(always)]
+fn pid_task(pid: *const u8) -> Result<(u32, u64), i64> {
+    if pid.is_null() {
+        return Err(-1);
+    }
+    let first: *const u8 = unsafe { read(pid, off!(pid_tasks))? };
+    if first.is_null() {
+        return Err(-1);
+    }
+    let task = Task(first.wrapping_sub(off!(task_pid_links)));
+    Ok((task.tgid()?, task.process_start_time().unwrap_or(0)))
+}
+
+/// Reports (and under an enforce-mode profile of the target, kills) the current process for
+/// reaching `target_tgid`'s memory.
+#[inline(always)]
+fn report(op: MemoryOpCode, target_tgid: u32, target: WatchEntry, start_time: u64, arg: i64, at_exit: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // A process may read its own memory; the monitor and init are never killed.
+    if tgid == target_tgid || tgid == config_self_tgid() {
+        return;
+    }
+    let mut flags = if at_exit { MEMORY_AT_EXIT } else { 0 };
+    if let Some(policy) = unsafe { POLICY.get(target.profile) } {
+        if policy.flags & POLICY_ENFORCE != 0 {
+            flags |= if policy.flags & POLICY_DRY_RUN != 0 || tgid == 1 {
+                MEMORY_WOULD_KILL
+            } else {
+                MEMORY_KILLED
+            };
+        }
+    }
+    let kind = EventKind::MemoryAccess as u32;
+    // The record is reserved before the kill: a full ring still counts the loss, and the
+    // kill never waits on user space.
+    let entry = EVENTS.reserve::<MemoryAccessEvent>(0);
+    if flags & MEMORY_KILLED != 0 {
+        unsafe { bpf_send_signal(9) };
+    }
+    let Some(mut entry) = entry else {
+        count(Stat::LostRingFull, kind);
+        return;
+    };
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let event = MemoryAccessEvent {
+        header: header(
+            EventKind::MemoryAccess,
+            tgid,
+            pid_tgid as u32,
+            task.process_start_time().unwrap_or(0),
+            unsafe { WATCHED.get(tgid).is_some() },
+        ),
+        op: op as u32,
+        flags,
+        target_tgid,
+        target_profile: target.profile,
+        target_start_time: start_time,
+        arg,
+    };
+    entry.write(event);
+    count(Stat::Emitted, kind);
+    entry.submit(submit_flags());
+}
+
+/// `process_vm_readv(pid, ...)` and `process_vm_writev(pid, ...)`.
+#[tracepoint]
+pub fn process_vm_enter(ctx: TracePointContext) -> u32 {
+    let pid = syscall_arg(&ctx, 0) as u32;
+    let Some((tgid, entry)) = governed(pid) else {
+        return 0;
+    };
+    // `__syscall_nr` at 8 tells the two apart (x86_64: 310 readv, 311 writev; aarch64: 270,
+    // 271): the odd one of each pair writes.
+    let nr = unsafe { *(aya_ebpf::EbpfContext::as_ptr(&ctx).add(8) as *const i32) };
+    let op = if nr & 1 == 0 {
+        MemoryOpCode::ProcessVmReadv
+    } else {
+        MemoryOpCode::ProcessVmWritev
+    };
+    report(op, tgid, entry, 0, 0, false);
+    0
+}
+
+/// `ptrace(request, pid, addr, data)`: the requests that take control of a process or read or
+/// write its memory.
+#[tracepoint]
+pub fn ptrace_enter(ctx: TracePointContext) -> u32 {
+    let request = syscall_arg(&ctx, 0);
+    if !matches!(
+        request,
+        PTRACE_ATTACH
+            | PTRACE_SEIZE
+            | PTRACE_PEEKTEXT
+            | PTRACE_PEEKDATA
+            | PTRACE_PEEKUSR
+            | PTRACE_POKETEXT
+            | PTRACE_POKEDATA
+            | PTRACE_POKEUSR
+    ) {
+        return 0;
+    }
+    let pid = syscall_arg(&ctx, 1) as u32;
+    let Some((tgid, entry)) = governed(pid) else {
+        return 0;
+    };
+    report(MemoryOpCode::Ptrace, tgid, entry, 0, request as i64, false);
+    0
+}
+
+/// `pidfd_getfd(pidfd, targetfd, flags)`: the pidfd's `struct pid` is the inode's
+/// `i_private` on pidfs (6.9+), the file's `private_data` before.
+#[tracepoint]
+pub fn pidfd_getfd_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_pidfd_getfd(&ctx);
+    0
+}
+
+fn try_pidfd_getfd(ctx: &TracePointContext) -> Result<(), i64> {
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let file = task.file(syscall_arg(ctx, 0) as i64)?;
+    let inode = crate::kernel::file_inode(file)?;
+    let pidfs: *const u8 = unsafe { read(inode, off!(inode_private)) }.unwrap_or(core::ptr::null());
+    let target = match pid_task(pidfs) {
+        Ok((tgid, start)) if governed(tgid).is_some() => Some((tgid, start)),
+        _ => {
+            let legacy: *const u8 = unsafe { read(file, off!(file_private_data))? };
+            pid_task(legacy).ok().filter(|(tgid, _)| governed(*tgid).is_some())
+        }
+    };
+    let Some((tgid, start)) = target else {
+        return Ok(());
+    };
+    let Some((tgid, entry)) = governed(tgid) else {
+        return Ok(());
+    };
+    report(
+        MemoryOpCode::PidfdGetfd,
+        tgid,
+        entry,
+        start,
+        syscall_arg(ctx, 1) as i64,
+        false,
+    );
+    Ok(())
+}
+
+/// The exit of `open`, `openat`, `openat2`: was the file opened a `/proc/PID/mem`? Judged by
+/// the file (its `f_op->open` is the kernel's `mem_open`), so a symlink, a dirfd on
+/// `/proc/PID`, or `/proc/PID/task/TID/mem` are all the same file; the target is the task
+/// of the proc inode.
+#[tracepoint]
+pub fn proc_mem_open_exit(ctx: TracePointContext) -> u32 {
+    let fd = syscall_ret(&ctx);
+    if fd < 0 {
+        return 0;
+    }
+    let _ = check_proc_mem_fd(fd);
+    0
+}
+
+/// Whether `fd` of the current process is a `/proc/PID/mem` of a governed process; reports
+/// it if so (also used for io_uring opens, whose fds the syscall exit never sees).
+#[inline(always)]
+pub fn check_proc_mem_fd(fd: i64) -> Result<(), i64> {
+    let mem_open = unsafe { core::ptr::read_volatile(&CONFIG.proc_mem_open) };
+    if mem_open == 0 {
+        return Ok(());
+    }
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    let file = task.file(fd)?;
+    let fops: *const u8 = unsafe { read(file, off!(file_f_op))? };
+    let open: u64 = unsafe { read(fops, off!(fop_open))? };
+    if open != mem_open {
+        return Ok(());
+    }
+    let inode = crate::kernel::file_inode(file)?;
+    let proc_inode = inode.wrapping_sub(off!(proc_inode_vfs_inode));
+    let pid: *const u8 = unsafe { read(proc_inode, off!(proc_inode_pid))? };
+    let (tgid, start) = pid_task(pid)?;
+    let Some((tgid, entry)) = governed(tgid) else {
+        return Ok(());
+    };
+    report(MemoryOpCode::ProcMemOpen, tgid, entry, start, fd, true);
+    Ok(())
+}
