@@ -115,7 +115,11 @@ pub const EXEC_CANDIDATES_MAX: u32 = 1 << 17;
 /// The exec-candidate map's size for a configuration whose selectors match `count`
 /// executables: twice that (room for reloads that add some), within the bounds above.
 pub fn candidate_capacity(count: usize) -> u32 {
-    let wanted = count.saturating_mul(2).max(1).next_power_of_two();
+    let wanted = count
+        .saturating_mul(2)
+        .max(1)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
     u32::try_from(wanted)
         .unwrap_or(u32::MAX)
         .clamp(EXEC_CANDIDATES_MIN, EXEC_CANDIDATES_MAX)
