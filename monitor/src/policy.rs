@@ -777,6 +777,9 @@ mod tests {
             globs: Vec::new(),
         };
         let lines = found.describe(4);
-        assert!(lines[0].contains("1 of them are matched in user space"), "{lines:?}");
+        assert!(
+            lines[0].contains("1 of them are matched in user space"),
+            "{lines:?}"
+        );
     }
 }

@@ -289,14 +289,19 @@ fn a_reload_the_kernel_refuses_leaves_both_sides_on_the_old_rules() {
         allowed.local_addr().unwrap().port(),
         other.local_addr().unwrap().port(),
     );
-    let profile = |connect: &str| site.server_profile("enforce", "\"/usr/bin/python3*\"", "", connect);
+    let profile =
+        |connect: &str| site.server_profile("enforce", "\"/usr/bin/python3*\"", "", connect);
     std::fs::write(
         site.root.join("profiles/ops.yaml"),
         profile(&format!("\"127.0.0.1:{p1}\"")),
     )
     .unwrap();
     let monitor = site.start(&[]);
-    let before = site.serve(monitor.cgroup.command(PYTHON), "connect", &[&p1.to_string(), &p2.to_string()]);
+    let before = site.serve(
+        monitor.cgroup.command(PYTHON),
+        "connect",
+        &[&p1.to_string(), &p2.to_string()],
+    );
     assert_eq!(before[p1.to_string()], "ok", "{before}");
     assert_eq!(before[p2.to_string()], "EPERM", "{before}");
 
@@ -317,9 +322,17 @@ fn a_reload_the_kernel_refuses_leaves_both_sides_on_the_old_rules() {
     assert!(errors.contains("put back"), "{failed}");
 
     // The kernel still refuses the second port, and the daemon still judges by the old rules.
-    let after = site.serve(monitor.cgroup.command(PYTHON), "connect", &[&p1.to_string(), &p2.to_string()]);
+    let after = site.serve(
+        monitor.cgroup.command(PYTHON),
+        "connect",
+        &[&p1.to_string(), &p2.to_string()],
+    );
     assert_eq!(after[p1.to_string()], "ok", "{after}");
-    assert_eq!(after[p2.to_string()], "EPERM", "the kernel kept half of the new rules: {after}");
+    assert_eq!(
+        after[p2.to_string()],
+        "EPERM",
+        "the kernel kept half of the new rules: {after}"
+    );
     let denied = monitor.wait_for("the old rules in the daemon", WAIT, |v| {
         v["security_rule.name"] == "connect-not-allowed"
             && v["network.peer.port"] == p2
@@ -376,11 +389,19 @@ fn a_config_rewritten_100_times_ends_on_the_last_version() {
     std::fs::write(site.root.join("ready"), "").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let (lines, stderr) = monitor.stop_with_stderr();
-    assert_eq!(count(&stderr, "configuration files changed"), before, "{stderr}");
+    assert_eq!(
+        count(&stderr, "configuration files changed"),
+        before,
+        "{stderr}"
+    );
     let data = site.path("data/");
     let reads: Vec<&Value> = alerts(&lines, "file-read-not-allowed")
         .into_iter()
-        .filter(|v| v["file.path"].as_str().is_some_and(|p| p.starts_with(&data)))
+        .filter(|v| {
+            v["file.path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&data))
+        })
         .collect();
     assert_eq!(reads.len(), 1, "{reads:#?}");
 }
@@ -396,7 +417,11 @@ fn a_configmap_style_symlink_swap_reloads() {
         let dir = mount.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.yaml"), "profiles: [\"ops.yaml\"]\n").unwrap();
-        std::fs::write(dir.join("ops.yaml"), site.server_profile("alert", exec, "", "")).unwrap();
+        std::fs::write(
+            dir.join("ops.yaml"),
+            site.server_profile("alert", exec, "", ""),
+        )
+        .unwrap();
     };
     version("..2026_11_29_10_00_00.1", "");
     symlink("..2026_11_29_10_00_00.1", mount.join("..data")).unwrap();
@@ -447,7 +472,9 @@ fn file_names_that_are_not_utf8_are_told_apart() {
                 .as_str()
                 .is_some_and(|b| b.ends_with("bad\\xfe.bin"))
     });
-    monitor.wait_for("the exec", WAIT, |v| v["security_rule.name"] == "exec-not-allowed");
+    monitor.wait_for("the exec", WAIT, |v| {
+        v["security_rule.name"] == "exec-not-allowed"
+    });
     std::thread::sleep(Duration::from_millis(300));
     let lines = monitor.stop();
     let reads: Vec<&Value> = alerts(&lines, "file-read-not-allowed")
@@ -480,7 +507,9 @@ fn file_names_that_are_not_utf8_are_told_apart() {
     // A name in UTF-8 carries no extra key.
     assert!(lines
         .iter()
-        .filter(|v| v["file.path"].as_str().is_some_and(|p| !p.contains('\u{fffd}')))
+        .filter(|v| v["file.path"]
+            .as_str()
+            .is_some_and(|p| !p.contains('\u{fffd}')))
         .all(|v| v.get("monitor.file.path_bytes").is_none()));
 }
 
@@ -513,7 +542,7 @@ fn a_sigterm_stop_is_quick_even_with_the_collector_down() {
         "{stderr}"
     );
     assert!(stderr.contains("programs detached"), "{stderr}");
-    // Generous: the machine is shared. Measured here: about 1.8 s of detaching (the kernel
-    // tears tracepoints down one at a time) and a drain bounded to 1 s.
-    assert!(took < Duration::from_secs(4), "{took:?}:\n{stderr}");
+    // Generous: the machine is shared. Measured here: 1.2-1.4 s, of which 1 s is the bounded
+    // drain (main's build: 7-8 s).
+    assert!(took < Duration::from_secs(3), "{took:?}:\n{stderr}");
 }
