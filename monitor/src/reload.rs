@@ -383,8 +383,8 @@ mod tests {
         };
         let loaded = source.load().unwrap();
         let inputs = source.inputs(&loaded);
-        assert_eq!(inputs.files, [config.clone()]);
-        assert_eq!(inputs.dirs, [profiles.clone()]);
+        assert_eq!(inputs.files, std::slice::from_ref(&config));
+        assert_eq!(inputs.dirs, std::slice::from_ref(&profiles));
         let mut watcher = Watcher::new().unwrap();
         watcher.arm(&inputs);
         std::fs::write(profiles.join("server.log"), "x").unwrap();

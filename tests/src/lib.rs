@@ -269,17 +269,17 @@ impl Monitor {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let mut took = None;
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = child.try_wait() {
-                took = Some(started.elapsed());
-                break;
+        while took.is_none() && started.elapsed() < Duration::from_secs(20) {
+            match child.try_wait() {
+                Ok(Some(_)) => took = Some(started.elapsed()),
+                _ => thread::sleep(Duration::from_millis(5)),
             }
-            thread::sleep(Duration::from_millis(5));
         }
         if took.is_none() {
             let _ = child.kill();
-            let _ = child.wait();
         }
+        // Reaped in every case (at once when it has exited).
+        let _ = child.wait();
         let _ = std::fs::remove_file(&self.ready_file);
         thread::sleep(Duration::from_millis(100));
         (took, self.stderr())
