@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::{
     cidr::{AddrRule, Ports},
     config::Config,
-    glob::{expand, expand_executables, Glob},
+    glob::{expand_executables, Glob},
     profile::Mode,
     sensor::{inode_key, suffixes},
 };
@@ -385,7 +385,8 @@ impl KernelPolicy {
                     let Ok(glob) = Glob::new(glob.as_str()) else {
                         continue;
                     };
-                    for path in expand(&glob, 50_000) {
+                    // Only what an exec can run: a data file under the glob needs no entry.
+                    for path in expand_executables(&glob, EXPAND_BUDGET).files {
                         if let Ok(inode) = inode_key(&path) {
                             exec_keys.insert(ExecKey {
                                 profile: profile.id,
