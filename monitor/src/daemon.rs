@@ -264,7 +264,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     // Detach first so nothing new arrives, then let the reader drain what is left.
     let stopping = std::time::Instant::now();
     let links = sensor.detach();
-    info!(links, elapsed_ms = stopping.elapsed().as_millis() as u64, "programs detached");
+    info!(
+        links,
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "programs detached"
+    );
     let _ = stop_tx.send(true);
     match reader.await {
         Ok(Ok(())) => {}

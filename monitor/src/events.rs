@@ -201,6 +201,37 @@ pub struct File {
     pub would_kill: bool,
     /// Where to tell the kernel this was judged allowed (governed processes only).
     pub known: Option<KnownKey>,
+    /// Exact bytes of `path` or `target` when they are not valid UTF-8.
+    pub raw: RawNames,
+}
+
+/// Names that are not valid UTF-8. Their text form (`path`, `args`) replaces each invalid
+/// sequence with U+FFFD, so `bad\xff.bin` and `bad\xfe.bin` read alike; these are the exact
+/// bytes, reported next to the text (see `output::raw_name_keys`). Empty, allocating
+/// nothing, for the usual all-UTF-8 event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawNames {
+    /// (record key of the text form, exact bytes) for each path that is not UTF-8.
+    pub paths: Vec<(&'static str, Vec<u8>)>,
+    /// Every argument's exact bytes, when one of them is not UTF-8.
+    pub args: Option<Vec<Vec<u8>>>,
+}
+
+impl RawNames {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.args.is_none()
+    }
+}
+
+/// The text form of a name, and its exact bytes when it is not valid UTF-8.
+pub fn name_text(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.to_vec()),
+        ),
+    }
 }
 
 /// What a network event did.
@@ -432,6 +463,8 @@ pub struct Exec {
     pub killed: bool,
     /// It would have been killed (enforce mode, dry run).
     pub would_kill: bool,
+    /// Exact bytes of `path` and `args` when they are not valid UTF-8.
+    pub raw: RawNames,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -470,6 +503,16 @@ impl Exec {
 }
 
 impl Event {
+    /// Exact bytes of the event's names that are not UTF-8, if any.
+    pub fn raw_names(&self) -> Option<&RawNames> {
+        match self {
+            Event::Exec(exec) => Some(&exec.raw),
+            Event::File(file) => Some(&file.raw),
+            _ => None,
+        }
+        .filter(|raw| !raw.is_empty())
+    }
+
     pub fn header(&self) -> &Header {
         match self {
             Event::Exec(e) => &e.header,
@@ -556,6 +599,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let raw: ExecEvent = read(bytes, raw_kind)?;
             let path_len = (raw.path_len as usize).min(PATH_CAP);
             let args_len = (raw.args_len as usize).min(ARGS_CAP);
+            let (path, path_bytes) = name_text(&raw.path[..path_len]);
+            let mut names = RawNames::default();
+            if let Some(bytes) = path_bytes {
+                names.paths.push(("process.executable.path", bytes));
+            }
+            let args_bytes = &raw.args[..args_len];
+            if std::str::from_utf8(args_bytes).is_err() {
+                let args_bytes = args_bytes.strip_suffix(&[0]).unwrap_or(args_bytes);
+                names.args = Some(args_bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect());
+            }
             let args = split_args(&raw.args[..args_len]);
             // The kernel's count; what was copied when it could not read it.
             let args_count = (raw.argc as usize).max(args.len());
@@ -566,7 +619,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 uid: raw.uid,
                 gid: raw.gid,
                 cgroup_id: raw.cgroup_id,
-                path: String::from_utf8_lossy(&raw.path[..path_len]).into_owned(),
+                path,
                 path_truncated: raw.flags & EXEC_PATH_TRUNCATED != 0,
                 path_from_filename: raw.flags & EXEC_PATH_FROM_FILENAME != 0,
                 args,
@@ -575,6 +628,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fileless: raw.flags & EXEC_FILELESS != 0,
                 killed: raw.flags & EXEC_KILLED != 0,
                 would_kill: raw.flags & EXEC_WOULD_KILL != 0,
+                raw: names,
             }))
         }
         EventKind::Fork => {
@@ -598,8 +652,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let raw: FileEvent = read(bytes, raw_kind)?;
             let op =
                 FileOpCode::try_from(raw.op).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
-            let (path, path_truncated) =
-                file_path(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
+            let (path_bytes, path_truncated) =
+                file_path_bytes(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
+            let (path, path_bytes) = name_text(&path_bytes);
             let access = Access {
                 read: raw.open_flags & 0o3 != 1,
                 write: raw.open_flags & 0o3 != 0,
@@ -617,6 +672,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 FileOpCode::Chmod => (FileOp::Chmod, None),
             };
             let is_target = target.is_some();
+            let mut names = RawNames::default();
+            if let Some(bytes) = path_bytes {
+                let key = if is_target {
+                    "monitor.file.target.path"
+                } else {
+                    "file.path"
+                };
+                names.paths.push((key, bytes));
+            }
             Ok(Event::File(File {
                 header,
                 op,
@@ -633,6 +697,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 killed: raw.flags & FILE_KILLED != 0,
                 would_kill: raw.flags & FILE_WOULD_KILL != 0,
                 known: (raw.known.tgid != 0).then_some(raw.known),
+                raw: names,
             }))
         }
         EventKind::Net => {
@@ -752,36 +817,62 @@ fn file_path(
     raw: &[u8; PATH_CAP],
     raw_len: u32,
 ) -> (String, bool) {
-    let walked = String::from_utf8_lossy(&path[..(path_len as usize).min(PATH_CAP)]).into_owned();
+    let (bytes, truncated) = file_path_bytes(flags, path, path_len, raw, raw_len);
+    (String::from_utf8_lossy(&bytes).into_owned(), truncated)
+}
+
+/// [`file_path`], as the exact bytes.
+fn file_path_bytes(
+    flags: u32,
+    path: &[u8; PATH_CAP],
+    path_len: u32,
+    raw: &[u8; PATH_CAP],
+    raw_len: u32,
+) -> (Vec<u8>, bool) {
+    let walked = &path[..(path_len as usize).min(PATH_CAP)];
     let truncated = flags & (FILE_PATH_TRUNCATED | FILE_RAW_TRUNCATED) != 0;
     if flags & FILE_RESOLVED != 0 {
-        return (walked, truncated);
+        return (walked.to_vec(), truncated);
     }
-    let name = String::from_utf8_lossy(&raw[..(raw_len as usize).min(PATH_CAP)]).into_owned();
+    let name = &raw[..(raw_len as usize).min(PATH_CAP)];
     if name.is_empty() {
-        return (walked, truncated);
+        return (walked.to_vec(), truncated);
     }
-    let joined = if name.starts_with('/') || walked.is_empty() {
-        name
+    let joined = if name.starts_with(b"/") || walked.is_empty() {
+        name.to_vec()
     } else {
-        format!("{walked}/{name}")
+        [walked, b"/", name].concat()
     };
-    (normalize(&joined), truncated)
+    (normalize_bytes(&joined), truncated)
 }
 
 /// Removes `.`, `..` and repeated slashes from an absolute path, lexically.
 pub fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
+    // Splitting at `/` keeps every UTF-8 sequence whole.
+    String::from_utf8_lossy(&normalize_bytes(path.as_bytes())).into_owned()
+}
+
+/// [`normalize`] on bytes, for names that are not UTF-8.
+pub fn normalize_bytes(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => {
+            b"" | b"." => {}
+            b".." => {
                 parts.pop();
             }
             other => parts.push(other),
         }
     }
-    format!("/{}", parts.join("/"))
+    let mut out = Vec::with_capacity(path.len() + 1);
+    for part in parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 /// A decoded `struct sockaddr`.
@@ -849,6 +940,7 @@ impl RenameJoiner {
                 if file.target.is_some() && file.path.is_empty() {
                     let mut source = self.pending.remove(&file.header.pid)?;
                     source.target = file.target;
+                    source.raw.paths.extend(file.raw.paths);
                     Some(Event::File(source))
                 } else {
                     // A source whose target record was lost is replaced by the next one.
@@ -916,6 +1008,52 @@ mod tests {
         raw.path_len = u32::MAX;
         raw.args_len = u32::MAX;
         assert!(decode(&bytes_of(&raw)).is_ok());
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_keep_their_exact_bytes() {
+        let mut raw = ExecEvent {
+            header: raw_header(EventKind::Exec),
+            ppid: 1,
+            uid: 0,
+            parent_start_time: 3,
+            cgroup_id: 9,
+            flags: 0,
+            path_len: 10,
+            args_len: 11,
+            gid: 0,
+            path: [0; PATH_CAP],
+            args: [0; ARGS_CAP],
+        };
+        raw.path[..10].copy_from_slice(b"/tmp/x\xffrun");
+        raw.args[..11].copy_from_slice(b"run\0a\xfeb\0ok\0");
+        let Event::Exec(exec) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(exec.path, "/tmp/x\u{fffd}run");
+        assert_eq!(exec.args, ["run", "a\u{fffd}b", "ok"]);
+        assert_eq!(
+            exec.raw.paths,
+            [("process.executable.path", b"/tmp/x\xffrun".to_vec())]
+        );
+        assert_eq!(
+            exec.raw.args,
+            Some(vec![b"run".to_vec(), b"a\xfeb".to_vec(), b"ok".to_vec()])
+        );
+        // All UTF-8: nothing extra.
+        raw.path[6] = b'y';
+        raw.args[5] = b'c';
+        let Event::Exec(exec) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not an exec")
+        };
+        assert!(exec.raw.is_empty(), "{:?}", exec.raw);
+        // A joined name is normalised on its bytes.
+        let mut walked = [0u8; PATH_CAP];
+        walked[..4].copy_from_slice(b"/srv");
+        let mut name = [0u8; PATH_CAP];
+        name[..10].copy_from_slice(b"./a/../\xfe.b");
+        let (bytes, _) = file_path_bytes(0, &walked, 4, &name, 10);
+        assert_eq!(bytes, b"/srv/\xfe.b");
     }
 
     #[test]
@@ -1017,6 +1155,7 @@ mod tests {
             killed: false,
             would_kill: false,
             known: None,
+            raw: Default::default(),
         };
         let target = File {
             path: String::new(),

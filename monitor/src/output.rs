@@ -7,7 +7,7 @@ use crate::{
     clock::BootClock,
     events::{
         errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, IoUringOp, MemoryAccess, Net,
-        NetOp,
+        NetOp, RawNames,
     },
     process::{Process, ProcessTable},
 };
@@ -119,6 +119,7 @@ pub fn event_record(
             path_from_filename,
             header,
             fileless,
+            raw,
             ..
         }) => {
             map.insert("process.executable.path".into(), json!(path));
@@ -134,6 +135,7 @@ pub fn event_record(
             if header.pid != header.tgid {
                 map.insert("process.thread.id".into(), json!(header.pid));
             }
+            raw_name_keys(&mut map, raw);
         }
         Event::Fork(Fork { parent_tgid, .. }) => {
             map.insert("process.parent_pid".into(), json!(parent_tgid));
@@ -270,6 +272,47 @@ fn file_keys(map: &mut Map<String, Value>, file: &File) {
         "monitor.result"
     };
     result_keys(map, file.result, ok_key);
+    raw_name_keys(map, &file.raw);
+}
+
+/// For each name that is not valid UTF-8, its exact bytes next to its text form: under
+/// `monitor.<key>_bytes` (`monitor.file.path_bytes` for `file.path`), escaped by
+/// [`escape_bytes`]. The key's presence is the marker that the text form is lossy. Alerts
+/// carry the record's keys, so JSON and OTLP get the same.
+fn raw_name_keys(map: &mut Map<String, Value>, raw: &RawNames) {
+    let bytes_key = |key: &str| {
+        if key.starts_with("monitor.") {
+            format!("{key}_bytes")
+        } else {
+            format!("monitor.{key}_bytes")
+        }
+    };
+    for (key, bytes) in &raw.paths {
+        map.insert(bytes_key(key), json!(escape_bytes(bytes)));
+    }
+    if let Some(args) = &raw.args {
+        let escaped: Vec<String> = args.iter().map(|a| escape_bytes(a)).collect();
+        map.insert(bytes_key("process.command_args"), json!(escaped));
+    }
+}
+
+/// Bytes as text that gives them back exactly: valid UTF-8 as it is, `\` as `\\`, and every
+/// byte of an invalid sequence as `\xNN` (`bad\xff.bin`).
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
 }
 
 fn net_keys(map: &mut Map<String, Value>, net: &Net) {
@@ -403,5 +446,14 @@ mod tests {
         assert_eq!(alert["monitor.loss.count"], 12);
         assert_eq!(alert["monitor.loss.stage"], "kernel");
         assert_eq!(alert["event.kind"], "loss");
+    }
+
+    #[test]
+    fn escaped_bytes_tell_names_apart_and_give_them_back() {
+        assert_eq!(escape_bytes(b"bad\xff.bin"), "bad\\xff.bin");
+        assert_ne!(escape_bytes(b"bad\xff.bin"), escape_bytes(b"bad\xfe.bin"));
+        // A literal backslash cannot pass for an escape.
+        assert_eq!(escape_bytes(b"a\\xff"), "a\\\\xff");
+        assert_eq!(escape_bytes("caf\u{e9}".as_bytes()), "caf\u{e9}");
     }
 }

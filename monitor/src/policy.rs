@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::{
     cidr::{AddrRule, Ports},
     config::Config,
-    glob::{expand, expand_executables, Glob},
+    glob::{expand_executables, Glob},
     profile::Mode,
     sensor::{inode_key, suffixes},
 };
@@ -115,7 +115,11 @@ pub const EXEC_CANDIDATES_MAX: u32 = 1 << 17;
 /// The exec-candidate map's size for a configuration whose selectors match `count`
 /// executables: twice that (room for reloads that add some), within the bounds above.
 pub fn candidate_capacity(count: usize) -> u32 {
-    let wanted = count.saturating_mul(2).max(1).next_power_of_two();
+    let wanted = count
+        .saturating_mul(2)
+        .max(1)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
     u32::try_from(wanted)
         .unwrap_or(u32::MAX)
         .clamp(EXEC_CANDIDATES_MIN, EXEC_CANDIDATES_MAX)
@@ -389,7 +393,8 @@ impl KernelPolicy {
                     let Ok(glob) = Glob::new(glob.as_str()) else {
                         continue;
                     };
-                    for path in expand(&glob, 50_000) {
+                    // Only what an exec can run: a data file under the glob needs no entry.
+                    for path in expand_executables(&glob, EXPAND_BUDGET).files {
                         if let Ok(inode) = inode_key(&path) {
                             exec_keys.insert(ExecKey {
                                 profile: profile.id,
@@ -781,6 +786,9 @@ mod tests {
             globs: Vec::new(),
         };
         let lines = found.describe(4);
-        assert!(lines[0].contains("1 of them are matched in user space"), "{lines:?}");
+        assert!(
+            lines[0].contains("1 of them are matched in user space"),
+            "{lines:?}"
+        );
     }
 }

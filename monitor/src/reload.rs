@@ -179,10 +179,12 @@ impl Watcher {
     pub fn arm(&mut self, inputs: &Inputs) {
         let mut wanted: HashMap<PathBuf, WatchedDir> = HashMap::new();
         let mut add = |dir: &Path, name: Option<&OsStr>, profiles: bool| {
-            let entry = wanted.entry(dir.to_path_buf()).or_insert_with(|| WatchedDir {
-                path: dir.to_path_buf(),
-                ..WatchedDir::default()
-            });
+            let entry = wanted
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| WatchedDir {
+                    path: dir.to_path_buf(),
+                    ..WatchedDir::default()
+                });
             if let Some(name) = name {
                 entry.names.insert(name.to_owned());
             }
@@ -287,7 +289,8 @@ impl Watcher {
             // SAFETY: the kernel writes whole events; read_unaligned copes with any offset.
             let event: libc::inotify_event =
                 unsafe { std::ptr::read_unaligned(bytes[offset..].as_ptr().cast()) };
-            let name_bytes = &bytes[offset + HEADER..(offset + HEADER + event.len as usize).min(bytes.len())];
+            let name_bytes =
+                &bytes[offset + HEADER..(offset + HEADER + event.len as usize).min(bytes.len())];
             let name = OsStr::from_bytes(name_bytes.split(|&b| b == 0).next().unwrap_or(&[]));
             offset += HEADER + event.len as usize;
             if found.is_some() {
@@ -380,15 +383,18 @@ mod tests {
         };
         let loaded = source.load().unwrap();
         let inputs = source.inputs(&loaded);
-        assert_eq!(inputs.files, [config.clone()]);
-        assert_eq!(inputs.dirs, [profiles.clone()]);
+        assert_eq!(inputs.files, std::slice::from_ref(&config));
+        assert_eq!(inputs.dirs, std::slice::from_ref(&profiles));
         let mut watcher = Watcher::new().unwrap();
         watcher.arm(&inputs);
         std::fs::write(profiles.join("server.log"), "x").unwrap();
         std::fs::write(dir.join("ready"), "x").unwrap();
         let woke =
             tokio::time::timeout(std::time::Duration::from_millis(200), watcher.changed()).await;
-        assert!(woke.is_err(), "an unrelated file woke the watcher: {woke:?}");
+        assert!(
+            woke.is_err(),
+            "an unrelated file woke the watcher: {woke:?}"
+        );
         std::fs::write(profiles.join("p.yaml"), "name: p\n").unwrap();
         let what = watcher.changed().await.unwrap();
         assert!(what.ends_with("p.yaml"), "{what}");

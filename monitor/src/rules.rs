@@ -336,7 +336,12 @@ impl Engine {
                 rule: finding.rule.id,
                 tgid: header.tgid,
                 start_time_ns: header.start_time_ns,
-                object: finding.object,
+                // Names that differ only in bytes that are not UTF-8 read alike as text: the
+                // exact bytes keep two such files two alerts.
+                object: match event.raw_names() {
+                    Some(raw) => format!("{}\0{raw:?}", finding.object),
+                    None => finding.object,
+                },
             };
             self.dedup
                 .admit(key, header.time_ns, alert, &mut verdict.alerts);

@@ -253,6 +253,38 @@ impl Monitor {
         (lines, text)
     }
 
+    /// Sends `signal` (SIGHUP, ...) to the monitor.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// Stops the monitor with SIGTERM, as systemd and Kubernetes do; returns how long it took
+    /// to exit (`None` if it had to be killed after 20 s), and its stderr.
+    pub fn terminate(mut self) -> (Option<Duration>, String) {
+        let mut child = self.child.take().expect("a running monitor");
+        let started = Instant::now();
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut took = None;
+        while took.is_none() && started.elapsed() < Duration::from_secs(20) {
+            match child.try_wait() {
+                Ok(Some(_)) => took = Some(started.elapsed()),
+                _ => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if took.is_none() {
+            let _ = child.kill();
+        }
+        // Reaped in every case (at once when it has exited).
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&self.ready_file);
+        thread::sleep(Duration::from_millis(100));
+        (took, self.stderr())
+    }
+
     /// Stops the monitor with SIGINT and returns everything it printed.
     pub fn stop(mut self) -> Vec<Value> {
         self.shutdown();

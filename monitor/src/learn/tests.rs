@@ -543,6 +543,7 @@ impl World {
             args_truncated: false,
             killed: false,
             would_kill: false,
+            raw: Default::default(),
         }));
     }
 
@@ -586,6 +587,7 @@ impl World {
             killed: false,
             would_kill: false,
             known: None,
+            raw: Default::default(),
         }));
     }
 

@@ -138,6 +138,7 @@ impl World {
             args_truncated: false,
             killed: false,
             would_kill: false,
+            raw: Default::default(),
         }))
     }
 
@@ -189,6 +190,7 @@ impl World {
             killed: false,
             would_kill: false,
             known: None,
+            raw: Default::default(),
         }))
         .alerts
     }
