@@ -157,6 +157,23 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the monitor printed `n` write alerts; panics with what it printed.
+fn wait_printed(monitor: &Monitor, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while printed_uids(monitor).len() < n {
+        if Instant::now() > deadline {
+            let lines: Vec<String> = monitor.lines().iter().map(|v| v.to_string()).collect();
+            panic!(
+                "{} of {n} alerts printed:\n{}\nstderr:\n{}",
+                printed_uids(monitor).len(),
+                lines.join("\n"),
+                monitor.stderr()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A tmpfs of `size` mounted for the test, unmounted (lazily) and removed on drop.
 struct Tmpfs(PathBuf);
 
@@ -585,9 +602,7 @@ fn a_collector_that_refuses_or_hangs_loses_nothing() {
     let monitor = site.start();
     std::env::remove_var("OTEL_EXPORTER_OTLP_TIMEOUT");
     site.burst(5);
-    wait_until("5 alerts printed", WAIT, || {
-        printed_uids(&monitor).len() == 5
-    });
+    wait_printed(&monitor, 5);
     let first = printed_uids(&monitor);
     wait_until(
         "the retried alerts at the collector",
@@ -661,9 +676,7 @@ fn a_full_disk_under_the_spool_holds_alerts_in_memory_then_delivers_them() {
         "{failed}"
     );
     assert_eq!(failed["monitor.spool.dir"], spool.display().to_string());
-    wait_until("80 alerts printed", WAIT, || {
-        printed_uids(&monitor).len() == 80
-    });
+    wait_printed(&monitor, 80);
     // Room again, and the collector back: every alert arrives.
     disk.resize("4m");
     collector.seen.lock().unwrap().script.clear();
@@ -695,9 +708,7 @@ fn drop_counts_in_a_tiny_spool_match_what_is_missing() {
     site.set_outputs(&otlp_outputs(&collector, &spool, 8 << 10));
     let monitor = site.start();
     site.burst(60);
-    wait_until("60 alerts printed", WAIT, || {
-        printed_uids(&monitor).len() == 60
-    });
+    wait_printed(&monitor, 60);
     // Let the drop reports be written, then let the collector in.
     thread::sleep(Duration::from_millis(1500));
     collector.seen.lock().unwrap().script.clear();
