@@ -255,7 +255,6 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     match cli.command {
         Command::Check(args) => {
             let report = crate::config::check(&args.files);
@@ -331,6 +330,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: SpoolCommand::Replay(args),
         }) => replay(args).await,
         Command::Trace(args) => {
+            // Locked for the whole run: only `monitor trace` writes records to stdout (`monitor
+            // run`'s stdout writer thread takes the lock line by line).
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             sensor_options.protect_dirs = args.protect.clone();

@@ -430,6 +430,7 @@ impl AlertsFile {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    tracing::debug!("failed to write to the alerts file: {e}");
                     if self.failing.is_none() {
                         warn!(
                             "failed to write to the alerts file {}: {e}; alerts wait in memory \

@@ -215,6 +215,22 @@ impl Monitor {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The monitor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Sends `signal` to the monitor (SIGHUP to reopen outputs, SIGKILL to crash it).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid() as i32;
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
     /// Every JSON line printed so far.
     pub fn lines(&self) -> Vec<Value> {
         self.lines.0.lock().unwrap().values.clone()
