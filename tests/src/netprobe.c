@@ -6,10 +6,11 @@
  *   netprobe SETTLE_MS sendmmsg ADDR PORT COUNT   COUNT UDP datagrams in one sendmmsg(2)
  *   netprobe SETTLE_MS open PATH                  openat(2), read-write
  *   netprobe SETTLE_MS uring-open PATH            io_uring IORING_OP_OPENAT, read-write
- *   netprobe SETTLE_MS toctou ADDR ADDR2 PORT ROUNDS
+ *   netprobe SETTLE_MS toctou ADDR ADDR2 PORT EACH
  *       a thread flips the IPv4 address of one sockaddr between ADDR and ADDR2 (one aligned
- *       32-bit store: never a torn address) while the main thread connects ROUNDS times to
- *       it; getpeername() says where each connection went.
+ *       32-bit store: never a torn address) while the main thread connects to it until EACH
+ *       connects went each way (or 20000 tries); getpeername() says where each one went,
+ *       and a refused one (EPERM) went nowhere.
  *
  * SETTLE_MS: wait first, so that the monitor has put the process under its profile.
  * Prints one line: `res=N` (0 or -errno), or for toctou `first=N second=M eperm=K other=L`.
@@ -193,13 +194,13 @@ int main(int argc, char **argv) {
         shared.sin_family = AF_INET;
         shared.sin_port = htons(atoi(argv[5]));
         shared.sin_addr = a;
-        int rounds = atoi(argv[6]);
+        int each = atoi(argv[6]);
         pthread_t thread;
         pthread_create(&thread, NULL, flipper, NULL);
         while (!atomic_load(&started)) {
         }
         int first = 0, second = 0, eperm = 0, other = 0;
-        for (int i = 0; i < rounds; i++) {
+        for (int i = 0; i < 20000 && (first < each || second + eperm < each); i++) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
             if (connect(fd, (struct sockaddr *)&shared, sizeof(shared)) == 0) {
                 struct sockaddr_in peer;

@@ -387,12 +387,13 @@ fn a_sockaddr_rewritten_during_connect_is_judged_on_the_kernel_copy() {
     for enforce in [false, true] {
         let site = Site::new("toctou", enforce);
         let port = site.port().to_string();
-        let (pid, line) = site.probe(true, &["toctou", "127.0.0.1", FORBIDDEN, &port, "300"]);
+        let (pid, line) = site.probe(true, &["toctou", "127.0.0.1", FORBIDDEN, &port, "50"]);
         let counts: std::collections::HashMap<&str, usize> = line
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k, v.parse().unwrap()))
             .collect();
+        eprintln!("toctou, enforce {enforce}: {line}");
         let (first, second, eperm) = (counts["first"], counts["second"], counts["eperm"]);
         let forbidden: SocketAddr = format!("{FORBIDDEN}:{port}").parse().unwrap();
         // Give the listener time to count what reached it.
