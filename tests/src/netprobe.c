@@ -7,15 +7,16 @@
  *   netprobe SETTLE_MS open PATH                  openat(2), read-write
  *   netprobe SETTLE_MS uring-open PATH            io_uring IORING_OP_OPENAT, read-write
  *   netprobe SETTLE_MS toctou ADDR ADDR2 PORT EACH
- *       a thread flips the IPv4 address of one sockaddr between ADDR and ADDR2 (one aligned
- *       32-bit store: never a torn address) while the main thread connects to it until EACH
- *       connects went each way (or 20000 tries); getpeername() says where each one went,
- *       and a refused one (EPERM) went nowhere.
+ *       the main thread connects to one sockaddr, ADDR and ADDR2 in turn, while a thread
+ *       rewrites its IPv4 address to the other one as soon as each connect starts (one
+ *       aligned 32-bit store: never a torn address), until EACH connects went each way (or
+ *       20000 tries); getpeername() says where each one went, a refused one went nowhere.
  *
  * SETTLE_MS: wait first, so that the monitor has put the process under its profile.
  * Prints one line: `res=N` (0 or -errno), or for toctou `first=N second=M eperm=K other=L`.
  */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -129,13 +130,32 @@ static struct sockaddr_in shared;
 static uint32_t flip[2];
 static atomic_int stop;
 static atomic_int started;
+/* The round the main thread is connecting in (0: none). */
+static atomic_uint round_in_connect;
 
+static void pin(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    /* Best effort: on one CPU the race is only rarer. */
+    sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* As soon as the main thread is in a connect, rewrite the address to the other one: the
+ * kernel copies it at the syscall's start, sometimes before this store and sometimes after,
+ * and whatever reads the buffer again later (at the syscall's exit) sees the other address. */
 static void *flipper(void *unused) {
     (void)unused;
+    pin(1);
     atomic_store(&started, 1);
-    for (unsigned i = 0; !atomic_load_explicit(&stop, memory_order_relaxed); i++) {
-        /* Through a volatile pointer: the compiler keeps every store. */
-        *(volatile uint32_t *)&shared.sin_addr.s_addr = flip[i & 1];
+    unsigned last = 0;
+    while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+        unsigned round = atomic_load_explicit(&round_in_connect, memory_order_acquire);
+        if (round != 0 && round != last) {
+            /* Through a volatile pointer: the compiler keeps every store. */
+            *(volatile uint32_t *)&shared.sin_addr.s_addr = flip[round & 1];
+            last = round;
+        }
     }
     return NULL;
 }
@@ -200,9 +220,16 @@ int main(int argc, char **argv) {
         while (!atomic_load(&started)) {
         }
         int first = 0, second = 0, eperm = 0, other = 0;
-        for (int i = 0; i < 20000 && (first < each || second + eperm < each); i++) {
+        pin(0);
+        for (unsigned i = 0; i < 20000 && (first < each || second + eperm < each); i++) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
-            if (connect(fd, (struct sockaddr *)&shared, sizeof(shared)) == 0) {
+            /* The address this round means (round i + 1 is flipped to flip[(i + 1) & 1]). */
+            *(volatile uint32_t *)&shared.sin_addr.s_addr = flip[i & 1];
+            atomic_store_explicit(&round_in_connect, i + 1, memory_order_release);
+            int ret = connect(fd, (struct sockaddr *)&shared, sizeof(shared));
+            int err = errno;
+            atomic_store_explicit(&round_in_connect, 0, memory_order_release);
+            if (ret == 0) {
                 struct sockaddr_in peer;
                 socklen_t peer_len = sizeof(peer);
                 getpeername(fd, (struct sockaddr *)&peer, &peer_len);
@@ -211,7 +238,7 @@ int main(int argc, char **argv) {
                 } else {
                     second++;
                 }
-            } else if (errno == EPERM) {
+            } else if (err == EPERM) {
                 eperm++;
             } else {
                 other++;
