@@ -24,9 +24,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoUringKey, IoctlKey, KernelOffsets, KnownKey,
-    NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
-    PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    stats_slot, Config, ExecKey, FdKey, GuardWriter, InodeKey, IoUringKey, IoctlKey, KernelOffsets,
+    KnownKey, NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix,
+    WatchEntry, PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.
@@ -38,6 +38,8 @@ static CONFIG: Config = Config {
     protect: 0,
     _pad: 0,
     proc_mem_open: 0,
+    io_kiocb_opcode: 0,
+    _pad2: 0,
 };
 
 /// Struct field offsets written by the loader from the kernel's BTF.

@@ -6,12 +6,11 @@
 
 use monitor_common::{
     io_uring_op_name, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent,
-    FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent,
-    MemoryOpCode, NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED,
-    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL,
+    FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent, MemoryOpCode,
+    NetEvent, NetOpCode, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED,
     EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, FILE_KILLED,
     FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, FILE_WOULD_KILL,
-    HEADER_WATCHED, PATH_CAP, SOCKADDR_CAP,
+    HEADER_WATCHED, MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, PATH_CAP, SOCKADDR_CAP,
 };
 
 /// An event from the kernel, owned and checked.
@@ -877,6 +876,8 @@ mod tests {
             path_len: 12,
             args_len: 9,
             gid: 100,
+            argc: 103,
+            _pad: 0,
             path: [0; PATH_CAP],
             args: [0; ARGS_CAP],
         };
@@ -888,6 +889,8 @@ mod tests {
         assert_eq!(exec.path, "/usr/bin/cat");
         assert_eq!(exec.args, ["cat", "-n", "x"]);
         assert!(exec.args_truncated);
+        assert_eq!(exec.args_count, 103, "the kernel's count, not the copied arguments'");
+        assert!(!exec.fileless);
         assert!(!exec.path_truncated);
         assert!(exec.header.watched);
         assert_eq!(exec.header.tgid, 42);

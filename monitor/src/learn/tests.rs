@@ -539,8 +539,10 @@ impl World {
             path: exe.to_owned(),
             path_truncated: false,
             path_from_filename: false,
+            args_count: args.len(),
             args,
             args_truncated: false,
+            fileless: false,
             killed: false,
             would_kill: false,
         }));
