@@ -85,6 +85,7 @@ pub mod programs {
     pub const PROC_MEM_OPEN_EXIT: &str = "proc_mem_open_exit";
     pub const IO_URING_CREATE: &str = "io_uring_create";
     pub const IO_URING_SUBMIT: &str = "io_uring_submit";
+    pub const IO_URING_COMPLETE: &str = "io_uring_complete";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.
@@ -768,6 +769,10 @@ pub struct Config {
     /// `f_op->open` is it is a `/proc/PID/mem` (`proc_mem_operations` is a data symbol,
     /// absent from kallsyms without CONFIG_KALLSYMS_ALL). 0: unknown, not checked.
     pub proc_mem_open: u64,
+    /// Offset of `io_kiocb::opcode` (an io_uring request), from BTF: lets the io_uring
+    /// completion hook tell opens (whose fds may be a `/proc/PID/mem`). 0: unknown.
+    pub io_kiocb_opcode: u32,
+    pub _pad2: u32,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from the running
@@ -841,7 +846,7 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<WatchEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<KnownKey>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 const _: () = assert!(core::mem::size_of::<FileEvent>() == 32 + 32 + 32 + 2 * PATH_CAP);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 32 + 32 + 32 + SOCKADDR_CAP);
 const _: () = assert!(core::mem::size_of::<DeviceEvent>() == 32 + 40 + 2 * PATH_CAP);

@@ -15,7 +15,7 @@ use monitor_common::{
 };
 
 use crate::{
-    config_self_tgid, count, kernel::Task, process::header, submit_flags, EVENTS,
+    config_self_tgid, count, kernel::Task, process::header, submit_flags, CONFIG, EVENTS,
     IO_URING_RINGS, IO_URING_SEEN, WATCHED,
 };
 
@@ -120,6 +120,31 @@ pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `io_uring:io_uring_complete`: req at 16, res at 32. Runs for every process's completions
+/// (in the submitter, an io-wq worker or the SQPOLL thread, all threads of the process that
+/// owns the fd table), so it asks the cheapest questions first: a success, of an open.
+#[tracepoint]
+pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
+    let res: i32 = unsafe { field(&ctx, 32) };
+    if res < 0 {
+        return 0;
+    }
+    let offset = unsafe { core::ptr::read_volatile(&CONFIG.io_kiocb_opcode) } as usize;
+    if offset == 0 {
+        return 0;
+    }
+    let req: *const u8 = unsafe { field(&ctx, 16) };
+    let Ok(opcode) = (unsafe { crate::kernel::read::<u8>(req, offset) }) else {
+        return 0;
+    };
+    // IORING_OP_OPENAT, IORING_OP_OPENAT2: `res` is the new fd (0 for a fixed-file slot,
+    // which no read can use without the ring: checked as fd 0, harmlessly).
+    if opcode == 18 || opcode == 28 {
+        let _ = crate::memory::check_proc_mem_fd(res as i64);
+    }
+    0
+}
+
 /// Sends one record per (process, exec generation, opcode).
 #[inline(always)]
 fn emit(
@@ -156,7 +181,11 @@ fn emit(
             true,
         ),
         op: op as u32,
-        opcode: if op == IoUringOpCode::Create { 0 } else { opcode },
+        opcode: if op == IoUringOpCode::Create {
+            0
+        } else {
+            opcode
+        },
         ring,
         sq_thread: u32::from(sq_thread),
         flags,

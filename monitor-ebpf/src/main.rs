@@ -39,6 +39,8 @@ static CONFIG: Config = Config {
     protect: 0,
     _pad: 0,
     proc_mem_open: 0,
+    io_kiocb_opcode: 0,
+    _pad2: 0,
 };
 
 /// Struct field offsets written by the loader from the kernel's BTF.

@@ -58,7 +58,14 @@ fn pid_task(pid: *const u8) -> Result<(u32, u64), i64> {
 /// Reports (and under an enforce-mode profile of the target, kills) the current process for
 /// reaching `target_tgid`'s memory.
 #[inline(always)]
-fn report(op: MemoryOpCode, target_tgid: u32, target: WatchEntry, start_time: u64, arg: i64, at_exit: bool) {
+fn report(
+    op: MemoryOpCode,
+    target_tgid: u32,
+    target: WatchEntry,
+    start_time: u64,
+    arg: i64,
+    at_exit: bool,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // A process may read its own memory; the monitor and init are never killed.
@@ -169,7 +176,9 @@ fn try_pidfd_getfd(ctx: &TracePointContext) -> Result<(), i64> {
         Ok((tgid, start)) if governed(tgid).is_some() => Some((tgid, start)),
         _ => {
             let legacy: *const u8 = unsafe { read(file, off!(file_private_data))? };
-            pid_task(legacy).ok().filter(|(tgid, _)| governed(*tgid).is_some())
+            pid_task(legacy)
+                .ok()
+                .filter(|(tgid, _)| governed(*tgid).is_some())
         }
     };
     let Some((tgid, start)) = target else {

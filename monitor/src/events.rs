@@ -988,6 +988,8 @@ mod tests {
             path_len: 12,
             args_len: 9,
             gid: 100,
+            argc: 103,
+            _pad: 0,
             path: [0; PATH_CAP],
             args: [0; ARGS_CAP],
         };
@@ -999,6 +1001,8 @@ mod tests {
         assert_eq!(exec.path, "/usr/bin/cat");
         assert_eq!(exec.args, ["cat", "-n", "x"]);
         assert!(exec.args_truncated);
+        assert_eq!(exec.args_count, 103, "the kernel's count, not the copied arguments'");
+        assert!(!exec.fileless);
         assert!(!exec.path_truncated);
         assert!(exec.header.watched);
         assert_eq!(exec.header.tgid, 42);

@@ -176,7 +176,10 @@ pub fn event_record(
             if let IoUringOp::Submit(opcode) = uring.op {
                 map.insert("monitor.io_uring.opcode".into(), json!(opcode));
             }
-            map.insert("monitor.io_uring.ring".into(), json!(format!("{:#x}", uring.ring)));
+            map.insert(
+                "monitor.io_uring.ring".into(),
+                json!(format!("{:#x}", uring.ring)),
+            );
             if uring.sq_thread {
                 map.insert("monitor.io_uring.sq_thread".into(), json!(true));
             }
@@ -213,7 +216,10 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
     if let Some(fd) = access.fd {
         map.insert("monitor.memory.fd".into(), json!(fd));
     }
-    map.insert("monitor.target.process.pid".into(), json!(access.target_tgid));
+    map.insert(
+        "monitor.target.process.pid".into(),
+        json!(access.target_tgid),
+    );
     let target = if access.target_start_time_ns != 0 {
         table.get(access.target_tgid, access.target_start_time_ns)
     } else {
@@ -223,7 +229,10 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
         map.insert("monitor.target.process.executable.path".into(), json!(exe));
     }
     if let Some(target) = target {
-        map.insert("monitor.target.process.command_args".into(), json!(target.args));
+        map.insert(
+            "monitor.target.process.command_args".into(),
+            json!(target.args),
+        );
     }
 }
 

@@ -183,6 +183,8 @@ pub struct Processor<W: Write> {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
     pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
+    /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
+    pub watched_threads: Option<HashMap<MapData, u32, u32>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -225,6 +227,7 @@ impl<W: Write> Processor<W> {
             dry_run: false,
             metrics: None,
             known: None,
+            watched_threads: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -288,6 +291,18 @@ impl<W: Write> Processor<W> {
         };
         if let Err(err) = self.watched.insert(tgid, entry, 0) {
             warn!("failed to watch pid {tgid}: {err}");
+        }
+        // Threads it started before it was governed: the kernel records only later ones.
+        if let Some(threads) = &mut self.watched_threads {
+            let tids = std::fs::read_dir(format!("/proc/{tgid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+            for tid in tids.filter(|&tid| tid != tgid) {
+                if let Err(err) = threads.insert(tid, tgid, 0) {
+                    debug!("failed to record thread {tid} of pid {tgid}: {err}");
+                }
+            }
         }
     }
 

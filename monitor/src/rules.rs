@@ -312,7 +312,10 @@ impl Engine {
                 .and_then(|s| s.profile)
                 .unwrap_or(access.target_profile);
             if let Some(target) = self.config.profile(target) {
-                attributes.insert("monitor.target.profile".into(), Value::from(target.name.clone()));
+                attributes.insert(
+                    "monitor.target.profile".into(),
+                    Value::from(target.name.clone()),
+                );
             }
         }
         let observed = clock.unix_ns(BootClock::boot_now_ns());
@@ -446,7 +449,9 @@ impl Engine {
                 .config
                 .profiles
                 .iter()
-                .find(|p| p.id != current.id && current.allow.transition(&p.name) && p.selects(&subject))
+                .find(|p| {
+                    p.id != current.id && current.allow.transition(&p.name) && p.selects(&subject)
+                })
                 .map(|p| p.id),
             None => self.config.select(&subject).map(|p| p.id),
         };

@@ -281,9 +281,11 @@ const SYSCALL_HOOKS: &[SyscallHook] = &[
 
 /// io_uring tracepoints (`io_uring/<name>`, 5.5+; absent when io_uring is not built):
 /// a program and its tracepoint. Without them io_uring use is not reported (say so).
-const IO_URING_HOOKS: [(&str, &str); 2] = [
+const IO_URING_HOOKS: [(&str, &str); 3] = [
     (programs::IO_URING_CREATE, "io_uring_create"),
     (programs::IO_URING_SUBMIT, "io_uring_submit_req"),
+    // Opens through io_uring (by any process) of a /proc/PID/mem of a governed one.
+    (programs::IO_URING_COMPLETE, "io_uring_complete"),
 ];
 
 /// The address of the kernel's `mem_open` in /proc/kallsyms (0 when it cannot be read, e.g.
@@ -318,7 +320,9 @@ fn proc_mem_open_address() -> u64 {
             0
         }
         _ => {
-            warn!("mem_open is ambiguous in /proc/kallsyms; opens of /proc/PID/mem are not reported");
+            warn!(
+                "mem_open is ambiguous in /proc/kallsyms; opens of /proc/PID/mem are not reported"
+            );
             0
         }
     }
@@ -377,6 +381,8 @@ pub struct SensorMaps {
     /// What a configuration fills (guards, profiles' enforcement).
     pub policy: crate::policy::PolicyMaps,
     pub known: HashMap<MapData, KnownKey, u32>,
+    /// Threads of watched processes: tid -> tgid.
+    pub watched_threads: HashMap<MapData, u32, u32>,
 }
 
 impl Sensor {
@@ -417,6 +423,9 @@ impl Sensor {
             ),
             _pad: 0,
             proc_mem_open: proc_mem_open_address(),
+            // Absent when io_uring is not built: its completions are then not checked.
+            io_kiocb_opcode: kernel_btf.member_offset("io_kiocb", "opcode").unwrap_or(0),
+            _pad2: 0,
         };
         let btf = aya::Btf::from_sys_fs().context("failed to load the kernel's BTF")?;
         let exec_capacity = crate::policy::candidate_capacity(
@@ -531,6 +540,7 @@ impl Sensor {
                 exec_candidates_capacity: exec_capacity,
             },
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
+            watched_threads: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED_THREADS)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((
@@ -605,7 +615,10 @@ impl Sensor {
         let layout = io_uring_layout(&io_uring);
         for (name, tracepoint) in IO_URING_HOOKS {
             if let Err(err) = &layout {
-                warn!(program = name, "{err}; io_uring use by governed processes is not reported");
+                warn!(
+                    program = name,
+                    "{err}; io_uring use by governed processes is not reported"
+                );
                 continue;
             }
             if !io_uring.join(tracepoint).exists() {
@@ -623,7 +636,11 @@ impl Sensor {
             program.attach("io_uring", tracepoint).with_context(|| {
                 format!("failed to attach program {name} to io_uring/{tracepoint}")
             })?;
-            debug!(program = name, hook = format!("tracepoint/io_uring/{tracepoint}"), "attached");
+            debug!(
+                program = name,
+                hook = format!("tracepoint/io_uring/{tracepoint}"),
+                "attached"
+            );
         }
         let cgroup = std::fs::File::open(&self.cgroup)
             .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
@@ -807,6 +824,8 @@ fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
         ("io_uring_submit_req", "u8 opcode", 32),
         ("io_uring_submit_req", "unsigned long long flags", 40),
         ("io_uring_submit_req", "bool sq_thread", 48),
+        ("io_uring_complete", "void * req", 16),
+        ("io_uring_complete", "int res", 32),
     ] {
         let path = events.join(name).join("format");
         if !path.exists() {

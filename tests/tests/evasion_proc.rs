@@ -20,10 +20,12 @@ const PYTHON: &str = "/usr/bin/python3";
 /// The governed server: a secret in its memory, a file open on an fd; it prints where they
 /// are and waits until its stdin closes.
 const TARGET: &str = r#"
-import ctypes, json, os, sys
+import ctypes, json, os, sys, threading
 secret = ctypes.create_string_buffer(sys.argv[1].encode())
 held = open(sys.argv[2], "rb")
-print(json.dumps({"pid": os.getpid(), "addr": ctypes.addressof(secret),
+worker = threading.Thread(target=threading.Event().wait, daemon=True)
+worker.start()
+print(json.dumps({"pid": os.getpid(), "tid": worker.native_id, "addr": ctypes.addressof(secret),
                   "len": len(secret.value), "fd": held.fileno()}), flush=True)
 sys.stdin.read()
 "#;
@@ -193,11 +195,16 @@ impl Site {
 
     /// Runs the accessor against `target`; its report (Null if it died) and exit code.
     fn access(&self, method: &str, target: &Target) -> (Value, Option<i32>, u32) {
+        // `*_tid`: name the target by one of its threads' ids.
+        let (method, pid) = match method.strip_suffix("_tid") {
+            Some(method) => (method, target.info["tid"].to_string()),
+            None => (method, target.info["pid"].to_string()),
+        };
         let child = Command::new(PYTHON)
             .arg("-B")
             .arg(self.path("accessor.py"))
             .arg(method)
-            .arg(target.info["pid"].to_string())
+            .arg(pid)
             .arg(target.info["addr"].to_string())
             .arg(target.info["len"].to_string())
             .arg(target.info["fd"].to_string())
@@ -211,9 +218,33 @@ impl Site {
         let text = String::from_utf8_lossy(&output.stdout);
         let report = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
         if report.is_null() && output.status.code().is_some() {
-            eprintln!("accessor stderr: {}", String::from_utf8_lossy(&output.stderr));
+            eprintln!(
+                "accessor stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         (report, output.status.code(), pid)
+    }
+
+    /// Opens the target's /proc/PID/mem with an io_uring IORING_OP_OPENAT (the syscall exit
+    /// hooks never see it) and reads the secret; (data or Null if it died, exit code, pid).
+    fn access_uring(&self, helper: &str, target: &Target) -> (Value, Option<i32>, u32) {
+        let child = Command::new(helper)
+            .arg("procmem")
+            .arg(format!("/proc/{}/mem", target.pid()))
+            .arg(target.info["addr"].to_string())
+            .arg(target.info["len"].to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data "))
+            .map_or(Value::Null, Value::from);
+        (data, output.status.code(), pid)
     }
 
     /// Runs one step of the execer server (governed); its report and exit code.
@@ -315,6 +346,7 @@ fn memory_of_a_governed_server_is_reported_by_every_route() {
     let exe = tests::real_path(PYTHON);
     for (method, operation) in [
         ("vm_readv", "process_vm_readv"),
+        ("vm_readv_tid", "process_vm_readv"),
         ("ptrace_attach", "ptrace"),
         ("ptrace_seize", "ptrace"),
         ("proc_mem", "proc-pid-mem-open"),
@@ -357,6 +389,12 @@ fn memory_of_a_governed_server_is_reported_by_every_route() {
             });
         }
     }
+    // io_uring: the open is seen at its completion.
+    let helper = build_uring_server(&site);
+    let (data, code, pid) = site.access_uring(&helper, &target);
+    assert_eq!((data.as_str(), code), (Some(site.secret.as_str()), Some(0)));
+    let alert = memory_alert(&monitor, pid, "proc-pid-mem-open");
+    assert_eq!(alert["monitor.target.process.pid"], target.pid(), "{alert}");
     drop(target);
     let lines = monitor.stop();
     assert!(
@@ -386,6 +424,15 @@ fn enforce_kills_the_accessor_before_it_reads() {
         assert_eq!(alert["monitor.action"], "killed", "{alert}");
         assert_eq!(alert["monitor.enforcement.mechanism"], mechanism, "{alert}");
     }
+    let helper = build_uring_server(&site);
+    let (data, code, pid) = site.access_uring(&helper, &target);
+    assert_eq!(
+        (&data, code),
+        (&Value::Null, None),
+        "killed before its read"
+    );
+    let alert = memory_alert(&monitor, pid, "proc-pid-mem-open");
+    assert_eq!(alert["monitor.action"], "killed", "{alert}");
     // The target lives on, untouched.
     assert!(
         std::path::Path::new(&format!("/proc/{}", target.pid())).exists(),
@@ -547,8 +594,7 @@ fn a_governed_server_keeps_its_profile_across_exec() {
     });
     assert_eq!(write["monitor.profile"], "hop-server", "{write}");
     monitor.wait_for("exec-not-allowed of python", WAIT, |v| {
-        v["security_rule.name"] == "exec-not-allowed"
-            && v["monitor.profile"] == "hop-server"
+        v["security_rule.name"] == "exec-not-allowed" && v["monitor.profile"] == "hop-server"
     });
 }
 
@@ -584,7 +630,10 @@ fn enforce_kills_an_exec_into_another_profile_unless_named() {
     {
         let monitor = site.start(&hop_profiles(&root, "enforce", false), false);
         let (report, _) = site.exec_step(&monitor, "hop", port);
-        assert_eq!(report["returncode"], -9, "the job was killed at exec: {report}");
+        assert_eq!(
+            report["returncode"], -9,
+            "the job was killed at exec: {report}"
+        );
         assert_eq!(
             std::fs::read_to_string(site.root.join("models/model.bin")).unwrap(),
             "weights"
@@ -621,7 +670,8 @@ fn a_memfd_exec_is_named_and_fileless() {
 fn a_truncated_argv_counts_every_argument() {
     let site = Site::new("argv");
     let root = site.root.to_string_lossy().into_owned();
-    let profiles = hop_profiles(&root, "alert", false).replace("exec: [\"/usr/bin/true\"]", "exec: []");
+    let profiles =
+        hop_profiles(&root, "alert", false).replace("exec: [\"/usr/bin/true\"]", "exec: []");
     let monitor = site.start(&profiles, false);
     let (report, _) = site.exec_step(&monitor, "argv", 0);
     assert_eq!(report["returncode"], 0, "{report}");

@@ -1,6 +1,8 @@
-/* A governed "server" that uses io_uring through raw syscalls: creates a ring (with
+/* io_uring through raw syscalls (no liburing). As a governed "server": creates a ring (with
  * SQPOLL when argv[1] is "sqpoll"), submits an IORING_OP_OPENAT of argv[2] and an
- * IORING_OP_CONNECT to 127.0.0.1:argv[3], and prints each result. */
+ * IORING_OP_CONNECT to 127.0.0.1:argv[3], and prints each result. As an accessor
+ * (argv[1] "procmem"): opens argv[2] (a /proc/PID/mem) with IORING_OP_OPENAT, reads argv[4]
+ * bytes at address argv[3] and prints them. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
@@ -44,6 +46,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     sqpoll = strcmp(argv[1], "sqpoll") == 0;
+    int procmem = strcmp(argv[1], "procmem") == 0;
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
     if (sqpoll) {
@@ -81,6 +84,18 @@ int main(int argc, char **argv) {
     sqe.open_flags = O_RDONLY;
     int opened = submit_and_wait(&sqe);
     printf("openat %d\n", opened);
+    if (procmem) {
+        if (argc < 5 || opened < 0)
+            return 1;
+        size_t len = strtoul(argv[4], NULL, 10);
+        char buf[256] = {0};
+        if (len >= sizeof buf)
+            len = sizeof buf - 1;
+        ssize_t n = pread(opened, buf, len, (off_t)strtoull(argv[3], NULL, 10));
+        printf("data %s\n", n > 0 ? buf : "");
+        fflush(stdout);
+        return n > 0 ? 0 : 1;
+    }
 
     int sock = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr;

@@ -469,3 +469,26 @@ fn check_tells_configs_from_profiles_and_counts() {
     assert_eq!(report.diagnostics.len(), 1);
     assert_eq!(report.diagnostics[0].line, 1);
 }
+
+#[test]
+fn transitions_must_name_loaded_profiles() {
+    let dir = TempDir::new();
+    dir.write(
+        "profiles/server.yaml",
+        "name: server\nselector: {args: ['serve *']}\nallow:\n  io_uring: true\n  transitions: [sync, nobody]\n",
+    );
+    dir.write("profiles/sync.yaml", "name: sync\nselector: {args: ['sync *']}\n");
+    assert_eq!(
+        config_errors(&dir, "profiles: [\"profiles\"]\n"),
+        ["DIR/profiles/server.yaml:1:7: profile \"server\": allow.transitions names unknown profile \"nobody\" (loaded: server, sync)"]
+    );
+    dir.write(
+        "profiles/server.yaml",
+        "name: server\nselector: {args: ['serve *']}\nallow:\n  io_uring: true\n  transitions: [sync]\n",
+    );
+    let config = load_config(&dir.write("monitor.yaml", "profiles: [\"profiles\"]\n")).unwrap();
+    let server = config.profile_by_name("server").unwrap();
+    assert!(server.allow.io_uring);
+    assert!(server.allow.transition("sync"));
+    assert!(!config.profile_by_name("sync").unwrap().allow.io_uring, "default false");
+}

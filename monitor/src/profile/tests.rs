@@ -142,3 +142,16 @@ fn duplicate_names_in_one_file() {
         "p.yaml:4:7: name: duplicate profile name \"a\" (first defined at p.yaml:1:7)"
     );
 }
+
+#[test]
+fn io_uring_and_transitions_are_checked() {
+    let errors = parse_profiles(
+        Path::new("p.yaml"),
+        "name: a\nselector: {args: ['x']}\nallow:\n  io_uring: yes please\n  transitions: ['bad name']\n",
+    )
+    .unwrap_err();
+    let messages: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("allow.io_uring"), "{messages:?}");
+    assert!(messages[1].contains("invalid profile name"), "{messages:?}");
+}

@@ -134,8 +134,10 @@ impl World {
             path: exe.to_owned(),
             path_truncated: false,
             path_from_filename: false,
+            args_count: args.len(),
             args,
             args_truncated: false,
+            fileless: false,
             killed: false,
             would_kill: false,
             raw: Default::default(),
@@ -258,7 +260,11 @@ impl World {
 
     /// A shell (100) that started the server (101, governed).
     fn server() -> World {
-        let mut world = World::new();
+        World::server_with(config_with(PROFILES, Duration::from_secs(10)))
+    }
+
+    fn server_with(config: Config) -> World {
+        let mut world = World::with(config);
         world.fork(100, start(1), 1, start(0));
         world.exec(100, start(1), "/usr/bin/bash", &["bash"]);
         world.fork(101, start(2), 100, start(1));
@@ -313,6 +319,8 @@ fn rule_ids_and_severities() {
             "protected-file-write",
             "gpu-unexpected-process",
             "model-exfiltration",
+            "process-memory-access",
+            "io-uring-not-allowed",
             "events-lost",
             "config-reload-failed",
         ]
@@ -323,6 +331,8 @@ fn rule_ids_and_severities() {
     assert_eq!(MODEL_EXFILTRATION.severity, Severity::Critical);
     assert_eq!(CONFIG_RELOAD_FAILED.severity, Severity::Medium);
     assert_eq!(EVENTS_LOST.severity, Severity::High);
+    assert_eq!(PROCESS_MEMORY_ACCESS.severity, Severity::Critical);
+    assert_eq!(IO_URING_NOT_ALLOWED.severity, Severity::High);
 }
 
 #[test]
@@ -405,8 +415,39 @@ fn exec_not_allowed_for_children_that_stay() {
 }
 
 #[test]
-fn children_matching_another_profile_switch_silently() {
+fn children_matching_another_profile_keep_their_own() {
     let mut world = World::server();
+    world.fork(102, start(3), 101, start(2));
+    // The selector of `helper` matches, but `server` names no transition: no hop.
+    let verdict = world.exec(102, start(3), "/usr/bin/helper", &["helper"]);
+    assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+    assert_eq!(verdict.governed, None);
+    assert_eq!(
+        world.engine.governing(102, start(3)).map(|p| p.id),
+        Some(SERVER)
+    );
+    // Nor by argv chosen to match another profile's selector.
+    let verdict = world.exec(
+        102,
+        start(3),
+        "/usr/bin/python3.12",
+        &["python3", "x serve"],
+    );
+    assert!(verdict.alerts.is_empty(), "python3 is in allow.exec");
+    assert_eq!(
+        world.engine.governing(102, start(3)).map(|p| p.id),
+        Some(SERVER)
+    );
+}
+
+#[test]
+fn a_named_transition_switches_silently() {
+    let profiles = PROFILES.replace(
+        "  devices: [nvidia]\n---\nname: helper",
+        "  devices: [nvidia]\n  transitions: [helper]\n---\nname: helper",
+    );
+    assert_ne!(profiles, PROFILES);
+    let mut world = World::server_with(config_with(&profiles, Duration::from_secs(10)));
     world.fork(102, start(3), 101, start(2));
     let verdict = world.exec(102, start(3), "/usr/bin/helper", &["helper"]);
     assert!(verdict.alerts.is_empty());
