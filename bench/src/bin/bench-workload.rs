@@ -7,6 +7,7 @@
 //! bench-workload connect --iters N [--distinct]
 //! bench-workload fork    --iters N [--distinct]
 //! bench-workload latency --dir DIR --count N [--interval-us U]
+//! bench-workload open-timed --file PATH --iters N
 //! bench-workload sleepers --count N
 //! ```
 //!
@@ -104,6 +105,14 @@ enum Workload {
         #[arg(long, default_value_t = 5000)]
         interval_us: u64,
     },
+    /// openat(2) + close(2) of one file, each pair timed by itself: the distribution of the
+    /// latency (p50/p90/p99/max), e.g. of a fanotify permission round trip on a guarded file.
+    OpenTimed {
+        #[arg(long)]
+        file: String,
+        #[arg(long)]
+        iters: u64,
+    },
     /// Forks N children that pause(); prints {"ready":N}, then waits for stdin to close and
     /// kills them.
     Sleepers {
@@ -185,6 +194,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             thread::sleep(settle);
             latency(&dir, count, interval_us)?
+        }
+        Workload::OpenTimed { file, iters } => {
+            thread::sleep(settle);
+            open_timed(&file, iters)?
         }
         Workload::Sleepers { count } => return sleepers(count),
     };
@@ -531,6 +544,49 @@ fn latency(dir: &str, count: u64, interval_us: u64) -> Result<serde_json::Value>
     }
     let mut value = record("latency", true, count, start.elapsed(), failures);
     value["opened_at_monotonic_ns"] = json!(stamps);
+    Ok(value)
+}
+
+fn open_timed(file: &str, iters: u64) -> Result<serde_json::Value> {
+    let path = CString::new(file).context("the file name has a NUL byte")?;
+    let mut samples = vec![0u64; iters as usize];
+    let mut failures = 0u64;
+    let start = Instant::now();
+    for sample in samples.iter_mut() {
+        let t = monotonic_ns();
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        let fd = unsafe {
+            libc::openat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: closing the fd just opened.
+            unsafe { libc::close(fd) };
+        } else {
+            failures += 1;
+        }
+        *sample = monotonic_ns() - t;
+    }
+    let elapsed = start.elapsed();
+    if failures > 0 {
+        bail!("{failures} of {iters} opens of {file} failed");
+    }
+    samples.sort_unstable();
+    let at = |p: f64| -> u64 {
+        let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+        samples
+            .get(rank.clamp(1, samples.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut value = record("open-timed", false, iters, elapsed, failures);
+    value["p50_ns"] = json!(at(50.0));
+    value["p90_ns"] = json!(at(90.0));
+    value["p99_ns"] = json!(at(99.0));
+    value["max_ns"] = json!(at(100.0));
     Ok(value)
 }
 

@@ -91,6 +91,10 @@ pub struct Sizes {
     pub sustained_seconds: f64,
     pub rate_threads: u32,
     pub pipeline_events: usize,
+    /// Timed opens of a guarded file per run (the permission round trip).
+    pub guarded_iters: u64,
+    /// Distinct opens per second of the flood beside them.
+    pub flood_rate: u64,
 }
 
 impl Sizes {
@@ -111,6 +115,8 @@ impl Sizes {
                 sustained_seconds: 5.0,
                 rate_threads: 2,
                 pipeline_events: 100_000,
+                guarded_iters: 2_000,
+                flood_rate: 100_000,
             }
         } else {
             Sizes {
@@ -128,6 +134,8 @@ impl Sizes {
                 sustained_seconds: 60.0,
                 rate_threads: 2,
                 pipeline_events: 1_000_000,
+                guarded_iters: 20_000,
+                flood_rate: 100_000,
             }
         }
     }
@@ -296,6 +304,42 @@ pub struct Latency {
     pub samples: Vec<(f64, f64)>,
 }
 
+/// The latency of one open of a file, from the workload's own clock.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OpenLatency {
+    pub p50_ns: f64,
+    pub p90_ns: f64,
+    pub p99_ns: f64,
+    pub max_ns: f64,
+}
+
+impl OpenLatency {
+    fn of(outcome: &workload::Outcome) -> OpenLatency {
+        let get = |key: &str| outcome.raw[key].as_f64().unwrap_or(f64::NAN);
+        OpenLatency {
+            p50_ns: get("p50_ns"),
+            p90_ns: get("p90_ns"),
+            p99_ns: get("p99_ns"),
+            max_ns: get("max_ns"),
+        }
+    }
+}
+
+/// An allowed open of a guarded file: what the guard's permission round trip adds, idle and
+/// beside a flood of other events, one round of each per round, side by side with no monitor.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GuardedOpen {
+    pub iters: u64,
+    pub flood_rate: u64,
+    pub baseline: Vec<OpenLatency>,
+    pub guarded: Vec<OpenLatency>,
+    pub guarded_flood: Vec<OpenLatency>,
+    /// What the flood achieved, per round.
+    pub flood_achieved: Vec<f64>,
+    /// Alerts the guarded sessions raised, by rule (an allowed open raises none).
+    pub alerts: BTreeMap<String, u64>,
+}
+
 /// One step of the rate ramp.
 #[derive(Clone, Debug, Serialize)]
 pub struct RateStep {
@@ -358,6 +402,7 @@ pub struct Results {
     pub sessions: Vec<SessionRecord>,
     pub footprint: Option<Footprint>,
     pub latency: Option<Latency>,
+    pub guarded_open: Option<GuardedOpen>,
     pub rates: Option<Rates>,
     pub pipeline: Option<PipelineResult>,
     pub notes: Vec<String>,
@@ -372,6 +417,10 @@ struct Tree {
     distinct: PathBuf,
     forbidden: PathBuf,
     governed_config: PathBuf,
+    /// A file under a guard that lets the benchmark's profile read it.
+    guarded_file: PathBuf,
+    /// The governed config plus that guard.
+    guarded_config: PathBuf,
     config_dir: PathBuf,
 }
 
@@ -396,8 +445,20 @@ impl Tree {
             ),
         )?;
         let governed_config = config_dir.join("governed.yaml");
-        sys::write_file(&governed_config, &governed_config_yaml(&profile))?;
+        sys::write_file(&governed_config, &governed_config_yaml(&profile, ""))?;
+        let guarded_dir = work.join("guarded");
+        fs::create_dir_all(&guarded_dir)?;
+        let guarded_file = guarded_dir.join("weights.bin");
+        fs::write(&guarded_file, vec![7u8; 4096])?;
+        let guarded_config = config_dir.join("guarded.yaml");
+        let guard = format!(
+            "    - paths: [\"{}/**\"]\n      read: [bench-workload]\n      write: []\n",
+            guarded_dir.display()
+        );
+        sys::write_file(&guarded_config, &governed_config_yaml(&profile, &guard))?;
         Ok(Tree {
+            guarded_file,
+            guarded_config,
             distinct: work.join("distinct"),
             forbidden: fs::canonicalize(out.join("forbidden"))?,
             work,
@@ -409,8 +470,8 @@ impl Tree {
 }
 
 /// The built-in defaults plus the benchmark's profile: the governed runs differ from the
-/// ungoverned ones by that profile only.
-fn governed_config_yaml(profile: &Path) -> String {
+/// ungoverned ones by that profile only. `extra_guards`: more `protected_paths` entries.
+fn governed_config_yaml(profile: &Path, extra_guards: &str) -> String {
     format!(
         r#"builtin_profiles: true
 profiles: ["{profile}"]
@@ -426,7 +487,7 @@ guards:
         - "**/*.gguf"
       read: [vllm, triton, torchserve, llama-cpp, ollama, tgi]
       write: []
-  gpu:
+{extra_guards}  gpu:
     allow: [vllm, triton, torchserve, llama-cpp, ollama, tgi]
 dedup_window_secs: 10
 "#,
@@ -475,6 +536,7 @@ pub fn run(options: &Options) -> Result<Results> {
         sessions: Vec::new(),
         footprint: None,
         latency: None,
+        guarded_open: None,
         rates: None,
         pipeline: None,
         notes: Vec::new(),
@@ -513,10 +575,11 @@ pub fn run(options: &Options) -> Result<Results> {
         pending: std::sync::Mutex::new(Vec::new()),
     };
 
-    let phases: [(&str, PhaseFn); 5] = [
+    let phases: [(&str, PhaseFn); 6] = [
         ("user-space pipeline", phase_pipeline),
         ("side-by-side rounds", phase_rounds),
         ("daemon footprint", phase_footprint),
+        ("guarded open round trip", phase_guarded_open),
         ("alert latency and loss ramp", phase_latency_and_ramp),
         ("sustained rate", phase_sustained),
     ];
@@ -621,6 +684,10 @@ impl Ctx<'_> {
         } else {
             "monitor (built-in)"
         };
+        self.start_monitor_with(name, config)
+    }
+
+    fn start_monitor_with(&self, name: &str, config: Option<&Path>) -> Result<Session> {
         // A ready file per session: a monitor still stopping removes its own at exit.
         let n = self.sessions_started.fetch_add(1, Ordering::Relaxed);
         let ready_file = self
@@ -1049,6 +1116,84 @@ fn phase_latency_and_ramp(ctx: &Ctx, results: &mut Results) -> Result<()> {
         started,
         results,
     );
+    Ok(())
+}
+
+/// Opens a guarded file that the workload's profile may read, timing each open: with no
+/// monitor, under a monitor whose fanotify guard covers the file (every open is a permission
+/// event the daemon answers), and the same beside a flood of distinct opens.
+fn phase_guarded_open(ctx: &Ctx, results: &mut Results) -> Result<()> {
+    let iters = ctx.sizes.guarded_iters;
+    let file = ctx.tree.guarded_file.display().to_string();
+    let timed = || -> Result<OpenLatency> {
+        let outcome = ctx.runner.run_pinned(
+            &[
+                "open-timed".into(),
+                "--file".into(),
+                file.clone(),
+                "--iters".into(),
+                iters.to_string(),
+            ],
+            Duration::from_secs(300),
+        )?;
+        Ok(OpenLatency::of(&outcome))
+    };
+    let mut measured = GuardedOpen {
+        iters,
+        flood_rate: ctx.sizes.flood_rate,
+        ..GuardedOpen::default()
+    };
+    for round in 0..ctx.sizes.rounds {
+        check_interrupted()?;
+        measured.baseline.push(timed()?);
+        let session =
+            ctx.start_monitor_with("monitor (guarded file)", Some(&ctx.tree.guarded_config))?;
+        let started = session_start(&session);
+        let (_, from) = session.lines_since(usize::MAX);
+        let run = (|| -> Result<()> {
+            measured.guarded.push(timed()?);
+            // The flood: a governed process opening distinct missing paths (each one an
+            // event for the daemon) for longer than the timed opens take.
+            let seconds = 4.0;
+            let flood_args = vec![
+                "open".to_owned(),
+                "--distinct".into(),
+                "--dir".into(),
+                ctx.tree.distinct.display().to_string(),
+                "--salt".into(),
+                ctx.runner.salt().to_string(),
+                "--rate".into(),
+                ctx.sizes.flood_rate.to_string(),
+                "--seconds".into(),
+                seconds.to_string(),
+                "--threads".into(),
+                "1".into(),
+            ];
+            let flood = thread::scope(|scope| -> Result<f64> {
+                let handle = scope.spawn(|| {
+                    ctx.runner
+                        .run(&flood_args, Duration::from_secs_f64(seconds + 120.0))
+                });
+                thread::sleep(Duration::from_millis(300));
+                let latency = timed();
+                let flood = handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the flood panicked"))??;
+                measured.guarded_flood.push(latency?);
+                Ok(flood.raw["achieved_rate"].as_f64().unwrap_or(0.0))
+            })?;
+            measured.flood_achieved.push(flood);
+            Ok(())
+        })();
+        let (lines, _) = session.lines_since(from);
+        let (alerts, _, _) = tally_alerts(&lines);
+        for (rule, count) in alerts {
+            *measured.alerts.entry(rule).or_insert(0) += count;
+        }
+        ctx.finish(session, "guarded open", None, Some(round), started, results);
+        run?;
+    }
+    results.guarded_open = Some(measured);
     Ok(())
 }
 

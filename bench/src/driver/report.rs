@@ -293,6 +293,18 @@ fn ratio_target(
     }
 }
 
+/// (added p99, added p50) of the guarded opens over no monitor, ns: medians over the rounds.
+fn guarded_added(g: &super::GuardedOpen, flood: bool) -> Option<(f64, f64)> {
+    let runs = if flood { &g.guarded_flood } else { &g.guarded };
+    let median = |runs: &[super::OpenLatency], f: fn(&super::OpenLatency) -> f64| {
+        Summary::of(&runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median)
+    };
+    Some((
+        median(runs, |l| l.p99_ns)? - median(&g.baseline, |l| l.p99_ns)?,
+        median(runs, |l| l.p50_ns)? - median(&g.baseline, |l| l.p50_ns)?,
+    ))
+}
+
 fn governed_sessions(results: &Results) -> Vec<&SessionRecord> {
     results
         .sessions
@@ -541,6 +553,53 @@ pub fn targets(results: &Results, cells: &[Cell]) -> Vec<Target> {
             "alert latency, syscall to alert line, p99",
             "≤ 25 ms",
         )),
+    }
+
+    // Ungoverned opens against bpftrace counting the same tracepoint.
+    let open = Workload::new(Kind::Open, false);
+    let name = "ungoverned openat+close against bpftrace counting sys_enter_openat";
+    match (
+        cell(cells, Setup::Ungoverned, open).and_then(|c| c.ratio),
+        cell(cells, Setup::BpftraceCount, open).and_then(|c| c.ratio),
+    ) {
+        (Some(ours), Some(peer)) => targets.push(Target {
+            target: name.into(),
+            goal: "no worse than bpftrace".into(),
+            measured: format!("{ours:.3}× against {peer:.3}×"),
+            verdict: Verdict::of(ours <= peer),
+            evidence: cell(cells, Setup::Ungoverned, open)
+                .map(cost_breakdown)
+                .unwrap_or_default(),
+        }),
+        _ => targets.push(not_measured(name, "no worse than bpftrace")),
+    }
+
+    // The guard's permission round trip.
+    for (flood, name) in [
+        (false, "allowed open of a guarded file: added latency p99"),
+        (
+            true,
+            "allowed open of a guarded file during a flood: added latency p99",
+        ),
+    ] {
+        match results
+            .guarded_open
+            .as_ref()
+            .and_then(|g| guarded_added(g, flood))
+        {
+            Some((added_p99, added_p50)) => targets.push(Target {
+                target: name.into(),
+                goal: "≤ 1 ms".into(),
+                measured: fmt_ns(added_p99),
+                verdict: Verdict::of(added_p99 <= 1e6),
+                evidence: format!(
+                    "p50 +{}; medians over the rounds of each run's own percentiles, minus no \
+                     monitor's",
+                    fmt_ns(added_p50)
+                ),
+            }),
+            None => targets.push(not_measured(name, "≤ 1 ms")),
+        }
     }
 
     // Sustained rate without loss.
@@ -939,6 +998,55 @@ pub fn markdown(results: &Results) -> String {
             mb(f.after_kill_rss_kb),
             fmt_ns(f.kill_cpu_ns as f64)
         );
+    }
+
+    if let Some(g) = &results.guarded_open {
+        let _ = writeln!(md, "## Guarded open: the fanotify permission round trip\n");
+        let _ = writeln!(
+            md,
+            "The workload's profile may read a file below a guard; every open of it is a \
+             permission event the daemon answers before the open returns. {} opens per run, \
+             each timed by itself; one run per setup per round, pinned like the rounds above; \
+             the flood is a governed process opening distinct missing paths at {} /s \
+             (achieved: {}). Alerts in these sessions: {}.\n",
+            g.iters,
+            g.flood_rate,
+            g.flood_achieved
+                .iter()
+                .map(|r| fmt_rate(*r))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if g.alerts.is_empty() {
+                "none".to_owned()
+            } else {
+                g.alerts
+                    .iter()
+                    .map(|(rule, n)| format!("{rule} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        let _ = writeln!(md, "| setup | p50 | p90 | p99 | max |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for (name, runs) in [
+            ("no monitor", &g.baseline),
+            ("monitor, file guarded", &g.guarded),
+            ("monitor, file guarded, during the flood", &g.guarded_flood),
+        ] {
+            let median = |f: fn(&super::OpenLatency) -> f64| {
+                Summary::of(&runs.iter().map(f).collect::<Vec<_>>())
+                    .map_or("-".to_owned(), |s| fmt_ns(s.median))
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} |",
+                median(|l| l.p50_ns),
+                median(|l| l.p90_ns),
+                median(|l| l.p99_ns),
+                median(|l| l.max_ns)
+            );
+        }
+        let _ = writeln!(md);
     }
 
     if let Some(l) = &results.latency {

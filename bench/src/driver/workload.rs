@@ -162,6 +162,11 @@ impl Runner {
         self.spawn_and_wait(&args, Duration::from_secs(900), self.cpu)
     }
 
+    /// Runs the workload with `args` on the measured workloads' CPU.
+    pub fn run_pinned(&self, args: &[String], timeout: Duration) -> Result<Outcome> {
+        self.spawn_and_wait(args, timeout, self.cpu)
+    }
+
     /// Runs the workload with `args`; its last stdout line is its JSON record.
     pub fn run(&self, args: &[String], timeout: Duration) -> Result<Outcome> {
         self.spawn_and_wait(args, timeout, None)
