@@ -14,6 +14,7 @@ use crate::{
     cgroup::CgroupResolver,
     clock::BootClock,
     config::Config,
+    guard::GuardService,
     ioctls::IoctlTracker,
     metrics::Metrics,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
@@ -67,13 +68,16 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::guard::EVENT_QUEUE);
     let reader = tokio::spawn(pipeline::read_ring(
         maps.events,
         queue_tx,
         pipeline_options.drain_interval,
         counters.clone(),
         stop_rx,
+        Some(guard_rx),
     ));
+    let mut guards = GuardService::new(guard_tx, counters.guard.clone(), sensor_options.dry_run);
 
     let mut policy = KernelPolicy {
         maps: maps.policy,
@@ -92,7 +96,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         );
         let fingerprint = config_source.fingerprint(&config);
         source = Some((config_source, fingerprint));
-        engine = Some(Engine::new(Arc::new(config)));
+        let config = Arc::new(config);
+        guards
+            .apply(config.clone(), &maps.watched)
+            .context("failed to guard the protected paths")?;
+        engine = Some(Engine::new(config));
     }
 
     let mut signals = Signals::new()?;
@@ -159,9 +167,10 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                     let current = engine_config.map(|c| config_source.fingerprint(&c));
                     if current.as_ref() != Some(fingerprint) {
                         info!("configuration files changed: reloading");
-                        reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
+                        reload(config_source, fingerprint, &mut policy, &mut processor, &clock, &mut guards);
                     }
                 }
+                guards.verify();
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                 info!("observation time is over");
@@ -182,7 +191,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                     match &mut source {
                         Some((config_source, fingerprint)) => {
                             info!("received SIGHUP: reloading the configuration");
-                            reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
+                            reload(config_source, fingerprint, &mut policy, &mut processor, &clock, &mut guards);
                         }
                         None => info!("received SIGHUP: nothing to reload"),
                     }
@@ -195,6 +204,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     }
 
     // Detach first so nothing new arrives, then let the reader drain what is left.
+    let (answered, mean_ns) = guards.answered();
+    guards.stop();
+    if answered > 0 {
+        info!(answered, mean_ns, "fanotify permission events answered");
+    }
     drop(sensor);
     let _ = stop_tx.send(true);
     match reader.await {
@@ -226,6 +240,7 @@ fn reload<W: Write>(
     policy: &mut KernelPolicy,
     processor: &mut Processor<W>,
     clock: &BootClock,
+    guards: &mut GuardService,
 ) {
     match source.load() {
         Ok(config) => {
@@ -234,7 +249,11 @@ fn reload<W: Write>(
                 error!("failed to update the kernel's guards: {err:#}");
             }
             let profiles = config.profiles.len();
-            processor.reload(Arc::new(config));
+            let config = Arc::new(config);
+            if let Err(err) = guards.apply(config.clone(), &processor.watched) {
+                error!("failed to update the fanotify guards: {err:#}; the previous marks stay in force");
+            }
+            processor.reload(config);
             info!(profiles, "configuration reloaded");
         }
         Err(diagnostics) => {

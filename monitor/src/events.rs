@@ -35,8 +35,10 @@ pub enum FileOp {
     Unlink,
     /// truncate, ftruncate
     Truncate,
-    /// chmod, fchmod, fchmodat
+    /// chmod, fchmod, fchmodat (and, from the guards, any attribute change)
     Chmod,
+    /// A write to the file's data through any fd (reported by the guards, `FAN_MODIFY`)
+    Modify,
 }
 
 impl FileOp {
@@ -47,6 +49,7 @@ impl FileOp {
             FileOp::Unlink => "unlink",
             FileOp::Truncate => "truncate",
             FileOp::Chmod => "chmod",
+            FileOp::Modify => "modify",
         }
     }
 
@@ -102,6 +105,8 @@ pub struct File {
     pub would_kill: bool,
     /// Where to tell the kernel this was judged allowed (governed processes only).
     pub known: Option<KnownKey>,
+    /// Raised by the fanotify guards: their verdict on the inode and the open.
+    pub guard: Option<crate::guard::GuardHit>,
 }
 
 /// What a network event did.
@@ -512,6 +517,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 killed: raw.flags & FILE_KILLED != 0,
                 would_kill: raw.flags & FILE_WOULD_KILL != 0,
                 known: (raw.known.tgid != 0).then_some(raw.known),
+                guard: None,
             }))
         }
         EventKind::Net => {
@@ -850,6 +856,7 @@ mod tests {
             killed: false,
             would_kill: false,
             known: None,
+            guard: None,
         };
         let target = File {
             path: String::new(),

@@ -586,6 +586,7 @@ impl World {
             killed: false,
             would_kill: false,
             known: None,
+            guard: None,
         }));
     }
 

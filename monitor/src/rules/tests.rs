@@ -177,6 +177,29 @@ impl World {
             Some((from, to)) => (from.to_owned(), Some(to.to_owned())),
             None => (path.to_owned(), None),
         };
+        // What the guard subsystem reports of a guarded file: its own event, with its
+        // verdict on the inode (a rename into the store: the name that appeared there).
+        let config = self.engine.config().clone();
+        let guarded = std::iter::once(&path)
+            .chain(target.as_ref())
+            .map(|p| (p.clone(), crate::guard::marks::covering(&config, p)))
+            .find(|(_, guards)| !guards.is_empty());
+        let (path, target, guard) = match guarded {
+            Some((path, guards)) => (
+                path,
+                None,
+                Some(crate::guard::GuardHit {
+                    guards,
+                    profile: None,
+                    judged: false,
+                    denied: false,
+                    would_deny: false,
+                    access_unknown: false,
+                    exe: None,
+                }),
+            ),
+            None => (path, target, None),
+        };
         self.handle(Event::File(File {
             header,
             op,
@@ -185,10 +208,11 @@ impl World {
             target,
             access,
             result,
-            protected: false,
+            protected: guard.is_some(),
             killed: false,
             would_kill: false,
             known: None,
+            guard,
         }))
         .alerts
     }
