@@ -313,6 +313,8 @@ struct PermReport {
     tid: u32,
     path: Option<String>,
     access: Access,
+    /// The process, read before the answer when the open breaks a guard.
+    process: Option<procfs::ProcSnapshot>,
     hit: GuardHit,
 }
 
@@ -573,16 +575,19 @@ impl Shared {
         let may = |names: &[String]| name.is_some_and(|n| names.iter().any(|m| m == n));
         let writes = access.modifies();
         let reads = access.read || !writes;
-        let enforcing = guards.iter().any(|&i| {
-            self.config
-                .guards
-                .protected_paths
-                .get(i as usize)
-                .is_some_and(|g| {
-                    g.enforce && ((writes && !may(&g.write)) || (reads && !may(&g.read)))
-                })
-        });
+        let forbidding: Vec<bool> = guards
+            .iter()
+            .filter_map(|&i| self.config.guards.protected_paths.get(i as usize))
+            .filter(|g| (writes && !may(&g.write)) || (reads && !may(&g.read)))
+            .map(|g| g.enforce)
+            .collect();
+        let enforcing = forbidding.iter().any(|e| *e);
         let deny = enforcing && !self.dry_run;
+        // The alert names the process: read it while it waits for this answer (a refused
+        // process may be gone by the time the report is written).
+        let process = (!forbidding.is_empty())
+            .then(|| procfs::read_process(tgid).ok())
+            .flatten();
         if let Err(err) = self.content.respond(fd.as_raw_fd(), !deny) {
             warn!("failed to answer a fanotify permission event: {err}");
         }
@@ -593,6 +598,7 @@ impl Shared {
             tid,
             path,
             access,
+            process,
             hit: GuardHit {
                 guards,
                 profile,
@@ -655,10 +661,12 @@ impl Shared {
                 (None, None) => (String::new(), true),
             };
             let result = if report.hit.denied { -1 } else { 0 };
+            let process = report
+                .process
+                .or_else(|| procfs::read_process(report.tgid).ok());
             self.send(
                 report.time_ns,
-                report.tgid,
-                report.tid,
+                (report.tgid, report.tid, process),
                 FileOp::Open,
                 path,
                 truncated,
@@ -673,8 +681,7 @@ impl Shared {
     fn send(
         &self,
         time_ns: u64,
-        tgid: u32,
-        tid: u32,
+        (tgid, tid, process): (u32, u32, Option<procfs::ProcSnapshot>),
         op: FileOp,
         path: String,
         path_truncated: bool,
@@ -682,7 +689,6 @@ impl Shared {
         result: i64,
         mut hit: GuardHit,
     ) {
-        let process = procfs::read_process(tgid).ok();
         hit.exe = process.as_ref().and_then(|p| p.exe.clone());
         let event = Event::File(File {
             header: Header {
@@ -856,7 +862,8 @@ impl Shared {
             exe: None,
         };
         let tgid = record.pid as u32;
-        self.send(time_ns, tgid, tgid, op, path, false, access, 0, hit);
+        let process = procfs::read_process(tgid).ok();
+        self.send(time_ns, (tgid, tgid, process), op, path, false, access, 0, hit);
     }
 
     fn discovery_name(&self, name: &[u8]) -> bool {
