@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
 use monitor_common::{
-    ExecKey, GuardWriter, InodeKey, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix,
+    ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix,
     POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX,
 };
 use tracing::{debug, warn};
@@ -48,8 +48,6 @@ pub struct PolicyMaps {
     pub exec_allowed: HashMap<MapData, ExecKey, u32>,
     pub gpu_allowed: HashMap<MapData, u32, u32>,
     pub guards: Array<MapData, u32>,
-    pub protected_prefixes: Array<MapData, Prefix>,
-    pub guard_writers: HashMap<MapData, GuardWriter, u32>,
 }
 
 /// Keeps the kernel maps equal to the configuration in force.

@@ -75,7 +75,7 @@ pub struct GuardHit {
     /// It would have been (dry run).
     pub would_deny: bool,
     /// The open's flags could not be read (io_uring, or the thread was gone): judged as a
-    /// write.
+    /// read (a write through the fd is reported by `FAN_MODIFY`).
     pub access_unknown: bool,
     /// The process's executable when the event happened.
     pub exe: Option<String>,
@@ -556,12 +556,15 @@ impl Shared {
                 false,
             )
         } else {
+            // Unknown (an io_uring open, done by the submitting task or an io-wq worker,
+            // whose flags are in the ring, not in a syscall): judged as a read, so that a
+            // profile allowed to read keeps working through io_uring; a write through
+            // that fd still raises FAN_MODIFY, reported as `protected-file-write`.
             match open_access(tid) {
                 Some(access) => (access, false),
                 None => (
                     Access {
                         read: true,
-                        write: true,
                         ..Access::default()
                     },
                     true,
@@ -755,12 +758,6 @@ impl Shared {
     fn on_notify(&self, record: &Record) {
         let time_ns = BootClock::boot_now_ns();
         let mask = record.mask;
-        let object_key: Option<InodeId> = record
-            .object
-            .as_ref()
-            .and_then(|(fsid, handle)| self.open_handle(fsid, handle))
-            .and_then(|fd| sys::fstat(fd.as_raw_fd()).ok())
-            .map(|(d, i, _)| (d, i));
         let mut child_path = None;
         let mut dir_fd = None;
         if let Some((fsid, handle, name)) = &record.dir {
@@ -808,6 +805,12 @@ impl Shared {
         if record.pid as u32 == self.self_tgid || record.pid <= 0 {
             return;
         }
+        let object_key: Option<InodeId> = record
+            .object
+            .as_ref()
+            .and_then(|(fsid, handle)| self.open_handle(fsid, handle))
+            .and_then(|fd| sys::fstat(fd.as_raw_fd()).ok())
+            .map(|(d, i, _)| (d, i));
         let entry = object_key.and_then(|k| {
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
             table.inodes.get(&k).cloned()
