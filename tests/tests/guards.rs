@@ -543,3 +543,153 @@ fn a_governed_allowed_server_reads_without_alert() {
         .collect();
     assert!(by_server.is_empty(), "{by_server:#?}");
 }
+
+#[test]
+fn marks_follow_a_reload() {
+    let site = Site::new("guard-reload", false);
+    std::fs::write(site.path("outside/other.bin"), WEIGHTS).unwrap();
+    let monitor = site.start();
+    let config = std::fs::read_to_string(site.path("config.yaml")).unwrap();
+    // The guard moves from models/ to outside/.
+    std::fs::write(
+        site.path("config.yaml"),
+        config.replace("/models/**", "/outside/**"),
+    )
+    .unwrap();
+    let pid = monitor.child_pid();
+    // SAFETY: a signal to the monitor we started.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !monitor.stderr().contains("configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", monitor.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (reader, out) = python(READ, &[&site.path("outside/other.bin")]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor.lines().iter().any(|v| {
+            v["security_rule.name"] == "protected-file-read" && v["process.pid"] == reader
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new guard never took: {}",
+            monitor.stderr()
+        );
+    }
+    // The old guard is gone: a read of models/ raises nothing.
+    let (pid, out) = python(READ, &[&site.path("models/model.safetensors")]);
+    assert_eq!(stdout(&out), WEIGHTS);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !monitor
+            .lines()
+            .iter()
+            .any(|v| v["process.pid"] == pid && v["event.name"] == "monitor.alert"),
+        "{:#?}",
+        monitor.lines()
+    );
+}
+
+/// Percentile of sorted nanoseconds.
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// open+close of a guarded file and of an unguarded one, interleaved, by a process the
+/// guard allows: the difference is the permission round trip. Idle, then while another
+/// process floods the monitor with other events (execs, opens of unguarded files, changes in
+/// an unguarded directory) and a third opens the guarded file in a loop. Prints the numbers;
+/// not a pass/fail test (run with --ignored --nocapture).
+#[test]
+#[ignore = "a measurement: cargo test -p tests --test guards -- --ignored --nocapture"]
+fn open_latency_of_a_guarded_file() {
+    let site = Site::new("guard-latency", true);
+    let me = std::env::current_exe().unwrap();
+    // This test process is the allowed reader: a profile selects its executable.
+    let config = std::fs::read_to_string(site.path("config.yaml")).unwrap();
+    std::fs::write(
+        site.path("bench.yaml"),
+        format!(
+            "name: bench\nselector:\n  executables: [\"{}\"]\nallow:\n  files:\n    read: [\"/**\"]\n",
+            me.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        site.path("config.yaml"),
+        config
+            .replace(
+                "profiles: [",
+                &format!("profiles: [\"{}\", ", site.path("bench.yaml")),
+            )
+            .replace("read: [server]", "read: [server, bench]"),
+    )
+    .unwrap();
+    let guarded = CString::new(site.path("models/model.safetensors")).unwrap();
+    let plain = CString::new(site.path("outside/plain.bin")).unwrap();
+    std::fs::write(site.path("outside/plain.bin"), WEIGHTS).unwrap();
+    let monitor = site.start();
+    let sample = |path: &CString| {
+        let t = std::time::Instant::now();
+        // SAFETY: open and close of a NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        t.elapsed().as_nanos() as u64
+    };
+    let measure = |label: &str| {
+        let (mut g, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..200 {
+            sample(&guarded);
+            sample(&plain);
+        }
+        for _ in 0..5000 {
+            g.push(sample(&guarded));
+            p.push(sample(&plain));
+        }
+        g.sort_unstable();
+        p.sort_unstable();
+        println!(
+            "{label}: guarded open+close p50 {:.1} us p99 {:.1} us; unguarded p50 {:.1} us p99 {:.1} us; added p50 {:.1} us p99 {:.1} us",
+            pct(&g, 0.5),
+            pct(&g, 0.99),
+            pct(&p, 0.5),
+            pct(&p, 0.99),
+            pct(&g, 0.5) - pct(&p, 0.5),
+            pct(&g, 0.99) - pct(&p, 0.99),
+        );
+    };
+    measure("idle");
+    let flood = format!(
+        "import os, subprocess\nd = {dir:?}\ni = 0\nwhile True:\n    i += 1\n    p = os.path.join(d, 'f%d' % (i % 50))\n    open(p, 'w').close(); os.unlink(p)\n    open('/etc/hostname').close()\n    if i % 20 == 0: subprocess.run(['/bin/true'])\n",
+        dir = site.path("outside")
+    );
+    let mut other = Command::new(PYTHON)
+        .args(["-c", &flood])
+        .spawn()
+        .unwrap();
+    let hammer = format!(
+        "import os\nwhile True:\n    try: os.close(os.open({:?}, os.O_RDONLY))\n    except OSError: pass\n",
+        site.path("models/sub/shard.bin")
+    );
+    let mut denied = Command::new(PYTHON)
+        .args(["-c", &hammer])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    measure("flood (other events + a denied reader hammering a guarded file)");
+    let _ = other.kill();
+    let _ = denied.kill();
+    let _ = other.wait();
+    let _ = denied.wait();
+    let (_, stderr) = monitor.stop_with_stderr();
+    if let Some(line) = stderr.lines().find(|l| l.contains("permission events answered")) {
+        println!("{line}");
+    }
+}
