@@ -25,8 +25,8 @@ use crate::{
     known, known_key,
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ProtKey, ACCEL_FDS, EVENTS, GUARDS, OPEN_ARGS,
-    PENDING, PROTECTED_DIRS, PROTECTED_SEEN, PROTECTED_SUFFIXES,
+    submit_flags, syscall_arg, syscall_ret, ProtKey, ACCEL_FDS, EVENTS, GUARDS, OPEN_ARGS, PENDING,
+    PROTECTED_DIRS, PROTECTED_SEEN, PROTECTED_SUFFIXES,
 };
 
 const AT_FDCWD: i32 = -100;

@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     stats_slot, Config, ExecKey, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey, NetKey,
-    Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry, STATS_LEN,
-    SUFFIXES_MAX, WATCHED_MAX,
+    Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry, STATS_LEN, SUFFIXES_MAX,
+    WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
 use monitor_common::{
-    ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix,
-    POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX,
+    ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix, POLICY_DRY_RUN, POLICY_ENFORCE,
+    PORT_RANGES_MAX,
 };
 use tracing::{debug, warn};
 
@@ -132,10 +132,7 @@ impl KernelPolicy {
         // A new configuration: every judgment the kernel cached is forgotten.
         let epoch = self.maps.guards.get(&2, 0).unwrap_or(0);
         self.maps.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
-        debug!(
-            candidates = candidates.len(),
-            "kernel policy applied"
-        );
+        debug!(candidates = candidates.len(), "kernel policy applied");
         Ok(())
     }
 }

@@ -373,9 +373,10 @@ fn the_guarded_directory_moved_aside_and_replaced() {
         let (pid, out) = python(READ, &[&new]);
         assert_eq!(stdout(&out), "new");
         std::thread::sleep(Duration::from_millis(300));
-        let seen = monitor.lines().iter().any(|v| {
-            v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid
-        });
+        let seen = monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid);
         if seen {
             break;
         }
@@ -420,7 +421,11 @@ fn openat(dir: &OwnedFd, name: &str, flags: i32, mode: u32) -> OwnedFd {
     let c = CString::new(name).unwrap();
     // SAFETY: valid fd and NUL-terminated name; the fd is owned below.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    assert!(fd >= 0, "openat {name}: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "openat {name}: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: a new fd.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
@@ -440,12 +445,17 @@ print(os.read(f, 64).decode())
 fn a_path_longer_than_4096_bytes() {
     let site = Site::new("guard-long", false);
     // 22 levels of 200-byte names: about 4,450 bytes below the guard.
-    let names: Vec<String> = (0..22).map(|i| format!("{i:02}{}", "x".repeat(198))).collect();
+    let names: Vec<String> = (0..22)
+        .map(|i| format!("{i:02}{}", "x".repeat(198)))
+        .collect();
     let mut dir = OwnedFd::from(std::fs::File::open(site.path("models")).unwrap());
     for name in &names {
         let c = CString::new(name.as_str()).unwrap();
         // SAFETY: valid fd and name.
-        assert_eq!(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) }, 0);
+        assert_eq!(
+            unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) },
+            0
+        );
         dir = openat(&dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0);
     }
     let file = openat(&dir, "long.bin", libc::O_WRONLY | libc::O_CREAT, 0o644);
@@ -518,7 +528,10 @@ fn enforce_refuses_reads_and_truncating_opens_with_eperm() {
         });
         assert_eq!(alert["monitor.enforcement.mechanism"], "fanotify");
     }
-    assert_eq!(std::fs::metadata(&model).unwrap().len(), WEIGHTS.len() as u64);
+    assert_eq!(
+        std::fs::metadata(&model).unwrap().len(),
+        WEIGHTS.len() as u64
+    );
 }
 
 #[test]
@@ -528,7 +541,10 @@ fn a_governed_allowed_server_reads_without_alert() {
     let server = site.path("bin/model-server");
     let model = site.path("models/model.safetensors");
     let deep = site.path("models/sub/shard.bin");
-    let out = Command::new(&server).args([&model, &deep]).output().unwrap();
+    let out = Command::new(&server)
+        .args([&model, &deep])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), WEIGHTS.repeat(2));
     // A reader that is not the server, in the same run, is refused: the guard was active.
@@ -569,9 +585,11 @@ fn marks_follow_a_reload() {
         let (reader, out) = python(READ, &[&site.path("outside/other.bin")]);
         assert_eq!(stdout(&out), WEIGHTS);
         std::thread::sleep(Duration::from_millis(300));
-        if monitor.lines().iter().any(|v| {
-            v["security_rule.name"] == "protected-file-read" && v["process.pid"] == reader
-        }) {
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == reader)
+        {
             break;
         }
         assert!(
@@ -670,26 +688,25 @@ fn open_latency_of_a_guarded_file() {
         "import os, subprocess\nd = {dir:?}\ni = 0\nwhile True:\n    i += 1\n    p = os.path.join(d, 'f%d' % (i % 50))\n    open(p, 'w').close(); os.unlink(p)\n    open('/etc/hostname').close()\n    if i % 20 == 0: subprocess.run(['/bin/true'])\n",
         dir = site.path("outside")
     );
-    let mut other = Command::new(PYTHON)
-        .args(["-c", &flood])
-        .spawn()
-        .unwrap();
+    let mut other = Command::new(PYTHON).args(["-c", &flood]).spawn().unwrap();
     let hammer = format!(
         "import os\nwhile True:\n    try: os.close(os.open({:?}, os.O_RDONLY))\n    except OSError: pass\n",
         site.path("models/sub/shard.bin")
     );
-    let mut denied = Command::new(PYTHON)
-        .args(["-c", &hammer])
-        .spawn()
-        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    measure("flood (other events + a denied reader hammering a guarded file)");
+    measure("flood of other events (creates, unlinks, opens, execs)");
+    let mut denied = Command::new(PYTHON).args(["-c", &hammer]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    measure("same + a refused reader hammering a guarded file");
     let _ = other.kill();
     let _ = denied.kill();
     let _ = other.wait();
     let _ = denied.wait();
     let (_, stderr) = monitor.stop_with_stderr();
-    if let Some(line) = stderr.lines().find(|l| l.contains("permission events answered")) {
+    if let Some(line) = stderr
+        .lines()
+        .find(|l| l.contains("permission events answered"))
+    {
         println!("{line}");
     }
 }

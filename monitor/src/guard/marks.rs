@@ -188,11 +188,13 @@ pub fn entries(dir: RawFd) -> io::Result<Vec<(Vec<u8>, bool, bool)>> {
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
                 let c = CString::new(name.clone()).unwrap_or_default();
                 // SAFETY: valid fd, name and stat pointer.
-                let rc = unsafe {
-                    libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
-                };
+                let rc =
+                    unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
                 let fmt = st.st_mode & libc::S_IFMT;
-                (rc == 0 && fmt == libc::S_IFDIR, rc == 0 && fmt == libc::S_IFREG)
+                (
+                    rc == 0 && fmt == libc::S_IFDIR,
+                    rc == 0 && fmt == libc::S_IFREG,
+                )
             }
             _ => (false, false),
         };
@@ -268,7 +270,12 @@ impl Marker<'_> {
             Some(i) => &root[..i],
             None => return,
         };
-        let name = root.rsplit('/').next().unwrap_or_default().as_bytes().to_vec();
+        let name = root
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
         if let Ok(parent) = std::fs::File::open(parent_path) {
             let parent = OwnedFd::from(parent);
             if root != "/" && self.mark(parent.as_raw_fd(), b"", 0, PARENT_NOTIFY_MASK) {

@@ -94,9 +94,8 @@ impl Group {
         let name = CString::new(if name.is_empty() { "." } else { name })
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a valid fd and a NUL-terminated name.
-        let rc = unsafe {
-            libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask, dir, name.as_ptr())
-        };
+        let rc =
+            unsafe { libc::fanotify_mark(self.fd.as_raw_fd(), flags, mask, dir, name.as_ptr()) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -107,13 +106,7 @@ impl Group {
     /// group; `EINTR` is retried by the caller.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: writing into our own buffer of that length.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -230,7 +223,11 @@ pub fn open_handle(mount_fd: RawFd, handle: &[u8], flags: libc::c_int) -> io::Re
     let mut words = vec![0u32; handle.len().div_ceil(4).max(2)];
     // SAFETY: the destination holds at least handle.len() bytes.
     unsafe {
-        std::ptr::copy_nonoverlapping(handle.as_ptr(), words.as_mut_ptr().cast::<u8>(), handle.len())
+        std::ptr::copy_nonoverlapping(
+            handle.as_ptr(),
+            words.as_mut_ptr().cast::<u8>(),
+            handle.len(),
+        )
     };
     // SAFETY: a file_handle laid out as the kernel gave it; the kernel reads handle_bytes.
     let fd = unsafe {
@@ -251,7 +248,11 @@ pub fn fstat(fd: RawFd) -> io::Result<(u64, u64, bool)> {
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((st.st_dev, st.st_ino, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+    Ok((
+        st.st_dev,
+        st.st_ino,
+        st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+    ))
 }
 
 /// The file system id of an open fd (`statfs.f_fsid`), to match event handles to mounts.

@@ -1,14 +1,14 @@
 //! The decisions themselves: one event, the process's profile and the host guards in,
 //! findings out. No state here; the engine keeps it.
 
+#[cfg(doc)]
+use crate::guard::GuardHit;
 use crate::{
     cidr::is_loopback,
     config::Config,
     events::{Device, File, FileOp, Net, NetOp, Transport},
     profile::Profile,
 };
-#[cfg(doc)]
-use crate::guard::GuardHit;
 
 use super::{
     Rule, CONNECT_NOT_ALLOWED, DEVICE_NOT_ALLOWED, EXEC_NOT_ALLOWED, FILE_READ_NOT_ALLOWED,
@@ -68,16 +68,16 @@ pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> 
             event.access.read || !event.access.modifies(),
             event.access.modifies(),
         ),
-        FileOp::Rename
-        | FileOp::Unlink
-        | FileOp::Truncate
-        | FileOp::Chmod
-        | FileOp::Modify => (false, true),
+        FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod | FileOp::Modify => {
+            (false, true)
+        }
     };
     if let Some(hit) = &event.guard {
         // The answering thread judged a permission event by the profile the kernel held
         // for the process at that moment; the same profile decides the alert.
-        let judged = hit.judged.then(|| hit.profile.and_then(|id| config.profile(id)));
+        let judged = hit
+            .judged
+            .then(|| hit.profile.and_then(|id| config.profile(id)));
         let profile = judged.unwrap_or(profile);
         let name = profile.map(|p| p.name.as_str());
         let may = |names: &[String]| name.is_some_and(|n| names.iter().any(|m| m == n));
@@ -103,11 +103,7 @@ pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> 
     }
     let paths = std::iter::once(event.path.as_str()).chain(event.target.as_deref());
     for path in paths {
-        let guarded = config
-            .guards
-            .protected_paths
-            .iter()
-            .any(|g| g.covers(path));
+        let guarded = config.guards.protected_paths.iter().any(|g| g.covers(path));
         if guarded {
             continue;
         }
