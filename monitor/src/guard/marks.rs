@@ -255,10 +255,10 @@ impl Marker<'_> {
 
     fn remember_mount(&mut self, fd: &OwnedFd) {
         if let Ok(fsid) = sys::fsid(fd.as_raw_fd()) {
-            if !self.mounts.contains_key(&fsid) {
-                if let Ok(copy) = fd.try_clone() {
-                    self.mounts.insert(fsid, copy);
-                }
+            if let (std::collections::hash_map::Entry::Vacant(slot), Ok(copy)) =
+                (self.mounts.entry(fsid), fd.try_clone())
+            {
+                slot.insert(copy);
             }
         }
     }
@@ -387,5 +387,36 @@ impl Marker<'_> {
             );
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_roots() {
+        assert_eq!(glob_root("/models/**"), Some(("/models".into(), true)));
+        assert_eq!(glob_root("/data/**/*.gguf"), Some(("/data".into(), false)));
+        assert_eq!(
+            glob_root("/srv/m/weights.bin"),
+            Some(("/srv/m".into(), false))
+        );
+        assert_eq!(glob_root("**/*.safetensors"), None);
+        assert_eq!(glob_root("**/.cache/huggingface/hub/**"), None);
+    }
+
+    #[test]
+    fn whole_trees_and_what_may_hold_a_match() {
+        let config = Config::builtin();
+        assert!(!whole_tree(&config, "/models/llama").is_empty());
+        assert!(!whole_tree(&config, "/models").is_empty());
+        assert!(whole_tree(&config, "/modelsx").is_empty());
+        assert!(
+            may_hold(&config, "/anything"),
+            "anywhere globs may match below any dir"
+        );
+        assert_eq!(join("/a", b"b"), "/a/b");
+        assert_eq!(join("/", b"b"), "/b");
     }
 }

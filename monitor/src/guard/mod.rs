@@ -415,10 +415,10 @@ impl Shared {
                             Err(err) => warn!("failed to watch the file system of {root} for new guarded names: {err}"),
                         }
                     }
-                    if !marker.mounts.contains_key(&fsid) {
-                        if let Ok(copy) = dir.try_clone() {
-                            marker.mounts.insert(fsid, copy);
-                        }
+                    if let (std::collections::hash_map::Entry::Vacant(slot), Ok(copy)) =
+                        (marker.mounts.entry(fsid), dir.try_clone())
+                    {
+                        slot.insert(copy);
                     }
                 }
                 self.discover_tree(&mut marker, dir, (*root).to_owned());

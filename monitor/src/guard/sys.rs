@@ -274,3 +274,59 @@ pub fn fd_path(fd: RawFd) -> Option<String> {
     let text = link.to_string_lossy().into_owned();
     (!text.ends_with(" (deleted)") && text.starts_with('/')).then_some(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the kernel lays it out: metadata, then a DFID_NAME info record.
+    #[test]
+    fn parses_a_directory_entry_record() {
+        let handle = [8u32.to_ne_bytes(), 1i32.to_ne_bytes()].concat();
+        let mut info = Vec::new();
+        info.push(libc::FAN_EVENT_INFO_TYPE_DFID_NAME);
+        info.push(0);
+        let body_len = 4 + 8 + handle.len() + 8 + b"model.bin\0".len();
+        let padded = body_len.div_ceil(8) * 8;
+        info.extend_from_slice(&(padded as u16).to_ne_bytes());
+        info.extend_from_slice(&7i32.to_ne_bytes());
+        info.extend_from_slice(&9i32.to_ne_bytes());
+        info.extend_from_slice(&handle);
+        info.extend_from_slice(&[0xaa; 8]);
+        info.extend_from_slice(b"model.bin\0");
+        info.resize(padded, 0);
+        let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
+        let meta = libc::fanotify_event_metadata {
+            event_len: (meta_len + info.len()) as u32,
+            vers: libc::FANOTIFY_METADATA_VERSION,
+            reserved: 0,
+            metadata_len: meta_len as u16,
+            mask: libc::FAN_CREATE,
+            fd: libc::FAN_NOFD,
+            pid: 42,
+        };
+        // SAFETY: viewing a plain C struct as bytes.
+        let mut buf = unsafe {
+            std::slice::from_raw_parts(
+                (&meta as *const libc::fanotify_event_metadata).cast::<u8>(),
+                meta_len,
+            )
+        }
+        .to_vec();
+        buf.extend_from_slice(&info);
+        let (records, whole) = parse(&buf);
+        assert!(whole);
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(
+            (record.mask, record.pid, record.fd),
+            (libc::FAN_CREATE, 42, -1)
+        );
+        let (fsid, handle, name) = record.dir.clone().unwrap();
+        assert_eq!(fsid, [7, 9]);
+        assert_eq!(handle.len(), 16);
+        assert_eq!(name, b"model.bin");
+        // A record cut short is not trusted.
+        assert!(!parse(&buf[..buf.len() - 4]).1);
+    }
+}
