@@ -44,13 +44,10 @@ pub mod maps {
     pub const EXEC_ALLOWED: &str = "EXEC_ALLOWED";
     /// Profiles the GPU guard allows: profile id -> 1.
     pub const GPU_ALLOWED: &str = "GPU_ALLOWED";
-    /// Host guard settings: index 0 = GPU guard `POLICY_*` bits; index 1 = protected-path
-    /// enforcement `POLICY_*` bits; index 2 = the configuration epoch ([`super::KnownKey`]).
+    /// Host guard settings: index 0 = GPU guard `POLICY_*` bits; index 1 unused (protected
+    /// paths are guarded with fanotify in user space); index 2 = the configuration epoch
+    /// ([`super::KnownKey`]).
     pub const GUARDS: &str = "GUARDS";
-    /// Protected directory paths whose write-opens an enforcing guard stops: index -> [`super::Prefix`].
-    pub const PROTECTED_PREFIXES: &str = "PROTECTED_PREFIXES";
-    /// Profiles allowed to write what a guard protects: [`super::GuardWriter`] -> 1.
-    pub const GUARD_WRITERS: &str = "GUARD_WRITERS";
     /// Accelerator opens the device hook let through, until the open's exit files the fd in
     /// [`ACCEL_FDS`]: pid_tgid -> [`super::DeviceOpen`] (LRU).
     pub const DEVICE_OPENS: &str = "DEVICE_OPENS";
@@ -662,35 +659,8 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
-/// Bytes of a protected directory path the kernel compares (with its trailing `/`).
-pub const PREFIX_CAP: usize = 128;
-/// Most protected directory paths with write enforcement.
-pub const PREFIXES_MAX: u32 = 8;
-
-/// A protected directory path, for enforcement at the entry of an open.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prefix {
-    /// 0: unused slot.
-    pub len: u32,
-    /// Index of the guard it belongs to.
-    pub guard: u32,
-    /// The path, zero-padded.
-    pub bytes: [u8; PREFIX_CAP],
-    /// 0xff for each byte of the path, 0 after it: the kernel compares whole words without
-    /// a branch per byte (a byte loop with an early exit exhausts the verifier).
-    pub mask: [u8; PREFIX_CAP],
-}
-
-/// Key of [`maps::GUARD_WRITERS`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GuardWriter {
-    pub guard: u32,
-    pub profile: u32,
-}
-
-/// [`FileEvent::flags`]: the kernel killed the process at the entry of this open.
+/// [`FileEvent::flags`]: the kernel killed the process at the entry of this open. (No program
+/// sets it since guards moved to fanotify; kept so the record layout and decoding stay.)
 pub const FILE_KILLED: u32 = 16;
 /// [`FileEvent::flags`]: it would have (dry run).
 pub const FILE_WOULD_KILL: u32 = 32;
@@ -858,7 +828,6 @@ const _: () = assert!(core::mem::size_of::<SendKey>() == 24);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortRanges>() == 36);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Prefix>() == 8 + 2 * PREFIX_CAP);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
 
 /// How a process reached another's memory, as [`MemoryAccessEvent::op`].
@@ -1099,9 +1068,7 @@ mod user {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::PortRanges {}
     unsafe impl aya::Pod for super::ExecKey {}
-    unsafe impl aya::Pod for super::Prefix {}
     unsafe impl aya::Pod for super::KnownKey {}
-    unsafe impl aya::Pod for super::GuardWriter {}
     unsafe impl aya::Pod for super::DeviceOpen {}
     unsafe impl aya::Pod for super::IoUringKey {}
 }

@@ -1,5 +1,7 @@
-//! File sensor: opens and changes to files by watched processes, and opens of protected
-//! files by any process (host-wide).
+//! File sensor: opens and changes to files by watched processes, and (`monitor trace
+//! --protect`) opens of protected files by any process. `monitor run` guards files with
+//! fanotify instead (monitor/src/guard): the open hooks of unwatched processes judge nothing
+//! there.
 //!
 //! Entry programs only record the arguments of watched processes (one map lookup for the
 //! others). Exit programs resolve the path in the kernel: a successful open by walking the
@@ -12,10 +14,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    DeviceEvent, EventKind, FdKey, FileEvent, FileOpCode, GuardWriter, InodeKey, KnownKey, Pending,
-    Stat, FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
-    FILE_WOULD_KILL, KNOWN_OPEN, PATH_CAP, PENDING_DEVICE, PENDING_FILE, POLICY_DRY_RUN,
-    POLICY_ENFORCE, PREFIXES_MAX, PREFIX_CAP, SUFFIXES_MAX, SUFFIX_CAP,
+    DeviceEvent, EventKind, FdKey, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, PATH_CAP,
+    PENDING_DEVICE, PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
 };
 
 use crate::{
@@ -24,9 +25,8 @@ use crate::{
     known, known_key,
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ProtKey, ACCEL_FDS, EVENTS, GUARDS, GUARD_WRITERS,
-    OPEN_ARGS, PENDING, PROTECTED_DIRS, PROTECTED_PREFIXES, PROTECTED_SEEN, PROTECTED_SUFFIXES,
-    SCRATCH, WATCHED,
+    submit_flags, syscall_arg, syscall_ret, ProtKey, ACCEL_FDS, EVENTS, GUARDS, OPEN_ARGS, PENDING,
+    PROTECTED_DIRS, PROTECTED_SEEN, PROTECTED_SUFFIXES,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -46,125 +46,6 @@ fn stash_open(dfd: i32, name: u64) {
             (*slot).name = name;
         }
     }
-}
-
-/// Enforcing guards: a write-open of a protected path by a process its guard does not let
-/// write is killed here, at the entry of the open (the signal is pending before the open
-/// runs). Only write-class opens of absolute paths pay for the string copy and compare.
-// Its own BPF function (not inlined): LLVM counts its locals apart from the caller's.
-#[inline(never)]
-fn guard_write_open(name: u64, open_flags: u32) {
-    let guard_flags = GUARDS.get(1).copied().unwrap_or(0);
-    if guard_flags & POLICY_ENFORCE == 0 || open_flags & (0o3 | O_CREAT | O_TRUNC) == 0 {
-        return;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == config_self_tgid() || tgid == 1 {
-        return;
-    }
-    // The per-CPU scratch buffer, not the stack (512 bytes in all).
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    let path = unsafe { &mut *(scratch as *mut [u8; PREFIX_CAP]) };
-    // Zero first: the compare reads whole words past the end of a short path. Word writes,
-    // not `*path = [0; N]`, which LLVM builds on the stack first.
-    for w in 0..PREFIX_CAP / 8 {
-        unsafe { core::ptr::write_unaligned(path.as_mut_ptr().add(w * 8) as *mut u64, 0) };
-    }
-    let n = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_user_str(
-            path.as_mut_ptr() as *mut _,
-            PREFIX_CAP as u32,
-            name as *const _,
-        )
-    };
-    if n <= 1 || path[0] != b'/' {
-        return;
-    }
-    let Some(guard) = protected_prefix(path) else {
-        return;
-    };
-    let profile = unsafe { WATCHED.get(tgid) }.map_or(0, |w| w.profile);
-    if unsafe { GUARD_WRITERS.get(GuardWriter { guard, profile }).is_some() } {
-        return;
-    }
-    let flag = if guard_flags & POLICY_DRY_RUN != 0 {
-        FILE_WOULD_KILL
-    } else {
-        unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
-        FILE_KILLED
-    };
-    emit_guarded(pid_tgid, open_flags, flag, name);
-}
-
-/// The record of a write-open an enforcing guard stopped: the absolute name as given (no
-/// walk: the path is absolute, and the verifier budget of an entry program is small).
-#[inline(always)]
-fn emit_guarded(pid_tgid: u64, open_flags: u32, flag: u32, name: u64) {
-    let kind = EventKind::File as u32;
-    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    let tgid = (pid_tgid >> 32) as u32;
-    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
-    unsafe {
-        (*event).header = header(
-            EventKind::File,
-            tgid,
-            pid_tgid as u32,
-            task.process_start_time().unwrap_or(0),
-            is_watched(tgid),
-        );
-        (*event).op = FileOpCode::Open as u32;
-        (*event).flags = FILE_PROTECTED | flag;
-        (*event).open_flags = open_flags;
-        (*event).result = -1;
-        (*event).path_len = 0;
-        (*event).raw_len = 0;
-        (*event)._pad = 0;
-        (*event).known = KnownKey::default();
-    }
-    if let Ok((len, truncated)) = write_user_str(unsafe { &mut (*event).raw }, name) {
-        unsafe {
-            (*event).raw_len = len;
-            if truncated {
-                (*event).flags |= FILE_RAW_TRUNCATED;
-            }
-        }
-    }
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
-}
-
-/// The guard whose protected directory `path` is in.
-#[inline(always)]
-fn protected_prefix(path: &[u8; PREFIX_CAP]) -> Option<u32> {
-    for i in 0..PREFIXES_MAX {
-        let prefix = PROTECTED_PREFIXES.get(i)?;
-        if prefix.len == 0 {
-            return None;
-        }
-        let mut diff = 0u64;
-        for w in 0..PREFIX_CAP / 8 {
-            let at = w * 8;
-            // Raw word reads, not indexing: a bounds check becomes a panic call the verifier
-            // refuses (`at + 8 <= PREFIX_CAP` always holds). Aligned: both buffers start at
-            // an offset of 8 in a map value; an unaligned read is lowered byte by byte
-            // through the stack, past its 512 bytes.
-            let word = |bytes: &[u8; PREFIX_CAP]| unsafe {
-                core::ptr::read(bytes.as_ptr().add(at) as *const u64)
-            };
-            diff |= (word(path) ^ word(&prefix.bytes)) & word(&prefix.mask);
-        }
-        if diff == 0 {
-            return Some(prefix.guard);
-        }
-    }
-    None
 }
 
 /// Records a file syscall of a watched process for its exit.
@@ -197,7 +78,6 @@ fn record(op: FileOpCode, dfd: i32, name: u64, dfd2: i32, name2: u64, open_flags
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     let flags = syscall_arg(&ctx, 1) as u32;
     stash_open(AT_FDCWD, syscall_arg(&ctx, 0));
-    guard_write_open(syscall_arg(&ctx, 0), flags);
     record(
         FileOpCode::Open,
         AT_FDCWD,
@@ -215,7 +95,6 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     let flags = syscall_arg(&ctx, 2) as u32;
     stash_open(syscall_arg(&ctx, 0) as i32, syscall_arg(&ctx, 1));
-    guard_write_open(syscall_arg(&ctx, 1), flags);
     record(
         FileOpCode::Open,
         syscall_arg(&ctx, 0) as i32,
@@ -235,7 +114,6 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     let how = syscall_arg(&ctx, 2) as *const u64;
     let flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0) as u32;
     stash_open(syscall_arg(&ctx, 0) as i32, syscall_arg(&ctx, 1));
-    guard_write_open(syscall_arg(&ctx, 1), flags);
     record(
         FileOpCode::Open,
         syscall_arg(&ctx, 0) as i32,
@@ -253,7 +131,6 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     let flags = O_CREAT | O_WRONLY | O_TRUNC;
     stash_open(AT_FDCWD, syscall_arg(&ctx, 0));
-    guard_write_open(syscall_arg(&ctx, 0), flags);
     record(
         FileOpCode::Open,
         AT_FDCWD,

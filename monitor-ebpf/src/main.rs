@@ -24,10 +24,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, DeviceOpen, ExecKey, FdKey, GuardWriter, InodeKey, IoUringKey, IoctlKey,
-    KernelOffsets, KnownKey,
-    NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
-    PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey, IoctlKey, KernelOffsets,
+    KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
+    STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.
@@ -117,12 +116,6 @@ static GPU_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "GUARDS")]
 static GUARDS: Array<u32> = Array::with_max_entries(4, 0);
-
-#[map(name = "PROTECTED_PREFIXES")]
-static PROTECTED_PREFIXES: Array<Prefix> = Array::with_max_entries(PREFIXES_MAX, 0);
-
-#[map(name = "GUARD_WRITERS")]
-static GUARD_WRITERS: HashMap<GuardWriter, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Files already checked against the protected directories (see `file::is_protected`).
 #[map(name = "PROTECTED_SEEN")]

@@ -308,8 +308,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
                 ));
             }
+            // Guards are fanotify's (crate::guard): the kernel's open hooks do not judge
+            // protected paths in `run`, so unwatched processes' opens cost one map lookup.
             let mut sensor = args.common.sensor_options(false);
-            sensor.protect_always = true;
             sensor.dry_run = args.dry_run;
             crate::daemon::run(Plan {
                 mode: Mode::Run,

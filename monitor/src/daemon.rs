@@ -14,6 +14,7 @@ use crate::{
     cgroup::CgroupResolver,
     clock::BootClock,
     config::Config,
+    guard::GuardService,
     ioctls::IoctlTracker,
     metrics::Metrics,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
@@ -87,13 +88,16 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::guard::EVENT_QUEUE);
     let reader = tokio::spawn(pipeline::read_ring(
         maps.events,
         queue_tx,
         pipeline_options.drain_interval,
         counters.clone(),
         stop_rx,
+        Some(guard_rx),
     ));
+    let mut guards = GuardService::new(guard_tx, counters.guard.clone(), sensor_options.dry_run);
 
     let mut policy = KernelPolicy {
         maps: maps.policy,
@@ -112,7 +116,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         );
         let fingerprint = config_source.fingerprint(&config);
         source = Some((config_source, fingerprint));
-        engine = Some(Engine::new(Arc::new(config)));
+        let config = Arc::new(config);
+        guards
+            .apply(config.clone(), &maps.watched)
+            .context("failed to guard the protected paths")?;
+        engine = Some(Engine::new(config));
     }
 
     // inotify on the configuration's files; the poll below is the fallback.
@@ -214,13 +222,14 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
             _ = tokio::time::sleep_until(pending_reload.map_or(started, |(first, last)| (last + RELOAD_QUIET).min(first + RELOAD_MAX_DELAY))), if pending_reload.is_some() => {
                 pending_reload = None;
                 if let Some((config_source, fingerprint)) = &mut source {
-                    reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut());
+                    reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut(), &mut guards);
                 }
             }
             _ = reload_poll.tick(), if source.is_some() => {
                 if let Some((config_source, fingerprint)) = &mut source {
-                    reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut());
+                    reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut(), &mut guards);
                 }
+                guards.verify();
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                 info!("observation time is over");
@@ -247,7 +256,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                     match &mut source {
                         Some((config_source, fingerprint)) => {
                             info!("received SIGHUP: reloading the configuration");
-                            reload(config_source, fingerprint, &mut policy, &mut processor, &clock);
+                            reload(config_source, fingerprint, &mut policy, &mut processor, &clock, &mut guards);
                             if let (Some(watcher), Some(engine)) = (watcher.as_mut(), processor.engine.as_ref()) {
                                 watcher.arm(&config_source.inputs(engine.config()));
                             }
@@ -263,6 +272,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     }
 
     // Detach first so nothing new arrives, then let the reader drain what is left.
+    let (answered, mean_ns) = guards.answered();
+    guards.stop();
+    if answered > 0 {
+        info!(answered, mean_ns, "fanotify permission events answered");
+    }
     let stopping = std::time::Instant::now();
     let links = sensor.detach();
     info!(
@@ -306,6 +320,7 @@ fn reload_if_changed<W: Write>(
     processor: &mut Processor<W>,
     clock: &BootClock,
     watcher: Option<&mut crate::reload::Watcher>,
+    guards: &mut GuardService,
 ) {
     let Some(config) = processor.engine.as_ref().map(|e| e.config().clone()) else {
         return;
@@ -314,7 +329,7 @@ fn reload_if_changed<W: Write>(
         return;
     }
     info!("configuration files changed: reloading");
-    reload(source, fingerprint, policy, processor, clock);
+    reload(source, fingerprint, policy, processor, clock, guards);
     if let (Some(watcher), Some(engine)) = (watcher, processor.engine.as_ref()) {
         watcher.arm(&source.inputs(engine.config()));
     }
@@ -328,6 +343,7 @@ fn reload<W: Write>(
     policy: &mut KernelPolicy,
     processor: &mut Processor<W>,
     clock: &BootClock,
+    guards: &mut GuardService,
 ) {
     let config = match source.load() {
         Ok(config) => config,
@@ -353,7 +369,23 @@ fn reload<W: Write>(
         return;
     }
     let profiles = config.profiles.len();
-    processor.reload(Arc::new(config));
+    let config = Arc::new(config);
+    if let Err(err) = guards.apply(config.clone(), &processor.watched) {
+        // The guards keep their marks; put the kernel back on the configuration in force too.
+        let old = processor.engine.as_ref().map(|e| e.config().clone());
+        if let Some(old) = old {
+            if let Err(restore) = policy.apply(&old) {
+                error!("failed to put the kernel's policy back after a failed reload: {restore:#}; restart the monitor");
+            }
+        }
+        let err = format!(
+            "failed to update the fanotify guards: {err:#}; the previous configuration stays in force"
+        );
+        error!("{err}");
+        reload_failed(source, vec![err], processor, clock);
+        return;
+    }
+    processor.reload(config);
     info!(profiles, "configuration reloaded");
 }
 

@@ -134,8 +134,10 @@ pub enum FileOp {
     Unlink,
     /// truncate, ftruncate
     Truncate,
-    /// chmod, fchmod, fchmodat
+    /// chmod, fchmod, fchmodat (and, from the guards, any attribute change)
     Chmod,
+    /// A write to the file's data through any fd (reported by the guards, `FAN_MODIFY`)
+    Modify,
 }
 
 impl FileOp {
@@ -146,6 +148,7 @@ impl FileOp {
             FileOp::Unlink => "unlink",
             FileOp::Truncate => "truncate",
             FileOp::Chmod => "chmod",
+            FileOp::Modify => "modify",
         }
     }
 
@@ -203,6 +206,8 @@ pub struct File {
     pub known: Option<KnownKey>,
     /// Exact bytes of `path` or `target` when they are not valid UTF-8.
     pub raw: RawNames,
+    /// Raised by the fanotify guards: their verdict on the inode and the open.
+    pub guard: Option<crate::guard::GuardHit>,
 }
 
 /// Names that are not valid UTF-8. Their text form (`path`, `args`) replaces each invalid
@@ -698,6 +703,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 would_kill: raw.flags & FILE_WOULD_KILL != 0,
                 known: (raw.known.tgid != 0).then_some(raw.known),
                 raw: names,
+                guard: None,
             }))
         }
         EventKind::Net => {
@@ -1160,6 +1166,7 @@ mod tests {
             would_kill: false,
             known: None,
             raw: Default::default(),
+            guard: None,
         };
         let target = File {
             path: String::new(),

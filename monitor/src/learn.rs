@@ -511,7 +511,9 @@ impl Learning {
                 file.access.read || !file.access.modifies(),
                 file.access.modifies(),
             ),
-            FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod => (false, true),
+            FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod | FileOp::Modify => {
+                (false, true)
+            }
         };
         let paths = std::iter::once(file.path.as_str()).chain(file.target.as_deref());
         let mut patterns = Vec::new();

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod devices;
 pub mod events;
 pub mod glob;
+pub mod guard;
 pub mod ioctls;
 pub mod learn;
 pub mod logging;

@@ -33,7 +33,7 @@ use crate::{
     alert::Alert,
     cgroup::CgroupResolver,
     clock::BootClock,
-    events::{decode, Event, GpuIoctls, Header, RenameJoiner},
+    events::{decode, Event, File, GpuIoctls, Header, RenameJoiner},
     glob::Glob,
     ioctls::IoctlTracker,
     output::{self, LossStage},
@@ -52,6 +52,8 @@ pub struct Counters {
     pub undecodable: AtomicU64,
     /// Events received by the processor.
     pub received: [AtomicU64; KIND_SLOTS as usize],
+    /// The fanotify guards' losses (reported as file events lost).
+    pub guard: Arc<crate::guard::GuardCounters>,
 }
 
 fn kind_slot(kind: EventKind) -> usize {
@@ -59,13 +61,17 @@ fn kind_slot(kind: EventKind) -> usize {
 }
 
 /// Drains the ring buffer on a timer, or earlier when the kernel wakes it (byte threshold),
-/// and hands batches to the processor without ever blocking.
+/// and hands batches to the processor without ever blocking. Events of the fanotify guards
+/// (`guard_events`) join each batch after the ring's: those that arrived before a drain
+/// started come after every ring record written before them (an exec is in the kernel's
+/// ring before the open that process makes next is seen by fanotify).
 pub async fn read_ring(
     ring: RingBuf<MapData>,
     queue: mpsc::Sender<Vec<Event>>,
     drain_interval: Duration,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
+    guard_events: Option<std::sync::mpsc::Receiver<Event>>,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, keeps it open while the AsyncFd owns the RingBuf,
     // and as_raw_fd always returns that fd.
@@ -84,6 +90,10 @@ pub async fn read_ring(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
+        let guarded: Vec<Event> = guard_events
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default();
         let mut batch = Vec::new();
         let buffer = ring.get_mut();
         while let Some(record) = buffer.next() {
@@ -95,6 +105,7 @@ pub async fn read_ring(
                 }
             }
         }
+        batch.extend(guarded);
         if !batch.is_empty() {
             if let Err(
                 mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
@@ -378,6 +389,24 @@ impl<W: Write> Processor<W> {
                     .attributes
                     .insert("monitor.enforcement.mechanism".into(), mechanism.into());
             }
+            // The actor of a guard event is the process fanotify named, as it was then.
+            if let Event::File(File {
+                guard: Some(hit), ..
+            }) = event
+            {
+                if let Some(exe) = &hit.exe {
+                    alert
+                        .attributes
+                        .entry("process.executable.path")
+                        .or_insert_with(|| exe.clone().into());
+                }
+                if alert.profile.is_none() && hit.judged {
+                    alert.profile = hit
+                        .profile
+                        .and_then(|id| engine.config().profile(id))
+                        .map(|p| p.name.clone());
+                }
+            }
         }
         // Only what broke no rule: a repeat folded by deduplication is still a violation.
         if findings == 0 {
@@ -457,6 +486,15 @@ impl<W: Write> Processor<W> {
         self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
         let tgid = event.header().tgid;
         let mut event = event;
+        // A guard event of a process that was gone before /proc could be read: the table
+        // still knows it (exited processes are kept a while).
+        if let Event::File(file) = &mut event {
+            if file.guard.is_some() && file.header.start_time_ns == 0 {
+                if let Some(process) = self.table.get_by_tgid(tgid) {
+                    file.header.start_time_ns = process.start_time_ns;
+                }
+            }
+        }
         // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
         let host_wide = match &mut event {
             Event::Device(device) => {
@@ -607,7 +645,12 @@ impl<W: Write> Processor<W> {
                 .get(&stats_slot(Stat::LostRingFull, kind as u32), 0)
                 .map(|values| values.iter().sum::<u64>())
                 .unwrap_or(0);
-            let user = self.counters.user_lost[slot].load(Ordering::Relaxed);
+            let mut user = self.counters.user_lost[slot].load(Ordering::Relaxed);
+            let mut kernel = kernel;
+            if kind == EventKind::File {
+                kernel += self.counters.guard.overflow.load(Ordering::Relaxed);
+                user += self.counters.guard.queue_full.load(Ordering::Relaxed);
+            }
             for (stage, total, reported) in [
                 (LossStage::Kernel, kernel, &mut self.reported.kernel[slot]),
                 (LossStage::User, user, &mut self.reported.user[slot]),
@@ -759,6 +802,12 @@ fn enforcement_action(
     match event {
         Event::Exec(exec) if exec.killed => Action::Killed,
         Event::Exec(exec) if exec.would_kill => Action::WouldKill,
+        Event::File(File {
+            guard: Some(hit), ..
+        }) if hit.denied => Action::Denied,
+        Event::File(File {
+            guard: Some(hit), ..
+        }) if hit.would_deny => Action::WouldDeny,
         Event::File(file) if file.killed => Action::Killed,
         Event::File(file) if file.would_kill => Action::WouldKill,
         Event::MemoryAccess(access) if access.killed => Action::Killed,
@@ -790,6 +839,7 @@ fn enforcement_mechanism(event: &Event, action: crate::alert::Action) -> Option<
     }
     Some(match event {
         Event::Exec(_) => "sigkill-before-exec",
+        Event::File(File { guard: Some(_), .. }) => crate::guard::MECHANISM,
         Event::File(_) => "sigkill-at-open-entry",
         Event::Net(_) => "cgroup-sock-addr",
         Event::Device(_) => "cgroup-device",

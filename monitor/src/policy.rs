@@ -1,7 +1,7 @@
-//! What the kernel needs to know of a configuration: protected directories and file name
-//! suffixes (host-wide guards, by inode), and the executables that may start a governed
-//! process (watched from their exec on). Kept in sync on reload: new entries go in before
-//! stale ones go out, so there is no moment when nothing is guarded.
+//! What the kernel needs to know of a configuration: the executables that may start a
+//! governed process (watched from their exec on) and each profile's enforcement. Protected
+//! paths are not here: the fanotify guards ([`crate::guard`]) hold them. Kept in sync on
+//! reload: new entries go in before stale ones go out.
 
 use std::{collections::HashSet, path::PathBuf};
 
@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
 use monitor_common::{
-    ExecKey, GuardWriter, InodeKey, NetKey, PortRanges, Prefix, ProfilePolicy, Suffix,
-    POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX, PREFIXES_MAX, PREFIX_CAP, SUFFIXES_MAX,
+    ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix, POLICY_DRY_RUN, POLICY_ENFORCE,
+    PORT_RANGES_MAX,
 };
 use tracing::{debug, warn};
 
@@ -21,88 +21,8 @@ use crate::{
     config::Config,
     glob::{expand_executables, Glob},
     profile::Mode,
-    sensor::{inode_key, suffixes},
+    sensor::inode_key,
 };
-
-/// Directories and suffixes the kernel can check for the guards' path globs. The kernel may
-/// report more than a glob covers (`/data/**/*.gguf` is checked as the directory `/data`);
-/// the rules engine then decides with the whole glob.
-pub fn protection(config: &Config) -> (Vec<PathBuf>, Vec<String>) {
-    let mut dirs = Vec::new();
-    let mut suffixes = Vec::new();
-    for guard in &config.guards.protected_paths {
-        for glob in &guard.paths {
-            let pattern = glob.as_str();
-            // `**/*.ext`: a suffix anywhere.
-            if let Some(ext) = pattern.strip_prefix("**/*") {
-                if !ext.is_empty() && !ext.contains(['*', '?', '[', '/']) {
-                    suffixes.push(ext.to_owned());
-                    continue;
-                }
-            }
-            // `**/some/dir/**`: that directory under the usual homes and data roots.
-            if let Some(rest) = pattern.strip_prefix("**/") {
-                let rest = rest.trim_end_matches("/**");
-                if !rest.contains(['*', '?', '[']) {
-                    for root in [
-                        "/root",
-                        "/home/*",
-                        "/var/lib/*",
-                        "/usr/share/*",
-                        "/opt/*",
-                        "/srv/*",
-                        "/data",
-                    ] {
-                        dirs.extend(existing_dirs(&format!("{root}/{rest}")));
-                    }
-                    continue;
-                }
-                warn!("guard path `{pattern}` cannot be checked in the kernel: only processes that are watched are checked against it");
-                continue;
-            }
-            // Otherwise: the deepest directory without wildcards.
-            let wild = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
-            let literal = &pattern[..wild];
-            let dir = match literal.rfind('/') {
-                Some(0) => "/",
-                Some(i) => &literal[..i],
-                None => continue,
-            };
-            if dir == "/" {
-                warn!("guard path `{pattern}` would make every file protected in the kernel; it is checked for watched processes only");
-                continue;
-            }
-            dirs.push(PathBuf::from(dir));
-        }
-    }
-    dirs.sort();
-    dirs.dedup();
-    suffixes.sort();
-    suffixes.dedup();
-    (dirs, suffixes)
-}
-
-/// Directories matching a pattern with `*` in whole components.
-fn existing_dirs(pattern: &str) -> Vec<PathBuf> {
-    if !pattern.contains('*') {
-        let path = PathBuf::from(pattern);
-        return if path.is_dir() {
-            vec![path]
-        } else {
-            Vec::new()
-        };
-    }
-    let (head, tail) = pattern.split_once('*').unwrap_or((pattern, ""));
-    let parent = head.trim_end_matches('/');
-    let Ok(entries) = std::fs::read_dir(if parent.is_empty() { "/" } else { parent }) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .flat_map(|e| existing_dirs(&format!("{}{tail}", e.path().display())))
-        .collect()
-}
 
 /// Directory entries a selector glob's walk may visit, per glob.
 const EXPAND_BUDGET: usize = 50_000;
@@ -227,8 +147,6 @@ pub struct PolicyMaps {
     pub exec_allowed: HashMap<MapData, ExecKey, u32>,
     pub gpu_allowed: HashMap<MapData, u32, u32>,
     pub guards: Array<MapData, u32>,
-    pub protected_prefixes: Array<MapData, Prefix>,
-    pub guard_writers: HashMap<MapData, GuardWriter, u32>,
     /// Entries `exec_candidates` was created with (sized from the configuration at start-up).
     pub exec_candidates_capacity: u32,
 }
@@ -322,17 +240,7 @@ impl KernelPolicy {
     }
 
     fn apply_all(&mut self, config: &Config) -> anyhow::Result<()> {
-        let (dirs, suffix_list) = protection(config);
-        let keys: HashSet<InodeKey> = dirs.iter().filter_map(|d| inode_key(d).ok()).collect();
-        sync(&mut self.maps.protected_dirs, &keys)?;
-        let entries = suffixes(&suffix_list[..suffix_list.len().min(SUFFIXES_MAX as usize)])?;
-        for i in 0..SUFFIXES_MAX {
-            let value = entries.get(i as usize).copied().unwrap_or(Suffix {
-                len: 0,
-                bytes: [0; monitor_common::SUFFIX_CAP],
-            });
-            self.maps.protected_suffixes.set(i, value, 0)?;
-        }
+        // Protected paths are not here: the fanotify guards ([`crate::guard`]) hold them.
         let found = exec_candidates(&config.profiles);
         let capacity = self.maps.exec_candidates_capacity;
         for line in found.describe(capacity) {
@@ -352,12 +260,7 @@ impl KernelPolicy {
         // A new configuration: every judgment the kernel cached is forgotten.
         let epoch = self.maps.guards.get(&2, 0).unwrap_or(0);
         self.maps.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
-        debug!(
-            dirs = keys.len(),
-            suffixes = entries.len(),
-            candidates = candidates.len(),
-            "kernel policy applied"
-        );
+        debug!(candidates = candidates.len(), "kernel policy applied");
         Ok(())
     }
 }
@@ -485,84 +388,6 @@ impl KernelPolicy {
             let _ = self.maps.gpu_allowed.remove(&id);
         }
         self.maps.guards.set(0, guard, 0)?;
-        self.apply_write_guards(config)
-    }
-
-    /// Enforcing path guards: their directories (as the paths processes name) and who may
-    /// write there. Writers go in before the prefixes, so no allowed writer is ever killed.
-    fn apply_write_guards(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut prefixes = Vec::new();
-        let mut writers = HashSet::new();
-        for (index, guard) in config.guards.protected_paths.iter().enumerate() {
-            if !guard.enforce {
-                continue;
-            }
-            for name in &guard.write {
-                if let Some(profile) = config.profile_by_name(name) {
-                    writers.insert(GuardWriter {
-                        guard: index as u32,
-                        profile: profile.id,
-                    });
-                }
-            }
-            for glob in &guard.paths {
-                let pattern = glob.as_str();
-                let wild = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
-                let Some(end) = pattern[..wild].rfind('/') else {
-                    continue;
-                };
-                let dir = &pattern[..=end];
-                if dir == "/" || dir.len() > PREFIX_CAP {
-                    warn!("guard path `{pattern}` cannot be enforced at open: give a directory of at most {PREFIX_CAP} bytes");
-                    continue;
-                }
-                let mut prefix = Prefix {
-                    len: dir.len() as u32,
-                    guard: index as u32,
-                    bytes: [0; PREFIX_CAP],
-                    mask: [0; PREFIX_CAP],
-                };
-                prefix.bytes[..dir.len()].copy_from_slice(dir.as_bytes());
-                prefix.mask[..dir.len()].fill(0xff);
-                prefixes.push(prefix);
-            }
-        }
-        if prefixes.len() > PREFIXES_MAX as usize {
-            warn!(
-                "more than {PREFIXES_MAX} enforcing guard directories: only the first are enforced"
-            );
-            prefixes.truncate(PREFIXES_MAX as usize);
-        }
-        for writer in &writers {
-            self.maps.guard_writers.insert(writer, 1, 0)?;
-        }
-        for i in 0..PREFIXES_MAX {
-            let value = prefixes.get(i as usize).copied().unwrap_or(Prefix {
-                len: 0,
-                guard: 0,
-                bytes: [0; PREFIX_CAP],
-                mask: [0; PREFIX_CAP],
-            });
-            self.maps.protected_prefixes.set(i, value, 0)?;
-        }
-        let stale: Vec<GuardWriter> = self
-            .maps
-            .guard_writers
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|w| !writers.contains(w))
-            .collect();
-        for writer in stale {
-            let _ = self.maps.guard_writers.remove(&writer);
-        }
-        let mut flags = 0;
-        if !prefixes.is_empty() {
-            flags |= POLICY_ENFORCE;
-            if self.dry_run {
-                flags |= POLICY_DRY_RUN;
-            }
-        }
-        self.maps.guards.set(1, flags, 0)?;
         Ok(())
     }
 }
@@ -594,8 +419,6 @@ struct Snapshot {
     exec_allowed: Vec<(ExecKey, u32)>,
     gpu_allowed: Vec<(u32, u32)>,
     guards: Vec<u32>,
-    protected_prefixes: Vec<Prefix>,
-    guard_writers: Vec<(GuardWriter, u32)>,
 }
 
 impl Snapshot {
@@ -610,8 +433,6 @@ impl Snapshot {
             exec_allowed: save_hash(&maps.exec_allowed)?,
             gpu_allowed: save_hash(&maps.gpu_allowed)?,
             guards: save_array(&maps.guards)?,
-            protected_prefixes: save_array(&maps.protected_prefixes)?,
-            guard_writers: save_hash(&maps.guard_writers)?,
         })
     }
 
@@ -625,8 +446,6 @@ impl Snapshot {
         restore_trie(&mut maps.net_listen, &self.net_listen)?;
         restore_hash(&mut maps.exec_allowed, &self.exec_allowed)?;
         restore_hash(&mut maps.gpu_allowed, &self.gpu_allowed)?;
-        restore_hash(&mut maps.guard_writers, &self.guard_writers)?;
-        restore_array(&mut maps.protected_prefixes, &self.protected_prefixes)?;
         restore_hash(&mut maps.policy, &self.policy)?;
         restore_array(&mut maps.guards, &self.guards)?;
         Ok(())
@@ -721,19 +540,6 @@ fn sync(
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn builtin_guards_become_dirs_and_suffixes() {
-        let config = Config::builtin();
-        let (dirs, suffixes) = protection(&config);
-        assert!(dirs.contains(&PathBuf::from("/models")), "{dirs:?}");
-        assert!(dirs.contains(&PathBuf::from("/var/lib/models")), "{dirs:?}");
-        assert!(
-            suffixes.contains(&".safetensors".to_owned()),
-            "{suffixes:?}"
-        );
-        assert!(suffixes.contains(&".gguf".to_owned()), "{suffixes:?}");
-    }
 
     #[test]
     fn nested_rules_carry_the_ports_of_the_rules_around_them() {

@@ -532,11 +532,6 @@ impl Sensor {
                 exec_allowed: HashMap::try_from(take_map(&mut ebpf, maps::EXEC_ALLOWED)?)?,
                 gpu_allowed: HashMap::try_from(take_map(&mut ebpf, maps::GPU_ALLOWED)?)?,
                 guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
-                protected_prefixes: Array::try_from(take_map(
-                    &mut ebpf,
-                    maps::PROTECTED_PREFIXES,
-                )?)?,
-                guard_writers: HashMap::try_from(take_map(&mut ebpf, maps::GUARD_WRITERS)?)?,
                 exec_candidates_capacity: exec_capacity,
             },
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,

@@ -211,6 +211,11 @@ impl Monitor {
         monitor
     }
 
+    /// The monitor's pid (to signal it), 0 once stopped.
+    pub fn child_pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

@@ -1,7 +1,7 @@
 //! End-to-end tests of enforcement on the real kernel, in a cgroup made for each test: an
 //! enforce-mode profile makes the kernel refuse connects (EPERM), device opens (EPERM), execs
-//! (SIGKILL before the program runs) and writes to an enforcing guard's files (SIGKILL at the
-//! open); `--dry-run` only reports; ungoverned processes are untouched.
+//! (SIGKILL before the program runs) and opens for writing of an enforcing guard's files
+//! (EPERM from fanotify); `--dry-run` only reports; ungoverned processes are untouched.
 
 use std::{net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
 
@@ -30,12 +30,13 @@ elif step == "exec":
     r = subprocess.run(["/bin/sh", "-c", "touch " + os.path.join(root, "MARKER")])
     out["exec_returncode"] = r.returncode
 elif step == "write":
-    # In-place poisoning: open for writing (no O_TRUNC) and overwrite. An O_TRUNC open would
-    # truncate inside the open itself, which only BPF-LSM could refuse: the kill at entry
-    # stops every write after it (see the README).
-    with open(os.path.join(root, "models", "model.bin"), "r+") as f:
-        f.write("poisoned")
-    out["write"] = "ok"
+    # In-place poisoning: open for writing (no O_TRUNC) and overwrite; then a truncating
+    # open. The guard refuses both opens (fanotify, EPERM) before a byte changes.
+    def poison():
+        with open(os.path.join(root, "models", "model.bin"), "r+") as f:
+            f.write("poisoned")
+    attempt("write", poison)
+    attempt("truncate", lambda: open(os.path.join(root, "models", "model.bin"), "w").close())
 print(json.dumps(out), flush=True)
 "#;
 
@@ -205,16 +206,18 @@ fn enforce_mode_refuses_in_the_kernel() {
     );
 
     let (report, code) = site.run(&monitor, "write", true);
-    assert_eq!(code, None, "the writer was killed by a signal: {report}");
+    assert_eq!(code, Some(0));
+    assert_eq!(report["write"], "EPERM", "{report}");
+    assert_eq!(report["truncate"], "EPERM", "{report}");
     assert_eq!(
-        std::fs::read_to_string(site.root.join("models/model.bin")).unwrap(),
-        "weights"
+        std::fs::metadata(site.root.join("models/model.bin"))
+            .unwrap()
+            .len(),
+        "weights".len() as u64,
+        "the file kept its bytes"
     );
-    let write = alert(&monitor, "protected-file-write", "killed");
-    assert_eq!(
-        write["monitor.enforcement.mechanism"],
-        "sigkill-at-open-entry"
-    );
+    let write = alert(&monitor, "protected-file-write", "denied");
+    assert_eq!(write["monitor.enforcement.mechanism"], "fanotify");
     assert_eq!(
         write["file.path"],
         site.root
@@ -246,7 +249,7 @@ fn dry_run_only_reports() {
     alert(&monitor, "exec-not-allowed", "would-kill");
     let (report, code) = site.run(&monitor, "write", true);
     assert_eq!((report["write"].as_str(), code), (Some("ok"), Some(0)));
-    alert(&monitor, "protected-file-write", "would-kill");
+    alert(&monitor, "protected-file-write", "would-deny");
     std::thread::sleep(Duration::from_millis(300));
     let lines = monitor.stop();
     assert!(

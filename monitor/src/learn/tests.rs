@@ -590,6 +590,7 @@ impl World {
             would_kill: false,
             known: None,
             raw: Default::default(),
+            guard: None,
         }));
     }
 

@@ -1,6 +1,8 @@
 //! The decisions themselves: one event, the process's profile and the host guards in,
 //! findings out. No state here; the engine keeps it.
 
+#[cfg(doc)]
+use crate::guard::GuardHit;
 use crate::{
     cidr::is_loopback,
     config::Config,
@@ -49,8 +51,12 @@ pub(crate) struct FileOutcome {
 }
 
 /// Opens for read are checked against `allow.files.read`, opens that may change the file
-/// and every other operation against `allow.files.write`; a path under a protected guard is
-/// decided by the guards alone. One finding per rule: the first path that breaks it.
+/// and every other operation against `allow.files.write`. Guarded files are the guard
+/// subsystem's: an event it raised carries its verdict on the inode ([`GuardHit`]), which
+/// is trusted as it is (no glob is matched again, so a path cut short in the kernel or one
+/// reached through a link is judged all the same); a ring-buffer event of a path a guard
+/// covers is left to that subsystem's own event of the same access, so one open makes one
+/// alert. One finding per rule: the first path that breaks it.
 /// Failed opens of missing paths (`ENOENT`, `ENOTDIR`) are probes, not accesses.
 pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> FileOutcome {
     let mut outcome = FileOutcome::default();
@@ -62,41 +68,54 @@ pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> 
             event.access.read || !event.access.modifies(),
             event.access.modifies(),
         ),
-        FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod => (false, true),
+        FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod | FileOp::Modify => {
+            (false, true)
+        }
     };
+    if let Some(hit) = &event.guard {
+        // The answering thread judged a permission event by the profile the kernel held
+        // for the process at that moment; the same profile decides the alert.
+        let judged = hit
+            .judged
+            .then(|| hit.profile.and_then(|id| config.profile(id)));
+        let profile = judged.unwrap_or(profile);
+        let name = profile.map(|p| p.name.as_str());
+        let may = |names: &[String]| name.is_some_and(|n| names.iter().any(|m| m == n));
+        let guards: Vec<_> = hit
+            .guards
+            .iter()
+            .filter_map(|&i| config.guards.protected_paths.get(i as usize))
+            .collect();
+        if reads && event.result >= 0 {
+            outcome.protected_read = Some(event.path.clone());
+        }
+        let rule = if writes && guards.iter().any(|g| !may(&g.write)) {
+            Some(PROTECTED_FILE_WRITE)
+        } else if reads && guards.iter().any(|g| !may(&g.read)) {
+            Some(PROTECTED_FILE_READ)
+        } else {
+            None
+        };
+        outcome
+            .findings
+            .extend(rule.map(|rule| finding(rule, event.path.as_str())));
+        return outcome;
+    }
     let paths = std::iter::once(event.path.as_str()).chain(event.target.as_deref());
     for path in paths {
-        let guards: Vec<_> = config
-            .guards
-            .protected_paths
-            .iter()
-            .filter(|g| g.covers(path))
-            .collect();
-        let found = if guards.is_empty() {
-            profile.and_then(|profile| {
-                if writes && !profile.allow.write(path) {
-                    Some(FILE_WRITE_NOT_ALLOWED)
-                } else if reads && !profile.allow.read(path) {
-                    Some(FILE_READ_NOT_ALLOWED)
-                } else {
-                    None
-                }
-            })
-        } else {
-            // Every guard covering the path must let the profile do it.
-            let name = profile.map(|p| p.name.as_str());
-            let may = |names: &[String]| name.is_some_and(|n| names.iter().any(|m| m == n));
-            if reads && event.result >= 0 {
-                outcome.protected_read = Some(path.to_owned());
-            }
-            if writes && guards.iter().any(|g| !may(&g.write)) {
-                Some(PROTECTED_FILE_WRITE)
-            } else if reads && guards.iter().any(|g| !may(&g.read)) {
-                Some(PROTECTED_FILE_READ)
+        let guarded = config.guards.protected_paths.iter().any(|g| g.covers(path));
+        if guarded {
+            continue;
+        }
+        let found = profile.and_then(|profile| {
+            if writes && !profile.allow.write(path) {
+                Some(FILE_WRITE_NOT_ALLOWED)
+            } else if reads && !profile.allow.read(path) {
+                Some(FILE_READ_NOT_ALLOWED)
             } else {
                 None
             }
-        };
+        });
         if let Some(rule) = found {
             if !outcome.findings.iter().any(|f| f.rule == rule) {
                 outcome.findings.push(finding(rule, path));

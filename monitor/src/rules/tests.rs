@@ -180,6 +180,29 @@ impl World {
             Some((from, to)) => (from.to_owned(), Some(to.to_owned())),
             None => (path.to_owned(), None),
         };
+        // What the guard subsystem reports of a guarded file: its own event, with its
+        // verdict on the inode (a rename into the store: the name that appeared there).
+        let config = self.engine.config().clone();
+        let guarded = std::iter::once(&path)
+            .chain(target.as_ref())
+            .map(|p| (p.clone(), crate::guard::marks::covering(&config, p)))
+            .find(|(_, guards)| !guards.is_empty());
+        let (path, target, guard) = match guarded {
+            Some((path, guards)) => (
+                path,
+                None,
+                Some(crate::guard::GuardHit {
+                    guards,
+                    profile: None,
+                    judged: false,
+                    denied: false,
+                    would_deny: false,
+                    access_unknown: false,
+                    exe: None,
+                }),
+            ),
+            None => (path, target, None),
+        };
         self.handle(Event::File(File {
             header,
             op,
@@ -188,11 +211,12 @@ impl World {
             target,
             access,
             result,
-            protected: false,
+            protected: guard.is_some(),
             killed: false,
             would_kill: false,
             known: None,
             raw: Default::default(),
+            guard,
         }))
         .alerts
     }
@@ -937,4 +961,62 @@ fn sweep_forgets_processes_the_table_forgot() {
     world.table.sweep(world.now + 3600 * SECOND);
     world.engine.sweep(&world.table);
     assert!(world.engine.governed().is_empty());
+}
+
+fn guard_event(world: &mut World, tgid: u32, st: u64, path: &str, access: Access) -> File {
+    let header = world.header(EventKind::File, tgid, st);
+    File {
+        header,
+        op: FileOp::Open,
+        path: path.into(),
+        path_truncated: false,
+        target: None,
+        access,
+        result: 0,
+        protected: true,
+        killed: false,
+        would_kill: false,
+        known: None,
+        guard: Some(crate::guard::GuardHit {
+            guards: vec![0],
+            profile: None,
+            judged: false,
+            denied: false,
+            would_deny: false,
+            access_unknown: false,
+            exe: None,
+        }),
+    }
+}
+
+#[test]
+fn the_guard_verdict_is_trusted_and_one_open_makes_one_alert() {
+    let mut world = World::server();
+    // The ring-buffer record of a governed process's open of a guarded path: the guard
+    // subsystem reports the same open, so this one raises nothing (no duplicate, and no
+    // file-read-not-allowed either).
+    let mut ring = guard_event(&mut world, 101, start(2), "/models/m/x", WRITE);
+    ring.guard = None;
+    ring.protected = false;
+    assert!(world.handle(Event::File(ring)).alerts.is_empty());
+    // A path the globs no longer match (cut short, or reached through a hard link outside
+    // the store): the guard's verdict on the inode decides.
+    let event = guard_event(&mut world, 101, start(2), "/elsewhere/link", WRITE);
+    let alerts = world.handle(Event::File(event)).alerts;
+    assert_eq!(rules(&alerts), ["protected-file-write"]);
+    assert_eq!(alerts[0].to_json()["file.path"], "/elsewhere/link");
+    // The profile the answering thread judged by decides, even before the engine knows the
+    // process (its exec still in the pipeline).
+    world.fork(700, start(70), 1, start(0));
+    let mut event = guard_event(&mut world, 700, start(70), "/elsewhere/link", READ);
+    if let Some(hit) = &mut event.guard {
+        hit.profile = Some(SERVER);
+        hit.judged = true;
+    }
+    assert!(world.handle(Event::File(event)).alerts.is_empty());
+    let event = guard_event(&mut world, 700, start(70), "/elsewhere/link", READ);
+    assert_eq!(
+        rules(&world.handle(Event::File(event)).alerts),
+        ["protected-file-read"]
+    );
 }
