@@ -3,7 +3,7 @@
 //! paths are not here: the fanotify guards ([`crate::guard`]) hold them. Kept in sync on
 //! reload: new entries go in before stale ones go out.
 
-use std::{collections::HashSet, path::PathBuf};
+use std::collections::HashSet;
 
 use anyhow::Context as _;
 

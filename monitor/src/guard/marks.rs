@@ -229,17 +229,16 @@ pub struct Marker<'a> {
 impl Marker<'_> {
     /// Marks one inode in both groups, named by `name` in `dir` ("" for `dir` itself).
     fn mark(&mut self, dir: RawFd, name: &[u8], perm: u64, notify: u64) -> bool {
-        let name = String::from_utf8_lossy(name);
         let mut ok = true;
         if perm != 0 {
-            if let Err(err) = self.content.mark(dir, &name, perm, false) {
-                self.failure(&name, &err);
+            if let Err(err) = self.content.mark(dir, name, perm, false) {
+                self.failure(&String::from_utf8_lossy(name), &err);
                 ok = false;
             }
         }
         if notify != 0 {
-            if let Err(err) = self.notify.mark(dir, &name, notify, false) {
-                self.failure(&name, &err);
+            if let Err(err) = self.notify.mark(dir, name, notify, false) {
+                self.failure(&String::from_utf8_lossy(name), &err);
                 ok = false;
             }
         }

@@ -410,7 +410,7 @@ impl Shared {
                 let dir = OwnedFd::from(dir);
                 if let Ok(fsid) = sys::fsid(dir.as_raw_fd()) {
                     if !marked_fs.contains(&fsid) {
-                        match self.notify.mark(dir.as_raw_fd(), "", DISCOVER_MASK, true) {
+                        match self.notify.mark(dir.as_raw_fd(), b"", DISCOVER_MASK, true) {
                             Ok(()) => marked_fs.push(fsid),
                             Err(err) => warn!("failed to watch the file system of {root} for new guarded names: {err}"),
                         }
@@ -783,6 +783,7 @@ impl Shared {
             killed: false,
             would_kill: false,
             known: None,
+            raw: crate::events::RawNames::default(),
             guard: Some(hit),
         });
         if self.events.try_send(event).is_err() {

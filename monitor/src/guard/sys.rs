@@ -86,12 +86,13 @@ impl Group {
     }
 
     /// Adds `mask` to the mark on `name` relative to `dir` (not following a last symlink).
-    pub fn mark(&self, dir: RawFd, name: &str, mask: u64, filesystem: bool) -> io::Result<()> {
+    /// `name` is raw bytes: a name that is not UTF-8 is marked as it is on disk.
+    pub fn mark(&self, dir: RawFd, name: &[u8], mask: u64, filesystem: bool) -> io::Result<()> {
         let mut flags = libc::FAN_MARK_ADD | libc::FAN_MARK_DONT_FOLLOW;
         if filesystem {
             flags |= libc::FAN_MARK_FILESYSTEM;
         }
-        let name = CString::new(if name.is_empty() { "." } else { name })
+        let name = CString::new(if name.is_empty() { &b"."[..] } else { name })
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a valid fd and a NUL-terminated name.
         let rc =
