@@ -208,6 +208,10 @@ pub struct File {
     pub raw: RawNames,
     /// Raised by the fanotify guards: their verdict on the inode and the open.
     pub guard: Option<crate::guard::GuardHit>,
+    /// The path was read from the syscall's arguments in user memory after the kernel took
+    /// its own copy (rename, unlink, truncate, chmod, a failed open), not from the kernel's
+    /// objects: another thread may have rewritten it in between (`monitor.unverified`).
+    pub unverified: bool,
 }
 
 /// Names that are not valid UTF-8. Their text form (`path`, `args`) replaces each invalid
@@ -704,6 +708,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 known: (raw.known.tgid != 0).then_some(raw.known),
                 raw: names,
                 guard: None,
+                unverified: raw.flags & FILE_RESOLVED == 0 || op == FileOp::Rename,
             }))
         }
         EventKind::Net => {
@@ -1007,7 +1012,10 @@ mod tests {
         assert_eq!(exec.path, "/usr/bin/cat");
         assert_eq!(exec.args, ["cat", "-n", "x"]);
         assert!(exec.args_truncated);
-        assert_eq!(exec.args_count, 103, "the kernel's count, not the copied arguments'");
+        assert_eq!(
+            exec.args_count, 103,
+            "the kernel's count, not the copied arguments'"
+        );
         assert!(!exec.fileless);
         assert!(!exec.path_truncated);
         assert!(exec.header.watched);
@@ -1032,6 +1040,8 @@ mod tests {
             path_len: 10,
             args_len: 11,
             gid: 0,
+            argc: 3,
+            _pad: 0,
             path: [0; PATH_CAP],
             args: [0; ARGS_CAP],
         };
@@ -1167,6 +1177,7 @@ mod tests {
             known: None,
             raw: Default::default(),
             guard: None,
+            unverified: false,
         };
         let target = File {
             path: String::new(),

@@ -168,7 +168,12 @@ pub fn event_record(
             map.insert("device.class".into(), json!(device.class.name()));
             map.insert("device.major".into(), json!(device.major));
             map.insert("device.minor".into(), json!(device.minor));
-            decision_keys(&mut map, device.decision, device.result, "monitor.result.fd");
+            decision_keys(
+                &mut map,
+                device.decision,
+                device.result,
+                "monitor.result.fd",
+            );
         }
         Event::MemoryAccess(access) => memory_keys(&mut map, table, access),
         Event::IoUring(uring) => {
@@ -252,6 +257,9 @@ fn file_keys(map: &mut Map<String, Value>, file: &File) {
     }
     if file.path_truncated {
         map.insert("file.path.truncated".into(), json!(true));
+    }
+    if file.unverified {
+        map.insert("monitor.unverified".into(), json!(true));
     }
     map.insert("monitor.file.operation".into(), json!(file.op.name()));
     if file.op == FileOp::Open {

@@ -785,6 +785,7 @@ impl Shared {
             known: None,
             raw: crate::events::RawNames::default(),
             guard: Some(hit),
+            unverified: false,
         });
         if self.events.try_send(event).is_err() {
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);

@@ -591,6 +591,7 @@ impl World {
             known: None,
             raw: Default::default(),
             guard: None,
+            unverified: false,
         }));
     }
 

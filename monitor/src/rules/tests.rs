@@ -217,6 +217,7 @@ impl World {
             known: None,
             raw: Default::default(),
             guard,
+            unverified: false,
         }))
         .alerts
     }
@@ -977,6 +978,7 @@ fn guard_event(world: &mut World, tgid: u32, st: u64, path: &str, access: Access
         killed: false,
         would_kill: false,
         known: None,
+        raw: Default::default(),
         guard: Some(crate::guard::GuardHit {
             guards: vec![0],
             profile: None,
@@ -986,6 +988,7 @@ fn guard_event(world: &mut World, tgid: u32, st: u64, path: &str, access: Access
             access_unknown: false,
             exe: None,
         }),
+        unverified: false,
     }
 }
 
