@@ -148,6 +148,9 @@ allow:
   network:
     connect: ["127.0.0.1:{tcp}", "127.0.0.1:{udp}"]
   devices: [nvidia]
+  # The probes use io_uring on purpose: judged here are the address and the device it
+  # reaches, not the ring itself (io-uring-not-allowed has its own tests).
+  io_uring: true
 "#,
                 exe = governed.display(),
                 tcp = allowed.port,
