@@ -311,6 +311,18 @@ impl KernelPolicy {
         let Err(err) = self.apply_all(config) else {
             return Ok(());
         };
+        // E2BIG from a hash map, ENOSPC from an LPM trie: say it in words.
+        let full = err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .is_some_and(|errno| errno == libc::E2BIG || errno == libc::ENOSPC)
+        });
+        let err = if full {
+            err.context("a kernel map is full: this configuration has more profiles or rules than the kernel programs hold")
+        } else {
+            err
+        };
         match saved.restore(&mut self.maps) {
             Ok(()) => Err(err.context(
                 "failed to update the kernel's policy maps; they were put back as they were, and the previous rules stay in force",
@@ -348,7 +360,9 @@ impl KernelPolicy {
         // and an executable no configuration names needs no watching.
         remove_stale(&mut self.maps.exec_candidates, &candidates)?;
         sync(&mut self.maps.exec_candidates, &candidates)?;
-        self.apply_enforcement(config)?;
+        self.apply_enforcement(config).context(
+            "failed to write the profiles' enforcement (modes, networks, executables, devices) into the kernel",
+        )?;
         // A new configuration: every judgment the kernel cached is forgotten.
         let epoch = self.maps.guards.get(&2, 0).unwrap_or(0);
         self.maps.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
