@@ -306,9 +306,15 @@ impl KernelPolicy {
     /// Makes the maps match `config`, all or nothing: when the kernel refuses an update half
     /// way (a map full, memory), every map is put back as it was and the error says so.
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.apply_with(config, exec_candidates(&config.profiles))
+    }
+
+    /// [`KernelPolicy::apply`] with the selectors' expansion already made (at start-up, where
+    /// it also sized the map).
+    pub fn apply_with(&mut self, config: &Config, candidates: Candidates) -> anyhow::Result<()> {
         let saved = Snapshot::take(&self.maps)
             .context("failed to read the kernel's policy maps before changing them")?;
-        let Err(err) = self.apply_all(config) else {
+        let Err(err) = self.apply_all(config, candidates) else {
             return Ok(());
         };
         // E2BIG from a hash map, ENOSPC from an LPM trie: say it in words.
@@ -333,7 +339,7 @@ impl KernelPolicy {
         }
     }
 
-    fn apply_all(&mut self, config: &Config) -> anyhow::Result<()> {
+    fn apply_all(&mut self, config: &Config, found: Candidates) -> anyhow::Result<()> {
         let (dirs, suffix_list) = protection(config);
         let keys: HashSet<InodeKey> = dirs.iter().filter_map(|d| inode_key(d).ok()).collect();
         sync(&mut self.maps.protected_dirs, &keys)?;
@@ -345,7 +351,6 @@ impl KernelPolicy {
             });
             self.maps.protected_suffixes.set(i, value, 0)?;
         }
-        let found = exec_candidates(&config.profiles);
         let capacity = self.maps.exec_candidates_capacity;
         for line in found.describe(capacity) {
             if found.keys.len() > capacity as usize {
