@@ -253,14 +253,6 @@ impl Monitor {
         (lines, text)
     }
 
-    /// Sends `signal` (SIGHUP, ...) to the monitor.
-    pub fn signal(&self, signal: i32) {
-        if let Some(child) = &self.child {
-            // SAFETY: sending a signal to our own child.
-            unsafe { libc::kill(child.id() as i32, signal) };
-        }
-    }
-
     /// Stops the monitor with SIGTERM, as systemd and Kubernetes do; returns how long it took
     /// to exit (`None` if it had to be killed after 20 s), and its stderr.
     pub fn terminate(mut self) -> (Option<Duration>, String) {
