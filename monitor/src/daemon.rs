@@ -75,14 +75,16 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         None => (None, None),
     };
     let mut sensor_options = sensor_options;
+    let mut candidates = None;
     if let Some((_, config)) = &config {
         // The kernel's candidate map is sized from what the selectors match now.
-        let candidates = crate::policy::exec_candidates(&config.profiles);
-        sensor_options.exec_candidates_expected = candidates.keys.len();
-        let capacity = crate::policy::candidate_capacity(candidates.keys.len());
-        for line in candidates.describe(capacity) {
+        let found = crate::policy::exec_candidates(&config.profiles);
+        sensor_options.exec_candidates_expected = found.keys.len();
+        let capacity = crate::policy::candidate_capacity(found.keys.len());
+        for line in found.describe(capacity) {
             info!("{line}");
         }
+        candidates = Some(found);
     }
     let (mut sensor, maps) = Sensor::load(&sensor_options)?;
     let counters = Arc::new(Counters::default());
@@ -107,7 +109,12 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut engine = None;
     if let Some((config_source, config)) = config {
         policy
-            .apply(&config)
+            .apply_with(
+                &config,
+                candidates
+                    .take()
+                    .unwrap_or_else(|| crate::policy::exec_candidates(&config.profiles)),
+            )
             .context("failed to load the guards and profiles into the kernel")?;
         info!(
             profiles = config.profiles.len(),

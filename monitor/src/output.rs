@@ -473,4 +473,45 @@ mod tests {
         assert_eq!(escape_bytes(b"a\\xff"), "a\\\\xff");
         assert_eq!(escape_bytes("caf\u{e9}".as_bytes()), "caf\u{e9}");
     }
+
+    #[test]
+    fn records_carry_the_exact_bytes_of_names_that_are_not_utf8() {
+        use crate::events::{Access, Header, RawNames};
+        let file = |name: &[u8]| {
+            let (path, bytes) = crate::events::name_text(name);
+            Event::File(File {
+                header: Header {
+                    kind: monitor_common::EventKind::File,
+                    time_ns: 1,
+                    tgid: 7,
+                    pid: 7,
+                    start_time_ns: 1,
+                    watched: true,
+                },
+                op: FileOp::Open,
+                path,
+                path_truncated: false,
+                target: None,
+                access: Access::default(),
+                result: 3,
+                protected: false,
+                killed: false,
+                would_kill: false,
+                known: None,
+                raw: RawNames {
+                    paths: bytes.map(|b| ("file.path", b)).into_iter().collect(),
+                    args: None,
+                },
+            })
+        };
+        let clock = BootClock::new();
+        let table = ProcessTable::new();
+        let ff = event_record(&clock, &table, &file(b"/d/bad\xff.bin"), None);
+        let fe = event_record(&clock, &table, &file(b"/d/bad\xfe.bin"), None);
+        let ok = event_record(&clock, &table, &file(b"/d/good.bin"), None);
+        assert_eq!(ff["file.path"], fe["file.path"]);
+        assert_eq!(ff["monitor.file.path_bytes"], "/d/bad\\xff.bin");
+        assert_eq!(fe["monitor.file.path_bytes"], "/d/bad\\xfe.bin");
+        assert!(ok.get("monitor.file.path_bytes").is_none(), "{ok}");
+    }
 }

@@ -224,10 +224,28 @@ impl KernelPolicy {
     /// Makes the maps match `config`, all or nothing: when the kernel refuses an update half
     /// way (a map full, memory), every map is put back as it was and the error says so.
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.apply_with(config, exec_candidates(&config.profiles))
+    }
+
+    /// [`KernelPolicy::apply`] with the selectors' expansion already made (at start-up, where
+    /// it also sized the map).
+    pub fn apply_with(&mut self, config: &Config, candidates: Candidates) -> anyhow::Result<()> {
         let saved = Snapshot::take(&self.maps)
             .context("failed to read the kernel's policy maps before changing them")?;
-        let Err(err) = self.apply_all(config) else {
+        let Err(err) = self.apply_all(config, candidates) else {
             return Ok(());
+        };
+        // E2BIG from a hash map, ENOSPC from an LPM trie: say it in words.
+        let full = err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .is_some_and(|errno| errno == libc::E2BIG || errno == libc::ENOSPC)
+        });
+        let err = if full {
+            err.context("a kernel map is full: this configuration has more profiles or rules than the kernel programs hold")
+        } else {
+            err
         };
         match saved.restore(&mut self.maps) {
             Ok(()) => Err(err.context(
@@ -239,9 +257,8 @@ impl KernelPolicy {
         }
     }
 
-    fn apply_all(&mut self, config: &Config) -> anyhow::Result<()> {
+    fn apply_all(&mut self, config: &Config, found: Candidates) -> anyhow::Result<()> {
         // Protected paths are not here: the fanotify guards ([`crate::guard`]) hold them.
-        let found = exec_candidates(&config.profiles);
         let capacity = self.maps.exec_candidates_capacity;
         for line in found.describe(capacity) {
             if found.keys.len() > capacity as usize {
@@ -256,7 +273,9 @@ impl KernelPolicy {
         // and an executable no configuration names needs no watching.
         remove_stale(&mut self.maps.exec_candidates, &candidates)?;
         sync(&mut self.maps.exec_candidates, &candidates)?;
-        self.apply_enforcement(config)?;
+        self.apply_enforcement(config).context(
+            "failed to write the profiles' enforcement (modes, networks, executables, devices) into the kernel",
+        )?;
         // A new configuration: every judgment the kernel cached is forgotten.
         let epoch = self.maps.guards.get(&2, 0).unwrap_or(0);
         self.maps.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;

@@ -320,6 +320,8 @@ fn a_reload_the_kernel_refuses_leaves_both_sides_on_the_old_rules() {
     });
     let errors = failed["monitor.config.errors"].to_string();
     assert!(errors.contains("put back"), "{failed}");
+    assert!(errors.contains("a kernel map is full"), "{failed}");
+    eprintln!("config-reload-failed: {errors}");
 
     // The kernel still refuses the second port, and the daemon still judges by the old rules.
     let after = site.serve(
