@@ -208,7 +208,9 @@ fn line(alert: &Alert) -> Vec<u8> {
 }
 
 /// Lines queued for the stdout writer before alerts are counted lost.
-const STDOUT_QUEUE: usize = 65_536;
+const STDOUT_QUEUE: usize = 16_384;
+/// How long closing waits for the stdout writer to write what is queued.
+const STDOUT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Alerts as JSON lines on stdout, written by a thread of its own: a reader that stops
 /// reading (a full pipe) must not stall the event loop. Up to [`STDOUT_QUEUE`] lines wait;
@@ -284,10 +286,22 @@ impl AlertSink for StdoutLines {
     fn close(&mut self) -> anyhow::Result<()> {
         self.flush()?;
         self.queue.take();
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                anyhow::bail!("the stdout writer thread panicked");
-            }
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        // A reader that stopped reading must not hold the exit up for ever.
+        let deadline = Instant::now() + STDOUT_CLOSE_TIMEOUT;
+        while !writer.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !writer.is_finished() {
+            anyhow::bail!(
+                "stdout is not read: the alerts still queued for it after \
+                 {STDOUT_CLOSE_TIMEOUT:?} are lost"
+            );
+        }
+        if writer.join().is_err() {
+            anyhow::bail!("the stdout writer thread panicked");
         }
         Ok(())
     }
@@ -306,7 +320,7 @@ impl Drop for StdoutLines {
 }
 
 /// Lines the alerts file keeps in memory while it cannot be written (a full disk).
-const FILE_BACKLOG: usize = 65_536;
+const FILE_BACKLOG: usize = 16_384;
 /// How often the alerts file's path is checked for a rotation without a signal.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
