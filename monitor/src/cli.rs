@@ -289,7 +289,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let mut sinks: Vec<Box<dyn AlertSink>> = match &config.outputs.alerts_file {
-                Some(path) => vec![Box::new(AlertsFile::open(path)?)],
+                Some(path) => vec![Box::new(AlertsFile::open_for_group(
+                    path,
+                    config.outputs.alerts_file_group.as_deref(),
+                )?)],
                 None => vec![Box::new(StdoutLines::start()?)],
             };
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());

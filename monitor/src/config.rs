@@ -14,6 +14,7 @@
 //!     allow: [vllm]                    # profiles that may open accelerator devices
 //! outputs:
 //!   alerts_file: /var/log/monitor/alerts.jsonl     # optional; stdout by default
+//!   alerts_file_group: adm                          # optional; the file is 0640 for it (else 0600)
 //!   otlp: { endpoint: "http://127.0.0.1:4318", protocol: http/protobuf, headers: {}, ca_file: null }
 //!   spool: { dir: /var/lib/monitor/spool, max_bytes: 67108864 }
 //! dedup_window_secs: 10                # optional; 0 turns deduplication off
@@ -56,7 +57,7 @@ const CONFIG_KEYS: &[&str] = &[
 const GUARDS_KEYS: &[&str] = &["protected_paths", "gpu"];
 const PROTECTED_KEYS: &[&str] = &["paths", "read", "write", "enforce"];
 const GPU_KEYS: &[&str] = &["allow", "enforce"];
-const OUTPUTS_KEYS: &[&str] = &["alerts_file", "otlp", "spool"];
+const OUTPUTS_KEYS: &[&str] = &["alerts_file", "alerts_file_group", "otlp", "spool"];
 const OTLP_KEYS: &[&str] = &["endpoint", "protocol", "headers", "ca_file"];
 const SPOOL_KEYS: &[&str] = &["dir", "max_bytes"];
 
@@ -113,6 +114,8 @@ pub struct GpuGuard {
 pub struct Outputs {
     /// JSON lines appended to this file; stdout when `None`.
     pub alerts_file: Option<PathBuf>,
+    /// The group (name or number) that may read the alerts file: created 0640 for it.
+    pub alerts_file_group: Option<String>,
     pub otlp: Option<OtlpOutput>,
     pub spool: Option<SpoolOutput>,
 }
@@ -631,6 +634,10 @@ fn parse_outputs(reader: &mut Reader, node: &MarkedYaml) -> Outputs {
         .get("alerts_file")
         .and_then(|node| reader.string(node, "outputs.alerts_file"))
         .map(PathBuf::from);
+    outputs.alerts_file_group = fields
+        .get("alerts_file_group")
+        .and_then(|node| reader.string(node, "outputs.alerts_file_group"))
+        .map(str::to_owned);
     outputs.otlp = fields.get("otlp").and_then(|node| parse_otlp(reader, node));
     outputs.spool = fields
         .get("spool")

@@ -50,6 +50,45 @@ pub const OUTPUT_FAILED: Rule = Rule {
 
 /// Mode of the alerts file when the monitor creates it.
 pub const ALERTS_FILE_MODE: u32 = 0o600;
+/// Mode of the alerts file created for a group of readers (`outputs.alerts_file_group`).
+pub const ALERTS_FILE_GROUP_MODE: u32 = 0o640;
+
+/// The gid of a group given by name or number.
+fn resolve_group(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name =
+        std::ffi::CString::new(group).with_context(|| format!("invalid group name {group:?}"))?;
+    // SAFETY: a C struct of integers and pointers, for getgrnam_r to fill.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 << 10];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into `entry` and `buf`, both ours and large enough (it says
+    // ERANGE otherwise), and sets `found` to `&entry` or null.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!(
+            "failed to look up group {group:?}: {}",
+            io::Error::from_raw_os_error(rc)
+        );
+    }
+    if found.is_null() {
+        anyhow::bail!(
+            "failed to find group {group:?}: no such group; set outputs.alerts_file_group to \
+             an existing group name or number"
+        );
+    }
+    Ok(entry.gr_gid)
+}
 
 /// A notice of `rule` with these attributes, timed now.
 pub fn notice(rule: Rule, attributes: Map<String, Value>) -> Alert {
@@ -208,7 +247,9 @@ fn line(alert: &Alert) -> Vec<u8> {
 }
 
 /// Lines queued for the stdout writer before alerts are counted lost.
-const STDOUT_QUEUE: usize = 65_536;
+const STDOUT_QUEUE: usize = 16_384;
+/// How long closing waits for the stdout writer to write what is queued.
+const STDOUT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Alerts as JSON lines on stdout, written by a thread of its own: a reader that stops
 /// reading (a full pipe) must not stall the event loop. Up to [`STDOUT_QUEUE`] lines wait;
@@ -284,10 +325,22 @@ impl AlertSink for StdoutLines {
     fn close(&mut self) -> anyhow::Result<()> {
         self.flush()?;
         self.queue.take();
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                anyhow::bail!("the stdout writer thread panicked");
-            }
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        // A reader that stopped reading must not hold the exit up for ever.
+        let deadline = Instant::now() + STDOUT_CLOSE_TIMEOUT;
+        while !writer.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !writer.is_finished() {
+            anyhow::bail!(
+                "stdout is not read: the alerts still queued for it after \
+                 {STDOUT_CLOSE_TIMEOUT:?} are lost"
+            );
+        }
+        if writer.join().is_err() {
+            anyhow::bail!("the stdout writer thread panicked");
         }
         Ok(())
     }
@@ -306,7 +359,7 @@ impl Drop for StdoutLines {
 }
 
 /// Lines the alerts file keeps in memory while it cannot be written (a full disk).
-const FILE_BACKLOG: usize = 65_536;
+const FILE_BACKLOG: usize = 16_384;
 /// How often the alerts file's path is checked for a rotation without a signal.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
@@ -324,6 +377,8 @@ const ROTATION_CHECK: Duration = Duration::from_secs(1);
 ///   path naming another file (a `create`-style rotation without a signal) or none.
 pub struct AlertsFile {
     path: PathBuf,
+    /// The group that may read the file (0640), if any.
+    group: Option<u32>,
     file: File,
     /// Device and inode of `file`.
     identity: (u64, u64),
@@ -339,11 +394,22 @@ pub struct AlertsFile {
 }
 
 impl AlertsFile {
-    /// Opens (creating it and its directory) the alerts file for appending.
+    /// Opens (creating it 0600, and its directory) the alerts file for appending.
     pub fn open(path: &Path) -> anyhow::Result<AlertsFile> {
-        let (file, identity, repair) = Self::open_file(path)?;
+        Self::open_for_group(path, None)
+    }
+
+    /// Opens the alerts file; when the monitor creates it and `group` is given, the file is
+    /// created 0640 and owned by that group (name or number), for a log shipper to read.
+    pub fn open_for_group(path: &Path, group: Option<&str>) -> anyhow::Result<AlertsFile> {
+        let group = group
+            .map(resolve_group)
+            .transpose()
+            .context("failed to use outputs.alerts_file_group")?;
+        let (file, identity, repair) = Self::open_file(path, group)?;
         let mut sink = AlertsFile {
             path: path.to_path_buf(),
+            group,
             file,
             identity,
             backlog: VecDeque::new(),
@@ -359,7 +425,15 @@ impl AlertsFile {
 
     /// Opens `path`, and starts a new line if it ends in half of one: returns the file, its
     /// identity, and the length of the half line that was closed (`None`: nothing to repair).
-    fn open_file(path: &Path) -> anyhow::Result<(File, (u64, u64), Option<u64>)> {
+    fn open_file(
+        path: &Path,
+        group: Option<u32>,
+    ) -> anyhow::Result<(File, (u64, u64), Option<u64>)> {
+        let mode = if group.is_some() {
+            ALERTS_FILE_GROUP_MODE
+        } else {
+            ALERTS_FILE_MODE
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(
@@ -372,7 +446,7 @@ impl AlertsFile {
             .create(true)
             .append(true)
             .read(true)
-            .mode(ALERTS_FILE_MODE)
+            .mode(mode)
             .open(path)
             .with_context(|| {
                 format!(
@@ -384,11 +458,21 @@ impl AlertsFile {
         let meta = file
             .metadata()
             .with_context(|| format!("failed to stat alerts_file {}", path.display()))?;
-        if meta.len() == 0 && meta.permissions().mode() & 0o777 != ALERTS_FILE_MODE {
-            // Just created, and the umask took bits away; files that already existed keep
-            // the mode their owner gave them.
-            file.set_permissions(std::fs::Permissions::from_mode(ALERTS_FILE_MODE))
-                .with_context(|| format!("failed to chmod alerts_file {}", path.display()))?;
+        if meta.len() == 0 {
+            // Just created (or empty): the umask may have taken bits away, and the group is
+            // set here. A file with alerts in it keeps the mode and owner it has.
+            if let Some(gid) = group.filter(|&gid| gid != meta.gid()) {
+                std::os::unix::fs::fchown(&file, None, Some(gid)).with_context(|| {
+                    format!(
+                        "failed to give alerts_file {} to group {gid}",
+                        path.display()
+                    )
+                })?;
+            }
+            if meta.permissions().mode() & 0o777 != mode {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("failed to chmod alerts_file {}", path.display()))?;
+            }
         }
         let repair = torn_tail(&file, meta.len())
             .with_context(|| format!("failed to read the end of {}", path.display()))?;
@@ -522,7 +606,7 @@ impl AlertSink for AlertsFile {
         // it whole, and the old one ends in half a line.
         self.write_backlog();
         self.written = 0;
-        let (file, identity, repair) = Self::open_file(&self.path)?;
+        let (file, identity, repair) = Self::open_file(&self.path, self.group)?;
         self.file = file;
         self.identity = identity;
         self.report_repair(repair);
@@ -628,6 +712,28 @@ mod tests {
         drop(sink.unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_configured_group_gets_0640() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = TempDir::new("group");
+        let path = dir.0.join("alerts.jsonl");
+        // SAFETY: umask only changes the modes of files created meanwhile.
+        let old = unsafe { libc::umask(0o077) };
+        let sink = AlertsFile::open_for_group(&path, Some("65534"));
+        unsafe { libc::umask(old) };
+        drop(sink.unwrap());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        assert_eq!(meta.gid(), 65534);
+        let err = AlertsFile::open_for_group(&dir.0.join("b"), Some("no-such-group-here"))
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("outputs.alerts_file_group"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -340,6 +340,7 @@ guards:
       write: [model-sync]
 outputs:
   alerts_file: /var/log/monitor/alerts.jsonl
+  alerts_file_group: adm
   otlp: { endpoint: "http://127.0.0.1:4318", protocol: "http/protobuf", headers: {authorization: "Bearer x"}, ca_file: null }
   spool: { dir: /var/lib/monitor/spool, max_bytes: 67108864 }
 dedup_window_secs: 0
@@ -361,6 +362,7 @@ dedup_window_secs: 0
         config.outputs.alerts_file.as_deref(),
         Some(Path::new("/var/log/monitor/alerts.jsonl"))
     );
+    assert_eq!(config.outputs.alerts_file_group.as_deref(), Some("adm"));
     let otlp = config.outputs.otlp.as_ref().unwrap();
     assert_eq!(otlp.endpoint, "http://127.0.0.1:4318");
     assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);

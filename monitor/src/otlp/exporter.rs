@@ -4,7 +4,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -51,6 +51,8 @@ pub struct Shared {
     /// Where the dead letters go, and their size limit.
     pub dead_letter_dir: PathBuf,
     pub dead_letter_max_bytes: u64,
+    /// The last report of drops could not be spooled (warned once per spell).
+    pub report_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -77,9 +79,13 @@ impl Shared {
             }
             Ok(None) => {}
             Err(e) => {
-                warn!("failed to spool the report of dropped alerts (tried again later): {e}")
+                if !self.report_failing.swap(true, Ordering::Relaxed) {
+                    warn!("failed to spool the report of dropped alerts (tried again later): {e}");
+                }
+                return;
             }
         }
+        self.report_failing.store(false, Ordering::Relaxed);
     }
 
     /// Keeps alerts the collector refused for good in the dead letters. Alerts the full

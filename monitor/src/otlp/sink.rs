@@ -94,6 +94,7 @@ impl OtlpSink {
             notices: Mutex::new(Vec::new()),
             dead_letter_dir: spool_dir.join(DEAD_LETTER_DIR),
             dead_letter_max_bytes: (max_bytes / 4).max(64 << 10),
+            report_failing: Default::default(),
         });
         // Drops at start-up (a smaller limit than last time) are reported like any others.
         shared.report_drops();
