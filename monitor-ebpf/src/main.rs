@@ -22,9 +22,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, DeviceOpen, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets, KnownKey,
-    NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
-    PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    stats_slot, Config, DeviceOpen, ExecKey, FdKey, GuardWriter, InodeKey, IoctlKey, KernelOffsets,
+    KnownKey, NetKey, Pending, PortRanges, Prefix, ProfilePolicy, SendKey, Stat, Suffix,
+    WatchEntry, PREFIXES_MAX, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.

@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use monitor_common::{
-    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET,
-    AF_INET6, AF_UNIX, EPERM, KNOWN_NET, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED,
-    SOCKADDR_CAP, SOCK_DGRAM,
+    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET, AF_INET6,
+    AF_UNIX, EPERM, KNOWN_NET, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED, SOCKADDR_CAP,
+    SOCK_DGRAM,
 };
 
 use crate::{

@@ -156,7 +156,12 @@ pub fn event_record(
             map.insert("device.class".into(), json!(device.class.name()));
             map.insert("device.major".into(), json!(device.major));
             map.insert("device.minor".into(), json!(device.minor));
-            decision_keys(&mut map, device.decision, device.result, "monitor.result.fd");
+            decision_keys(
+                &mut map,
+                device.decision,
+                device.result,
+                "monitor.result.fd",
+            );
         }
         Event::GpuIoctls(summary) => {
             let counts: Vec<Value> = summary

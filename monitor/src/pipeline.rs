@@ -829,13 +829,19 @@ mod enforcement_tests {
         let rule = "connect-not-allowed";
         let act = |event: &Event, dry_run| enforcement_action(event, rule, true, false, dry_run);
         assert_eq!(act(&connect(Decision::Denied, -1), false), Action::Denied);
-        assert_eq!(act(&connect(Decision::WouldDeny, 0), false), Action::WouldDeny);
+        assert_eq!(
+            act(&connect(Decision::WouldDeny, 0), false),
+            Action::WouldDeny
+        );
         // Let through by the kernel (the profile was not enforcing yet, say): only an alert,
         // whatever user space thinks of dry runs.
         assert_eq!(act(&connect(Decision::Allowed, 0), true), Action::Alert);
         // Seen by a syscall tracepoint: what its result says.
         assert_eq!(act(&connect(Decision::Observed, -1), false), Action::Denied);
-        assert_eq!(act(&connect(Decision::Observed, 0), true), Action::WouldDeny);
+        assert_eq!(
+            act(&connect(Decision::Observed, 0), true),
+            Action::WouldDeny
+        );
         assert_eq!(act(&connect(Decision::Observed, 0), false), Action::Alert);
         let denied = connect(Decision::Denied, -1);
         assert_eq!(

@@ -216,7 +216,10 @@ dedup_window_secs: 0
             "prober {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        (pid, String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        (
+            pid,
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        )
     }
 
     /// `res=N` of a prober run.
@@ -259,13 +262,8 @@ dedup_window_secs: 0
         if !node.exists() {
             let path = std::ffi::CString::new(node.to_string_lossy().into_owned()).unwrap();
             // SAFETY: creating a device node as root in our scratch directory.
-            let ret = unsafe {
-                libc::mknod(
-                    path.as_ptr(),
-                    libc::S_IFCHR | 0o666,
-                    libc::makedev(195, 0),
-                )
-            };
+            let ret =
+                unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, 0)) };
             assert_eq!(ret, 0, "mknod: {}", std::io::Error::last_os_error());
         }
         node
@@ -311,7 +309,10 @@ fn io_uring_connect(enforce: bool) {
     let port = site.forbidden.port.to_string();
     let (pid, res) = site.probe_res(true, &["uring-connect", FORBIDDEN, &port]);
     let alert = site.alert("connect-not-allowed", pid);
-    assert_eq!(peer_of(&alert), format!("{FORBIDDEN}:{port}").parse().unwrap());
+    assert_eq!(
+        peer_of(&alert),
+        format!("{FORBIDDEN}:{port}").parse().unwrap()
+    );
     assert_eq!(alert["network.transport"], "tcp");
     assert_acted(&alert, enforce, "cgroup-sock-addr");
     if enforce {
@@ -337,14 +338,20 @@ fn sendmmsg(enforce: bool) {
     let port = site.udp_forbidden_port().to_string();
     let (pid, res) = site.probe_res(true, &["sendmmsg", FORBIDDEN, &port, "4"]);
     let alert = site.alert("connect-not-allowed", pid);
-    assert_eq!(peer_of(&alert), format!("{FORBIDDEN}:{port}").parse().unwrap());
+    assert_eq!(
+        peer_of(&alert),
+        format!("{FORBIDDEN}:{port}").parse().unwrap()
+    );
     assert_eq!(alert["network.transport"], "udp");
     assert_eq!(alert["monitor.network.operation"], "send");
     assert_acted(&alert, enforce, "cgroup-sock-addr");
     if enforce {
         assert_eq!(res, EPERM);
         site.udp_forbidden.set_nonblocking(true).unwrap();
-        assert!(site.udp_forbidden.recv(&mut [0; 8]).is_err(), "nothing arrived");
+        assert!(
+            site.udp_forbidden.recv(&mut [0; 8]).is_err(),
+            "nothing arrived"
+        );
     } else {
         assert_eq!(res, 4);
     }
@@ -401,7 +408,10 @@ fn a_sockaddr_rewritten_during_connect_is_judged_on_the_kernel_copy() {
         let reached = site.forbidden.accepted();
         assert_eq!(reached, second, "{line}");
         let expected_alerts = if enforce { eperm } else { second };
-        assert!(first > 0 && expected_alerts > 0, "the race ran both ways: {line}");
+        assert!(
+            first > 0 && expected_alerts > 0,
+            "the race ran both ways: {line}"
+        );
         let deadline = Instant::now() + WAIT;
         let alerts = loop {
             let alerts = site.alerts_of(pid);
@@ -414,13 +424,27 @@ fn a_sockaddr_rewritten_during_connect_is_judged_on_the_kernel_copy() {
         let alerts_after = site.alerts_of(pid);
         assert_eq!(alerts.len(), alerts_after.len(), "no late alert");
         for alert in &alerts {
-            assert_eq!(alert["security_rule.name"], "connect-not-allowed", "{alert}");
-            assert_eq!(peer_of(alert), forbidden, "never the allowed address: {alert}");
+            assert_eq!(
+                alert["security_rule.name"], "connect-not-allowed",
+                "{alert}"
+            );
+            assert_eq!(
+                peer_of(alert),
+                forbidden,
+                "never the allowed address: {alert}"
+            );
             assert_acted(alert, enforce, "cgroup-sock-addr");
         }
-        assert_eq!(alerts.len(), expected_alerts, "one alert per forbidden connect: {line}");
+        assert_eq!(
+            alerts.len(),
+            expected_alerts,
+            "one alert per forbidden connect: {line}"
+        );
         if enforce {
-            assert_eq!(reached, 0, "no connect reached the forbidden listener: {line}");
+            assert_eq!(
+                reached, 0,
+                "no connect reached the forbidden listener: {line}"
+            );
         }
     }
 }
@@ -446,7 +470,12 @@ fn io_uring_open(enforce: bool) {
     assert_eq!(alert["file.path"], node.as_ref(), "{alert}");
     site.sentinel();
     assert_eq!(site.alerts_of(pid).len(), 1);
-    assert_eq!(site.alerts_of(plain).len(), 1, "{:?}", site.alerts_of(plain));
+    assert_eq!(
+        site.alerts_of(plain).len(),
+        1,
+        "{:?}",
+        site.alerts_of(plain)
+    );
     // The governed prober's profile allows the class, and the guard allows the profile.
     let (allowed, res) = site.probe_res(true, &["uring-open", &node]);
     assert_eq!(res, ENXIO, "allowed through to the driver");

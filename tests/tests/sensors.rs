@@ -341,7 +341,9 @@ except OSError as e:
     let lines = monitor.stop();
     let opens = lines
         .iter()
-        .filter(|v| v["event.kind"] == "device" || v["file.path"] == node.to_string_lossy().as_ref())
+        .filter(|v| {
+            v["event.kind"] == "device" || v["file.path"] == node.to_string_lossy().as_ref()
+        })
         .count();
     assert_eq!(opens, 1, "{lines:?}");
 }
