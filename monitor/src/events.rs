@@ -1124,6 +1124,84 @@ mod tests {
         assert_eq!(normalize("/"), "/");
     }
 
+    fn raw_net(decision: Decision, flags: u32, addr: &[u8]) -> NetEvent {
+        let mut raw = NetEvent {
+            header: raw_header(EventKind::Net),
+            op: NetOpCode::Connect as u32,
+            sock_type: SOCK_STREAM,
+            result: 0,
+            addr_len: addr.len() as u32,
+            decision: decision as u32,
+            flags,
+            protocol: 6,
+            known: KnownKey::default(),
+            addr: [0; SOCKADDR_CAP],
+        };
+        raw.addr[..addr.len()].copy_from_slice(addr);
+        raw
+    }
+
+    #[test]
+    fn decodes_the_decision_of_a_cgroup_program() {
+        // The kernel's copy of an IPv4-mapped IPv6 address: shown, and judged, as IPv4.
+        let mut mapped = vec![10, 0, 0x1f, 0x90, 0, 0, 0, 0];
+        mapped.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 2]);
+        mapped.extend([0; 4]);
+        let mut raw = raw_net(Decision::Denied, 0, &mapped);
+        raw.result = -monitor_common::EPERM;
+        let Event::Net(net) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not a network event")
+        };
+        assert_eq!(net.decision, Decision::Denied);
+        assert!(!net.unverified);
+        assert_eq!(net.peer, Some("127.0.0.2:8080".parse().unwrap()));
+        assert_eq!(net.transport, Transport::Tcp);
+
+        let unverified = raw_net(Decision::Observed, NET_UNVERIFIED, &[1, 0, b'/', b'x', 0]);
+        let Event::Net(net) = decode(&bytes_of(&unverified)).unwrap() else {
+            panic!("not a network event")
+        };
+        assert_eq!(
+            (net.decision, net.unverified, net.transport),
+            (Decision::Observed, true, Transport::Unix)
+        );
+
+        // A decision this build does not know is refused, not guessed.
+        let mut unknown = raw_net(Decision::Allowed, 0, &[]);
+        unknown.decision = 9;
+        assert_eq!(
+            decode(&bytes_of(&unknown)),
+            Err(DecodeError::UnknownKind(EventKind::Net as u32))
+        );
+    }
+
+    #[test]
+    fn decodes_device_classes_and_decisions() {
+        let mut raw = DeviceEvent {
+            header: raw_header(EventKind::Device),
+            class: DeviceClassId::Nvidia as u32,
+            major: 195,
+            minor: 0,
+            flags: 0,
+            result: 0,
+            path_len: 0,
+            raw_len: 12,
+            decision: Decision::WouldDeny as u32,
+            _pad: 0,
+            path: [0; PATH_CAP],
+            raw: [0; PATH_CAP],
+        };
+        raw.raw[..12].copy_from_slice(b"/dev/nvidia0");
+        let Event::Device(device) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not a device event")
+        };
+        assert_eq!(device.class, DeviceClass::Nvidia);
+        assert_eq!(device.decision, Decision::WouldDeny);
+        assert_eq!(device.path, "/dev/nvidia0");
+        raw.class = 99;
+        assert!(decode(&bytes_of(&raw)).is_err());
+    }
+
     #[test]
     fn decodes_sockaddrs() {
         use std::net::SocketAddr;

@@ -869,3 +869,60 @@ impl Default for PipelineOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod enforcement_tests {
+    use super::*;
+    use crate::{
+        alert::Action,
+        events::{Decision, Header, Net, NetOp, Transport},
+    };
+
+    fn connect(decision: Decision, result: i64) -> Event {
+        Event::Net(Net {
+            header: Header {
+                kind: EventKind::Net,
+                time_ns: 1,
+                tgid: 2,
+                pid: 2,
+                start_time_ns: 3,
+                watched: true,
+            },
+            op: NetOp::Connect,
+            transport: Transport::Tcp,
+            peer: Some("127.0.0.2:80".parse().unwrap()),
+            local: None,
+            unix_path: None,
+            result,
+            decision,
+            unverified: false,
+            known: None,
+        })
+    }
+
+    #[test]
+    fn the_kernels_decision_is_the_action() {
+        let rule = "connect-not-allowed";
+        let act = |event: &Event, dry_run| enforcement_action(event, rule, true, false, dry_run);
+        assert_eq!(act(&connect(Decision::Denied, -1), false), Action::Denied);
+        assert_eq!(
+            act(&connect(Decision::WouldDeny, 0), false),
+            Action::WouldDeny
+        );
+        // Let through by the kernel (the profile was not enforcing yet, say): only an alert,
+        // whatever user space thinks of dry runs.
+        assert_eq!(act(&connect(Decision::Allowed, 0), true), Action::Alert);
+        // Seen by a syscall tracepoint: what its result says.
+        assert_eq!(act(&connect(Decision::Observed, -1), false), Action::Denied);
+        assert_eq!(
+            act(&connect(Decision::Observed, 0), true),
+            Action::WouldDeny
+        );
+        assert_eq!(act(&connect(Decision::Observed, 0), false), Action::Alert);
+        let denied = connect(Decision::Denied, -1);
+        assert_eq!(
+            enforcement_mechanism(&denied, Action::Denied),
+            Some("cgroup-sock-addr")
+        );
+    }
+}

@@ -134,13 +134,19 @@ allow:
 
     /// Runs the fake server with a scenario; returns its pid.
     fn serve(&self, scenario: &str) -> u32 {
+        self.serve_with(Command::new(PYTHON), scenario)
+    }
+
+    /// Runs the fake server from `command` (e.g. in the monitor's cgroup, where its connects
+    /// are judged by the cgroup programs on the kernel's copy of the address).
+    fn serve_with(&self, mut command: Command, scenario: &str) -> u32 {
         // A port nobody listens on, for the connects the profile does not allow.
         let other = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut child = Command::new(PYTHON)
+        let mut child = command
             .arg("-B")
             .arg(self.root.join("app/fake_inference_server.py"))
             .arg(&self.root)
@@ -414,8 +420,9 @@ fn allowed_behaviour_judged_once_is_not_sent_again() {
     let site = Site::new("known", 10);
     let monitor = site.start();
     // The server opens the same model file and connects to the upstream 100 times (fewer
-    // than the upstream's backlog: nobody accepts).
-    site.serve("repeat");
+    // than the upstream's backlog: nobody accepts). In the monitor's cgroup: a connect seen
+    // only by the syscall tracepoint (read from user memory) is never cached as judged.
+    site.serve_with(monitor.cgroup.command(PYTHON), "repeat");
     std::thread::sleep(Duration::from_millis(500));
     let (lines, stderr) = monitor.stop_with_stderr();
     assert!(alerts(&lines).is_empty(), "{:#?}", alerts(&lines));
