@@ -889,7 +889,10 @@ mod tests {
         assert_eq!(exec.path, "/usr/bin/cat");
         assert_eq!(exec.args, ["cat", "-n", "x"]);
         assert!(exec.args_truncated);
-        assert_eq!(exec.args_count, 103, "the kernel's count, not the copied arguments'");
+        assert_eq!(
+            exec.args_count, 103,
+            "the kernel's count, not the copied arguments'"
+        );
         assert!(!exec.fileless);
         assert!(!exec.path_truncated);
         assert!(exec.header.watched);

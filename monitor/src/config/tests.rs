@@ -477,7 +477,10 @@ fn transitions_must_name_loaded_profiles() {
         "profiles/server.yaml",
         "name: server\nselector: {args: ['serve *']}\nallow:\n  io_uring: true\n  transitions: [sync, nobody]\n",
     );
-    dir.write("profiles/sync.yaml", "name: sync\nselector: {args: ['sync *']}\n");
+    dir.write(
+        "profiles/sync.yaml",
+        "name: sync\nselector: {args: ['sync *']}\n",
+    );
     assert_eq!(
         config_errors(&dir, "profiles: [\"profiles\"]\n"),
         ["DIR/profiles/server.yaml:1:7: profile \"server\": allow.transitions names unknown profile \"nobody\" (loaded: server, sync)"]
@@ -490,5 +493,8 @@ fn transitions_must_name_loaded_profiles() {
     let server = config.profile_by_name("server").unwrap();
     assert!(server.allow.io_uring);
     assert!(server.allow.transition("sync"));
-    assert!(!config.profile_by_name("sync").unwrap().allow.io_uring, "default false");
+    assert!(
+        !config.profile_by_name("sync").unwrap().allow.io_uring,
+        "default false"
+    );
 }
