@@ -190,8 +190,10 @@ impl Engine {
     }
 
     /// Governs the processes found by the `/proc` scan: each live process that the engine
-    /// does not know yet gets the profile its selector matches, else that of its nearest
-    /// ancestor that matches one. Returns the processes governed, by tgid.
+    /// does not know yet gets the profile of its oldest governed ancestor, as exec and fork
+    /// would have passed it down (a selector match below a governed ancestor switches only
+    /// where the ancestor's profile names that transition), else the one its own selector
+    /// matches. Returns the processes governed, by tgid.
     pub fn seed(&mut self, table: &ProcessTable) -> Vec<(u32, u32)> {
         let direct: HashMap<(u32, u64), u32> = table
             .iter()
@@ -205,16 +207,23 @@ impl Engine {
             {
                 continue;
             }
-            let own = direct.get(&(process.tgid, process.start_time_ns)).copied();
-            let inherited = || {
-                table.ancestry(process, 64).iter().find_map(|a| {
-                    direct
-                        .get(&(a.tgid, a.start_time_ns))
-                        .copied()
-                        .or_else(|| self.state(a.tgid, a.start_time_ns).and_then(|s| s.profile))
-                })
-            };
-            if let Some(id) = own.or_else(inherited) {
+            let mut chain = table.ancestry(process, 64);
+            chain.reverse();
+            chain.push(process);
+            let mut effective = None;
+            for p in chain {
+                if let Some(known) = self.state(p.tgid, p.start_time_ns).and_then(|s| s.profile) {
+                    effective = Some(known);
+                    continue;
+                }
+                let own = direct.get(&(p.tgid, p.start_time_ns)).copied();
+                effective = match (effective, own) {
+                    (None, own) => own,
+                    (Some(current), Some(own)) if self.may_switch(current, own) => Some(own),
+                    (current, _) => current,
+                };
+            }
+            if let Some(id) = effective {
                 governed.push((process.tgid, id));
             }
         }
@@ -372,6 +381,15 @@ impl Engine {
             args: &args,
             cgroup: process.cgroup_path.as_deref(),
         })
+    }
+
+    /// Whether a process under profile `from` may switch to `to` by an exec that `to`'s
+    /// selector matches: only when `from` names it in `allow.transitions`.
+    fn may_switch(&self, from: u32, to: u32) -> bool {
+        match (self.config.profile(from), self.config.profile(to)) {
+            (Some(from), Some(to)) => from.id == to.id || from.allow.transition(&to.name),
+            _ => false,
+        }
     }
 
     fn state(&self, tgid: u32, start_time_ns: u64) -> Option<&ProcessState> {

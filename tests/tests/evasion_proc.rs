@@ -62,6 +62,14 @@ if method == "vm_readv":
     local, remote = iovec(ctypes.cast(buf, ctypes.c_void_p), n), iovec(addr, n)
     r = libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
     data = buf.raw[:r] if r > 0 else b""
+elif method == "vm_writev":
+    # Read the bytes, then write them back: a real write that leaves the target working.
+    buf = ctypes.create_string_buffer(n)
+    local, remote = iovec(ctypes.cast(buf, ctypes.c_void_p), n), iovec(addr, n)
+    assert libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) == n
+    r = libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    assert r == n, os.strerror(ctypes.get_errno())
+    data = buf.raw
 elif method == "ptrace_attach":
     data = peek(False)
 elif method == "ptrace_seize":
@@ -347,6 +355,7 @@ fn memory_of_a_governed_server_is_reported_by_every_route() {
     for (method, operation) in [
         ("vm_readv", "process_vm_readv"),
         ("vm_readv_tid", "process_vm_readv"),
+        ("vm_writev", "process_vm_writev"),
         ("ptrace_attach", "ptrace"),
         ("ptrace_seize", "ptrace"),
         ("proc_mem", "proc-pid-mem-open"),

@@ -913,8 +913,9 @@ fn seed_governs_running_processes_and_their_children() {
             (600, SERVER),
             (601, SERVER),
             (602, SERVER),
-            (603, HELPER),
-            (604, HELPER)
+            // A child of the server running the helper stays the server's: no transition.
+            (603, SERVER),
+            (604, SERVER)
         ]
     );
     assert_eq!(world.engine.governed(), seeded);
