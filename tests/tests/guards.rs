@@ -710,3 +710,47 @@ fn open_latency_of_a_guarded_file() {
         println!("{line}");
     }
 }
+
+#[test]
+fn a_glob_that_matches_anywhere_finds_new_files() {
+    let site = Site::new("guard-anywhere", false);
+    let suffix = format!(".{}", marker("gguf").replace('-', ""));
+    let config = std::fs::read_to_string(site.path("config.yaml")).unwrap();
+    std::fs::write(
+        site.path("config.yaml"),
+        config.replace("/models/**\"]", &format!("/models/**\", \"**/*{suffix}\"]")),
+    )
+    .unwrap();
+    let monitor = site.start();
+    // A new file with the suffix, anywhere on a watched file system (here below /tmp).
+    let file = site.path(&format!("outside/deep/er/model{suffix}"));
+    std::fs::create_dir_all(site.path("outside/deep/er")).unwrap();
+    std::fs::write(&file, WEIGHTS).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (pid, out) = python(READ, &[&file]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new file was never guarded: {}",
+            monitor.stderr()
+        );
+    }
+    // A file renamed to the suffix is found too.
+    let plain = site.path("outside/plain.bin");
+    std::fs::write(&plain, WEIGHTS).unwrap();
+    let renamed = site.path(&format!("outside/renamed{suffix}"));
+    std::fs::rename(&plain, &renamed).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (pid, out) = python(READ, &[&renamed]);
+    assert_eq!(stdout(&out), WEIGHTS);
+    alert_of(&monitor, "protected-file-read", pid);
+}
