@@ -57,6 +57,8 @@ pub const MECHANISM: &str = "fanotify";
 const REPORT_QUEUE: usize = 8192;
 /// Guard events waiting for the pipeline's reader.
 pub const EVENT_QUEUE: usize = 16384;
+/// Most entries the start-up discovery visits below each of [`DISCOVERY_ROOTS`].
+const DISCOVERY_BUDGET: usize = 500_000;
 /// Allowed reads remembered as reported, before the set starts over.
 const REPORTED_MAX: usize = 65_536;
 /// How often the threads look at the stop flag while idle.
@@ -438,11 +440,8 @@ impl Shared {
             };
             for (name, is_dir, is_file) in list {
                 visited += 1;
-                if visited > marks::WALK_BUDGET {
-                    warn!(
-                        "start-up discovery below {path} stopped after {} entries",
-                        marks::WALK_BUDGET
-                    );
+                if visited > DISCOVERY_BUDGET {
+                    warn!("start-up discovery below {path} stopped after {DISCOVERY_BUDGET} entries; files there that match a guard glob are guarded once a name below them changes");
                     return;
                 }
                 let child = join(&path, &name);
