@@ -754,3 +754,36 @@ fn a_glob_that_matches_anywhere_finds_new_files() {
     assert_eq!(stdout(&out), WEIGHTS);
     alert_of(&monitor, "protected-file-read", pid);
 }
+
+#[test]
+fn a_guarded_directory_created_after_the_start() {
+    let site = Site::new("guard-later", false);
+    let config = std::fs::read_to_string(site.path("config.yaml")).unwrap();
+    std::fs::write(
+        site.path("config.yaml"),
+        config.replace("/models/**", "/later/**"),
+    )
+    .unwrap();
+    let monitor = site.start();
+    std::fs::create_dir_all(site.path("later/m")).unwrap();
+    let file = site.path("later/m/w.bin");
+    std::fs::write(&file, WEIGHTS).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (pid, out) = python(READ, &[&file]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the directory made after the start was never guarded: {}",
+            monitor.stderr()
+        );
+    }
+}

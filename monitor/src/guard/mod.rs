@@ -343,7 +343,8 @@ fn poll_readable(fd: RawFd) -> bool {
 
 /// What the answering thread tells the reporting thread.
 struct PermReport {
-    fd: OwnedFd,
+    /// The event's fd (set by the loop once the answer is written).
+    fd: Option<OwnedFd>,
     time_ns: u64,
     tgid: u32,
     tid: u32,
@@ -532,7 +533,25 @@ impl Shared {
                 // SAFETY: the kernel gave us this fd with the event; we own it now.
                 let fd = unsafe { OwnedFd::from_raw_fd(record.fd) };
                 let started = Instant::now();
-                let report = self.answer(fd, &record, watched).filter(|report| {
+                // A bug here must not leave the opener waiting forever (the kernel only
+                // gives up on the event when the group closes): a panic answers ALLOW, as
+                // the kernel would if the daemon died, and is logged.
+                let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.answer(&fd, &record, watched)
+                }));
+                let answered = match answered {
+                    Ok(report) => report,
+                    Err(_) => {
+                        warn!("the guard's answering code panicked: this open was allowed");
+                        let _ = self.content.respond(fd.as_raw_fd(), true);
+                        None
+                    }
+                };
+                let report = answered.map(|report| PermReport {
+                    fd: Some(fd),
+                    ..report
+                });
+                let report = report.filter(|report| {
                     let quiet = !report.alerting;
                     match report.inode {
                         Some(inode) if quiet => {
@@ -561,7 +580,7 @@ impl Shared {
     /// Decides one permission event and answers it; returns what to report.
     fn answer(
         &self,
-        fd: OwnedFd,
+        fd: &OwnedFd,
         record: &Record,
         watched: &BpfHashMap<MapData, u32, WatchEntry>,
     ) -> Option<PermReport> {
@@ -664,7 +683,7 @@ impl Shared {
             warn!("failed to answer a fanotify permission event: {err}");
         }
         Some(PermReport {
-            fd,
+            fd: None,
             time_ns,
             tgid,
             tid,
@@ -727,7 +746,10 @@ impl Shared {
             else {
                 continue;
             };
-            let path = sys::fd_path(report.fd.as_raw_fd());
+            let path = report
+                .fd
+                .as_ref()
+                .and_then(|fd| sys::fd_path(fd.as_raw_fd()));
             drop(report.fd);
             let (path, truncated) = match (path, report.path) {
                 (Some(now), _) => (now, false),
