@@ -592,12 +592,12 @@ impl Shared {
             }
         };
         if tid == 0 {
-            allow(&fd);
+            allow(fd);
             return None;
         }
         let tgid = tgid_of(tid).unwrap_or(tid);
         if tgid == self.self_tgid {
-            allow(&fd);
+            allow(fd);
             return None;
         }
         let key = sys::fstat(fd.as_raw_fd()).ok().map(|(d, i, _)| (d, i));
@@ -619,7 +619,7 @@ impl Shared {
             }
         };
         if guards.is_empty() {
-            allow(&fd);
+            allow(fd);
             return None;
         }
         let exec = record.mask & libc::FAN_OPEN_EXEC_PERM != 0;
