@@ -787,3 +787,20 @@ fn a_guarded_directory_created_after_the_start() {
         );
     }
 }
+
+#[test]
+fn an_ungoverned_reader_that_connects_out_is_model_exfiltration() {
+    let site = Site::new("guard-exfil", false);
+    let monitor = site.start();
+    let model = site.path("models/model.safetensors");
+    // Read, then connect at once (UDP: no packet leaves) to an address that is not loopback.
+    let (pid, out) = python(
+        "import socket, sys\nopen(sys.argv[1], 'rb').read()\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('198.51.100.7', 9))\nprint('done')",
+        &[&model],
+    );
+    assert_eq!(stdout(&out), "done", "{out:?}");
+    let alert = alert_of(&monitor, "model-exfiltration", pid);
+    assert_eq!(alert["file.path"], model);
+    assert_eq!(alert["network.peer.address"], "198.51.100.7");
+    assert_eq!(alert["severity"], "critical");
+}

@@ -36,7 +36,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, MapData};
-use monitor_common::{EventKind, WatchEntry, WATCH_CANDIDATE};
+use monitor_common::{EventKind, WatchEntry, WATCH_CANDIDATE, WATCH_GUARD_READER};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -194,7 +194,7 @@ impl Guards {
         threads.push(
             std::thread::Builder::new()
                 .name("guard-perm".into())
-                .spawn(move || s.answer_loop(&watched, &report_tx))?,
+                .spawn(move || s.answer_loop(&mut { watched }, &report_tx))?,
         );
         let s = shared.clone();
         threads.push(
@@ -501,7 +501,7 @@ impl Shared {
     /// The `guard-perm` thread.
     fn answer_loop(
         &self,
-        watched: &BpfHashMap<MapData, u32, WatchEntry>,
+        watched: &mut BpfHashMap<MapData, u32, WatchEntry>,
         reports: &SyncSender<PermReport>,
     ) {
         let mut buf = vec![0u8; 64 * 1024];
@@ -582,7 +582,7 @@ impl Shared {
         &self,
         fd: &OwnedFd,
         record: &Record,
-        watched: &BpfHashMap<MapData, u32, WatchEntry>,
+        watched: &mut BpfHashMap<MapData, u32, WatchEntry>,
     ) -> Option<PermReport> {
         let time_ns = BootClock::boot_now_ns();
         let tid = record.pid.max(0) as u32;
@@ -662,6 +662,21 @@ impl Shared {
             .collect();
         let enforcing = forbidding.iter().any(|e| *e);
         let deny = enforcing && !self.dry_run;
+        // A process that reads a guarded file is watched from now on (before its open
+        // returns, so its next connect is seen): `model-exfiltration` needs its connects.
+        // Only where it has no entry: a governed process keeps its own.
+        if reads && !deny && profile.is_none() {
+            let entry = WatchEntry {
+                reason: WATCH_GUARD_READER,
+                profile: 0,
+                generation: 0,
+                _pad: 0,
+            };
+            const BPF_NOEXIST: u64 = 1;
+            if let Err(err) = watched.insert(tgid, entry, BPF_NOEXIST) {
+                debug!("failed to watch reader {tgid} of a guarded file: {err}");
+            }
+        }
         // The alert names the process: read it while it waits for this answer (a refused
         // process may be gone by the time the report is written).
         // A process refused again within a second is in the process table by now: the
