@@ -714,6 +714,9 @@ pub const WATCH_ALL: u32 = 3;
 pub const WATCH_PROFILE: u32 = 4;
 /// Exec'd a candidate executable: watched until user space decides.
 pub const WATCH_CANDIDATE: u32 = 5;
+/// Read a guarded file (set by the fanotify guards before the open returns): its connects
+/// are checked for model exfiltration.
+pub const WATCH_GUARD_READER: u32 = 6;
 /// Inherited from the parent at fork.
 pub const WATCH_INHERITED: u32 = 0x100;
 

@@ -105,7 +105,21 @@ pub async fn read_ring(
                 }
             }
         }
-        batch.extend(guarded);
+        // In time order: a guard event goes before the ring's records that came after it
+        // (a connect right after the read it follows); the ring's own order is kept.
+        if !guarded.is_empty() {
+            let mut merged = Vec::with_capacity(batch.len() + guarded.len());
+            let mut ring_events = batch.into_iter().peekable();
+            for event in guarded {
+                let time = event.header().time_ns;
+                while let Some(earlier) = ring_events.next_if(|e| e.header().time_ns <= time) {
+                    merged.push(earlier);
+                }
+                merged.push(event);
+            }
+            merged.extend(ring_events);
+            batch = merged;
+        }
         if !batch.is_empty() {
             if let Err(
                 mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),

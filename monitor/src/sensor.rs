@@ -361,11 +361,13 @@ fn probe_lsm(ebpf: &mut Ebpf, btf: &aya::Btf) -> bool {
         .and_then(|p| Ok(p.load("file_open", btf)?));
     match result {
         Ok(()) => {
-            info!("BPF-LSM programs load on this host; writes to enforcing guards are still stopped by a kill at the open's entry (an LSM deny is not built yet)");
+            info!("BPF-LSM programs load on this host (not used to deny yet: enforcing guards answer fanotify permission events)");
             true
         }
         Err(err) => {
-            info!("BPF-LSM unavailable ({err:#}); writes to enforcing guards are stopped by a kill at the open's entry");
+            info!(
+                "BPF-LSM unavailable ({err:#}); enforcing guards answer fanotify permission events"
+            );
             false
         }
     }

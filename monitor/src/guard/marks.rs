@@ -290,6 +290,13 @@ impl Marker<'_> {
         }
         let Ok(dir) = std::fs::File::open(root) else {
             debug!("guard root {root} does not exist yet: followed when it appears");
+            let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+            if !table.roots.iter().any(|r| r.path == root) {
+                table.roots.push(Root {
+                    path: root.to_owned(),
+                    inode: None,
+                });
+            }
             return;
         };
         let dir = OwnedFd::from(dir);

@@ -36,7 +36,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, MapData};
-use monitor_common::{EventKind, WatchEntry, WATCH_CANDIDATE};
+use monitor_common::{EventKind, WatchEntry, WATCH_CANDIDATE, WATCH_GUARD_READER};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -57,6 +57,8 @@ pub const MECHANISM: &str = "fanotify";
 const REPORT_QUEUE: usize = 8192;
 /// Guard events waiting for the pipeline's reader.
 pub const EVENT_QUEUE: usize = 16384;
+/// Most entries the start-up discovery visits below each of [`DISCOVERY_ROOTS`].
+const DISCOVERY_BUDGET: usize = 500_000;
 /// Allowed reads remembered as reported, before the set starts over.
 const REPORTED_MAX: usize = 65_536;
 /// How often the threads look at the stop flag while idle.
@@ -192,7 +194,7 @@ impl Guards {
         threads.push(
             std::thread::Builder::new()
                 .name("guard-perm".into())
-                .spawn(move || s.answer_loop(&watched, &report_tx))?,
+                .spawn(move || s.answer_loop(&mut { watched }, &report_tx))?,
         );
         let s = shared.clone();
         threads.push(
@@ -341,7 +343,8 @@ fn poll_readable(fd: RawFd) -> bool {
 
 /// What the answering thread tells the reporting thread.
 struct PermReport {
-    fd: OwnedFd,
+    /// The event's fd (set by the loop once the answer is written).
+    fd: Option<OwnedFd>,
     time_ns: u64,
     tgid: u32,
     tid: u32,
@@ -438,11 +441,8 @@ impl Shared {
             };
             for (name, is_dir, is_file) in list {
                 visited += 1;
-                if visited > marks::WALK_BUDGET {
-                    warn!(
-                        "start-up discovery below {path} stopped after {} entries",
-                        marks::WALK_BUDGET
-                    );
+                if visited > DISCOVERY_BUDGET {
+                    warn!("start-up discovery below {path} stopped after {DISCOVERY_BUDGET} entries; files there that match a guard glob are guarded once a name below them changes");
                     return;
                 }
                 let child = join(&path, &name);
@@ -501,7 +501,7 @@ impl Shared {
     /// The `guard-perm` thread.
     fn answer_loop(
         &self,
-        watched: &BpfHashMap<MapData, u32, WatchEntry>,
+        watched: &mut BpfHashMap<MapData, u32, WatchEntry>,
         reports: &SyncSender<PermReport>,
     ) {
         let mut buf = vec![0u8; 64 * 1024];
@@ -533,7 +533,25 @@ impl Shared {
                 // SAFETY: the kernel gave us this fd with the event; we own it now.
                 let fd = unsafe { OwnedFd::from_raw_fd(record.fd) };
                 let started = Instant::now();
-                let report = self.answer(fd, &record, watched).filter(|report| {
+                // A bug here must not leave the opener waiting forever (the kernel only
+                // gives up on the event when the group closes): a panic answers ALLOW, as
+                // the kernel would if the daemon died, and is logged.
+                let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.answer(&fd, &record, watched)
+                }));
+                let answered = match answered {
+                    Ok(report) => report,
+                    Err(_) => {
+                        warn!("the guard's answering code panicked: this open was allowed");
+                        let _ = self.content.respond(fd.as_raw_fd(), true);
+                        None
+                    }
+                };
+                let report = answered.map(|report| PermReport {
+                    fd: Some(fd),
+                    ..report
+                });
+                let report = report.filter(|report| {
                     let quiet = !report.alerting;
                     match report.inode {
                         Some(inode) if quiet => {
@@ -562,9 +580,9 @@ impl Shared {
     /// Decides one permission event and answers it; returns what to report.
     fn answer(
         &self,
-        fd: OwnedFd,
+        fd: &OwnedFd,
         record: &Record,
-        watched: &BpfHashMap<MapData, u32, WatchEntry>,
+        watched: &mut BpfHashMap<MapData, u32, WatchEntry>,
     ) -> Option<PermReport> {
         let time_ns = BootClock::boot_now_ns();
         let tid = record.pid.max(0) as u32;
@@ -574,12 +592,12 @@ impl Shared {
             }
         };
         if tid == 0 {
-            allow(&fd);
+            allow(fd);
             return None;
         }
         let tgid = tgid_of(tid).unwrap_or(tid);
         if tgid == self.self_tgid {
-            allow(&fd);
+            allow(fd);
             return None;
         }
         let key = sys::fstat(fd.as_raw_fd()).ok().map(|(d, i, _)| (d, i));
@@ -601,7 +619,7 @@ impl Shared {
             }
         };
         if guards.is_empty() {
-            allow(&fd);
+            allow(fd);
             return None;
         }
         let exec = record.mask & libc::FAN_OPEN_EXEC_PERM != 0;
@@ -644,6 +662,21 @@ impl Shared {
             .collect();
         let enforcing = forbidding.iter().any(|e| *e);
         let deny = enforcing && !self.dry_run;
+        // A process that reads a guarded file is watched from now on (before its open
+        // returns, so its next connect is seen): `model-exfiltration` needs its connects.
+        // Only where it has no entry: a governed process keeps its own.
+        if reads && !deny && profile.is_none() {
+            let entry = WatchEntry {
+                reason: WATCH_GUARD_READER,
+                profile: 0,
+                generation: 0,
+                _pad: 0,
+            };
+            const BPF_NOEXIST: u64 = 1;
+            if let Err(err) = watched.insert(tgid, entry, BPF_NOEXIST) {
+                debug!("failed to watch reader {tgid} of a guarded file: {err}");
+            }
+        }
         // The alert names the process: read it while it waits for this answer (a refused
         // process may be gone by the time the report is written).
         // A process refused again within a second is in the process table by now: the
@@ -665,7 +698,7 @@ impl Shared {
             warn!("failed to answer a fanotify permission event: {err}");
         }
         Some(PermReport {
-            fd,
+            fd: None,
             time_ns,
             tgid,
             tid,
@@ -728,7 +761,10 @@ impl Shared {
             else {
                 continue;
             };
-            let path = sys::fd_path(report.fd.as_raw_fd());
+            let path = report
+                .fd
+                .as_ref()
+                .and_then(|fd| sys::fd_path(fd.as_raw_fd()));
             drop(report.fd);
             let (path, truncated) = match (path, report.path) {
                 (Some(now), _) => (now, false),
