@@ -64,15 +64,16 @@ pub fn io_uring_create(ctx: TracePointContext) -> u32 {
         start_time,
     };
     let _ = IO_URING_RINGS.insert(&ring, &owner, 0);
-    let flags: u32 = unsafe { field(&ctx, 32) };
     emit(
         owner,
         entry.generation,
-        IoUringOpCode::Create,
-        IO_URING_KEY_CREATE,
-        ring,
-        false,
-        flags,
+        IoUringRecord {
+            op: IoUringOpCode::Create,
+            opcode: 0,
+            ring,
+            sq_thread: false,
+            flags: unsafe { field(&ctx, 32) },
+        },
     );
     0
 }
@@ -107,15 +108,16 @@ pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
     let Some(entry) = governed(owner.tgid) else {
         return 0;
     };
-    let flags: u64 = unsafe { field(&ctx, 40) };
     emit(
         owner,
         entry.generation,
-        IoUringOpCode::Submit,
-        opcode,
-        ring,
-        sq_thread,
-        flags as u32,
+        IoUringRecord {
+            op: IoUringOpCode::Submit,
+            opcode,
+            ring,
+            sq_thread,
+            flags: unsafe { field::<u64>(&ctx, 40) } as u32,
+        },
     );
     0
 }
@@ -145,21 +147,27 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Sends one record per (process, exec generation, opcode).
-#[inline(always)]
-fn emit(
-    owner: RingOwner,
-    generation: u32,
+/// What one record says besides its header.
+struct IoUringRecord {
     op: IoUringOpCode,
+    /// `IORING_OP_*` of a submission (0 for a creation).
     opcode: u32,
     ring: u64,
     sq_thread: bool,
     flags: u32,
-) {
+}
+
+/// Sends one record per (process, exec generation, opcode).
+#[inline(always)]
+fn emit(owner: RingOwner, generation: u32, record: IoUringRecord) {
     let key = IoUringKey {
         tgid: owner.tgid,
         generation,
-        opcode,
+        opcode: if record.op == IoUringOpCode::Create {
+            IO_URING_KEY_CREATE
+        } else {
+            record.opcode
+        },
         _pad: 0,
     };
     let kind = EventKind::IoUring as u32;
@@ -180,15 +188,11 @@ fn emit(
             owner.start_time,
             true,
         ),
-        op: op as u32,
-        opcode: if op == IoUringOpCode::Create {
-            0
-        } else {
-            opcode
-        },
-        ring,
-        sq_thread: u32::from(sq_thread),
-        flags,
+        op: record.op as u32,
+        opcode: record.opcode,
+        ring: record.ring,
+        sq_thread: u32::from(record.sq_thread),
+        flags: record.flags,
     };
     entry.write(event);
     count(Stat::Emitted, kind);

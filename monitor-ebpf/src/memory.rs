@@ -26,18 +26,32 @@ use crate::{
     submit_flags, syscall_arg, syscall_ret, CONFIG, EVENTS, POLICY, WATCHED, WATCHED_THREADS,
 };
 
-/// The governed process a pid names (its tgid, or one of its threads): (tgid, entry). A
-/// process that just exec'd a profile's executable counts (user space has not matched its
-/// selector yet, and drops the report if it does not govern the process).
+/// The process whose memory is reached.
+#[derive(Clone, Copy)]
+struct Target {
+    tgid: u32,
+    entry: WatchEntry,
+    /// 0 when the hook did not read it (user space looks the process up by tgid).
+    start_time: u64,
+}
+
+/// The governed process a pid names (its tgid, or one of its threads). A process that just
+/// exec'd a profile's executable counts (user space has not matched its selector yet, and
+/// drops the report if it does not govern the process).
 #[inline(always)]
-fn governed(pid: u32) -> Option<(u32, WatchEntry)> {
+fn governed(pid: u32) -> Option<Target> {
     let governs = |e: &WatchEntry| e.profile != 0 || e.reason & 0xff == WATCH_CANDIDATE;
+    let target = |tgid, entry: &WatchEntry| Target {
+        tgid,
+        entry: *entry,
+        start_time: 0,
+    };
     if let Some(entry) = unsafe { WATCHED.get(pid) } {
-        return governs(entry).then_some((pid, *entry));
+        return governs(entry).then(|| target(pid, entry));
     }
     let tgid = *unsafe { WATCHED_THREADS.get(pid) }?;
     let entry = unsafe { WATCHED.get(tgid) }?;
-    governs(entry).then_some((tgid, *entry))
+    governs(entry).then(|| target(tgid, entry))
 }
 
 /// The thread group of the task a `struct pid` names (`pid->tasks[PIDTYPE_PID].first`, a
@@ -56,24 +70,17 @@ fn pid_task(pid: *const u8) -> Result<(u32, u64), i64> {
 }
 
 /// Reports (and under an enforce-mode profile of the target, kills) the current process for
-/// reaching `target_tgid`'s memory.
+/// reaching the target's memory.
 #[inline(always)]
-fn report(
-    op: MemoryOpCode,
-    target_tgid: u32,
-    target: WatchEntry,
-    start_time: u64,
-    arg: i64,
-    at_exit: bool,
-) {
+fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // A process may read its own memory; the monitor and init are never killed.
-    if tgid == target_tgid || tgid == config_self_tgid() {
+    if tgid == target.tgid || tgid == config_self_tgid() {
         return;
     }
     let mut flags = if at_exit { MEMORY_AT_EXIT } else { 0 };
-    if let Some(policy) = unsafe { POLICY.get(target.profile) } {
+    if let Some(policy) = unsafe { POLICY.get(target.entry.profile) } {
         if policy.flags & POLICY_ENFORCE != 0 {
             flags |= if policy.flags & POLICY_DRY_RUN != 0 || tgid == 1 {
                 MEMORY_WOULD_KILL
@@ -104,9 +111,9 @@ fn report(
         ),
         op: op as u32,
         flags,
-        target_tgid,
-        target_profile: target.profile,
-        target_start_time: start_time,
+        target_tgid: target.tgid,
+        target_profile: target.entry.profile,
+        target_start_time: target.start_time,
         arg,
     };
     entry.write(event);
@@ -118,7 +125,7 @@ fn report(
 #[tracepoint]
 pub fn process_vm_enter(ctx: TracePointContext) -> u32 {
     let pid = syscall_arg(&ctx, 0) as u32;
-    let Some((tgid, entry)) = governed(pid) else {
+    let Some(target) = governed(pid) else {
         return 0;
     };
     // `__syscall_nr` at 8 tells the two apart (x86_64: 310 readv, 311 writev; aarch64: 270,
@@ -129,7 +136,7 @@ pub fn process_vm_enter(ctx: TracePointContext) -> u32 {
     } else {
         MemoryOpCode::ProcessVmWritev
     };
-    report(op, tgid, entry, 0, 0, false);
+    report(op, target, 0, false);
     0
 }
 
@@ -152,10 +159,10 @@ pub fn ptrace_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let pid = syscall_arg(&ctx, 1) as u32;
-    let Some((tgid, entry)) = governed(pid) else {
+    let Some(target) = governed(pid) else {
         return 0;
     };
-    report(MemoryOpCode::Ptrace, tgid, entry, 0, request as i64, false);
+    report(MemoryOpCode::Ptrace, target, request as i64, false);
     0
 }
 
@@ -181,17 +188,18 @@ fn try_pidfd_getfd(ctx: &TracePointContext) -> Result<(), i64> {
                 .filter(|(tgid, _)| governed(*tgid).is_some())
         }
     };
-    let Some((tgid, start)) = target else {
+    let Some((tgid, start_time)) = target else {
         return Ok(());
     };
-    let Some((tgid, entry)) = governed(tgid) else {
+    let Some(target) = governed(tgid) else {
         return Ok(());
     };
     report(
         MemoryOpCode::PidfdGetfd,
-        tgid,
-        entry,
-        start,
+        Target {
+            start_time,
+            ..target
+        },
         syscall_arg(ctx, 1) as i64,
         false,
     );
@@ -230,10 +238,18 @@ pub fn check_proc_mem_fd(fd: i64) -> Result<(), i64> {
     let inode = crate::kernel::file_inode(file)?;
     let proc_inode = inode.wrapping_sub(off!(proc_inode_vfs_inode));
     let pid: *const u8 = unsafe { read(proc_inode, off!(proc_inode_pid))? };
-    let (tgid, start) = pid_task(pid)?;
-    let Some((tgid, entry)) = governed(tgid) else {
+    let (tgid, start_time) = pid_task(pid)?;
+    let Some(target) = governed(tgid) else {
         return Ok(());
     };
-    report(MemoryOpCode::ProcMemOpen, tgid, entry, start, fd, true);
+    report(
+        MemoryOpCode::ProcMemOpen,
+        Target {
+            start_time,
+            ..target
+        },
+        fd,
+        true,
+    );
     Ok(())
 }
