@@ -502,10 +502,15 @@ impl<W: Write> Processor<W> {
         let mut event = event;
         // A guard event of a process that was gone before /proc could be read: the table
         // still knows it (exited processes are kept a while).
+        // Otherwise the table's exact start time replaces /proc's tick-grained one, so that
+        // the alerts of one process have one identity (deduplication keys on it).
         if let Event::File(file) = &mut event {
-            if file.guard.is_some() && file.header.start_time_ns == 0 {
+            if file.guard.is_some() {
                 if let Some(process) = self.table.get_by_tgid(tgid) {
-                    file.header.start_time_ns = process.start_time_ns;
+                    let start = file.header.start_time_ns;
+                    if start == 0 || crate::process::same_start(process.start_time_ns, start) {
+                        file.header.start_time_ns = process.start_time_ns;
+                    }
                 }
             }
         }

@@ -804,3 +804,26 @@ fn an_ungoverned_reader_that_connects_out_is_model_exfiltration() {
     assert_eq!(alert["network.peer.address"], "198.51.100.7");
     assert_eq!(alert["severity"], "critical");
 }
+
+#[test]
+fn a_fanotify_queue_overflow_is_events_lost() {
+    let site = Site::new("guard-overflow", false);
+    let monitor = site.start();
+    // Tens of thousands of new directories in the guarded tree (no permission event slows
+    // their maker), faster than the monitor marks and reports them: the notification queue
+    // (16,384 events) overflows.
+    let (_, out) = python(
+        "import os, sys\nd = sys.argv[1]\nfor i in range(60000):\n    os.mkdir(os.path.join(d, 'n%d' % i))\n",
+        &[&site.path("models/sub")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lost = monitor.wait_for("events-lost (file)", Duration::from_secs(30), |v| {
+        v["security_rule.name"] == "events-lost" && v["monitor.loss.stage"] == "kernel"
+    });
+    assert_eq!(lost["severity"], "high", "{lost}");
+    assert_eq!(lost["monitor.loss.event_kind"], "file", "{lost}");
+    assert!(
+        lost["monitor.loss.count"].as_u64().unwrap_or(0) > 0,
+        "{lost}"
+    );
+}

@@ -952,12 +952,15 @@ impl Shared {
         if guards.is_empty() {
             return;
         }
-        let op = if mask & libc::FAN_CREATE != 0 {
-            FileOp::Open
-        } else if mask & (libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_MOVE_SELF) != 0 {
+        // The kernel merges events of one process on one name (a directory moved away and
+        // one made in its place is one record, FAN_MOVED_FROM | FAN_CREATE): the move or
+        // removal of what was guarded is what the alert names.
+        let op = if mask & (libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_MOVE_SELF) != 0 {
             FileOp::Rename
         } else if mask & (libc::FAN_DELETE | libc::FAN_DELETE_SELF) != 0 {
             FileOp::Unlink
+        } else if mask & libc::FAN_CREATE != 0 {
+            FileOp::Open
         } else if mask & libc::FAN_MODIFY != 0 {
             FileOp::Modify
         } else if mask & libc::FAN_ATTRIB != 0 {

@@ -201,7 +201,11 @@ pub fn parse(buf: &[u8]) -> (Vec<Record>, bool) {
                 match kind {
                     libc::FAN_EVENT_INFO_TYPE_DFID_NAME => {
                         let name = &body[end..];
-                        let name = name.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+                        let mut name = name.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+                        // The object itself (FAN_MOVE_SELF, FAN_DELETE_SELF on a directory).
+                        if name == b"." {
+                            name.clear();
+                        }
                         record.dir = Some((fsid, handle, name));
                     }
                     libc::FAN_EVENT_INFO_TYPE_FID => record.object = Some((fsid, handle)),
