@@ -502,6 +502,8 @@ mod tests {
                     paths: bytes.map(|b| ("file.path", b)).into_iter().collect(),
                     args: None,
                 },
+                guard: None,
+                unverified: false,
             })
         };
         let clock = BootClock::new();

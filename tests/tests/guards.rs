@@ -809,13 +809,15 @@ fn an_ungoverned_reader_that_connects_out_is_model_exfiltration() {
 fn a_fanotify_queue_overflow_is_events_lost() {
     let site = Site::new("guard-overflow", false);
     let monitor = site.start();
-    // Tens of thousands of new directories in the guarded tree (no permission event slows
-    // their maker), faster than the monitor marks and reports them: the notification queue
-    // (16,384 events) overflows.
+    // Tens of thousands of new directories in the guarded tree while the monitor is stopped
+    // (SIGSTOP: nothing reads the notification queue, whatever the machine's speed), so the
+    // queue (16,384 events) overflows; the monitor reports it once it runs again.
+    monitor.signal(libc::SIGSTOP);
     let (_, out) = python(
-        "import os, sys\nd = sys.argv[1]\nfor i in range(60000):\n    os.mkdir(os.path.join(d, 'n%d' % i))\n",
+        "import os, sys\nd = sys.argv[1]\nfor i in range(20000):\n    os.mkdir(os.path.join(d, 'n%d' % i))\n",
         &[&site.path("models/sub")],
     );
+    monitor.signal(libc::SIGCONT);
     assert!(out.status.success(), "{out:?}");
     let lost = monitor.wait_for("events-lost (file)", Duration::from_secs(30), |v| {
         v["security_rule.name"] == "events-lost" && v["monitor.loss.stage"] == "kernel"
