@@ -544,7 +544,9 @@ fn a_sigterm_stop_is_quick_even_with_the_collector_down() {
         "{stderr}"
     );
     assert!(stderr.contains("programs detached"), "{stderr}");
-    // Generous: the machine is shared. Measured here: 1.2-1.4 s, of which 1 s is the bounded
-    // drain (main's build: 7-8 s).
-    assert!(took < Duration::from_secs(3), "{took:?}:\n{stderr}");
+    // Generous: the machine is shared. Measured here with 69 programs attached: 3.2-3.3 s, of
+    // which 2.2-2.3 s is the detach (the kernel unregisters syscall tracepoints one RCU
+    // grace period at a time, under a mutex: threads do not overlap them) and 1 s the
+    // bounded drain; before the detach threads and the bounded drain: 7-8 s.
+    assert!(took < Duration::from_secs(5), "{took:?}:\n{stderr}");
 }
