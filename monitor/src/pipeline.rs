@@ -506,11 +506,14 @@ impl<W: Write> Processor<W> {
         // the alerts of one process have one identity (deduplication keys on it).
         if let Event::File(file) = &mut event {
             if file.guard.is_some() {
-                if let Some(process) = self.table.get_by_tgid(tgid) {
-                    let start = file.header.start_time_ns;
-                    if start == 0 || crate::process::same_start(process.start_time_ns, start) {
-                        file.header.start_time_ns = process.start_time_ns;
-                    }
+                let start = file.header.start_time_ns;
+                let known = if start == 0 {
+                    self.table.latest_by_tgid(tgid)
+                } else {
+                    self.table.get(tgid, start)
+                };
+                if let Some(process) = known {
+                    file.header.start_time_ns = process.start_time_ns;
                 }
             }
         }

@@ -374,6 +374,17 @@ impl ProcessTable {
         self.live.get(&tgid)
     }
 
+    /// The process with this tgid: the live one, else the one of that tgid that exited last
+    /// (an event that names only a pid, such as fanotify's, of a process already gone).
+    pub fn latest_by_tgid(&self, tgid: u32) -> Option<&Process> {
+        self.live.get(&tgid).or_else(|| {
+            self.exited
+                .range((tgid, 0)..=(tgid, u64::MAX))
+                .next_back()
+                .map(|(_, process)| process)
+        })
+    }
+
     /// The live processes, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Process> {
         self.live.values()
@@ -778,6 +789,24 @@ mod tests {
             .and_then(|c| table.parent(c))
             .and_then(|p| p.exe.clone());
         assert_eq!(parent.as_deref(), Some("/bin/bash"));
+    }
+
+    #[test]
+    fn latest_by_tgid_finds_a_process_that_already_exited() {
+        let mut table = ProcessTable::new();
+        table.on_exec(exec(300, exact(10), "/usr/bin/python3", &["python3"]));
+        table.on_exit(300, exact(10), exact(20), Some(0), None);
+        table.on_exec(exec(300, exact(30), "/usr/bin/truncate", &["truncate"]));
+        table.on_exit(300, exact(30), exact(40), Some(0), None);
+        // Gone from the live map: the one that exited last is named.
+        assert!(table.get_by_tgid(300).is_none());
+        let latest = table.latest_by_tgid(300).and_then(|p| p.exe.clone());
+        assert_eq!(latest.as_deref(), Some("/usr/bin/truncate"));
+        // A live one wins.
+        table.on_exec(exec(300, exact(50), "/usr/bin/cat", &["cat"]));
+        let latest = table.latest_by_tgid(300).and_then(|p| p.exe.clone());
+        assert_eq!(latest.as_deref(), Some("/usr/bin/cat"));
+        assert!(table.latest_by_tgid(301).is_none());
     }
 
     #[test]
