@@ -96,9 +96,16 @@ pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> 
         } else {
             None
         };
+        // Distinct changes of one file by one process (a chmod, then an unlink) are distinct
+        // alerts; the same change repeated folds into a count.
+        let object = if rule == Some(PROTECTED_FILE_WRITE) {
+            format!("{}\0{}", event.op.name(), event.path)
+        } else {
+            event.path.clone()
+        };
         outcome
             .findings
-            .extend(rule.map(|rule| finding(rule, event.path.as_str())));
+            .extend(rule.map(|rule| finding(rule, object)));
         return outcome;
     }
     let paths = std::iter::once(event.path.as_str()).chain(event.target.as_deref());
