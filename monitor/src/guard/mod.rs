@@ -330,6 +330,27 @@ fn tgid_of(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The records one read of `group` returns, once it is readable; `None` when nothing came
+/// (the poll timed out, a signal) or the read failed (logged: `what` names the group).
+fn read_records(group: &Group, buf: &mut [u8], what: &str) -> Option<Vec<sys::Record>> {
+    if !poll_readable(group.raw()) {
+        return None;
+    }
+    let n = match group.read(buf) {
+        Ok(n) => n,
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => return None,
+        Err(err) => {
+            warn!("failed to read fanotify {what} events: {err}");
+            return None;
+        }
+    };
+    let (records, whole) = sys::parse(&buf[..n]);
+    if !whole {
+        warn!("a malformed fanotify {what} record: the rest of the read was skipped");
+    }
+    Some(records)
+}
+
 fn poll_readable(fd: RawFd) -> bool {
     let mut pfd = libc::pollfd {
         fd,
@@ -511,21 +532,9 @@ impl Shared {
         let mut reported: std::collections::HashSet<(u32, InodeId)> =
             std::collections::HashSet::new();
         while !self.stop.load(Ordering::Relaxed) {
-            if !poll_readable(self.content.raw()) {
+            let Some(records) = read_records(&self.content, &mut buf, "permission") else {
                 continue;
-            }
-            let n = match self.content.read(&mut buf) {
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    warn!("failed to read fanotify permission events: {err}");
-                    continue;
-                }
             };
-            let (records, whole) = sys::parse(&buf[..n]);
-            if !whole {
-                warn!("a malformed fanotify record: the rest of the read was skipped");
-            }
             for record in records {
                 if record.fd < 0 {
                     continue;
@@ -832,18 +841,9 @@ impl Shared {
     fn notify_loop(&self) {
         let mut buf = vec![0u8; 64 * 1024];
         while !self.stop.load(Ordering::Relaxed) {
-            if !poll_readable(self.notify.raw()) {
+            let Some(records) = read_records(&self.notify, &mut buf, "notification") else {
                 continue;
-            }
-            let n = match self.notify.read(&mut buf) {
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    warn!("failed to read fanotify notification events: {err}");
-                    continue;
-                }
             };
-            let (records, _) = sys::parse(&buf[..n]);
             for record in records {
                 if record.fd >= 0 {
                     // SAFETY: an fd the kernel gave us with the event: closed here.
