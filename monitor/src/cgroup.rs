@@ -39,6 +39,44 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
     parse_mountinfo_cgroup2(&read_mountinfo()?).ok_or_else(no_cgroup2)
 }
 
+/// `CGROUP2_SUPER_MAGIC` from `<linux/magic.h>`.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Checks that `path` is a directory of the cgroup v2 file system, which is what the
+/// kernel's cgroup programs attach to. A directory of a v1 controller, or an ordinary
+/// one, is refused by the kernel with a bare EBADF; this says what to give instead.
+pub fn check_cgroup2_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statfs writes into the zeroed struct it is given and reads a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        let err = io::Error::last_os_error();
+        return Err(io::Error::new(
+            err.kind(),
+            format!("failed to open cgroup {}: {err}", path.display()),
+        ));
+    }
+    if stat.f_type as i64 == CGROUP2_SUPER_MAGIC {
+        return Ok(());
+    }
+    let hint = match cgroup2_mount() {
+        Ok(mount) => format!(
+            "give a directory under the cgroup v2 mount {} (create one with `mkdir`)",
+            mount.display()
+        ),
+        Err(err) => format!("{err}"),
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "cgroup {} is not a cgroup v2 directory (a cgroup v1 controller or an ordinary directory); {hint}",
+            path.display()
+        ),
+    ))
+}
+
 /// A cgroup2 mount: where it is, and which cgroup of the hierarchy it shows.
 struct Cgroup2Mount {
     mount_point: PathBuf,
@@ -321,6 +359,22 @@ mod tests {
         if fs::remove_dir(dir).is_err() {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+
+    #[test]
+    fn an_ordinary_directory_is_refused_as_a_cgroup_with_the_fix() {
+        let dir = std::env::temp_dir();
+        let err = check_cgroup2_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("is not a cgroup v2 directory"), "{err}");
+        if let Ok(mount) = cgroup2_mount() {
+            assert!(err.contains(&mount.display().to_string()), "{err}");
+            check_cgroup2_dir(&mount).unwrap();
+        }
+        let missing = check_cgroup2_dir(Path::new("/nonexistent/cgroup")).unwrap_err();
+        assert!(
+            missing.to_string().contains("failed to open cgroup"),
+            "{missing}"
+        );
     }
 
     #[test]

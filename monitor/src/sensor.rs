@@ -414,6 +414,7 @@ impl Sensor {
                 "failed to find the cgroup v2 mount for the device hook; give --cgroup PATH",
             )?,
         };
+        crate::cgroup::check_cgroup2_dir(&cgroup)?;
         let protected = protected_inodes(&options.protect_dirs);
         let suffixes = suffixes(&options.protect_suffixes)?;
         let config = Config {
