@@ -342,8 +342,9 @@ const SOCK_ADDR_HOOKS: [(&str, &str); 6] = [
 /// everything: nothing is pinned. [`Sensor::detach`] does it quicker.
 pub struct Sensor {
     /// Every attachment, owned here rather than by its program, so that a stop can detach
-    /// them all at once (see [`Sensor::detach`]).
-    links: Vec<Box<dyn Send>>,
+    /// them all at once (see [`Sensor::detach`]). The flag says whether it is a perf
+    /// tracepoint (`tracepoint/...`), which the kernel releases one at a time.
+    links: Vec<(bool, Box<dyn Send>)>,
     ebpf: Ebpf,
     tracefs: PathBuf,
     cgroup: PathBuf,
@@ -564,7 +565,7 @@ impl Sensor {
             let id = program
                 .attach()
                 .with_context(|| format!("failed to attach program {}", hook.program))?;
-            self.links.push(Box::new(program.take_link(id)?));
+            self.links.push((false, Box::new(program.take_link(id)?)));
             info!(
                 program = hook.program,
                 hook = format!("tp_btf/{}", hook.tracepoint),
@@ -600,7 +601,7 @@ impl Sensor {
                         hook.program
                     )
                 })?;
-                self.links.push(Box::new(program.take_link(id)?));
+                self.links.push((true, Box::new(program.take_link(id)?)));
                 attached.push(*name);
             }
             debug!(program = hook.program, tracepoints = ?attached, "attached");
@@ -631,9 +632,10 @@ impl Sensor {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            program.attach("io_uring", tracepoint).with_context(|| {
+            let id = program.attach("io_uring", tracepoint).with_context(|| {
                 format!("failed to attach program {name} to io_uring/{tracepoint}")
             })?;
+            self.links.push((true, Box::new(program.take_link(id)?)));
             debug!(
                 program = name,
                 hook = format!("tracepoint/io_uring/{tracepoint}"),
@@ -658,7 +660,7 @@ impl Sensor {
                     self.cgroup.display()
                 )
             })?;
-        self.links.push(Box::new(device.take_link(id)?));
+        self.links.push((false, Box::new(device.take_link(id)?)));
         info!(
             program = programs::DEVICE_ACCESS,
             hook = "cgroup/dev",
@@ -679,7 +681,7 @@ impl Sensor {
                         self.cgroup.display()
                     )
                 })?;
-            self.links.push(Box::new(program.take_link(id)?));
+            self.links.push((false, Box::new(program.take_link(id)?)));
             debug!(program = name, hook = attach, "attached");
         }
         info!(
@@ -694,28 +696,58 @@ impl Sensor {
 impl Sensor {
     /// Detaches every program and unloads them; returns how many attachments there were.
     ///
-    /// Each tracepoint detach waits for an RCU grace period in the kernel (about 70-90 ms
-    /// measured here, `close` of the link's fd in `tracepoint_probe_unregister`): one after
-    /// the other, some forty of them made a stop take 3.5 s. Closed from threads of their
-    /// own, the grace periods overlap and the whole detach takes about one.
+    /// The cgroup programs and BTF tracepoints go first, all at once: their release waits
+    /// for nothing. Each perf tracepoint (`tracepoint/syscalls/...`) costs a
+    /// synchronous RCU grace period in the kernel, taken under the global `event_mutex`
+    /// (`perf_trace_destroy` → `tracepoint_synchronize_unregister`), so however many
+    /// threads close them, they are released one after the other: about 35 ms each
+    /// measured here. Closing them from threads of their own still overlaps what can
+    /// overlap (the fput of each link, and the program unloads).
     pub fn detach(mut self) -> usize {
         let links = std::mem::take(&mut self.links);
         let count = links.len();
-        std::thread::scope(|scope| {
-            for link in links {
-                let spawned = std::thread::Builder::new()
-                    .name("detach".into())
-                    .spawn_scoped(scope, move || drop(link));
-                if let Err(err) = spawned {
-                    // The link moved into the closure that failed to start: it was dropped
-                    // (detached) right here, only not in parallel.
-                    debug!("failed to start a detach thread ({err}); detached in line");
-                }
-            }
-        });
+        let (perf, quick): (Vec<_>, Vec<_>) = links.into_iter().partition(|(perf, _)| *perf);
+        let started = Instant::now();
+        let quick_count = quick.len();
+        close_in_parallel(quick.into_iter().map(|(_, link)| link));
+        debug!(
+            links = quick_count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cgroup programs and BTF tracepoints detached"
+        );
+        if !perf.is_empty() {
+            info!(
+                links = perf.len(),
+                "detaching the syscall tracepoints: the kernel releases them one at a time (an RCU grace period each)"
+            );
+        }
+        let started = Instant::now();
+        let perf_count = perf.len();
+        close_in_parallel(perf.into_iter().map(|(_, link)| link));
+        debug!(
+            links = perf_count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "syscall tracepoints detached"
+        );
         drop(self);
         count
     }
+}
+
+/// Drops every link from a thread of its own and waits for all of them.
+fn close_in_parallel(links: impl Iterator<Item = Box<dyn Send>>) {
+    std::thread::scope(|scope| {
+        for link in links {
+            let spawned = std::thread::Builder::new()
+                .name("detach".into())
+                .spawn_scoped(scope, move || drop(link));
+            if let Err(err) = spawned {
+                // The link moved into the closure that failed to start: it was dropped
+                // (detached) right here, only not in parallel.
+                debug!("failed to start a detach thread ({err}); detached in line");
+            }
+        }
+    });
 }
 
 pub fn class_id(class: DeviceClass) -> u32 {
