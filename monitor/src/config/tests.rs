@@ -110,6 +110,7 @@ fn builtin_profiles_select_their_servers_and_not_others() {
                 exe: Some(exe),
                 args,
                 cgroup: Some("/system.slice/x.service"),
+                container: None,
             })
             .map(|p| p.name.as_str())
     };
