@@ -174,12 +174,14 @@ fn workload_keys_select_by_image_namespace_and_pod_labels() {
     };
     meta.labels.insert("app".into(), "vllm".into());
     meta.labels.insert("tier".into(), "serving-gpu".into());
-    let with = |meta: Option<&crate::workload::ContainerMeta>, exe: &'static str| Subject {
-        exe: Some(exe),
-        args: "",
-        cgroup: None,
-        container: meta,
-    };
+    fn with<'a>(meta: Option<&'a crate::workload::ContainerMeta>, exe: &'a str) -> Subject<'a> {
+        Subject {
+            exe: Some(exe),
+            args: "",
+            cgroup: None,
+            container: meta,
+        }
+    }
     assert!(profile.selects(&with(Some(&meta), "/usr/bin/python3.11")));
     // ANDed with the other keys.
     assert!(!profile.selects(&with(Some(&meta), "/usr/bin/bash")));
