@@ -388,6 +388,7 @@ fn the_monitor_image_runs_privileged_under_podman_and_catches_what_the_host_bina
         std::thread::sleep(Duration::from_millis(100));
     }
     let container_rules = site.attack(&cgroup, "monitor in its container");
+    eprintln!("host binary: {host_rules:?}; in its container: {container_rules:?}");
     // SIGTERM, as the kubelet stops it.
     podman::run(&["stop", "-t", "20", &name]);
     assert_eq!(

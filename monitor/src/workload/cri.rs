@@ -277,6 +277,154 @@ mod tests {
     use super::*;
     use prost::Message as _;
 
+    /// A CRI runtime in the test: answers the three calls over a unix socket with tonic's
+    /// server, so that the client's paths, codec and connector are what is tested.
+    mod fake {
+        use std::{convert::Infallible, marker::PhantomData, task::Poll};
+
+        use tonic::{body::Body, codegen::http, server::UnaryService};
+
+        use super::super::*;
+
+        pub const ID: &str = "9c4d2b6e8f0a1c3e5d7f9b1a3c5e7d9f0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a";
+
+        #[derive(Clone)]
+        pub struct Runtime;
+
+        struct Handler<Q, A>(fn(Q) -> A, PhantomData<fn(Q)>);
+
+        impl<Q: Send + 'static, A: Send + 'static> UnaryService<Q> for Handler<Q, A> {
+            type Response = A;
+            type Future = std::future::Ready<Result<tonic::Response<A>, tonic::Status>>;
+            fn call(&mut self, request: tonic::Request<Q>) -> Self::Future {
+                std::future::ready(Ok(tonic::Response::new((self.0)(request.into_inner()))))
+            }
+        }
+
+        async fn answer<Q, A>(handler: fn(Q) -> A, request: http::Request<Body>) -> http::Response<Body>
+        where
+            Q: prost::Message + Default + Send + 'static,
+            A: prost::Message + Send + 'static,
+        {
+            tonic::server::Grpc::new(tonic_prost::ProstCodec::<A, Q>::default())
+                .unary(Handler(handler, PhantomData), request)
+                .await
+        }
+
+        impl tower::Service<http::Request<Body>> for Runtime {
+            type Response = http::Response<Body>;
+            type Error = Infallible;
+            type Future = std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+            >;
+
+            fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+                Box::pin(async move {
+                    Ok(match request.uri().path() {
+                        "/runtime.v1.RuntimeService/Version" => {
+                            answer(
+                                |_: VersionRequest| VersionResponse {
+                                    runtime_name: "containerd".into(),
+                                    ..VersionResponse::default()
+                                },
+                                request,
+                            )
+                            .await
+                        }
+                        "/runtime.v1.RuntimeService/ListContainers" => {
+                            answer(
+                                |q: ListContainersRequest| ListContainersResponse {
+                                    containers: q
+                                        .filter
+                                        .filter(|f| f.id == ID)
+                                        .map(|_| Container {
+                                            id: ID.into(),
+                                            pod_sandbox_id: "sandbox-1".into(),
+                                            metadata: Some(ContainerMetadata {
+                                                name: "server".into(),
+                                                attempt: 0,
+                                            }),
+                                            image: Some(ImageSpec {
+                                                image: "registry.example.com/vllm:0.6".into(),
+                                                user_specified_image: String::new(),
+                                            }),
+                                            image_ref: "sha256:5e5e".into(),
+                                            labels: HashMap::from([(
+                                                "io.kubernetes.container.name".into(),
+                                                "server".into(),
+                                            )]),
+                                        })
+                                        .into_iter()
+                                        .collect(),
+                                },
+                                request,
+                            )
+                            .await
+                        }
+                        "/runtime.v1.RuntimeService/PodSandboxStatus" => {
+                            answer(
+                                |q: PodSandboxStatusRequest| PodSandboxStatusResponse {
+                                    status: (q.pod_sandbox_id == "sandbox-1").then(|| {
+                                        PodSandboxStatus {
+                                            id: q.pod_sandbox_id,
+                                            metadata: Some(PodSandboxMetadata {
+                                                name: "vllm-0".into(),
+                                                uid: "0a1b".into(),
+                                                namespace: "inference".into(),
+                                            }),
+                                            labels: HashMap::from([(
+                                                "app".into(),
+                                                "vllm".into(),
+                                            )]),
+                                        }
+                                    }),
+                                },
+                                request,
+                            )
+                            .await
+                        }
+                        _ => tonic::Status::unimplemented("not in the fake").into_http(),
+                    })
+                })
+            }
+        }
+
+        impl tonic::server::NamedService for Runtime {
+            const NAME: &'static str = "runtime.v1.RuntimeService";
+        }
+    }
+
+    #[tokio::test]
+    async fn a_real_grpc_round_trip_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("monitor-cri-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("cri.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(fake::Runtime)
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        let meta = inspect(&socket, fake::ID).await.unwrap().unwrap();
+        assert_eq!(meta.runtime.as_deref(), Some("containerd"));
+        assert_eq!(meta.name.as_deref(), Some("server"));
+        assert_eq!(meta.image_name.as_deref(), Some("registry.example.com/vllm"));
+        assert_eq!(meta.image_tag.as_deref(), Some("0.6"));
+        assert_eq!(meta.image_id.as_deref(), Some("sha256:5e5e"));
+        assert_eq!(meta.pod_name.as_deref(), Some("vllm-0"));
+        assert_eq!(meta.namespace.as_deref(), Some("inference"));
+        assert_eq!(meta.labels["app"], "vllm");
+        // Another id: the runtime does not know it.
+        assert_eq!(inspect(&socket, &"1".repeat(64)).await.unwrap(), None);
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn answers_of_a_kubernetes_container() {
         let version = VersionResponse {
