@@ -54,10 +54,8 @@ const MAX_IDLE_SLOTS: usize = 4096;
 /// Docker-compatible API sockets tried when none is given: Podman's (rootful), Docker's.
 pub const DEFAULT_DOCKER_SOCKETS: [&str; 2] = ["/run/podman/podman.sock", "/var/run/docker.sock"];
 /// CRI sockets tried when none is given: containerd's, CRI-O's.
-pub const DEFAULT_CRI_SOCKETS: [&str; 2] = [
-    "/run/containerd/containerd.sock",
-    "/var/run/crio/crio.sock",
-];
+pub const DEFAULT_CRI_SOCKETS: [&str; 2] =
+    ["/run/containerd/containerd.sock", "/var/run/crio/crio.sock"];
 
 /// What the runtime says about a container. Every field is optional: runtimes differ in
 /// what they know (a plain Podman container has no pod).
@@ -424,7 +422,11 @@ impl Resolver {
             }
         };
         Resolver {
-            docker: sockets(&options.docker_sockets, &DEFAULT_DOCKER_SOCKETS, Api::Docker),
+            docker: sockets(
+                &options.docker_sockets,
+                &DEFAULT_DOCKER_SOCKETS,
+                Api::Docker,
+            ),
             cri: sockets(&options.cri_sockets, &DEFAULT_CRI_SOCKETS, Api::Cri),
             warned: Mutex::new(HashSet::new()),
             warned_runtimes: Mutex::new(HashSet::new()),
@@ -568,7 +570,10 @@ mod tests {
     #[test]
     fn image_references_split() {
         let cases = [
-            ("vllm/vllm-openai:v0.6.3", ("vllm/vllm-openai", Some("v0.6.3"), None)),
+            (
+                "vllm/vllm-openai:v0.6.3",
+                ("vllm/vllm-openai", Some("v0.6.3"), None),
+            ),
             (
                 "registry.example.com:5000/ml/server:1.2",
                 ("registry.example.com:5000/ml/server", Some("1.2"), None),
@@ -581,7 +586,10 @@ mod tests {
                 "ghcr.io/x/y:2@sha256:abcd",
                 ("ghcr.io/x/y", Some("2"), Some("sha256:abcd")),
             ),
-            ("ghcr.io/x/y@sha256:abcd", ("ghcr.io/x/y", None, Some("sha256:abcd"))),
+            (
+                "ghcr.io/x/y@sha256:abcd",
+                ("ghcr.io/x/y", None, Some("sha256:abcd")),
+            ),
             ("busybox", ("busybox", None, None)),
         ];
         for (reference, (name, tag, digest)) in cases {
@@ -716,7 +724,10 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(resolver.lookup(&"4".repeat(64), "docker").await, None);
         let took = started.elapsed();
-        assert!(took >= LOOKUP_TIMEOUT && took < LOOKUP_TIMEOUT * 2, "{took:?}");
+        assert!(
+            took >= LOOKUP_TIMEOUT && took < LOOKUP_TIMEOUT * 2,
+            "{took:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -26,7 +26,13 @@ pub struct Podman {
 pub fn unavailable() -> Option<String> {
     let conf = conf_file();
     let output = Command::new("podman")
-        .args(["--runtime", "runc", "info", "--format", "{{.Host.OCIRuntime.Name}}"])
+        .args([
+            "--runtime",
+            "runc",
+            "info",
+            "--format",
+            "{{.Host.OCIRuntime.Name}}",
+        ])
         .env("CONTAINERS_CONF", &conf)
         .stdin(Stdio::null())
         .output();

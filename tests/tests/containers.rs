@@ -89,17 +89,32 @@ fn a_server_in_a_podman_container_is_selected_by_image_and_pod_labels_and_alerts
     let name = format!("monitor-e2e-vllm-{pid}");
     let mut args: Vec<String> = ["--network", "host"].map(String::from).to_vec();
     args.extend(pod_labels("fake-vllm", "fake-vllm-0"));
-    args.extend([served.clone(), "/bin/sh".into(), "-c".into(), SERVER_LOOP.into()]);
+    args.extend([
+        served.clone(),
+        "/bin/sh".into(),
+        "-c".into(),
+        SERVER_LOOP.into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Controls, doing the same: the right image with other labels, and another image with
     // the right labels. Neither is governed.
     let mut wrong_labels: Vec<String> = ["--network", "host"].map(String::from).to_vec();
     wrong_labels.extend(pod_labels("batch-job", "batch-0"));
-    wrong_labels.extend([served.clone(), "/bin/sh".into(), "-c".into(), SERVER_LOOP.into()]);
+    wrong_labels.extend([
+        served.clone(),
+        "/bin/sh".into(),
+        "-c".into(),
+        SERVER_LOOP.into(),
+    ]);
     let wrong_labels: Vec<&str> = wrong_labels.iter().map(String::as_str).collect();
     let mut wrong_image: Vec<String> = ["--network", "host"].map(String::from).to_vec();
     wrong_image.extend(pod_labels("fake-vllm", "fake-vllm-1"));
-    wrong_image.extend([other.clone(), "/bin/sh".into(), "-c".into(), SERVER_LOOP.into()]);
+    wrong_image.extend([
+        other.clone(),
+        "/bin/sh".into(),
+        "-c".into(),
+        SERVER_LOOP.into(),
+    ]);
     let wrong_image: Vec<&str> = wrong_image.iter().map(String::as_str).collect();
 
     let id = pm.run_detached(&name, &args);
@@ -166,8 +181,14 @@ fn a_server_in_a_podman_container_is_selected_by_image_and_pod_labels_and_alerts
     }
     std::thread::sleep(Duration::from_secs(2));
     let lines = monitor.stop();
-    assert!(alerts_of(&lines, &id_labels).is_empty(), "labels not matching were selected");
-    assert!(alerts_of(&lines, &id_image).is_empty(), "another image was selected");
+    assert!(
+        alerts_of(&lines, &id_labels).is_empty(),
+        "labels not matching were selected"
+    );
+    assert!(
+        alerts_of(&lines, &id_image).is_empty(),
+        "another image was selected"
+    );
 }
 
 /// A model store with a guard, and a profiled server that reads its model, runs a shell
@@ -249,7 +270,11 @@ impl Site {
             .output()
             .expect("failed to run cat");
         assert!(reader.status.success());
-        let wanted = ["exec-not-allowed", "protected-file-read", "model-exfiltration"];
+        let wanted = [
+            "exec-not-allowed",
+            "protected-file-read",
+            "model-exfiltration",
+        ];
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut rules: Vec<String> = self
@@ -295,7 +320,10 @@ fn monitor_rootfs(dir: &Path) -> PathBuf {
     }
     let binary = monitor_bin();
     std::fs::copy(&binary, root.join("usr/local/bin/monitor")).unwrap();
-    let ldd = Command::new("ldd").arg(&binary).output().expect("failed to run ldd");
+    let ldd = Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .expect("failed to run ldd");
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
         let path = line
@@ -379,7 +407,11 @@ fn the_monitor_image_runs_privileged_under_podman_and_catches_what_the_host_bina
                 .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
                 .unwrap_or_default()
         };
-        assert!(running == "true", "the monitor's container stopped:\n{}", logs());
+        assert!(
+            running == "true",
+            "the monitor's container stopped:\n{}",
+            logs()
+        );
         assert!(
             Instant::now() < deadline,
             "the monitor's container not ready in 90 s:\n{}",

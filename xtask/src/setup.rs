@@ -320,8 +320,8 @@ pub fn container_tools() {
     });
     match installed {
         Ok(()) => step.done(),
-        Err(err) => eprintln!(
-            "    failed to install them ({err:#}); the container tests will be skipped"
-        ),
+        Err(err) => {
+            eprintln!("    failed to install them ({err:#}); the container tests will be skipped")
+        }
     }
 }

@@ -213,12 +213,30 @@ fn workload_keys_select_by_image_namespace_and_pod_labels() {
 
 #[test]
 fn workload_keys_report_bad_values() {
+    let errors = parse_profiles(
+        Path::new("p.yaml"),
+        "name: x\nselector: {pod_labels: [app]}\n",
+    )
+    .unwrap_err();
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("selector.pod_labels: expected a mapping"),
+        "{errors:?}"
+    );
+    let errors = parse_profiles(
+        Path::new("p.yaml"),
+        "name: x\nselector: {pod_labels: {app: [a]}}\n",
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].to_string().contains("selector.pod_labels.app"),
+        "{errors:?}"
+    );
     let errors =
-        parse_profiles(Path::new("p.yaml"), "name: x\nselector: {pod_labels: [app]}\n").unwrap_err();
-    assert!(errors[0].to_string().contains("selector.pod_labels: expected a mapping"), "{errors:?}");
-    let errors =
-        parse_profiles(Path::new("p.yaml"), "name: x\nselector: {pod_labels: {app: [a]}}\n").unwrap_err();
-    assert!(errors[0].to_string().contains("selector.pod_labels.app"), "{errors:?}");
-    let errors = parse_profiles(Path::new("p.yaml"), "name: x\nselector: {images: []}\n").unwrap_err();
-    assert!(errors[0].to_string().contains("selector.images"), "{errors:?}");
+        parse_profiles(Path::new("p.yaml"), "name: x\nselector: {images: []}\n").unwrap_err();
+    assert!(
+        errors[0].to_string().contains("selector.images"),
+        "{errors:?}"
+    );
 }

@@ -301,7 +301,10 @@ mod tests {
             }
         }
 
-        async fn answer<Q, A>(handler: fn(Q) -> A, request: http::Request<Body>) -> http::Response<Body>
+        async fn answer<Q, A>(
+            handler: fn(Q) -> A,
+            request: http::Request<Body>,
+        ) -> http::Response<Body>
         where
             Q: prost::Message + Default + Send + 'static,
             A: prost::Message + Send + 'static,
@@ -318,7 +321,10 @@ mod tests {
                 Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
             >;
 
-            fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> Poll<Result<(), Infallible>> {
                 Poll::Ready(Ok(()))
             }
 
@@ -376,10 +382,7 @@ mod tests {
                                                 uid: "0a1b".into(),
                                                 namespace: "inference".into(),
                                             }),
-                                            labels: HashMap::from([(
-                                                "app".into(),
-                                                "vllm".into(),
-                                            )]),
+                                            labels: HashMap::from([("app".into(), "vllm".into())]),
                                         }
                                     }),
                                 },
@@ -413,7 +416,10 @@ mod tests {
         let meta = inspect(&socket, fake::ID).await.unwrap().unwrap();
         assert_eq!(meta.runtime.as_deref(), Some("containerd"));
         assert_eq!(meta.name.as_deref(), Some("server"));
-        assert_eq!(meta.image_name.as_deref(), Some("registry.example.com/vllm"));
+        assert_eq!(
+            meta.image_name.as_deref(),
+            Some("registry.example.com/vllm")
+        );
         assert_eq!(meta.image_tag.as_deref(), Some("0.6"));
         assert_eq!(meta.image_id.as_deref(), Some("sha256:5e5e"));
         assert_eq!(meta.pod_name.as_deref(), Some("vllm-0"));

@@ -56,12 +56,7 @@ pub async fn inspect(socket: &Path, id: &str) -> Result<Option<ContainerMeta>, L
 /// The fields of an inspect answer. `podman`: the answer came from Podman (its
 /// `Libpod-Api-Version` header).
 pub fn parse(json: &Value, podman: bool) -> ContainerMeta {
-    let text = |value: &Value| {
-        value
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
+    let text = |value: &Value| value.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
     let mut meta = ContainerMeta {
         name: text(&json["Name"]).map(|name| name.trim_start_matches('/').to_owned()),
         runtime: Some(if podman { "podman" } else { "docker" }.to_owned()),
@@ -109,7 +104,10 @@ mod tests {
         });
         let meta = parse(&json, true);
         assert_eq!(meta.name.as_deref(), Some("vllm-server"));
-        assert_eq!(meta.image_name.as_deref(), Some("localhost/monitor-test/vllm"));
+        assert_eq!(
+            meta.image_name.as_deref(),
+            Some("localhost/monitor-test/vllm")
+        );
         assert_eq!(meta.image_tag.as_deref(), Some("0.6"));
         assert_eq!(meta.image_id.as_deref(), Some("sha256:8a5b3c"));
         assert_eq!(meta.runtime.as_deref(), Some("podman"));
