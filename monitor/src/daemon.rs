@@ -316,6 +316,15 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         .context("failed to write output")?;
     processor.flush_alerts();
     processor.finish().context("failed to write output")?;
+    let lookups_dropped = workload
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if lookups_dropped > 0 {
+        warn!(
+            lookups_dropped,
+            "container metadata lookups not made (their queue was full)"
+        );
+    }
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);
     }

@@ -338,7 +338,14 @@ impl Registry {
             if requests.try_send(request).is_err() {
                 // Asked again when the container is seen next after its slot is dropped.
                 slots.remove(&container.id);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    warn!(
+                        "failed to queue a container metadata lookup: {REQUEST_QUEUE} wait \
+                         already (a slow runtime socket, or a burst of new containers); the \
+                         container is reported with container.id only until it is seen again; \
+                         counted, not warned again"
+                    );
+                }
             }
         }
     }
