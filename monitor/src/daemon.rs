@@ -316,9 +316,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         .context("failed to write output")?;
     processor.flush_alerts();
     processor.finish().context("failed to write output")?;
-    let lookups_dropped = workload
-        .dropped
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let lookups_dropped = workload.dropped.load(std::sync::atomic::Ordering::Relaxed);
     if lookups_dropped > 0 {
         warn!(
             lookups_dropped,

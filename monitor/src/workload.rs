@@ -698,6 +698,61 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().id, ids[1]);
     }
 
+    /// What the daemon does when a container's metadata arrives (`Registry::arrived`): the
+    /// selectors are evaluated again, and the container's ungoverned processes (and their
+    /// children) come under the profile that now matches.
+    #[test]
+    fn selection_is_evaluated_again_when_metadata_arrives() {
+        let dir = std::env::temp_dir().join(format!("monitor-workload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        let text = "builtin_profiles: false\nprofiles: [p.yaml]\n";
+        std::fs::write(
+            dir.join("p.yaml"),
+            "name: pods\nselector: {images: ['*/vllm*'], pod_labels: {app: vllm}}\n",
+        )
+        .unwrap();
+        let config = crate::config::parse_config(&file, text).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut engine = crate::rules::Engine::new(Arc::new(config));
+        let mut table = crate::process::ProcessTable::new();
+        let registry = Registry::offline(None);
+        table.containers = Some(registry.clone());
+        let id = "5".repeat(64);
+        let exec = |tgid: u32, start: u64, exe: &str| crate::process::ExecInfo {
+            tgid,
+            start_time_ns: start,
+            ppid: 1,
+            parent_start_time_ns: 1,
+            exe: exe.into(),
+            args: vec![exe.into()],
+            uid: 0,
+            cgroup_id: 7,
+            cgroup_path: Some(format!("/machine.slice/libpod-{id}.scope")),
+            ..crate::process::ExecInfo::default()
+        };
+        table.on_exec(exec(100, 1_000, "/usr/bin/python3"));
+        table.on_fork(101, 2_000, 100, 1_000);
+        table.on_exec(exec(200, 3_000, "/usr/bin/other"));
+        // Nothing known yet: no profile matches.
+        assert!(engine.seed(&table).is_empty());
+        let mut meta = ContainerMeta {
+            image_name: Some("docker.io/vllm/vllm-openai".into()),
+            ..ContainerMeta::default()
+        };
+        meta.labels.insert("app".into(), "vllm".into());
+        assert!(registry.get(&id).unwrap().fill(meta));
+        let governed: Vec<u32> = engine.seed(&table).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(governed, [100, 101, 200]);
+        // Every process of the container sees it, through the one shared slot.
+        let name = table
+            .get_by_tgid(101)
+            .and_then(|p| p.container.as_ref())
+            .and_then(|c| c.metadata.get())
+            .and_then(|m| m.image_name.clone());
+        assert_eq!(name.as_deref(), Some("docker.io/vllm/vllm-openai"));
+    }
+
     #[tokio::test]
     async fn a_missing_socket_is_no_stall() {
         let options = WorkloadOptions {

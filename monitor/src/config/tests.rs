@@ -543,7 +543,10 @@ fn the_deploy_manifests_hold_valid_configs_and_profiles() {
     let manifest = std::fs::read_to_string(root.join("deploy/kubernetes/monitor.yaml")).unwrap();
     let dir = TempDir::new();
     let files = configmap_files(&manifest);
-    assert!(files.iter().any(|(name, _)| name == "config.yaml"), "{files:?}");
+    assert!(
+        files.iter().any(|(name, _)| name == "config.yaml"),
+        "{files:?}"
+    );
     let mut config = None;
     for (name, text) in files {
         if name == "config.yaml" {
@@ -555,7 +558,9 @@ fn the_deploy_manifests_hold_valid_configs_and_profiles() {
         }
     }
     let config = load_config(&config.unwrap()).unwrap_or_else(|d| panic!("{d:?}"));
-    let pods = config.profile_by_name("vllm-pods").expect("the manifest's profile");
+    let pods = config
+        .profile_by_name("vllm-pods")
+        .expect("the manifest's profile");
     assert!(pods.selector.uses_workload());
 
     // The chart's default profiles (values.yaml `profiles`: file name -> text).
