@@ -221,7 +221,7 @@ fn profile_structure_errors() {
         profile_errors("selector: {}\n"),
         [
             "p.yaml:1:1: missing key \"name\"",
-            "p.yaml:1:11: selector: give at least one of executables, args or cgroups",
+            "p.yaml:1:11: selector: give at least one of executables, args, cgroups, images, namespaces or pod_labels",
         ]
     );
     assert_eq!(
