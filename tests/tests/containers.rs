@@ -191,6 +191,73 @@ fn a_server_in_a_podman_container_is_selected_by_image_and_pod_labels_and_alerts
     );
 }
 
+#[test]
+fn a_runtime_socket_that_never_answers_gives_one_warning_and_no_stall() {
+    if skip_unless_available("containers::a_runtime_socket_that_never_answers") {
+        return;
+    }
+    require_root();
+    let mut pm = Podman::new("silent");
+    let pid = std::process::id();
+    let image = format!("localhost/monitor-e2e-silent-{pid}:1");
+    let rootfs = pm.busybox_rootfs();
+    pm.import_dir(&rootfs, &image);
+    // Accepts connections (the kernel's backlog) and never answers a byte.
+    let silent = pm.dir.join("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    let tag = marker("silent");
+    std::fs::write(
+        pm.dir.join("p.yaml"),
+        format!(
+            "name: by-cgroup\nselector:\n  cgroups: ['/**/libpod-*']\n  args: ['*{tag}*']\n\
+             allow:\n  network: {{connect: ['127.0.0.0/8']}}\n"
+        ),
+    )
+    .unwrap();
+    let config = pm.dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "builtin_profiles: false\nprofiles: [p.yaml]\ndedup_window_secs: 1\n",
+    )
+    .unwrap();
+    let monitor = Monitor::start(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--docker-socket",
+        silent.to_str().unwrap(),
+    ]);
+    let script = format!("{SERVER_LOOP}; : {tag}");
+    let started = Instant::now();
+    let id = pm.run_detached(
+        &format!("monitor-e2e-silent-{pid}"),
+        &["--network", "host", &image, "/bin/sh", "-c", &script],
+    );
+    let alert = monitor.wait_for(
+        "a connect-not-allowed alert while the runtime does not answer",
+        Duration::from_secs(15),
+        |v| v["security_rule.name"] == "connect-not-allowed" && v["container.id"] == id.as_str(),
+    );
+    let took = started.elapsed();
+    // Sent with what is known (the cgroup path's keys), not held for the lookup (2 s).
+    assert!(
+        took < Duration::from_millis(1500),
+        "the alert took {took:?}"
+    );
+    assert_eq!(alert["container.runtime"], "podman", "{alert}");
+    assert!(alert.get("container.name").is_none(), "{alert}");
+    // The lookup is retried (0.2, 1, 5 s) against the same socket: still one warning.
+    std::thread::sleep(Duration::from_secs(7));
+    let (lines, stderr) = monitor.stop_with_stderr();
+    let warnings = stderr.matches("failed to ask").count();
+    assert_eq!(warnings, 1, "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(silent.to_str().unwrap()),
+        "stderr:\n{stderr}"
+    );
+    assert!(alerts_of(&lines, &id).len() > 1, "alerts kept coming");
+}
+
 /// A model store with a guard, and a profiled server that reads its model, runs a shell
 /// and connects where it may not; then an unlisted process reads the model.
 struct Site {
