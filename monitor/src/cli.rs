@@ -134,6 +134,9 @@ pub struct CommonArgs {
     /// How often per-process GPU ioctl counts are reported.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub ioctl_summary_secs: u64,
+    /// Container metadata from the runtime's API, and the node name.
+    #[command(flatten)]
+    pub workload: crate::workload::WorkloadArgs,
 }
 
 impl CommonArgs {
@@ -162,6 +165,7 @@ impl CommonArgs {
             drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
             ready_file: self.ready_file.clone(),
             ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
+            workload: self.workload.options(),
             ..PipelineOptions::default()
         }
     }

@@ -179,6 +179,10 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         processor.watched_threads = Some(maps.watched_threads);
     }
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
+    // Container metadata: looked up in the background from the first process of each
+    // container on (the /proc scan below included).
+    let workload = crate::workload::Registry::start(&pipeline_options.workload);
+    processor.table.containers = Some(workload.clone());
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {
@@ -199,6 +203,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 Some(batch) => processor.handle_batch(batch).context("failed to write output")?,
                 None => break,
             },
+            _ = workload.arrived.notified() => {
+                // A container's image, pod and labels are known now: workload selectors may
+                // match processes that no profile governs yet (see `crate::workload`).
+                processor.govern_running();
+            }
             _ = ioctl_summary.tick() => {
                 processor.report_ioctls(None).context("failed to write output")?;
             }
@@ -307,6 +316,13 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         .context("failed to write output")?;
     processor.flush_alerts();
     processor.finish().context("failed to write output")?;
+    let lookups_dropped = workload.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if lookups_dropped > 0 {
+        warn!(
+            lookups_dropped,
+            "container metadata lookups not made (their queue was full)"
+        );
+    }
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);
     }

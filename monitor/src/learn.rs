@@ -200,6 +200,7 @@ pub fn compile(text: &SelectorText) -> Result<Selector, String> {
             .iter()
             .map(|g| path("cgroup", g))
             .collect::<Result<_, _>>()?,
+        ..Selector::default()
     })
 }
 
@@ -422,13 +423,14 @@ impl Learning {
         match event {
             Event::Exec(exec) => {
                 let args = join_args(&exec.args);
-                let cgroup = table
-                    .get(header.tgid, header.start_time_ns)
-                    .and_then(|p| p.cgroup_path.as_deref());
+                let process = table.get(header.tgid, header.start_time_ns);
                 let subject = Subject {
                     exe: Some(&exec.path),
                     args: &args,
-                    cgroup,
+                    cgroup: process.and_then(|p| p.cgroup_path.as_deref()),
+                    container: process
+                        .and_then(|p| p.container.as_ref())
+                        .and_then(|c| c.metadata.get()),
                 };
                 let matches = self.profile_selector().is_some_and(|s| s.matches(&subject));
                 if followed {
@@ -626,6 +628,7 @@ fn selects(selector: &Selector, process: &Process) -> bool {
         exe: process.exe.as_deref(),
         args: &args,
         cgroup: process.cgroup_path.as_deref(),
+        container: process.container.as_ref().and_then(|c| c.metadata.get()),
     })
 }
 

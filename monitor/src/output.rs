@@ -88,6 +88,10 @@ fn process_keys(map: &mut Map<String, Value>, clock: &BootClock, process: &Proce
     if let Some(container) = &process.container {
         map.insert("container.id".into(), json!(container.id));
         map.insert("container.runtime".into(), json!(container.runtime));
+        // Known once the runtime's API answered (`crate::workload`): name, image, pod.
+        if let Some(meta) = container.metadata.get() {
+            meta.insert_keys(map);
+        }
     }
 }
 
@@ -106,6 +110,9 @@ pub fn event_record(
 ) -> Value {
     let header = event.header();
     let mut map = base(clock, header.kind.name(), header.time_ns);
+    if let Some(node) = table.containers.as_ref().and_then(|r| r.node_name()) {
+        map.insert("k8s.node.name".into(), json!(node));
+    }
     if let Some(process) = process {
         process_keys(&mut map, clock, process);
         parent_keys(&mut map, table, process);

@@ -879,6 +879,8 @@ pub struct PipelineOptions {
     pub ready_file: Option<PathBuf>,
     /// How often per-process GPU ioctl counts are reported.
     pub ioctl_summary: Duration,
+    /// Container metadata lookups and `k8s.node.name`.
+    pub workload: crate::workload::WorkloadOptions,
 }
 
 impl Default for PipelineOptions {
@@ -888,6 +890,7 @@ impl Default for PipelineOptions {
             queue_batches: 4096,
             ready_file: None,
             ioctl_summary: Duration::from_secs(5),
+            workload: crate::workload::WorkloadOptions::default(),
         }
     }
 }

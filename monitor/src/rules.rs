@@ -380,6 +380,7 @@ impl Engine {
             exe: process.exe.as_deref(),
             args: &args,
             cgroup: process.cgroup_path.as_deref(),
+            container: process.container.as_ref().and_then(|c| c.metadata.get()),
         })
     }
 
@@ -452,13 +453,14 @@ impl Engine {
         let header = &exec.header;
         let prior = self.resolve(header, table).and_then(|state| state.profile);
         let args = join_args(&exec.args);
-        let cgroup = table
-            .get(header.tgid, header.start_time_ns)
-            .and_then(|p| p.cgroup_path.as_deref());
+        let process = table.get(header.tgid, header.start_time_ns);
         let subject = Subject {
             exe: Some(&exec.path),
             args: &args,
-            cgroup,
+            cgroup: process.and_then(|p| p.cgroup_path.as_deref()),
+            container: process
+                .and_then(|p| p.container.as_ref())
+                .and_then(|c| c.metadata.get()),
         };
         let selected = match prior.and_then(|id| self.config.profile(id)) {
             // Governed: it keeps its profile unless the profile names the transition (argv

@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod podman;
+
 /// The `monitor` binary under test.
 pub fn monitor_bin() -> PathBuf {
     let path = std::env::var_os("MONITOR_BIN").unwrap_or_else(|| {
