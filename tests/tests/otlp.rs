@@ -358,13 +358,27 @@ fn the_heartbeat_and_monitor_up_reach_a_real_collector_until_the_monitor_stops()
         record.contains("monitor.heartbeat.interval_secs: Int(1)"),
         "{record}"
     );
-    let beats = || rotel.stdout.lock().unwrap().matches("EventName: monitor.heartbeat").count();
+    let count = |what: &str| rotel.stdout.lock().unwrap().matches(what).count();
+    let beats = || {
+        (
+            count("EventName: monitor.heartbeat"),
+            count("-> Name: monitor.up"),
+        )
+    };
     let before = beats();
     thread::sleep(Duration::from_millis(3500));
     let during = beats();
-    assert!(during >= before + 2, "{before} then {during} heartbeats in 3.5 s");
+    assert!(
+        during.0 >= before.0 + 2 && during.1 >= before.1 + 2,
+        "(records, monitor.up points): {before:?} then {during:?} in 3.5 s"
+    );
     let output = rotel.output();
-    assert!(output.contains("monitor.up"), "no monitor.up metric: {output}");
+    let metric = output
+        .split("Metric #")
+        .find(|m| m.contains("-> Name: monitor.up"))
+        .unwrap_or_else(|| panic!("no monitor.up metric: {output}"));
+    assert!(metric.contains("DataType: Gauge"), "{metric}");
+    assert!(metric.contains("Value: 1"), "{metric}");
     monitor.stop();
     thread::sleep(Duration::from_millis(500));
     let stopped = beats();
