@@ -271,7 +271,10 @@ fn start_alerts(
     state_dir: &std::path::Path,
     outputs: &mut Outputs,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
-) -> Option<(std::sync::Arc<crate::liveness::StateFile>, tokio::task::JoinHandle<()>)> {
+) -> Option<(
+    std::sync::Arc<crate::liveness::StateFile>,
+    tokio::task::JoinHandle<()>,
+)> {
     let mut raise = |alert: crate::alert::Alert| {
         metrics.alert(&alert.rule, alert.severity);
         let _ = outputs.send(&alert);
@@ -311,7 +314,9 @@ fn start_alerts(
     let (state, unclean) = match crate::liveness::StateFile::open(state_dir) {
         Ok(opened) => opened,
         Err(err) => {
-            tracing::warn!("{err:#}; unclean exits of this run will not be reported at the next start");
+            tracing::warn!(
+                "{err:#}; unclean exits of this run will not be reported at the next start"
+            );
             return None;
         }
     };

@@ -433,7 +433,14 @@ fn reload<W: Write>(
         } else {
             warn!(changes = ?diff.changes, weakened = ?diff.weakened, "configuration changed: protection lowered");
         }
-        config_alert(CONFIG_CHANGED.id, severity, attributes, source, processor, clock);
+        config_alert(
+            CONFIG_CHANGED.id,
+            severity,
+            attributes,
+            source,
+            processor,
+            clock,
+        );
     }
 }
 

@@ -164,7 +164,11 @@ fn a_config_rewritten_without_its_guards_is_on_the_record_as_high() {
 
     // The attacker (or an operator) rewrites the config without the guard, and switches the
     // enforcing profile to alert.
-    write_atomically(&site.root.join("profiles/ops.yaml"), &site.profile("alert"), 0o644);
+    write_atomically(
+        &site.root.join("profiles/ops.yaml"),
+        &site.profile("alert"),
+        0o644,
+    );
     site.write_config("", false);
     let changed = monitor.wait_for("config-changed", WAIT, |v| {
         v["security_rule.name"] == "config-changed"
@@ -199,12 +203,17 @@ fn a_config_rewritten_without_its_guards_is_on_the_record_as_high() {
     let (lines, stderr) = monitor.stop_with_stderr();
     let path = site.path("models/model.safetensors");
     assert!(
-        !lines.iter().any(|v| v["security_rule.name"] == "protected-file-read"
-            && v["process.pid"] == second
-            && v["file.path"] == path.as_str()),
+        !lines
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read"
+                && v["process.pid"] == second
+                && v["file.path"] == path.as_str()),
         "the guard was removed, yet it judged the second read"
     );
-    assert!(stderr.contains("configuration changed: protection lowered"), "{stderr}");
+    assert!(
+        stderr.contains("configuration changed: protection lowered"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -237,7 +246,10 @@ fn a_locked_config_refuses_changes_and_the_old_guard_still_catches_the_theft() {
     monitor.signal(libc::SIGHUP);
     let deadline = Instant::now() + WAIT;
     while alerts(&monitor.lines(), "config-change-refused").len() < 2 {
-        assert!(Instant::now() < deadline, "the SIGHUP's attempt was not reported");
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP's attempt was not reported"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = site.steal();
@@ -328,7 +340,9 @@ fn config_files_others_may_write_stop_the_start_and_the_override_alerts() {
             .any(|line| line.starts_with(&format!("{config}: the file is writable"))),
         "{insecure}"
     );
-    assert!(monitor.stderr().contains("loaded anyway: --allow-insecure-config"));
+    assert!(monitor
+        .stderr()
+        .contains("loaded anyway: --allow-insecure-config"));
     monitor.stop();
 }
 
@@ -337,7 +351,11 @@ fn a_reload_into_files_others_may_write_is_refused_and_the_guard_stays() {
     let site = Site::new("cfg-perms-reload");
     let monitor = site.start(&[]);
     // A new profile file anyone may write, and the config without its guard.
-    write_atomically(&site.root.join("profiles/ops.yaml"), &site.profile("alert"), 0o666);
+    write_atomically(
+        &site.root.join("profiles/ops.yaml"),
+        &site.profile("alert"),
+        0o666,
+    );
     let failed = monitor.wait_for("config-reload-failed", WAIT, |v| {
         v["security_rule.name"] == "config-reload-failed"
     });
@@ -352,7 +370,10 @@ fn a_reload_into_files_others_may_write_is_refused_and_the_guard_stays() {
     // Still refused (the profile file is still open to others): the guard stays.
     let deadline = Instant::now() + WAIT;
     while alerts(&monitor.lines(), "config-reload-failed").len() < 2 {
-        assert!(Instant::now() < deadline, "the second reload was not refused");
+        assert!(
+            Instant::now() < deadline,
+            "the second reload was not refused"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = site.steal();
@@ -368,7 +389,10 @@ fn epoch_secs(text: &str) -> f64 {
         .args(["-u", "-d", text, "+%s.%N"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap()
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn now_secs() -> f64 {

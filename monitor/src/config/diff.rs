@@ -69,7 +69,11 @@ fn guard_rules(config: &Config) -> BTreeMap<String, GuardRule> {
 fn list(items: &BTreeSet<String>) -> String {
     format!(
         "[{}]",
-        items.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+        items
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -208,8 +212,7 @@ impl ConfigDiff {
                 }
                 changed = true;
                 let added: BTreeSet<String> = new_items.difference(old_items).cloned().collect();
-                let removed: BTreeSet<String> =
-                    old_items.difference(new_items).cloned().collect();
+                let removed: BTreeSet<String> = old_items.difference(new_items).cloned().collect();
                 let mut text = format!("profile {}: {key}", profile.name);
                 if !added.is_empty() {
                     text.push_str(&format!(" added {}", list(&added)));
@@ -253,8 +256,7 @@ impl ConfigDiff {
                 ("write", &was.write, &is.write),
             ] {
                 let added: BTreeSet<String> = new_names.difference(old_names).cloned().collect();
-                let removed: BTreeSet<String> =
-                    old_names.difference(new_names).cloned().collect();
+                let removed: BTreeSet<String> = old_names.difference(new_names).cloned().collect();
                 if !added.is_empty() {
                     weakened = true;
                     self.weaken(format!(
@@ -271,7 +273,9 @@ impl ConfigDiff {
             }
             if was.enforce && !is.enforce {
                 weakened = true;
-                self.weaken(format!("guard on {glob}: writes no longer stopped (enforce: false)"));
+                self.weaken(format!(
+                    "guard on {glob}: writes no longer stopped (enforce: false)"
+                ));
             } else if !was.enforce && is.enforce {
                 self.change(format!("guard on {glob}: writes stopped (enforce: true)"));
             }
@@ -303,8 +307,7 @@ impl ConfigDiff {
                     is.allow.iter().cloned().collect(),
                 );
                 let added: BTreeSet<String> = new_names.difference(&old_names).cloned().collect();
-                let removed: BTreeSet<String> =
-                    old_names.difference(&new_names).cloned().collect();
+                let removed: BTreeSet<String> = old_names.difference(&new_names).cloned().collect();
                 let mut weakened = false;
                 if !added.is_empty() {
                     weakened = true;
@@ -520,7 +523,11 @@ selector:
     #[test]
     fn enforce_to_alert_and_removing_an_enforcing_profile_are_high() {
         let old = load("mode-a", PROFILES, "");
-        let alert = load("mode-b", &PROFILES.replace("mode: enforce", "mode: alert"), "");
+        let alert = load(
+            "mode-b",
+            &PROFILES.replace("mode: enforce", "mode: alert"),
+            "",
+        );
         let diff = ConfigDiff::between(&old, &alert);
         assert_eq!(diff.severity(), Severity::High);
         assert_eq!(diff.profiles_changed, ["server"]);

@@ -107,7 +107,7 @@ pub fn check(paths: &[PathBuf]) -> Vec<Insecure> {
                     let is_link = std::fs::symlink_metadata(at)
                         .map(|m| m.file_type().is_symlink())
                         .unwrap_or(false);
-                    if !(is_link && !first) {
+                    if first || !is_link {
                         if let Some(insecure) = judge(at, !first || at.is_dir()) {
                             found.push(insecure);
                         }
@@ -155,7 +155,9 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].path, config);
         assert!(
-            found[0].reason.contains("writable by its group and others (mode 0666)")
+            found[0]
+                .reason
+                .contains("writable by its group and others (mode 0666)")
                 && found[0]
                     .reason
                     .contains(&format!("chmod go-w {}", config.display())),
@@ -167,7 +169,9 @@ mod tests {
         let found = check(std::slice::from_ref(&config));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].path, dir);
-        assert!(found[0].reason.contains("directory is writable by its group"));
+        assert!(found[0]
+            .reason
+            .contains("directory is writable by its group"));
 
         // The sticky bit above (as on /tmp) is fine.
         chmod(&dir, 0o1777);

@@ -94,7 +94,8 @@ pub fn record(now_ns: u64, started_ns: u64, beat_ns: u64, interval: Duration) ->
 pub fn up_point(up: bool) -> Point {
     Point {
         name: "monitor.up",
-        description: "1 while the monitor runs and its main loop goes round; sent with each heartbeat.",
+        description:
+            "1 while the monitor runs and its main loop goes round; sent with each heartbeat.",
         unit: "1",
         kind: MetricKind::Gauge,
         labels: Vec::new(),
@@ -104,7 +105,9 @@ pub fn up_point(up: bool) -> Point {
 
 fn logs_request(resource: &Resource, record: LogRecord) -> ExportLogsServiceRequest {
     let mut request = convert::logs_request(resource, []);
-    request.resource_logs[0].scope_logs[0].log_records.push(record);
+    request.resource_logs[0].scope_logs[0]
+        .log_records
+        .push(record);
     request
 }
 
