@@ -13,7 +13,10 @@ use crate::{
     alert::{new_uid, Action, Alert},
     cgroup::CgroupResolver,
     clock::BootClock,
-    config::Config,
+    config::{
+        diff::{ConfigDiff, CONFIG_CHANGED, CONFIG_CHANGE_REFUSED},
+        Config,
+    },
     guard::GuardService,
     ioctls::IoctlTracker,
     metrics::Metrics,
@@ -212,6 +215,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 processor.report_ioctls(None).context("failed to write output")?;
             }
             _ = housekeeping.tick() => {
+                if let Some(metrics) = &processor.metrics {
+                    metrics.beat();
+                }
                 processor.report_losses().context("failed to write output")?;
                 processor.flush_alerts();
                 processor.sweep();
@@ -359,7 +365,9 @@ fn reload_if_changed<W: Write>(
 }
 
 /// Loads the configuration again. A configuration that fails to load is reported (log and a
-/// `config-reload-failed` alert) and the one in force keeps running.
+/// `config-reload-failed` alert) and the one in force keeps running. One that loads is
+/// reported as `config-changed` with what changed; under `locked: true` it is not applied,
+/// and reported as `config-change-refused`.
 fn reload<W: Write>(
     source: &ConfigSource,
     fingerprint: &mut crate::reload::Fingerprint,
@@ -368,6 +376,11 @@ fn reload<W: Write>(
     clock: &BootClock,
     guards: &mut GuardService,
 ) {
+    let old = processor.engine.as_ref().map(|e| e.config().clone());
+    if let Some(old) = old.as_ref().filter(|old| old.locked) {
+        refuse_locked(source, fingerprint, old, processor, clock);
+        return;
+    }
     let config = match source.load() {
         Ok(config) => config,
         Err(diagnostics) => {
@@ -383,7 +396,10 @@ fn reload<W: Write>(
             return;
         }
     };
-    *fingerprint = source.fingerprint(&config);
+    let read = source.fingerprint(&config);
+    // SIGHUP (also sent by logrotate) with the files as they were is no change to report.
+    let files_changed = read != *fingerprint;
+    *fingerprint = read;
     // The kernel first: if it refuses the new rules, its maps are put back and the daemon
     // keeps the old rules too, so both sides always judge by the same configuration.
     if let Err(err) = policy.apply(&config) {
@@ -408,8 +424,112 @@ fn reload<W: Write>(
         reload_failed(source, vec![err], processor, clock);
         return;
     }
-    processor.reload(config);
+    processor.reload(config.clone());
     info!(profiles, "configuration reloaded");
+    if let Some(old) = old {
+        let diff = ConfigDiff::between(&old, &config);
+        if diff.is_empty() && !files_changed {
+            return;
+        }
+        let mut attributes = diff.attributes();
+        if source.allow_insecure {
+            let insecure: Vec<String> = source
+                .insecure(&config)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if !insecure.is_empty() {
+                warn!(files = ?insecure, "the configuration is in files that users other than root may change (--allow-insecure-config)");
+                attributes.insert("monitor.config.insecure".into(), insecure.into());
+            }
+        }
+        let severity = diff.severity();
+        if diff.weakened.is_empty() {
+            info!(changes = ?diff.changes, "configuration changed");
+        } else {
+            warn!(changes = ?diff.changes, weakened = ?diff.weakened, "configuration changed: protection lowered");
+        }
+        config_alert(
+            CONFIG_CHANGED.id,
+            severity,
+            attributes,
+            source,
+            processor,
+            clock,
+        );
+    }
+}
+
+/// `locked: true`: the change is not applied; an alert says what it would have been.
+fn refuse_locked<W: Write>(
+    source: &ConfigSource,
+    fingerprint: &mut crate::reload::Fingerprint,
+    old: &crate::config::Config,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+) {
+    // The same attempt is reported once, not at every poll.
+    *fingerprint = source.fingerprint(old);
+    let mut attributes = match source.load() {
+        Ok(new) => {
+            let diff = ConfigDiff::between(old, &new);
+            if diff.is_empty() {
+                info!("the configuration is locked and its files match the one in force: nothing to refuse");
+                return;
+            }
+            diff.attributes()
+        }
+        Err(diagnostics) => {
+            let mut attributes = serde_json::Map::new();
+            let errors: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+            attributes.insert("monitor.config.errors".into(), errors.into());
+            attributes
+        }
+    };
+    attributes.insert("monitor.config.locked".into(), true.into());
+    warn!(
+        changes = ?attributes.get("monitor.config.changes"),
+        "the configuration is locked (locked: true): its files changed, the change is refused until a restart"
+    );
+    config_alert(
+        CONFIG_CHANGE_REFUSED.id,
+        CONFIG_CHANGE_REFUSED.severity,
+        attributes,
+        source,
+        processor,
+        clock,
+    );
+}
+
+/// Raises one of the configuration's alerts, with the config's path.
+fn config_alert<W: Write>(
+    rule: &str,
+    severity: crate::alert::Severity,
+    mut attributes: serde_json::Map<String, serde_json::Value>,
+    source: &ConfigSource,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+) {
+    let now = clock.unix_ns(BootClock::boot_now_ns());
+    if let Some(path) = &source.path {
+        attributes.insert(
+            "monitor.config.path".into(),
+            path.display().to_string().into(),
+        );
+    }
+    let alert = Alert {
+        rule: rule.into(),
+        severity,
+        action: Action::Alert,
+        profile: None,
+        time_unix_ns: now,
+        observed_unix_ns: now,
+        count: 1,
+        uid: new_uid(),
+        attributes,
+    };
+    processor.raise(&alert);
+    processor.flush_alerts();
 }
 
 /// Raises `config-reload-failed` with what went wrong.

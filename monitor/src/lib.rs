@@ -14,6 +14,7 @@ pub mod glob;
 pub mod guard;
 pub mod ioctls;
 pub mod learn;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;

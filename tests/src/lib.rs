@@ -129,6 +129,9 @@ pub struct Monitor {
     lines: Arc<(Mutex<Lines>, Condvar)>,
     stderr: Arc<Mutex<String>>,
     ready_file: PathBuf,
+    /// `MONITOR_STATE_DIR` of this run (a test's own `--state-dir` wins over it): monitors of
+    /// other tests, killed on purpose, are no unclean exit of this one.
+    state_dir: PathBuf,
 }
 
 impl Monitor {
@@ -143,6 +146,11 @@ impl Monitor {
             unique()
         ));
         let _ = std::fs::remove_file(&ready_file);
+        let state_dir = std::env::temp_dir().join(format!(
+            "monitor-test-state-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         let mut child = Command::new(monitor_bin())
             .args(args)
             .arg("--cgroup")
@@ -150,6 +158,7 @@ impl Monitor {
             .arg("--ready-file")
             .arg(&ready_file)
             .env("RUST_LOG", "info")
+            .env("MONITOR_STATE_DIR", &state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -193,6 +202,7 @@ impl Monitor {
             lines,
             stderr: stderr_text,
             ready_file,
+            state_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !monitor.ready_file.exists() {
@@ -296,6 +306,7 @@ impl Monitor {
         // Reaped in every case (at once when it has exited).
         let _ = child.wait();
         let _ = std::fs::remove_file(&self.ready_file);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         thread::sleep(Duration::from_millis(100));
         (took, self.stderr())
     }
@@ -339,6 +350,7 @@ impl Monitor {
             }
         }
         let _ = std::fs::remove_file(&self.ready_file);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

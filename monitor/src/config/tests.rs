@@ -317,7 +317,7 @@ fn config_reports_errors_of_the_profiles_it_loads() {
     assert_eq!(
         errors,
         [
-            "DIR/monitor.yaml:3:1: unknown key \"unknown\" (expected one of: builtin_profiles, profiles, guards, outputs, dedup_window_secs)",
+            "DIR/monitor.yaml:3:1: unknown key \"unknown\" (expected one of: builtin_profiles, profiles, guards, outputs, dedup_window_secs, locked, heartbeat_secs)",
             "DIR/p/b.yml:3:7: mode: expected a string, found an integer",
             "DIR/p/b.yml:1:7: name: duplicate profile name \"x\" (first defined at DIR/p/a.yaml:1:7)",
         ]
@@ -499,6 +499,26 @@ fn transitions_must_name_loaded_profiles() {
     assert!(
         !config.profile_by_name("sync").unwrap().allow.io_uring,
         "default false"
+    );
+}
+
+#[test]
+fn locked_and_heartbeat_are_read_and_checked() {
+    let dir = TempDir::new();
+    let path = dir.write("monitor.yaml", "locked: true\nheartbeat_secs: 5\n");
+    let config = load_config(&path).unwrap();
+    assert!(config.locked);
+    assert_eq!(config.heartbeat, Duration::from_secs(5));
+    let path = dir.write("defaults.yaml", "dedup_window_secs: 1\n");
+    let config = load_config(&path).unwrap();
+    assert!(!config.locked);
+    assert_eq!(config.heartbeat, crate::config::DEFAULT_HEARTBEAT);
+    assert_eq!(
+        config_errors(&dir, "locked: yes please\nheartbeat_secs: 0\n"),
+        [
+            "DIR/monitor.yaml:1:9: locked: expected true or false, found a string",
+            "DIR/monitor.yaml:2:17: heartbeat_secs: 0 is not between 1 and 3600 seconds",
+        ]
     );
 }
 

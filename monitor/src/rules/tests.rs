@@ -62,6 +62,8 @@ fn config_with(profiles: &str, window: Duration) -> Config {
         },
         outputs: Outputs::default(),
         dedup_window: window,
+        locked: false,
+        heartbeat: crate::config::DEFAULT_HEARTBEAT,
     }
 }
 
