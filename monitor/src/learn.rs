@@ -49,7 +49,7 @@ use crate::{
     cli::CommonArgs,
     daemon::Plan,
     events::{Device, DeviceClass, Event, File, Net, NetOp},
-    glob::{expand, Glob},
+    glob::Glob,
     pipeline::{Mode, Observer, WatchSelectors},
     process::{same_start, Process, ProcessTable},
     profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
@@ -976,20 +976,6 @@ impl Setup {
     }
 }
 
-/// Executables on this host that the selector may match: the kernel watches their execs from
-/// the first instruction.
-fn exec_candidates(selector: &SelectorText) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for pattern in &selector.executables {
-        if let Ok(glob) = Glob::new(pattern) {
-            found.extend(expand(&glob, 50_000));
-        }
-    }
-    found.sort();
-    found.dedup();
-    found
-}
-
 /// What was asked for, for the error when nothing was seen: `--select exe=…`, `--pid N`.
 fn what_was_selected(args: &LearnArgs, selector: Option<&SelectorText>) -> String {
     let mut parts = Vec::new();
@@ -1043,7 +1029,13 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
     let lost = Arc::new(AtomicU64::new(0));
     let mut sensor = args.common.sensor_options(false);
     if let Some(selector) = &setup.selector {
-        sensor.exec_candidates = exec_candidates(selector);
+        // The kernel watches the executables the selector may match from their exec on.
+        let globs: Vec<Glob> = selector
+            .executables
+            .iter()
+            .filter_map(|pattern| Glob::new(pattern).ok())
+            .collect();
+        sensor.exec_candidates = crate::policy::executables_matching(&globs);
     }
     let started = SystemTime::now();
     info!(out = %args.out.display(), "learning");
