@@ -1058,9 +1058,17 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
     let started = learning.started.unwrap_or(started);
     if learning.selected.is_empty() {
         // A profile of nothing would raise an alert for everything the server does.
+        let took = ended.duration_since(started).unwrap_or_default();
+        // `ended` includes the shutdown: a timed learning that ran its course says its duration.
+        let took = match args.duration {
+            Some(requested) if took >= requested => requested,
+            _ => took,
+        };
         bail!(
-            "failed to learn: no selected process was seen in {} ({}); start the server while              `monitor learn` runs, or check the selector against `ps -eo pid,args`; {} was not written",
-            human(ended.duration_since(started).unwrap_or_default()),
+            "failed to learn: no selected process was seen in {} ({}); start the server while \
+             `monitor learn` runs, or check the selector against `ps -eo pid,args`; {} was not \
+             written",
+            human(took),
             what_was_selected(&args, setup.selector.as_ref()),
             args.out.display()
         );
