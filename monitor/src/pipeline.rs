@@ -570,7 +570,9 @@ impl<W: Write> Processor<W> {
                     self.watch(tgid, WATCH_EXE);
                     print = true;
                 }
-                if print && !selected && self.mode == Mode::Trace && self.fresh_candidate(tgid) {
+                // Only `--exe` fills the candidate map in `monitor trace`.
+                let candidates = self.mode == Mode::Trace && !self.selectors.exes.is_empty();
+                if print && !selected && candidates && self.fresh_candidate(tgid) {
                     // The kernel watched it at this exec for its executable's inode, which
                     // `--exe` matched under another name (a hard link): not traced.
                     if let Err(err) = self.watched.remove(&tgid) {
