@@ -454,6 +454,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
+            // The kernel watches a program that `--exe` names from its exec on: its first
+            // events (the loader's opens, an early bind) come before user space could react.
+            sensor_options.exec_candidates = crate::policy::executables_matching(&selectors.exes);
             sensor_options.protect_dirs = args.protect.clone();
             sensor_options.protect_suffixes = args.protect_suffixes.clone();
             crate::daemon::run(Plan {

@@ -311,6 +311,14 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
         let candidates = crate::policy::exec_candidates(&loaded);
         let capacity = crate::policy::candidate_capacity(candidates.keys.len());
         report.notes = candidates.describe(capacity);
+        report
+            .notes
+            .extend(loaded.iter().filter(|p| p.allow.allows_nothing()).map(|p| {
+                format!(
+                    "warning: {}: profile \"{}\" allows nothing: every exec, file, network and device access of the processes it selects is an alert; add allow rules, or learn them with `monitor learn`",
+                    p.location, p.name
+                )
+            }));
     }
     report
 }

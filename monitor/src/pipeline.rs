@@ -20,7 +20,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::{
-    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_EXE, WATCH_PID, WATCH_PROFILE,
+    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE, WATCH_PID,
+    WATCH_PROFILE,
 };
 use serde_json::Value;
 use tokio::{
@@ -466,6 +467,15 @@ impl<W: Write> Processor<W> {
         }
     }
 
+    /// Whether the kernel put this process in the watched set at its last exec, for its
+    /// executable (`WATCH_CANDIDATE`, neither inherited nor watched before: the kernel bumps
+    /// the generation of an entry that existed at exec).
+    fn fresh_candidate(&self, tgid: u32) -> bool {
+        self.watched
+            .get(&tgid, 0)
+            .is_ok_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
+    }
+
     /// Puts a process in the kernel's watched set.
     fn watch(&mut self, tgid: u32, reason: u32) {
         let entry = WatchEntry {
@@ -555,9 +565,20 @@ impl<W: Write> Processor<W> {
                     .and_then(|resolver| resolver.path(exec.cgroup_id));
                 let process = self.table.on_exec(exec.table_info(cgroup_path));
                 let tgid = process.tgid;
-                if !print && self.selectors.exes.iter().any(|g| g.matches(&exec.path)) {
+                let selected = self.selectors.exes.iter().any(|g| g.matches(&exec.path));
+                if !print && selected {
                     self.watch(tgid, WATCH_EXE);
                     print = true;
+                }
+                // Only `--exe` fills the candidate map in `monitor trace`.
+                let candidates = self.mode == Mode::Trace && !self.selectors.exes.is_empty();
+                if print && !selected && candidates && self.fresh_candidate(tgid) {
+                    // The kernel watched it at this exec for its executable's inode, which
+                    // `--exe` matched under another name (a hard link): not traced.
+                    if let Err(err) = self.watched.remove(&tgid) {
+                        debug!("failed to stop watching pid {tgid}: {err}");
+                    }
+                    print = self.selectors.all;
                 }
                 let process = self.table.get_by_tgid(tgid);
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))

@@ -3,7 +3,7 @@
 //! paths are not here: the fanotify guards ([`crate::guard`]) hold them. Kept in sync on
 //! reload: new entries go in before stale ones go out.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::PathBuf};
 
 use anyhow::Context as _;
 
@@ -97,6 +97,20 @@ impl Candidates {
         }
         lines
     }
+}
+
+/// Executable files on this host that any of `globs` matches (absolute path globs, as in
+/// selectors and `monitor trace --exe`): the kernel watches their execs from the first
+/// instruction once they are in the exec-candidate map. Each walk visits at most
+/// [`EXPAND_BUDGET`] directory entries.
+pub fn executables_matching<'g>(globs: impl IntoIterator<Item = &'g Glob>) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = globs
+        .into_iter()
+        .flat_map(|glob| expand_executables(glob, EXPAND_BUDGET).files)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Expands every profile's selector globs.

@@ -302,6 +302,19 @@ impl Allow {
         self.devices.contains(&class)
     }
 
+    /// Whether nothing is allowed: no exec, file, network (unix sockets unchecked counts as
+    /// nothing too), device or io_uring. Every action of a governed process is then an alert.
+    pub fn allows_nothing(&self) -> bool {
+        self.exec.is_empty()
+            && self.files_read.is_empty()
+            && self.files_write.is_empty()
+            && self.connect.is_empty()
+            && self.listen.is_empty()
+            && self.unix.as_ref().is_none_or(Vec::is_empty)
+            && self.devices.is_empty()
+            && !self.io_uring
+    }
+
     /// Whether an exec may switch the process to the profile named `name`.
     pub fn transition(&self, name: &str) -> bool {
         self.transitions.iter().any(|t| t == name)

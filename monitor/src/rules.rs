@@ -15,6 +15,7 @@
 //! `on_fork`, `on_exit`), so that the table describes the process as the event left it.
 
 mod checks;
+pub mod classify;
 mod dedup;
 
 use std::{collections::HashMap, sync::Arc};

@@ -397,3 +397,49 @@ pub fn real_path(path: &str) -> String {
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Builds one of the harness's C programs (`tests/src/NAME.c`) with `cc` into `dir/NAME`;
+/// returns its path.
+pub fn build_c(name: &str, dir: &std::path::Path) -> PathBuf {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(format!("{name}.c"));
+    let out = dir.join(name);
+    let output = Command::new("cc")
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run cc (install a C compiler): {e}"));
+    assert!(
+        output.status.success(),
+        "failed to build {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A free port in the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): one the
+/// kernel hands out for `bind` to port 0, here asked for by name.
+pub fn ephemeral_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A directory for one test, removed when dropped (also when the test panics).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(marker(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(std::fs::canonicalize(dir).unwrap())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
