@@ -134,6 +134,10 @@ pub struct CommonArgs {
     /// How often per-process GPU ioctl counts are reported.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub ioctl_summary_secs: u64,
+    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
+    /// hold what the configuration wrote (and repairs them).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub self_check_secs: u64,
 }
 
 impl CommonArgs {
@@ -162,6 +166,7 @@ impl CommonArgs {
             drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
             ready_file: self.ready_file.clone(),
             ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
+            self_check: Duration::from_secs(self.self_check_secs.max(1)),
             ..PipelineOptions::default()
         }
     }

@@ -486,7 +486,8 @@ impl Learning {
                 Vec::new()
             }
             // Another process's deed (memory), or what a profile allows as a whole (io_uring).
-            Event::MemoryAccess(_) | Event::IoUring(_) => {
+            // ... or a deed against the monitor.
+            Event::MemoryAccess(_) | Event::IoUring(_) | Event::Tamper(_) => {
                 self.events += 1;
                 Vec::new()
             }
