@@ -57,6 +57,8 @@ pub struct Pauses {
     /// A gap no stop explained yet: (start, end, when it was seen). Reported when no stop
     /// event arrives to explain it (the events of the pause are read after the gap is seen).
     gap: Option<(u64, u64, u64)>,
+    /// The last pause a stop and its SIGCONT explained: (stop, resume).
+    explained: Option<(u64, u64)>,
     /// Names of the monitor's BPF objects by (kind, id), for the alerts.
     pub names: HashMap<(monitor_common::BpfObjectKind, u32), String>,
 }
@@ -135,11 +137,12 @@ impl<W: Write> Processor<W> {
             );
         }
         attributes.insert("monitor.pause.cause".into(), json!("signal"));
-        // The gap the clock saw is this pause.
+        // The gap the clock saw (or will see, at its next tick) is this pause.
+        self.pauses.explained = Some((stop.time_ns, header.time_ns));
         if self
             .pauses
             .gap
-            .is_some_and(|(start, end, _)| start <= header.time_ns && stop.time_ns <= end)
+            .is_some_and(|(start, end, _)| overlaps((start, end), (stop.time_ns, header.time_ns)))
         {
             self.pauses.gap = None;
         }
@@ -152,7 +155,12 @@ impl<W: Write> Processor<W> {
     pub fn check_pause(&mut self) {
         let now = BootClock::boot_now_ns();
         let last = std::mem::replace(&mut self.pauses.last_tick_ns, now);
-        if last != 0 && now.saturating_sub(last) > GAP && self.pauses.stop.is_none() {
+        let explained = self
+            .pauses
+            .explained
+            .is_some_and(|pause| overlaps((last, now), pause));
+        if last != 0 && now.saturating_sub(last) > GAP && self.pauses.stop.is_none() && !explained
+        {
             self.pauses.gap = Some((last, now, now));
         }
         let Some((start, end, seen)) = self.pauses.gap else {
@@ -184,6 +192,10 @@ impl<W: Write> Processor<W> {
             }
         }
     }
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
 }
 
 /// What a self-check found and did.

@@ -245,18 +245,14 @@ pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
             unverified,
             ..
         } => {
-            let rule = if unverified {
-                super::MONITOR_OBJECT_OPENED
+            let command = monitor_common::bpf_cmd_name(cmd);
+            Some(if unverified {
+                // One alert per actor and command (`bpftool map show` opens every map), the
+                // others folded into its count.
+                finding(super::MONITOR_OBJECT_OPENED, command)
             } else {
-                super::MONITOR_TAMPERED
-            };
-            Some(finding(
-                rule,
-                format!(
-                    "{}:{object:?}:{id}",
-                    monitor_common::bpf_cmd_name(cmd)
-                ),
-            ))
+                finding(super::MONITOR_TAMPERED, format!("{command}:{object:?}:{id}"))
+            })
         }
         TamperOp::Signal { signal, .. } if crate::tamper::is_stop(signal) || signal == 18 => None,
         TamperOp::Signal { signal, .. } => Some(finding(
