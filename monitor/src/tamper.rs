@@ -37,6 +37,9 @@ pub fn is_stop(signal: u32) -> bool {
 
 const SIGCONT: u32 = 18;
 
+/// A stop still without its SIGCONT this long after it was sent is reported on its own.
+const STALE_STOP: u64 = 5_000_000_000;
+
 /// A clock gap longer than this between two housekeeping ticks (every second) is a pause.
 const GAP: u64 = 3_000_000_000;
 
@@ -59,6 +62,8 @@ pub struct Pauses {
     gap: Option<(u64, u64, u64)>,
     /// The last pause a stop and its SIGCONT explained: (stop, resume).
     explained: Option<(u64, u64)>,
+    /// The last gap the clock saw: (start, end).
+    last_gap: Option<(u64, u64)>,
     /// Names of the monitor's BPF objects by (kind, id), for the alerts.
     pub names: HashMap<(monitor_common::BpfObjectKind, u32), String>,
 }
@@ -159,9 +164,32 @@ impl<W: Write> Processor<W> {
             .pauses
             .explained
             .is_some_and(|pause| overlaps((last, now), pause));
-        if last != 0 && now.saturating_sub(last) > GAP && self.pauses.stop.is_none() && !explained
+        if last != 0 && now.saturating_sub(last) > GAP {
+            self.pauses.last_gap = Some((last, now));
+            if self.pauses.stop.is_none() && !explained {
+                self.pauses.gap = Some((last, now, now));
+            }
+        }
+        // A stop that no SIGCONT ended: a ptrace attach (its SIGSTOP) ended by a detach, or a
+        // stop the monitor never took. Its length is the clock's gap, if one covers it.
+        if let Some(stop) = self
+            .pauses
+            .stop
+            .take_if(|stop| now.saturating_sub(stop.time_ns) > STALE_STOP)
         {
-            self.pauses.gap = Some((last, now, now));
+            let end = match self.pauses.last_gap {
+                Some((start, end)) if overlaps((start, end), (stop.time_ns, stop.time_ns)) => end,
+                _ => stop.time_ns,
+            };
+            let mut attributes = stop.actor;
+            attributes.insert(
+                "monitor.pause.signal".into(),
+                json!(crate::output::signal_name(stop.signal)),
+            );
+            attributes.insert("monitor.pause.cause".into(), json!("signal-without-sigcont"));
+            self.pauses.explained = Some((stop.time_ns, end));
+            let alert = pause_alert(&self.clock, stop.time_ns, end, attributes);
+            self.raise(&alert);
         }
         let Some((start, end, seen)) = self.pauses.gap else {
             return;
