@@ -662,6 +662,14 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn digests_ignore_order_and_see_a_change() {
+        let a = digest_pairs(&[(1u32, 2u32), (3, 4)]);
+        assert_eq!(a, digest_pairs(&[(3u32, 4u32), (1, 2)]));
+        assert_ne!(a, digest_pairs(&[(1u32, 2u32)]), "an entry deleted");
+        assert_ne!(a, digest_pairs(&[(1u32, 2u32), (3, 5)]), "a value changed");
+    }
+
+    #[test]
     fn nested_rules_carry_the_ports_of_the_rules_around_them() {
         let rules: Vec<AddrRule> = [
             "10.0.0.0/8:443",
