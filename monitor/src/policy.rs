@@ -527,9 +527,12 @@ impl Snapshot {
             (maps::PROTECTED_DIRS, digest_pairs(&self.protected_dirs)),
             (
                 maps::PROTECTED_SUFFIXES,
-                digest(self.protected_suffixes.iter().enumerate().map(|(i, v)| {
-                    [bytes(&(i as u32)), bytes(v)].concat()
-                })),
+                digest(
+                    self.protected_suffixes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| [bytes(&(i as u32)), bytes(v)].concat()),
+                ),
             ),
             (maps::EXEC_CANDIDATES, digest_pairs(&self.exec_candidates)),
             (maps::POLICY, digest_pairs(&self.policy)),
@@ -554,8 +557,7 @@ impl Snapshot {
 fn bytes<T: Copy>(value: &T) -> Vec<u8> {
     // SAFETY: the map types are repr(C) without padding (checked in monitor-common), so every
     // byte is initialised.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 fn digest_pairs<K: Copy, V: Copy>(entries: &[(K, V)]) -> u64 {

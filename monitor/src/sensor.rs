@@ -471,7 +471,10 @@ fn link_cgroup_id(link_id: u32) -> std::io::Result<u64> {
     // link `cgroup_id` (u64) first.
     let mut info = [0u64; 16];
     let fd_raw = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 as u64;
-    let mut attr = [fd_raw | ((std::mem::size_of_val(&info) as u64) << 32), info.as_mut_ptr() as u64];
+    let mut attr = [
+        fd_raw | ((std::mem::size_of_val(&info) as u64) << 32),
+        info.as_mut_ptr() as u64,
+    ];
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info[2])
 }
@@ -851,7 +854,9 @@ impl Sensor {
             objects
                 .map
                 .insert(monitor_object_key(*kind, *id), 1, 0)
-                .with_context(|| format!("failed to file {kind:?} {id} in {}", maps::MONITOR_OBJECTS))?;
+                .with_context(|| {
+                    format!("failed to file {kind:?} {id} in {}", maps::MONITOR_OBJECTS)
+                })?;
         }
         Ok(names)
     }
@@ -875,7 +880,10 @@ impl Sensor {
         let mut checks = Vec::new();
         let cgroup_name = self.cgroup.display().to_string();
         for index in 0..self.cgroup_links.len() {
-            let (program, id) = (self.cgroup_links[index].program, self.cgroup_links[index].id);
+            let (program, id) = (
+                self.cgroup_links[index].program,
+                self.cgroup_links[index].id,
+            );
             if id == 0 {
                 continue;
             }
@@ -885,7 +893,11 @@ impl Sensor {
                 Err(err) => {
                     // Not found: the link is gone altogether (it cannot be while its fd is
                     // held, but say so rather than guess).
-                    debug!(program, link = id, "failed to read the link's cgroup: {err}");
+                    debug!(
+                        program,
+                        link = id,
+                        "failed to read the link's cgroup: {err}"
+                    );
                 }
             }
             let reattached = self.reattach(index);

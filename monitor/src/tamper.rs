@@ -134,7 +134,10 @@ impl<W: Write> Processor<W> {
             "monitor.pause.signal".into(),
             json!(crate::output::signal_name(stop.signal)),
         );
-        attributes.insert("monitor.pause.resumed_by.process.pid".into(), json!(header.tgid));
+        attributes.insert(
+            "monitor.pause.resumed_by.process.pid".into(),
+            json!(header.tgid),
+        );
         if let Some(exe) = record.get("process.executable.path") {
             attributes.insert(
                 "monitor.pause.resumed_by.process.executable.path".into(),
@@ -186,7 +189,10 @@ impl<W: Write> Processor<W> {
                 "monitor.pause.signal".into(),
                 json!(crate::output::signal_name(stop.signal)),
             );
-            attributes.insert("monitor.pause.cause".into(), json!("signal-without-sigcont"));
+            attributes.insert(
+                "monitor.pause.cause".into(),
+                json!("signal-without-sigcont"),
+            );
             self.pauses.explained = Some((stop.time_ns, end));
             let alert = pause_alert(&self.clock, stop.time_ns, end, attributes);
             self.raise(&alert);
@@ -259,9 +265,9 @@ pub fn self_check(sensor: &mut Sensor, policy: &mut KernelPolicy) -> CheckOutcom
         // The daemon holds an fd on each program, so the kernel keeps it: this would be a
         // kernel bug or a program the daemon lost itself; it cannot be loaded again here.
         outcome.found.push(format!("program {program} not loaded"));
-        outcome
-            .failed
-            .push(format!("failed to check program {program}: restart the monitor"));
+        outcome.failed.push(format!(
+            "failed to check program {program}: restart the monitor"
+        ));
     }
     match policy.verify() {
         Ok(changed) => {
@@ -272,9 +278,9 @@ pub fn self_check(sensor: &mut Sensor, policy: &mut KernelPolicy) -> CheckOutcom
                 outcome.repaired.push(format!("rewrote map {map}"));
             }
         }
-        Err(err) => outcome
-            .failed
-            .push(format!("failed to check or rewrite the policy maps: {err:#}")),
+        Err(err) => outcome.failed.push(format!(
+            "failed to check or rewrite the policy maps: {err:#}"
+        )),
     }
     outcome
 }

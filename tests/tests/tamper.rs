@@ -246,17 +246,22 @@ fn assert_denied(site: &Site, monitor: &Monitor, when: &str) {
 /// Waits for the self-check's alert that says `repaired` (a substring) was put back.
 fn self_check_repaired(monitor: &Monitor, found: &str, repaired: &str) -> Value {
     let (found, repaired) = (found.to_owned(), repaired.to_owned());
-    let alert = alert(monitor, &format!("a self-check that {repaired}"), move |v| {
-        v["security_rule.name"] == "monitor-tampered"
-            && v["monitor.tamper.operation"] == "self-check"
-            && v["monitor.selfcheck.found"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|s| s.as_str().is_some_and(|s| s.contains(&found))))
-            && v["monitor.selfcheck.repaired"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|s| s.as_str().is_some_and(|s| s.contains(&repaired)))
-            })
-    });
+    let alert = alert(
+        monitor,
+        &format!("a self-check that {repaired}"),
+        move |v| {
+            v["security_rule.name"] == "monitor-tampered"
+                && v["monitor.tamper.operation"] == "self-check"
+                && v["monitor.selfcheck.found"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|s| s.as_str().is_some_and(|s| s.contains(&found)))
+                })
+                && v["monitor.selfcheck.repaired"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|s| s.as_str().is_some_and(|s| s.contains(&repaired)))
+                })
+        },
+    );
     assert_eq!(alert["severity"], "critical", "{alert}");
     alert
 }
@@ -274,10 +279,20 @@ fn a_detached_cgroup_link_is_reported_and_attached_again() {
         v["security_rule.name"] == "monitor-tampered" && v["process.pid"] == attacker
     });
     assert_eq!(tampered["severity"], "critical", "{tampered}");
-    assert_eq!(tampered["monitor.bpf.command"], "BPF_LINK_DETACH", "{tampered}");
+    assert_eq!(
+        tampered["monitor.bpf.command"], "BPF_LINK_DETACH",
+        "{tampered}"
+    );
     assert_eq!(tampered["monitor.bpf.object.kind"], "link", "{tampered}");
-    assert_eq!(tampered["monitor.bpf.object.id"].to_string(), link, "{tampered}");
-    assert_eq!(tampered["monitor.bpf.object.name"], "connect4", "{tampered}");
+    assert_eq!(
+        tampered["monitor.bpf.object.id"].to_string(),
+        link,
+        "{tampered}"
+    );
+    assert_eq!(
+        tampered["monitor.bpf.object.name"], "connect4",
+        "{tampered}"
+    );
     // Resolved from bpftool's fd table: identified, and it succeeded.
     assert_eq!(tampered["monitor.unverified"], false, "{tampered}");
     assert_eq!(tampered["monitor.result"], 0, "{tampered}");
@@ -312,7 +327,11 @@ fn a_detached_cgroup_link_is_reported_and_attached_again() {
             && v["process.pid"] == attacker
             && v["monitor.bpf.command"] == "BPF_LINK_DETACH"
     });
-    assert_eq!(tampered["monitor.bpf.object.id"].to_string(), link, "{tampered}");
+    assert_eq!(
+        tampered["monitor.bpf.object.id"].to_string(),
+        link,
+        "{tampered}"
+    );
     self_check_repaired(
         &monitor,
         &format!("link {link} (connect4) detached"),
@@ -369,7 +388,10 @@ fn a_deleted_policy_entry_is_reported_and_written_back() {
         let tampered = alert(&monitor, "monitor-tampered (map delete)", move |v| {
             v["security_rule.name"] == "monitor-tampered" && v["process.pid"] == attacker
         });
-        assert_eq!(tampered["monitor.bpf.command"], "BPF_MAP_DELETE_ELEM", "{tampered}");
+        assert_eq!(
+            tampered["monitor.bpf.command"], "BPF_MAP_DELETE_ELEM",
+            "{tampered}"
+        );
         assert_eq!(tampered["monitor.bpf.object.kind"], "map", "{tampered}");
         assert_eq!(tampered["monitor.bpf.object.name"], "POLICY", "{tampered}");
         assert_eq!(tampered["monitor.unverified"], false, "{tampered}");
@@ -458,7 +480,11 @@ fn a_ptrace_of_the_monitor_is_tampering() {
                 && v["monitor.memory.operation"] == operation
         });
         assert_eq!(tampered["monitor.target.monitor"], true, "{tampered}");
-        assert_eq!(tampered["monitor.target.process.pid"], monitor.pid(), "{tampered}");
+        assert_eq!(
+            tampered["monitor.target.process.pid"],
+            monitor.pid(),
+            "{tampered}"
+        );
     }
 }
 
@@ -495,7 +521,10 @@ fn a_flood_hides_no_theft_and_no_memory_access() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let flood = Command::new("sh")
-        .args(["-c", "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done"])
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done",
+        ])
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -520,7 +549,10 @@ fn a_flood_hides_no_theft_and_no_memory_access() {
     let lost = alert(&monitor, "events-lost", |v| {
         v["security_rule.name"] == "events-lost" && v["monitor.loss.stage"] == "kernel"
     });
-    assert!(lost["monitor.loss.count"].as_u64().unwrap_or(0) > 0, "{lost}");
+    assert!(
+        lost["monitor.loss.count"].as_u64().unwrap_or(0) > 0,
+        "{lost}"
+    );
     for thief in thieves {
         alert(&monitor, "a theft inside the flood", move |v| {
             v["security_rule.name"] == "protected-file-read" && v["process.pid"] == thief
@@ -529,7 +561,11 @@ fn a_flood_hides_no_theft_and_no_memory_access() {
     let access = alert(&monitor, "the memory access inside the flood", |v| {
         v["security_rule.name"] == "process-memory-access" && v["process.pid"] == reader_pid
     });
-    assert_eq!(access["monitor.target.process.pid"], server.id(), "{access}");
+    assert_eq!(
+        access["monitor.target.process.pid"],
+        server.id(),
+        "{access}"
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

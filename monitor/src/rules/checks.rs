@@ -251,7 +251,10 @@ pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
                 // others folded into its count.
                 finding(super::MONITOR_OBJECT_OPENED, command)
             } else {
-                finding(super::MONITOR_TAMPERED, format!("{command}:{object:?}:{id}"))
+                finding(
+                    super::MONITOR_TAMPERED,
+                    format!("{command}:{object:?}:{id}"),
+                )
             })
         }
         TamperOp::Signal { signal, .. } if crate::tamper::is_stop(signal) || signal == 18 => None,

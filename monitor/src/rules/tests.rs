@@ -1038,14 +1038,17 @@ fn deeds_against_the_monitor() {
     use crate::events::{MemoryAccess, MemoryOp, Tamper, TamperOp};
     use monitor_common::BpfObjectKind;
     let mut world = World::new();
-    let mut tamper = |world: &mut World, op: TamperOp| {
+    let tamper = |world: &mut World, op: TamperOp| {
         let header = world.header(EventKind::Tamper, 4242, start(9));
-        rules(&world.handle(Event::Tamper(Tamper {
-            header,
-            op,
-            result: Some(0),
-        }))
-        .alerts)
+        rules(
+            &world
+                .handle(Event::Tamper(Tamper {
+                    header,
+                    op,
+                    result: Some(0),
+                }))
+                .alerts,
+        )
         .iter()
         .map(|r| (*r).to_owned())
         .collect::<Vec<String>>()
@@ -1066,10 +1069,7 @@ fn deeds_against_the_monitor() {
         tamper(&mut world, bpf(monitor_common::BPF_LINK_GET_FD_BY_ID, true)),
         ["monitor-object-opened"]
     );
-    let signal = |signal| TamperOp::Signal {
-        signal,
-        thread: 99,
-    };
+    let signal = |signal| TamperOp::Signal { signal, thread: 99 };
     assert_eq!(tamper(&mut world, signal(15)), ["monitor-signaled"]);
     assert_eq!(tamper(&mut world, signal(9)), ["monitor-signaled"]);
     // A stop and the SIGCONT that ends it become one monitor-paused, raised by the processor.
