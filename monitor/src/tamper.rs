@@ -15,7 +15,7 @@
 use std::{collections::HashMap, io::Write, time::Duration};
 
 use serde_json::{json, Map, Value};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     alert::{new_uid, Action, Alert},
@@ -113,6 +113,15 @@ impl<W: Write> Processor<W> {
         };
         record.remove("time");
         record.remove("event.kind");
+        info!(
+            signal = crate::output::signal_name(*signal).unwrap_or("other"),
+            sender = header.tgid,
+            executable = record
+                .get("process.executable.path")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown"),
+            "signal sent to the monitor"
+        );
         if is_stop(*signal) {
             if self.pauses.stop.is_none() {
                 self.pauses.stop = Some(Stop {

@@ -502,6 +502,14 @@ with open("/proc/%d/mem" % pid, "rb") as f:
 #[test]
 fn a_flood_hides_no_theft_and_no_memory_access() {
     let site = Site::new("tamper-flood");
+    // The governed server whose memory is read, running before the monitor starts: its
+    // /proc scan governs it (its exec event could be lost in the one-page ring below when the
+    // host is busy).
+    let mut server = Command::new(site.path("bin/model-server"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     // One page of bulk ring, drained every 2 s and never woken early: the flood of execs
     // below loses events (`events-lost`), as it did the priority events before they had a
     // ring of their own.
@@ -513,13 +521,6 @@ fn a_flood_hides_no_theft_and_no_memory_access() {
         "--wakeup-bytes",
         "1000000000",
     ]);
-    // The governed server whose memory is read, under its profile before the flood.
-    let mut server = Command::new(site.path("bin/model-server"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
     let flood = Command::new("sh")
         .args([
             "-c",

@@ -258,6 +258,9 @@ pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
             })
         }
         TamperOp::Signal { signal, .. } if crate::tamper::is_stop(signal) || signal == 18 => None,
+        // The process that started the monitor (its service manager, container runtime or
+        // supervisor) stopping it is its life cycle, not an attack: logged, not alerted.
+        TamperOp::Signal { .. } if event.header.tgid == std::os::unix::process::parent_id() => None,
         TamperOp::Signal { signal, .. } => Some(finding(
             super::MONITOR_SIGNALED,
             crate::output::signal_name(signal).map_or_else(|| signal.to_string(), str::to_owned),
