@@ -1014,6 +1014,14 @@ mod enforcement_tests {
     }
 
     #[test]
+    fn denials_and_deeds_against_the_monitor_skip_a_full_queue() {
+        assert!(is_priority(&connect(Decision::Denied, -1)));
+        assert!(is_priority(&connect(Decision::WouldDeny, 0)));
+        assert!(!is_priority(&connect(Decision::Allowed, 0)));
+        assert!(!is_priority(&connect(Decision::Observed, 0)));
+    }
+
+    #[test]
     fn the_kernels_decision_is_the_action() {
         let rule = "connect-not-allowed";
         let act = |event: &Event, dry_run| enforcement_action(event, rule, true, false, dry_run);

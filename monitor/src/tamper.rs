@@ -118,7 +118,7 @@ impl<W: Write> Processor<W> {
             sender = header.tgid,
             executable = record
                 .get("process.executable.path")
-                .and_then(Value::as_str)
+                .and_then(serde_json::Value::as_str)
                 .unwrap_or("unknown"),
             "signal sent to the monitor"
         );
