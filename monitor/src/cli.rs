@@ -145,6 +145,10 @@ pub struct CommonArgs {
     /// Container metadata from the runtime's API, and the node name.
     #[command(flatten)]
     pub workload: crate::workload::WorkloadArgs,
+    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
+    /// hold what the configuration wrote (and repairs them).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub self_check_secs: u64,
 }
 
 impl CommonArgs {
@@ -174,6 +178,7 @@ impl CommonArgs {
             ready_file: self.ready_file.clone(),
             ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
             workload: self.workload.options(),
+            self_check: Duration::from_secs(self.self_check_secs.max(1)),
             ..PipelineOptions::default()
         }
     }

@@ -94,6 +94,8 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::guard::EVENT_QUEUE);
+    // What must not share fate with bulk events, when the queue is filling (see read_ring).
+    let (urgent_tx, mut urgent_rx) = mpsc::channel(pipeline_options.queue_batches);
     let reader = tokio::spawn(pipeline::read_ring(
         maps.events,
         queue_tx,
@@ -101,13 +103,13 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         counters.clone(),
         stop_rx,
         Some(guard_rx),
+        maps.priority,
+        urgent_tx,
     ));
+    let mut objects = maps.objects;
     let mut guards = GuardService::new(guard_tx, counters.guard.clone(), sensor_options.dry_run);
 
-    let mut policy = KernelPolicy {
-        maps: maps.policy,
-        dry_run: sensor_options.dry_run,
-    };
+    let mut policy = KernelPolicy::new(maps.policy, sensor_options.dry_run);
     let mut source = None;
     let mut engine = None;
     if let Some((config_source, config)) = config {
@@ -153,6 +155,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut pending_reload: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     let mut signals = Signals::new()?;
     sensor.attach()?;
+    let object_names = sensor
+        .register(&mut objects)
+        .context("failed to file the monitor's own BPF objects for the tamper hook")?;
 
     let cgroups = match CgroupResolver::new() {
         Ok(resolver) => Some(resolver),
@@ -186,6 +191,8 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     // container on (the /proc scan below included).
     let workload = crate::workload::Registry::start(&pipeline_options.workload);
     processor.table.containers = Some(workload.clone());
+    processor.pauses.names = object_names;
+    crate::tamper::file_own_threads(&mut processor);
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {
@@ -197,19 +204,41 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut ioctl_summary = tokio::time::interval(pipeline_options.ioctl_summary);
     let mut reload_poll = tokio::time::interval(RELOAD_POLL);
+    let mut self_check = tokio::time::interval(pipeline_options.self_check);
+    self_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = tokio::time::Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut progress = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
+            Some(batch) = urgent_rx.recv() => {
+                processor.handle_batch(batch).context("failed to write output")?;
+            }
             batch = queue_rx.recv() => match batch {
-                Some(batch) => processor.handle_batch(batch).context("failed to write output")?,
+                Some(batch) => {
+                    // What skipped the queue goes first.
+                    while let Ok(urgent) = urgent_rx.try_recv() {
+                        processor.handle_batch(urgent).context("failed to write output")?;
+                    }
+                    processor.handle_batch(batch).context("failed to write output")?
+                }
                 None => break,
             },
             _ = workload.arrived.notified() => {
                 // A container's image, pod and labels are known now: workload selectors may
                 // match processes that no profile governs yet (see `crate::workload`).
                 processor.govern_running();
+            }
+            _ = self_check.tick(), if mode == Mode::Run => {
+                let outcome = crate::tamper::self_check(&mut sensor, &mut policy);
+                if let Some(alert) = crate::tamper::check_alert(&clock, &outcome) {
+                    processor.raise(&alert);
+                    processor.flush_alerts();
+                }
+                if let Ok(names) = sensor.register(&mut objects) {
+                    processor.pauses.names = names;
+                }
+                crate::tamper::file_own_threads(&mut processor);
             }
             _ = ioctl_summary.tick() => {
                 processor.report_ioctls(None).context("failed to write output")?;
@@ -218,6 +247,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 if let Some(metrics) = &processor.metrics {
                     metrics.beat();
                 }
+                processor.check_pause();
                 processor.report_losses().context("failed to write output")?;
                 processor.flush_alerts();
                 processor.sweep();
@@ -311,6 +341,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         Ok(Ok(())) => {}
         Ok(Err(err)) => warn!("ring buffer reader failed: {err:#}"),
         Err(err) => warn!("ring buffer reader panicked: {err}"),
+    }
+    while let Ok(batch) = urgent_rx.try_recv() {
+        processor
+            .handle_batch(batch)
+            .context("failed to write output")?;
     }
     while let Some(batch) = queue_rx.recv().await {
         processor

@@ -496,8 +496,9 @@ impl Learning {
                 self.events += 1;
                 Vec::new()
             }
-            // Another process's deed on this one: nothing this one's profile allows.
-            Event::MemoryAccess(_) => {
+            // Another process's deed on this one (memory), or a deed against the monitor:
+            // nothing this one's profile allows.
+            Event::MemoryAccess(_) | Event::Tamper(_) => {
                 self.events += 1;
                 Vec::new()
             }

@@ -31,3 +31,4 @@ pub mod sensor;
 pub mod sink;
 pub mod spool;
 pub mod workload;
+pub mod tamper;

@@ -183,6 +183,7 @@ pub fn event_record(
             );
         }
         Event::MemoryAccess(access) => memory_keys(&mut map, table, access),
+        Event::Tamper(tamper) => tamper_keys(&mut map, tamper),
         Event::IoUring(uring) => {
             map.insert("monitor.io_uring.operation".into(), json!(uring.op.name()));
             if let IoUringOp::Submit(opcode) = uring.op {
@@ -232,6 +233,9 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
         "monitor.target.process.pid".into(),
         json!(access.target_tgid),
     );
+    if access.monitor {
+        map.insert("monitor.target.monitor".into(), json!(true));
+    }
     let target = if access.target_start_time_ns != 0 {
         table.get(access.target_tgid, access.target_start_time_ns)
     } else {
@@ -245,6 +249,63 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
             "monitor.target.process.command_args".into(),
             json!(target.args),
         );
+    }
+}
+
+/// What was done to the monitor: `monitor.tamper.*`, and the object (`monitor.bpf.*`) or
+/// the signal.
+fn tamper_keys(map: &mut Map<String, Value>, tamper: &crate::events::Tamper) {
+    use crate::events::TamperOp;
+    map.insert("monitor.tamper.operation".into(), json!(tamper.op.name()));
+    match tamper.op {
+        TamperOp::Bpf {
+            cmd,
+            object,
+            id,
+            unverified,
+            read_only,
+        } => {
+            map.insert(
+                "monitor.bpf.command".into(),
+                json!(monitor_common::bpf_cmd_name(cmd)),
+            );
+            map.insert(
+                "monitor.bpf.object.kind".into(),
+                json!(match object {
+                    monitor_common::BpfObjectKind::Program => "program",
+                    monitor_common::BpfObjectKind::Map => "map",
+                    monitor_common::BpfObjectKind::Link => "link",
+                }),
+            );
+            map.insert("monitor.bpf.object.id".into(), json!(id));
+            // Resolved from the caller's fd table (identified), or named by an id in its
+            // memory (suspected).
+            map.insert("monitor.unverified".into(), json!(unverified));
+            if read_only {
+                map.insert("monitor.bpf.read_only".into(), json!(true));
+            }
+            if let Some(result) = tamper.result {
+                result_keys(map, result, "monitor.result");
+            }
+        }
+        TamperOp::Signal { signal, thread } => {
+            map.insert("monitor.signal.number".into(), json!(signal));
+            if let Some(name) = signal_name(signal) {
+                map.insert("monitor.signal.name".into(), json!(name));
+            }
+            map.insert("monitor.target.thread.id".into(), json!(thread));
+            // TRACE_SIGNAL_*: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose
+            // info.
+            if let Some(result) = tamper.result {
+                let outcome = match result {
+                    0 => "delivered",
+                    1 => "ignored",
+                    2 => "already-pending",
+                    _ => "other",
+                };
+                map.insert("monitor.signal.result".into(), json!(outcome));
+            }
+        }
     }
 }
 

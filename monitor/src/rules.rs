@@ -77,8 +77,22 @@ pub const EVENTS_LOST: Rule = rule("events-lost", Severity::High);
 /// A new configuration failed to load; the previous one stays in force.
 pub const CONFIG_RELOAD_FAILED: Rule = rule("config-reload-failed", Severity::Medium);
 
+/// Another process changed the monitor's BPF objects (detached a link, changed or emptied a
+/// policy map), or reached its memory; or the self-check found an object not as the monitor
+/// left it (and says what it repaired).
+pub const MONITOR_TAMPERED: Rule = rule("monitor-tampered", Severity::Critical);
+/// Another process took a handle on one of the monitor's BPF objects by its id (`bpftool
+/// prog show` does it too): the first step of tampering, or an inspection.
+pub const MONITOR_OBJECT_OPENED: Rule = rule("monitor-object-opened", Severity::Medium);
+/// A signal that ends or interrupts the monitor was sent to it (SIGTERM, SIGINT, SIGKILL...):
+/// by whom.
+pub const MONITOR_SIGNALED: Rule = rule("monitor-signaled", Severity::High);
+/// The monitor was stopped (SIGSTOP, or a gap its clock saw) and has resumed: for how long,
+/// and by whom.
+pub const MONITOR_PAUSED: Rule = rule("monitor-paused", Severity::High);
+
 /// Every rule, for documentation and exporters.
-pub const RULES: [Rule; 14] = [
+pub const RULES: [Rule; 18] = [
     EXEC_NOT_ALLOWED,
     FILE_READ_NOT_ALLOWED,
     FILE_WRITE_NOT_ALLOWED,
@@ -93,6 +107,10 @@ pub const RULES: [Rule; 14] = [
     IO_URING_NOT_ALLOWED,
     EVENTS_LOST,
     CONFIG_RELOAD_FAILED,
+    MONITOR_TAMPERED,
+    MONITOR_OBJECT_OPENED,
+    MONITOR_SIGNALED,
+    MONITOR_PAUSED,
 ];
 
 /// Most distinct alerts being folded at once; past it the oldest window is closed early.
@@ -285,6 +303,9 @@ impl Engine {
                     .collect()
             }
             Event::GpuIoctls(_) => Vec::new(),
+            // The monitor's own memory: tampering with it, whoever the accessor.
+            Event::MemoryAccess(access) if access.monitor => vec![checks::monitor_memory(access)],
+            Event::Tamper(tamper) => checks::tamper(tamper).into_iter().collect(),
             Event::MemoryAccess(access) => {
                 // The kernel also reports targets that had just exec'd a profile's executable,
                 // before user space matched the selector: only governed targets count.

@@ -207,6 +207,47 @@ pub(crate) fn memory(event: &MemoryAccess) -> Finding {
     )
 }
 
+/// Another process reading, writing or taking control of the monitor's memory.
+pub(crate) fn monitor_memory(event: &MemoryAccess) -> Finding {
+    let operation = event.op.ptrace_request().unwrap_or(event.op.name());
+    finding(super::MONITOR_TAMPERED, format!("memory:{operation}"))
+}
+
+/// A deed against the monitor. A stop (and the SIGCONT that ends it) is reported once it is
+/// over, as `monitor-paused`, by [`crate::tamper::Pauses`]; SIGCONT alone is no alert.
+pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
+    use crate::events::TamperOp;
+    match event.op {
+        TamperOp::Bpf {
+            cmd,
+            object,
+            id,
+            unverified,
+            ..
+        } => {
+            let command = monitor_common::bpf_cmd_name(cmd);
+            Some(if unverified {
+                // One alert per actor and command (`bpftool map show` opens every map), the
+                // others folded into its count.
+                finding(super::MONITOR_OBJECT_OPENED, command)
+            } else {
+                finding(
+                    super::MONITOR_TAMPERED,
+                    format!("{command}:{object:?}:{id}"),
+                )
+            })
+        }
+        TamperOp::Signal { signal, .. } if crate::tamper::is_stop(signal) || signal == 18 => None,
+        // The process that started the monitor (its service manager, container runtime or
+        // supervisor) stopping it is its life cycle, not an attack: logged, not alerted.
+        TamperOp::Signal { .. } if event.header.tgid == std::os::unix::process::parent_id() => None,
+        TamperOp::Signal { signal, .. } => Some(finding(
+            super::MONITOR_SIGNALED,
+            crate::output::signal_name(signal).map_or_else(|| signal.to_string(), str::to_owned),
+        )),
+    }
+}
+
 /// io_uring use by a governed process whose profile does not set `allow.io_uring`.
 pub(crate) fn io_uring(profile: Option<&Profile>, event: &IoUring) -> Option<Finding> {
     let profile = profile?;
