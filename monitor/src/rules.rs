@@ -91,8 +91,10 @@ pub const MONITOR_SIGNALED: Rule = rule("monitor-signaled", Severity::High);
 /// and by whom.
 pub const MONITOR_PAUSED: Rule = rule("monitor-paused", Severity::High);
 
-/// Every rule, for documentation and exporters.
-pub const RULES: [Rule; 18] = [
+/// Every rule, for documentation and exporters: those the rules raise on events, and those
+/// about the monitor itself, its configuration and its outputs (defined beside the code
+/// that raises them).
+pub const RULES: [Rule; 26] = [
     EXEC_NOT_ALLOWED,
     FILE_READ_NOT_ALLOWED,
     FILE_WRITE_NOT_ALLOWED,
@@ -111,6 +113,14 @@ pub const RULES: [Rule; 18] = [
     MONITOR_OBJECT_OPENED,
     MONITOR_SIGNALED,
     MONITOR_PAUSED,
+    crate::config::diff::CONFIG_CHANGED,
+    crate::config::diff::CONFIG_CHANGE_REFUSED,
+    crate::config::diff::CONFIG_INSECURE,
+    crate::liveness::MONITOR_UNCLEAN_EXIT,
+    crate::sink::ALERTS_FILE_REPAIRED,
+    crate::sink::EXPORT_REJECTED,
+    crate::sink::SPOOL_WRITE_FAILED,
+    crate::sink::OUTPUT_FAILED,
 ];
 
 /// Most distinct alerts being folded at once; past it the oldest window is closed early.

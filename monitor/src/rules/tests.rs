@@ -354,8 +354,20 @@ fn rule_ids_and_severities() {
             "monitor-object-opened",
             "monitor-signaled",
             "monitor-paused",
+            "config-changed",
+            "config-change-refused",
+            "config-insecure",
+            "monitor-unclean-exit",
+            "alerts-file-repaired",
+            "export-rejected",
+            "spool-write-failed",
+            "alert-output-failed",
         ]
     );
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "rule ids are unique");
     assert_eq!(MONITOR_TAMPERED.severity, Severity::Critical);
     assert_eq!(MONITOR_OBJECT_OPENED.severity, Severity::Medium);
     assert_eq!(MONITOR_SIGNALED.severity, Severity::High);
