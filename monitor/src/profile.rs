@@ -14,9 +14,11 @@
 //! dry_run: false                # enforce computes decisions but does not act
 //! allow:                        # an absent list allows nothing, except `unix`
 //!   exec: ["/usr/bin/nvidia-smi"]
-//!   files: { read: ["/models/**"], write: ["/tmp/**"] }
+//!   files: { read: ["/models/**", "${model}/**"], write: ["/tmp/**"] }  # ${..}: facts.rs
+//!   capabilities: [compile-toolchain]   # named sets of allow entries (capabilities.rs)
 //!   network:
 //!     connect: ["127.0.0.0/8", "10.0.0.0/8:443", "[::1]:*"]
+//!     udp_connect: ["8.8.8.8:80"]   # UDP connects (they send nothing), besides `connect`
 //!     listen: ["*:8000"]
 //!     unix: ["/run/**", "@*"]   # absent: unix sockets are not checked
 //!   devices: [nvidia, nvidia-uvm]
@@ -37,6 +39,8 @@
 //! `*vllm serve*` matches `/usr/bin/python3 /usr/local/bin/vllm serve m`.
 //! A key set to null (or left empty) counts as absent.
 
+pub mod capabilities;
+pub mod facts;
 mod parse;
 
 use std::path::{Path, PathBuf};
@@ -214,6 +218,23 @@ pub struct Allow {
     pub io_uring: bool,
     /// Profiles a governed process may switch to by an exec that their selector matches.
     pub transitions: Vec<String>,
+    /// Globs naming `${variables}` ([`facts`]), made concrete for each process when it
+    /// comes under the profile ([`Profile::resolve`]).
+    pub templates: Vec<(TemplateList, facts::Template)>,
+    /// The named capabilities allowed ([`capabilities`]); their globs are in the lists.
+    pub capabilities: Vec<String>,
+    /// Destinations a UDP socket may be connected to: a UDP connect sends nothing (vLLM's
+    /// local-IP probe connects to 8.8.8.8:80 to read the source address the kernel picks).
+    /// Datagrams sent with an address are still checked against `connect`.
+    pub udp_connect: Vec<AddrRule>,
+}
+
+/// The allow list a template glob belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateList {
+    Exec,
+    Read,
+    Write,
 }
 
 fn any_glob(globs: &[PathGlob], path: &str) -> bool {
@@ -250,6 +271,11 @@ impl Allow {
         self.devices.contains(&class)
     }
 
+    /// Whether a UDP socket may be connected to `peer` (see [`Allow::udp_connect`]).
+    pub fn udp_connect(&self, peer: std::net::SocketAddr) -> bool {
+        self.udp_connect.iter().any(|r| r.matches(peer)) || self.connect(peer)
+    }
+
     /// Whether an exec may switch the process to the profile named `name`.
     pub fn transition(&self, name: &str) -> bool {
         self.transitions.iter().any(|t| t == name)
@@ -260,6 +286,27 @@ impl Profile {
     /// Whether this profile governs a process like `subject`.
     pub fn selects(&self, subject: &Subject) -> bool {
         self.selector.matches(subject)
+    }
+
+    /// This profile for a process with these facts: its template globs made concrete and
+    /// added to their lists (a glob whose variable is unknown allows nothing). `None` when
+    /// the profile has no template (it is the same for every process).
+    pub fn resolve(&self, facts: &facts::Facts) -> Option<Profile> {
+        if self.allow.templates.is_empty() {
+            return None;
+        }
+        let mut profile = self.clone();
+        for (list, template) in &self.allow.templates {
+            let Some(glob) = template.resolve(facts).and_then(|p| PathGlob::new(&p).ok()) else {
+                continue;
+            };
+            match list {
+                TemplateList::Exec => profile.allow.exec.push(glob),
+                TemplateList::Read => profile.allow.files_read.push(glob),
+                TemplateList::Write => profile.allow.files_write.push(glob),
+            }
+        }
+        Some(profile)
     }
 }
 
