@@ -284,7 +284,8 @@ fn started_as(view: &ProcessView, argv0: &str) -> Option<String> {
         .split(':')
         .filter(|dir| dir.starts_with('/'))
         .map(|dir| format!("{}/{argv0}", dir.trim_end_matches('/')))
-        .find(|path| view.host(path).is_file())
+        // A venv's interpreter is a link, maybe to a path of the process's own view.
+        .find(|path| view.host(path).symlink_metadata().is_ok())
 }
 
 /// The model path on the command line. For a Python interpreter its own options come
