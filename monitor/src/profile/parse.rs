@@ -244,17 +244,33 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
     let fields = reader.mapping(node, "allow", ALLOW_KEYS)?;
     let mut allow = Allow::default();
     if let Some(list) = fields.get("exec") {
-        allow.exec = allow_globs(reader, list, "allow.exec", TemplateList::Exec, &mut allow.templates);
+        allow.exec = allow_globs(
+            reader,
+            list,
+            "allow.exec",
+            TemplateList::Exec,
+            &mut allow.templates,
+        );
     }
     if let Some(files) = fields.get("files") {
         if let Some(files) = reader.mapping(files, "allow.files", FILES_KEYS) {
             if let Some(list) = files.get("read") {
-                allow.files_read =
-                    allow_globs(reader, list, "allow.files.read", TemplateList::Read, &mut allow.templates);
+                allow.files_read = allow_globs(
+                    reader,
+                    list,
+                    "allow.files.read",
+                    TemplateList::Read,
+                    &mut allow.templates,
+                );
             }
             if let Some(list) = files.get("write") {
-                allow.files_write =
-                    allow_globs(reader, list, "allow.files.write", TemplateList::Write, &mut allow.templates);
+                allow.files_write = allow_globs(
+                    reader,
+                    list,
+                    "allow.files.write",
+                    TemplateList::Write,
+                    &mut allow.templates,
+                );
             }
         }
     }

@@ -164,20 +164,39 @@ fn variables_and_capabilities_are_checked_at_load() {
     )
     .unwrap_err();
     let text: Vec<String> = err.iter().map(|d| d.to_string()).collect();
-    assert!(text.iter().any(|t| t.contains("unknown variable \"${python.prefx}\"")), "{text:?}");
-    assert!(text.iter().any(|t| t.contains("unknown capability \"compile-tools\"")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("unknown variable \"${python.prefx}\"")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("unknown capability \"compile-tools\"")),
+        "{text:?}"
+    );
     let profile = one("name: x\nselector: {executables: [/a]}\nallow:\n  capabilities: [compile-toolchain]\n  exec: [\"${python.prefix}/bin/*\"]\n");
     assert!(profile.allow.exec("/usr/bin/gcc-12"));
-    assert!(profile.allow.exec("/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"));
+    assert!(profile
+        .allow
+        .exec("/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"));
     assert!(!profile.allow.exec("/usr/bin/id"));
-    assert!(profile.allow.templates.iter().any(|(_, t)| t.as_str() == "${python.prefix}/bin/*"));
+    assert!(profile
+        .allow
+        .templates
+        .iter()
+        .any(|(_, t)| t.as_str() == "${python.prefix}/bin/*"));
 }
 
 /// Every built-in capability glob compiles (parse skips one that does not).
 #[test]
 fn capability_globs_compile() {
     for capability in capabilities::CAPABILITIES {
-        for pattern in capability.exec.iter().chain(capability.read).chain(capability.write) {
+        for pattern in capability
+            .exec
+            .iter()
+            .chain(capability.read)
+            .chain(capability.write)
+        {
             match facts::Template::parse(pattern) {
                 Ok(Some(_)) => {}
                 Ok(None) => assert!(PathGlob::new(pattern).is_ok(), "{pattern}"),

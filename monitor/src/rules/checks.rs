@@ -193,7 +193,9 @@ pub(crate) fn net(
             };
             let allowed = match profile {
                 // A connect on a UDP socket sends nothing: it may name `udp_connect` entries.
-                Some(profile) if event.op == NetOp::Connect && event.transport == Transport::Udp => {
+                Some(profile)
+                    if event.op == NetOp::Connect && event.transport == Transport::Udp =>
+                {
                     profile.allow.udp_connect(peer)
                 }
                 Some(profile) => profile.allow.connect(peer),

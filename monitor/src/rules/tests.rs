@@ -1033,7 +1033,12 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
     let mut world = World::server();
     // Allowed: sh -c nvidia-smi, the shell execs it in place.
     world.fork(110, start(10), 101, start(2));
-    let verdict = world.exec(110, start(10), "/usr/bin/dash", &["/bin/sh", "-c", "nvidia-smi -L"]);
+    let verdict = world.exec(
+        110,
+        start(10),
+        "/usr/bin/dash",
+        &["/bin/sh", "-c", "nvidia-smi -L"],
+    );
     assert!(verdict.alerts.is_empty(), "{:?}", rules(&verdict.alerts));
     let verdict = world.exec(110, start(10), "/usr/bin/nvidia-smi", &["nvidia-smi", "-L"]);
     assert!(verdict.alerts.is_empty(), "{:?}", rules(&verdict.alerts));
@@ -1048,7 +1053,10 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
     world.fork(112, start(12), 111, start(11));
     let verdict = world.exec(112, start(12), "/usr/bin/id", &["id"]);
     assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
-    assert_eq!(verdict.alerts[0].attributes["process.executable.path"], "/usr/bin/id");
+    assert_eq!(
+        verdict.alerts[0].attributes["process.executable.path"],
+        "/usr/bin/id"
+    );
     assert!(world.exit(112, start(12)).alerts.is_empty());
     // It ran a program (judged above): its own exit is no second alert.
     assert!(world.exit(111, start(11)).alerts.is_empty());
@@ -1056,7 +1064,12 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
     // Builtins only: the shell itself is the alert, at its exit.
     world.fork(113, start(13), 101, start(2));
     assert!(world
-        .exec(113, start(13), "/usr/bin/dash", &["sh", "-c", "echo x > /tmp/y"])
+        .exec(
+            113,
+            start(13),
+            "/usr/bin/dash",
+            &["sh", "-c", "echo x > /tmp/y"]
+        )
         .alerts
         .is_empty());
     let verdict = world.exit(113, start(13));
@@ -1079,13 +1092,34 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
 #[test]
 fn shell_command_detection() {
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(checks::is_shell_command("/usr/bin/dash", &args(&["/bin/sh", "-c", "lscpu"])));
-    assert!(checks::is_shell_command("/usr/bin/bash", &args(&["bash", "-e", "-c", "x"])));
-    assert!(checks::is_shell_command("/usr/bin/bash", &args(&["bash", "-xc", "x"])));
-    assert!(!checks::is_shell_command("/usr/bin/dash", &args(&["sh", "-c"])));
-    assert!(!checks::is_shell_command("/usr/bin/dash", &args(&["sh", "script.sh", "-c", "x"])));
-    assert!(!checks::is_shell_command("/usr/bin/dash", &args(&["sh", "-i"])));
-    assert!(!checks::is_shell_command("/usr/bin/python3", &args(&["python3", "-c", "x"])));
+    assert!(checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["/bin/sh", "-c", "lscpu"])
+    ));
+    assert!(checks::is_shell_command(
+        "/usr/bin/bash",
+        &args(&["bash", "-e", "-c", "x"])
+    ));
+    assert!(checks::is_shell_command(
+        "/usr/bin/bash",
+        &args(&["bash", "-xc", "x"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["sh", "-c"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["sh", "script.sh", "-c", "x"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["sh", "-i"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/python3",
+        &args(&["python3", "-c", "x"])
+    ));
 }
 
 /// Globs naming facts are made concrete for each process when it comes under the profile,
@@ -1110,38 +1144,65 @@ allow:
         101,
         start(2),
         "/opt/py/bin/python3.12",
-        &["/opt/py/bin/python3.12", "/usr/local/bin/vllm", "serve", "/srv/m/tiny"],
+        &[
+            "/opt/py/bin/python3.12",
+            "/usr/local/bin/vllm",
+            "serve",
+            "/srv/m/tiny",
+        ],
     );
     assert_eq!(verdict.governed, Some((101, SERVER)));
-    assert!(world.read(101, start(2), "/srv/m/tiny/config.json").is_empty());
-    assert!(world.read(101, start(2), "/opt/py/lib/python3.12/os.py").is_empty());
+    assert!(world
+        .read(101, start(2), "/srv/m/tiny/config.json")
+        .is_empty());
+    assert!(world
+        .read(101, start(2), "/opt/py/lib/python3.12/os.py")
+        .is_empty());
     assert_eq!(
         rules(&world.read(101, start(2), "/srv/other/config.json")),
         ["file-read-not-allowed"]
     );
     // A child keeps the facts: its exec of the compiler (capability) and of the interpreter.
     world.fork(102, start(3), 101, start(2));
-    assert!(world.exec(102, start(3), "/usr/bin/gcc-12", &["gcc"]).alerts.is_empty());
+    assert!(world
+        .exec(102, start(3), "/usr/bin/gcc-12", &["gcc"])
+        .alerts
+        .is_empty());
     assert!(world.read(102, start(3), "/usr/include/stdio.h").is_empty());
     world.fork(103, start(4), 101, start(2));
     assert!(world
-        .exec(103, start(4), "/opt/py/bin/python3.12", &["python3", "-c", "x"])
+        .exec(
+            103,
+            start(4),
+            "/opt/py/bin/python3.12",
+            &["python3", "-c", "x"]
+        )
         .alerts
         .is_empty());
-    assert!(world.read(103, start(4), "/srv/m/tiny/model.safetensors").is_empty());
+    assert!(world
+        .read(103, start(4), "/srv/m/tiny/model.safetensors")
+        .is_empty());
     // The UDP probe is allowed; TCP to the same address and other UDP peers are not.
     assert!(world
         .net(101, start(2), NetOp::Connect, Transport::Udp, "8.8.8.8:80")
         .is_empty());
     // (Another process: one process's second alert of a peer would fold into a count.)
-    assert_eq!(rules(&world.connect(102, start(3), "8.8.8.8:80")), ["connect-not-allowed"]);
+    assert_eq!(
+        rules(&world.connect(102, start(3), "8.8.8.8:80")),
+        ["connect-not-allowed"]
+    );
     assert_eq!(
         rules(&world.net(101, start(2), NetOp::Send, Transport::Udp, "8.8.8.8:80")),
         ["connect-not-allowed"]
     );
     // Another server process without --model: `${model}` allows nothing for it.
     world.fork(120, start(20), 1, start(0));
-    world.exec(120, start(20), "/usr/bin/python3.11", &["python3", "x", "serve"]);
+    world.exec(
+        120,
+        start(20),
+        "/usr/bin/python3.11",
+        &["python3", "x", "serve"],
+    );
     assert_eq!(
         rules(&world.read(120, start(20), "/srv/m/tiny/config.json")),
         ["file-read-not-allowed"]

@@ -59,7 +59,10 @@ fn pyenv_and_venv(tree: &Tree) {
         "/opt/venvs/serve/bin/python",
         "/home/ml/.pyenv/versions/3.11.7/bin/python3.11",
     );
-    tree.file("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nml:x:1000:1000::/home/ml:/bin/sh\n");
+    tree.file(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nml:x:1000:1000::/home/ml:/bin/sh\n",
+    );
 }
 
 const EXE: &str = "/home/ml/.pyenv/versions/3.11.7/bin/python3.11";
@@ -68,15 +71,27 @@ const EXE: &str = "/home/ml/.pyenv/versions/3.11.7/bin/python3.11";
 fn venv_from_an_absolute_argv0() {
     let tree = Tree::new("venv-abs");
     pyenv_and_venv(&tree);
-    let argv = args(&["/opt/venvs/serve/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/data/tiny"]);
+    let argv = args(&[
+        "/opt/venvs/serve/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/data/tiny",
+    ]);
     let facts = resolve(&view(&tree, EXE, &argv, &[]));
     assert_eq!(facts.get("python.prefix"), Some("/opt/venvs/serve"));
-    assert_eq!(facts.get("python.base_prefix"), Some("/home/ml/.pyenv/versions/3.11.7"));
+    assert_eq!(
+        facts.get("python.base_prefix"),
+        Some("/home/ml/.pyenv/versions/3.11.7")
+    );
     // No $HOME: the home of uid 1000 in the process's /etc/passwd.
     assert_eq!(facts.get("home"), Some("/home/ml"));
     assert_eq!(facts.get("cache"), Some("/home/ml/.cache"));
     assert_eq!(facts.get("model"), Some("/data/tiny"));
-    assert_eq!(facts.get("exe.dir"), Some("/home/ml/.pyenv/versions/3.11.7/bin"));
+    assert_eq!(
+        facts.get("exe.dir"),
+        Some("/home/ml/.pyenv/versions/3.11.7/bin")
+    );
     assert_eq!(facts.get("cwd"), Some("/srv/app"));
     assert_eq!(facts.get("tmp"), Some("/tmp"));
 }
@@ -85,7 +100,12 @@ fn venv_from_an_absolute_argv0() {
 fn venv_from_path_lookup_and_environment() {
     let tree = Tree::new("venv-path");
     pyenv_and_venv(&tree);
-    let argv = args(&["python", "-m", "vllm.entrypoints.openai.api_server", "--model=models/tiny"]);
+    let argv = args(&[
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model=models/tiny",
+    ]);
     let env = [
         "PATH=/usr/local/bin:/opt/venvs/serve/bin:/usr/bin",
         "HOME=/var/lib/svc",
@@ -102,7 +122,13 @@ fn venv_from_path_lookup_and_environment() {
     // Relative to the working directory.
     assert_eq!(facts.get("model"), Some("/srv/app/models/tiny"));
     // A Hub id is no path.
-    let argv = args(&["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "org/name"]);
+    let argv = args(&[
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "org/name",
+    ]);
     assert_eq!(resolve(&view(&tree, EXE, &argv, &env)).get("model"), None);
 }
 
@@ -111,12 +137,23 @@ fn no_venv_prefix_is_above_bin() {
     let tree = Tree::new("system");
     tree.file("/usr/bin/python3.11", "");
     tree.file("/opt/conda/bin/python3.12", "");
-    let argv = args(&["/usr/bin/python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m"]);
+    let argv = args(&[
+        "/usr/bin/python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/m",
+    ]);
     let facts = resolve(&view(&tree, "/usr/bin/python3.11", &argv, &[]));
     assert_eq!(facts.get("python.prefix"), Some("/usr"));
     assert_eq!(facts.get("python.base_prefix"), Some("/usr"));
     let argv = args(&["python", "-m", "vllm.entrypoints.openai.api_server"]);
-    let facts = resolve(&view(&tree, "/opt/conda/bin/python3.12", &argv, &["PATH=/opt/conda/bin"]));
+    let facts = resolve(&view(
+        &tree,
+        "/opt/conda/bin/python3.12",
+        &argv,
+        &["PATH=/opt/conda/bin"],
+    ));
     assert_eq!(facts.get("python.prefix"), Some("/opt/conda"));
     assert_eq!(facts.get("model"), None);
     // Not a Python: no python facts; `-m` is llama-server's model.
@@ -130,9 +167,37 @@ fn no_venv_prefix_is_above_bin() {
 fn model_from_argv() {
     let cases: &[(&[&str], bool, Option<&str>)] = &[
         // The interpreter's own -m names the module, not the model.
-        (&["python3", "-m", "vllm.entrypoints.openai.api_server"], true, None),
-        (&["python3", "-u", "-m", "vllm.entrypoints.openai.api_server", "--port", "1", "--model", "/a"], true, Some("/a")),
-        (&["python3", "/usr/local/bin/vllm", "serve", "/b", "--port", "1"], true, Some("/b")),
+        (
+            &["python3", "-m", "vllm.entrypoints.openai.api_server"],
+            true,
+            None,
+        ),
+        (
+            &[
+                "python3",
+                "-u",
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--port",
+                "1",
+                "--model",
+                "/a",
+            ],
+            true,
+            Some("/a"),
+        ),
+        (
+            &[
+                "python3",
+                "/usr/local/bin/vllm",
+                "serve",
+                "/b",
+                "--port",
+                "1",
+            ],
+            true,
+            Some("/b"),
+        ),
         (&["vllm", "serve", "--port", "1"], false, None),
         (&["llama-server", "-m", "c.gguf"], false, Some("c.gguf")),
         (&["x", "--model-path", "/d"], false, Some("/d")),
@@ -146,16 +211,26 @@ fn model_from_argv() {
 fn templates_check_names_and_escape_values() {
     assert_eq!(Template::parse("/usr/**").unwrap(), None);
     let err = Template::parse("${python.prefx}/lib/**").unwrap_err();
-    assert!(err.contains("unknown variable \"${python.prefx}\""), "{err}");
+    assert!(
+        err.contains("unknown variable \"${python.prefx}\""),
+        "{err}"
+    );
     assert!(err.contains("${python.prefix}"), "{err}");
-    assert!(Template::parse("${home/x").unwrap_err().contains("unclosed"));
-    assert!(Template::parse("x/${home}").unwrap_err().contains("must start with"));
+    assert!(Template::parse("${home/x")
+        .unwrap_err()
+        .contains("unclosed"));
+    assert!(Template::parse("x/${home}")
+        .unwrap_err()
+        .contains("must start with"));
 
     let template = Template::parse("${model}/**").unwrap().unwrap();
     let mut facts = Facts::default();
     assert_eq!(template.resolve(&facts), None);
     facts.set("model", "/data/m[1]*/");
-    assert_eq!(template.resolve(&facts).as_deref(), Some("/data/m\\[1\\]\\*/**"));
+    assert_eq!(
+        template.resolve(&facts).as_deref(),
+        Some("/data/m\\[1\\]\\*/**")
+    );
     let glob = crate::profile::PathGlob::new(&template.resolve(&facts).unwrap()).unwrap();
     assert!(glob.matches("/data/m[1]*/config.json"));
     assert!(!glob.matches("/data/m1x/config.json"));
