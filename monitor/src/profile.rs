@@ -22,7 +22,8 @@
 //!     listen: ["*:8000"]
 //!     unix: ["/run/**", "@*"]   # absent: unix sockets are not checked
 //!   devices: [nvidia, nvidia-uvm]
-//!   io_uring: false             # may it use io_uring (default false: `io-uring-not-allowed`)
+//!   io_uring: false             # may it use io_uring (default false: `io-uring-not-allowed`);
+//!                               # or a list of operations: [setup] (create a ring only)
 //!   transitions: [model-sync]   # profiles an exec may switch it to (default: none)
 //! ```
 //!
@@ -216,6 +217,10 @@ pub struct Allow {
     pub devices: Vec<DeviceClass>,
     /// May use io_uring (a ring's requests bypass the syscall sensors).
     pub io_uring: bool,
+    /// The io_uring operations allowed when `io_uring` is not `true` (`io_uring: [setup]`:
+    /// may create a ring, as libuv/uvloop does at start-up; requests that open, change
+    /// files or reach the network are still alerts).
+    pub io_uring_ops: Vec<String>,
     /// Profiles a governed process may switch to by an exec that their selector matches.
     pub transitions: Vec<String>,
     /// Globs naming `${variables}` ([`facts`]), made concrete for each process when it

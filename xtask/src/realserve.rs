@@ -782,6 +782,18 @@ fn server_alerts<'a>(alerts: &'a [Value], install: &Install, home: &Path) -> Vec
         .collect()
 }
 
+/// Every alert of a phase, as the monitor printed it, for a closer look:
+/// `<home>/alerts-<phase>.jsonl`.
+fn save_alerts(home: &Path, phase: &str, alerts: &[&Value]) {
+    let text: String = alerts.iter().map(|a| format!("{a}\n")).collect();
+    let path = home.join(format!("alerts-{phase}.jsonl"));
+    if let Err(err) = std::fs::write(&path, text) {
+        eprintln!("warning: failed to write {}: {err}", path.display());
+    } else {
+        println!("    alerts: {}", path.display());
+    }
+}
+
 fn run_server(
     install: &Install,
     cache: &Path,
@@ -831,6 +843,7 @@ fn phases(
         step.end();
         let alerts = monitor.since(from);
         let mine = server_alerts(&alerts, install, home);
+        save_alerts(home, phase, &mine);
         let mut by: BTreeMap<String, u64> = BTreeMap::new();
         for alert in &mine {
             *by.entry(describe(alert)).or_default() += alert["monitor.count"].as_u64().unwrap_or(1);
@@ -896,6 +909,7 @@ fn phases(
     drop(server);
     thread::sleep(Duration::from_secs(2));
     let alerts = monitor.since(from);
+    save_alerts(home, "attacks", &alerts.iter().collect::<Vec<_>>());
     let mut check = |what: &str, found: bool| {
         let line = format!(
             "{} attack {what}: {}",

@@ -354,7 +354,15 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
         }
     }
     if let Some(node) = fields.get("io_uring") {
-        allow.io_uring = reader.boolean(node, "allow.io_uring").unwrap_or(false);
+        if matches!(node.data, saphyr::YamlData::Sequence(_)) {
+            allow.io_uring_ops = reader
+                .strings(node, "allow.io_uring")
+                .iter()
+                .map(|item| item.value.to_owned())
+                .collect();
+        } else {
+            allow.io_uring = reader.boolean(node, "allow.io_uring").unwrap_or(false);
+        }
     }
     if let Some(list) = fields.get("transitions") {
         for item in reader.strings(list, "allow.transitions") {

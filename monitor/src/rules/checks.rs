@@ -267,5 +267,7 @@ pub(crate) fn memory(event: &MemoryAccess) -> Finding {
 /// io_uring use by a governed process whose profile does not set `allow.io_uring`.
 pub(crate) fn io_uring(profile: Option<&Profile>, event: &IoUring) -> Option<Finding> {
     let profile = profile?;
-    (!profile.allow.io_uring).then(|| finding(IO_URING_NOT_ALLOWED, event.op.name()))
+    let op = event.op.name();
+    let allowed = profile.allow.io_uring || profile.allow.io_uring_ops.iter().any(|o| o == op);
+    (!allowed).then(|| finding(IO_URING_NOT_ALLOWED, op))
 }
