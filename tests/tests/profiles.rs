@@ -264,8 +264,8 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
     let monitor = site.start();
     site.serve("shell-allowed");
     let lines = settle_and_stop(monitor);
-    let alerts = alerts(&lines);
-    assert!(alerts.is_empty(), "alerts for sh -c uname: {alerts:#?}");
+    let quiet = alerts(&lines);
+    assert!(quiet.is_empty(), "alerts for sh -c uname: {quiet:#?}");
 
     let alert = one_alert(&site, "shell-other", "exec-not-allowed");
     assert_eq!(

@@ -152,6 +152,43 @@ struct Install {
     start_timeout: Duration,
 }
 
+/// Where servers and models are installed as operators install them (an /opt prefix: the
+/// guards' start-up discovery looks there for `**/*.safetensors` and `**/*.gguf`).
+fn prefix() -> Result<PathBuf> {
+    let prefix = std::env::var_os("MONITOR_REALSERVE_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/monitor-realserve"));
+    std::fs::create_dir_all(prefix.join("bin"))
+        .and_then(|()| std::fs::create_dir_all(prefix.join("models")))
+        .with_context(|| {
+            format!(
+                "failed to create {}: set MONITOR_REALSERVE_PREFIX to a writable directory",
+                prefix.display()
+            )
+        })?;
+    Ok(prefix)
+}
+
+/// Copies a model made in the cache (a file, or a directory of files) into the prefix.
+fn install_model(made: &Path, prefix: &Path) -> Result<PathBuf> {
+    let name = made.file_name().context("failed to name the model")?;
+    let installed = prefix.join("models").join(name);
+    // Only once: a later write of a guarded model would itself be an alert.
+    if installed.exists() {
+        return Ok(installed);
+    }
+    if made.is_dir() {
+        std::fs::create_dir_all(&installed)?;
+        for entry in std::fs::read_dir(made)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), installed.join(entry.file_name()))?;
+        }
+    } else {
+        std::fs::copy(made, &installed)?;
+    }
+    Ok(installed)
+}
+
 fn stamp_ok(stamp: &Path, version: &str) -> bool {
     std::fs::read_to_string(stamp).is_ok_and(|s| s.trim() == version)
 }
@@ -223,6 +260,7 @@ fn install_vllm(cache: &Path) -> Result<Install> {
             .run("make the tiny Llama", "see the error above")?;
     }
     step.end();
+    let model = install_model(&model, &prefix()?)?;
     let python = venv.join("bin/python");
     let site = venv_site_packages(&venv)?;
     Ok(Install {
@@ -354,16 +392,8 @@ fn install_llama_cpp(cache: &Path) -> Result<Install> {
     }
     step.end();
     // Installed where operators put it (an /opt prefix), from the cached build.
-    let prefix = std::env::var_os("MONITOR_REALSERVE_PREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/monitor-realserve"));
+    let prefix = prefix()?;
     let installed = prefix.join("bin/llama-server");
-    std::fs::create_dir_all(prefix.join("bin")).with_context(|| {
-        format!(
-            "failed to create {}: set MONITOR_REALSERVE_PREFIX",
-            prefix.display()
-        )
-    })?;
     if std::fs::metadata(&installed).map(|m| m.len()).ok()
         != std::fs::metadata(&server).map(|m| m.len()).ok()
     {
@@ -385,6 +415,7 @@ fn install_llama_cpp(cache: &Path) -> Result<Install> {
             .run("make the GGUF", "see the error above")?;
     }
     step.end();
+    let model = install_model(&model, &prefix)?;
     Ok(Install {
         name: "llama-cpp",
         profile: "llama-cpp",

@@ -15,12 +15,13 @@ pub struct Capability {
 /// `compile-toolchain`: the C/C++ compiler that torch.compile (inductor), Triton and
 /// FlashInfer start to build kernels at run time, with the programs the driver runs
 /// (cc1, cc1plus, as, collect2, ld), the headers they read and the temporary files they
-/// write. Measured with vLLM's CPU build (`cargo xtask realserve vllm`): gcc, cc1plus, as,
-/// collect2 and ld on a cold compile cache, reading /usr/include and the Python headers.
+/// write. Measured with vLLM's CPU build (`cargo xtask realserve vllm`): the compiler on a
+/// cold compile cache, and `openssl sha512` of the preprocessed header on every start.
 pub const COMPILE_TOOLCHAIN: Capability = Capability {
     name: "compile-toolchain",
     description: "the C/C++ compiler (cc, gcc, g++, cc1, cc1plus, as, ld, collect2), \
-                  CUDA's nvcc/ptxas, ninja, and the headers they read",
+                  CUDA's nvcc/ptxas, ninja, openssl (inductor's header hash), and the \
+                  headers they read",
     exec: &[
         "/usr/bin/cc",
         "/usr/bin/c++",
@@ -41,6 +42,9 @@ pub const COMPILE_TOOLCHAIN: Capability = Capability {
         "**/site-packages/triton/backends/nvidia/bin/*",
         "**/dist-packages/triton/backends/nvidia/bin/*",
         "**/bin/ninja",
+        // torch inductor hashes the header it preprocessed with `openssl sha512`
+        // (torch/_inductor/codecache.py), on every start.
+        "/usr/bin/openssl",
         // conda's compiler packages (`conda install gxx_linux-64`).
         "${python.prefix}/bin/*-conda-linux-gnu-*",
         "${python.prefix}/libexec/gcc/**",

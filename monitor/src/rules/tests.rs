@@ -1208,3 +1208,29 @@ allow:
         ["file-read-not-allowed"]
     );
 }
+
+/// `io_uring: [setup]` allows creating a ring (libuv does at start-up), not requests on it.
+#[test]
+fn io_uring_operations_list() {
+    let profiles = "name: server\nselector: {executables: [\"/usr/bin/python3*\"]}\nallow:\n  io_uring: [setup]\n";
+    let mut world = World::with(config_with(profiles, Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    world.exec(101, start(2), "/usr/bin/python3.11", &["python3"]);
+    let mut uring = |world: &mut World, op: crate::events::IoUringOp| {
+        let header = world.header(EventKind::IoUring, 101, start(2));
+        world
+            .handle(Event::IoUring(crate::events::IoUring {
+                header,
+                op,
+                ring: 1,
+                sq_thread: false,
+            }))
+            .alerts
+    };
+    assert!(uring(&mut world, crate::events::IoUringOp::Create).is_empty());
+    // IORING_OP_OPENAT (18) is still an alert.
+    assert_eq!(
+        rules(&uring(&mut world, crate::events::IoUringOp::Submit(18))),
+        ["io-uring-not-allowed"]
+    );
+}
