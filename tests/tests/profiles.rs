@@ -267,7 +267,17 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
     let quiet = alerts(&lines);
     assert!(quiet.is_empty(), "alerts for sh -c uname: {quiet:#?}");
 
-    let alert = one_alert(&site, "shell-other", "exec-not-allowed");
+    // One alert, for the program (dash forks it: its parent is the shell, not the server).
+    let monitor = site.start();
+    site.serve("shell-other");
+    monitor.wait_for("exec-not-allowed", WAIT, |v| {
+        v["security_rule.name"] == "exec-not-allowed"
+    });
+    let lines = settle_and_stop(monitor);
+    let other = alerts(&lines);
+    assert_eq!(other.len(), 1, "exactly one alert: {other:#?}");
+    let alert = other[0];
+    assert_eq!(alert["monitor.profile"], "fakeserve");
     assert_eq!(
         alert["process.executable.path"],
         std::fs::canonicalize("/usr/bin/id")
