@@ -1216,7 +1216,7 @@ fn io_uring_operations_list() {
     let mut world = World::with(config_with(profiles, Duration::from_secs(10)));
     world.fork(101, start(2), 1, start(0));
     world.exec(101, start(2), "/usr/bin/python3.11", &["python3"]);
-    let mut uring = |world: &mut World, op: crate::events::IoUringOp| {
+    let uring = |world: &mut World, op: crate::events::IoUringOp| {
         let header = world.header(EventKind::IoUring, 101, start(2));
         world
             .handle(Event::IoUring(crate::events::IoUring {
