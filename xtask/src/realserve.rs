@@ -959,6 +959,7 @@ fn phases(
             rules.split('|').any(|r| r == rule)
                 && a["monitor.profile"] == install.profile
                 && (describe(a).contains(object)
+                    || a["network.peer.address"].as_str() == Some(*object)
                     || (*object == "sh" && a["file.path"].is_null() && describe(a).contains("/sh")))
         });
         check(name, found);
