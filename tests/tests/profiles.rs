@@ -459,8 +459,10 @@ fn a_bad_reload_keeps_the_old_rules() {
     // A good configuration again is picked up.
     std::fs::write(
         site.root.join("profiles/fakeserve.yaml"),
-        site.profile()
-            .replace("exec: []", "exec: [\"/usr/bin/dash\", \"/bin/sh\"]"),
+        site.profile().replace(
+            "exec: [\"/usr/bin/uname\"]",
+            "exec: [\"/usr/bin/uname\", \"/usr/bin/dash\", \"/bin/sh\"]",
+        ),
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(4));
