@@ -17,13 +17,16 @@
 //! dry_run: false                # enforce computes decisions but does not act
 //! allow:                        # an absent list allows nothing, except `unix`
 //!   exec: ["/usr/bin/nvidia-smi"]
-//!   files: { read: ["/models/**"], write: ["/tmp/**"] }
+//!   files: { read: ["/models/**", "${model}/**"], write: ["/tmp/**"] }  # ${..}: facts.rs
+//!   capabilities: [compile-toolchain]   # named sets of allow entries (capabilities.rs)
 //!   network:
 //!     connect: ["127.0.0.0/8", "10.0.0.0/8:443", "[::1]:*"]
+//!     udp_connect: ["8.8.8.8:80"]   # UDP connects (they send nothing), besides `connect`
 //!     listen: ["*:8000"]
 //!     unix: ["/run/**", "@*"]   # absent: unix sockets are not checked
 //!   devices: [nvidia, nvidia-uvm]
-//!   io_uring: false             # may it use io_uring (default false: `io-uring-not-allowed`)
+//!   io_uring: false             # may it use io_uring (default false: `io-uring-not-allowed`);
+//!                               # or a list of operations: [setup] (create a ring only)
 //!   transitions: [model-sync]   # profiles an exec may switch it to (default: none)
 //! ```
 //!
@@ -40,6 +43,8 @@
 //! `*vllm serve*` matches `/usr/bin/python3 /usr/local/bin/vllm serve m`.
 //! A key set to null (or left empty) counts as absent.
 
+pub mod capabilities;
+pub mod facts;
 mod parse;
 
 use std::path::{Path, PathBuf};
@@ -264,8 +269,29 @@ pub struct Allow {
     pub devices: Vec<DeviceClass>,
     /// May use io_uring (a ring's requests bypass the syscall sensors).
     pub io_uring: bool,
+    /// The io_uring operations allowed when `io_uring` is not `true` (`io_uring: [setup]`:
+    /// may create a ring, as libuv/uvloop does at start-up; requests that open, change
+    /// files or reach the network are still alerts).
+    pub io_uring_ops: Vec<String>,
     /// Profiles a governed process may switch to by an exec that their selector matches.
     pub transitions: Vec<String>,
+    /// Globs naming `${variables}` ([`facts`]), made concrete for each process when it
+    /// comes under the profile ([`Profile::resolve`]).
+    pub templates: Vec<(TemplateList, facts::Template)>,
+    /// The named capabilities allowed ([`capabilities`]); their globs are in the lists.
+    pub capabilities: Vec<String>,
+    /// Destinations a UDP socket may be connected to: a UDP connect sends nothing (vLLM's
+    /// local-IP probe connects to 8.8.8.8:80 to read the source address the kernel picks).
+    /// Datagrams sent with an address are still checked against `connect`.
+    pub udp_connect: Vec<AddrRule>,
+}
+
+/// The allow list a template glob belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateList {
+    Exec,
+    Read,
+    Write,
 }
 
 fn any_glob(globs: &[PathGlob], path: &str) -> bool {
@@ -313,6 +339,15 @@ impl Allow {
             && self.unix.as_ref().is_none_or(Vec::is_empty)
             && self.devices.is_empty()
             && !self.io_uring
+            && self.io_uring_ops.is_empty()
+            && self.templates.is_empty()
+            && self.capabilities.is_empty()
+            && self.udp_connect.is_empty()
+    }
+
+    /// Whether a UDP socket may be connected to `peer` (see [`Allow::udp_connect`]).
+    pub fn udp_connect(&self, peer: std::net::SocketAddr) -> bool {
+        self.udp_connect.iter().any(|r| r.matches(peer)) || self.connect(peer)
     }
 
     /// Whether an exec may switch the process to the profile named `name`.
@@ -325,6 +360,27 @@ impl Profile {
     /// Whether this profile governs a process like `subject`.
     pub fn selects(&self, subject: &Subject) -> bool {
         self.selector.matches(subject)
+    }
+
+    /// This profile for a process with these facts: its template globs made concrete and
+    /// added to their lists (a glob whose variable is unknown allows nothing). `None` when
+    /// the profile has no template (it is the same for every process).
+    pub fn resolve(&self, facts: &facts::Facts) -> Option<Profile> {
+        if self.allow.templates.is_empty() {
+            return None;
+        }
+        let mut profile = self.clone();
+        for (list, template) in &self.allow.templates {
+            let Some(glob) = template.resolve(facts).and_then(|p| PathGlob::new(&p).ok()) else {
+                continue;
+            };
+            match list {
+                TemplateList::Exec => profile.allow.exec.push(glob),
+                TemplateList::Read => profile.allow.files_read.push(glob),
+                TemplateList::Write => profile.allow.files_write.push(glob),
+            }
+        }
+        Some(profile)
     }
 }
 

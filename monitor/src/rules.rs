@@ -18,7 +18,13 @@ mod checks;
 pub mod classify;
 mod dedup;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use serde_json::{Map, Value};
 
@@ -29,7 +35,10 @@ use crate::{
     events::{Event, Exec, Fork, Header},
     output::event_record,
     process::{same_start, Process, ProcessTable},
-    profile::{join_args, Profile, Subject},
+    profile::{
+        facts::{self, Facts},
+        join_args, Profile, Subject,
+    },
 };
 use checks::Finding;
 use dedup::{Dedup, Key};
@@ -150,6 +159,31 @@ struct ProcessState {
     since_ns: u64,
     /// The last protected file it (or its parent, before the fork) read.
     protected_read: Option<String>,
+    /// Its facts and its profile made concrete with them, when the profile names
+    /// `${variables}`; passed down by fork and exec like the profile.
+    resolved: Option<Resolved>,
+    /// A `sh -c` started by a governed process, judged by what it runs (see [`Shell`]).
+    shell: Option<Shell>,
+}
+
+/// A process's facts and its profile resolved with them.
+#[derive(Clone, Debug)]
+struct Resolved {
+    facts: Arc<Facts>,
+    profile: Arc<Profile>,
+}
+
+/// A shell that a governed process ran with `-c` although `allow.exec` does not name the
+/// shell: the shell itself is not an alert; each program it (or a subshell it forks) runs
+/// is judged against `allow.exec` instead, and a shell that ran no program at all (its
+/// command was builtins only: `sh -c 'echo x > f'`) is `exec-not-allowed` when it exits.
+#[derive(Clone, Debug)]
+struct Shell {
+    /// Set when any process of the shell ran a program.
+    ran: Arc<AtomicBool>,
+    /// The shell process itself (not a subshell it forked): its exit is the verdict.
+    owner: bool,
+    path: String,
 }
 
 impl ProcessState {
@@ -196,6 +230,16 @@ impl Engine {
                 .and_then(|id| old.profile(id))
                 .and_then(|p| self.config.profile_by_name(&p.name))
                 .map(|p| p.id);
+            // The same facts, with the new profile's globs.
+            state.resolved = match (state.profile, state.resolved.take()) {
+                (Some(id), Some(resolved)) => self.config.profile(id).and_then(|p| {
+                    Some(Resolved {
+                        profile: Arc::new(p.resolve(&resolved.facts)?),
+                        facts: resolved.facts,
+                    })
+                }),
+                _ => None,
+            };
         }
         self.processes.retain(|_, state| state.is_useful());
         self.dedup.set_window(window_ns(&self.config));
@@ -260,9 +304,14 @@ impl Engine {
             let Some(process) = table.get_by_tgid(tgid) else {
                 continue;
             };
+            let resolved = process
+                .exe
+                .as_deref()
+                .and_then(|exe| self.resolve_facts(id, tgid, exe, &process.args, process.uid));
             let state = self.state_entry(tgid, process.start_time_ns);
             state.profile = Some(id);
             state.since_ns = process.start_time_ns;
+            state.resolved = resolved;
         }
         governed.sort_unstable();
         governed
@@ -284,10 +333,19 @@ impl Engine {
             }
             Event::Exit(exit) => {
                 let h = &exit.header;
-                if self.state(h.tgid, h.start_time_ns).is_some() {
-                    self.processes.remove(&h.tgid);
+                let mut findings = Vec::new();
+                if let Some(state) = self.state(h.tgid, h.start_time_ns) {
+                    if let Some(shell) = state.shell.as_ref().filter(|s| s.owner) {
+                        if !shell.ran.load(Ordering::Relaxed) {
+                            findings.push(checks::shell_ran_nothing(&shell.path));
+                        }
+                    }
+                    // Forgotten once its alert (if any) has named its profile.
+                    if findings.is_empty() {
+                        self.processes.remove(&h.tgid);
+                    }
                 }
-                Vec::new()
+                findings
             }
             Event::File(file) => {
                 let state = self.resolve(&header, table);
@@ -390,6 +448,9 @@ impl Engine {
             self.dedup
                 .admit(key, header.time_ns, alert, &mut verdict.alerts);
         }
+        if let Event::Exit(exit) = event {
+            self.processes.remove(&exit.header.tgid);
+        }
         verdict
     }
 
@@ -438,6 +499,8 @@ impl Engine {
             profile: None,
             since_ns: start_time_ns,
             protected_read: None,
+            resolved: None,
+            shell: None,
         });
         if !same_start(state.start_time_ns, start_time_ns) {
             *state = ProcessState {
@@ -445,6 +508,8 @@ impl Engine {
                 profile: None,
                 since_ns: start_time_ns,
                 protected_read: None,
+                resolved: None,
+                shell: None,
             };
         }
         state
@@ -468,13 +533,43 @@ impl Engine {
             profile: Some(id),
             since_ns: process.start_time_ns,
             protected_read: None,
+            resolved: parent_state.resolved.clone(),
+            shell: None,
         };
         self.processes.insert(header.tgid, state.clone());
         Some(state)
     }
 
-    fn profile_of(&self, state: Option<&ProcessState>) -> Option<&Profile> {
-        self.config.profile(state?.profile?)
+    /// The profile a process is judged by: its profile made concrete with its facts when
+    /// the profile names variables.
+    fn profile_of<'a>(&'a self, state: Option<&'a ProcessState>) -> Option<&'a Profile> {
+        let state = state?;
+        let id = state.profile?;
+        match &state.resolved {
+            Some(resolved) if resolved.profile.id == id => Some(&resolved.profile),
+            _ => self.config.profile(id),
+        }
+    }
+
+    /// The facts of a process coming under profile `id`, when that profile names variables.
+    fn resolve_facts(
+        &self,
+        id: u32,
+        tgid: u32,
+        exe: &str,
+        args: &[String],
+        uid: Option<u32>,
+    ) -> Option<Resolved> {
+        let profile = self.config.profile(id)?;
+        if profile.allow.templates.is_empty() {
+            return None;
+        }
+        let facts = facts::resolve(&facts::view_of_live(tgid, exe, args, uid));
+        let concrete = profile.resolve(&facts)?;
+        Some(Resolved {
+            facts: Arc::new(facts),
+            profile: Arc::new(concrete),
+        })
     }
 
     fn on_exec(
@@ -507,21 +602,48 @@ impl Engine {
                 .map(|p| p.id),
             None => self.config.select(&subject).map(|p| p.id),
         };
+        // A program run by a shell that stands for it (see [`Shell`]): the shell ran something.
+        let shell = self
+            .state(header.tgid, header.start_time_ns)
+            .and_then(|s| s.shell.clone());
+        if let Some(shell) = &shell {
+            shell.ran.store(true, Ordering::Relaxed);
+        }
         match selected {
             Some(id) => {
+                let resolved = if prior == Some(id) {
+                    None
+                } else {
+                    self.resolve_facts(id, header.tgid, &exec.path, &exec.args, Some(exec.uid))
+                };
                 let state = self.state_entry(header.tgid, header.start_time_ns);
                 state.profile = Some(id);
+                state.shell = None;
                 if prior == Some(id) {
                     return (None, None);
                 }
+                state.resolved = resolved;
                 state.since_ns = header.time_ns;
                 (None, Some((header.tgid, id)))
             }
             None => {
-                let finding = prior
-                    .and_then(|id| self.config.profile(id))
+                let state = self.state(header.tgid, header.start_time_ns);
+                let finding = self
+                    .profile_of(state)
+                    .filter(|_| prior.is_some())
                     .and_then(|profile| checks::exec(profile, &exec.path));
-                (finding, None)
+                let deferred =
+                    finding.is_some() && checks::is_shell_command(&exec.path, &exec.args);
+                if let Some(state) = self.processes.get_mut(&header.tgid) {
+                    if same_start(state.start_time_ns, header.start_time_ns) {
+                        state.shell = deferred.then(|| Shell {
+                            ran: Arc::new(AtomicBool::new(false)),
+                            owner: true,
+                            path: exec.path.clone(),
+                        });
+                    }
+                }
+                (finding.filter(|_| !deferred), None)
             }
         }
     }
@@ -536,6 +658,11 @@ impl Engine {
                 profile: parent.profile,
                 since_ns: child.time_ns,
                 protected_read: parent.protected_read.clone(),
+                resolved: parent.resolved.clone(),
+                shell: parent.shell.clone().map(|shell| Shell {
+                    owner: false,
+                    ..shell
+                }),
             });
         match inherited {
             Some(state) => {

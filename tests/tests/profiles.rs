@@ -40,6 +40,16 @@ with open(os.path.join(root, "tmp", "scratch-%d" % os.getpid()), "w") as f:
     f.write("x")
 if scenario == "shell":
     subprocess.run(["/bin/sh", "-c", "true"])
+elif scenario == "shell-allowed":
+    # What servers do: a program the profile allows, through `/bin/sh -c` (in place, and in
+    # children the shell forks).
+    subprocess.run("uname -s > /dev/null", shell=True)
+    subprocess.run(["/bin/sh", "-c", "uname; uname -r"], stdout=subprocess.DEVNULL)
+elif scenario == "shell-other":
+    subprocess.run("id > /dev/null", shell=True)
+elif scenario == "shell-nested":
+    # The way around: a shell that runs a shell whose command is builtins only.
+    subprocess.run(["/bin/sh", "-c", "/bin/sh -c 'echo x > /dev/null'; true"])
 elif scenario == "write":
     with open(os.path.join(root, "app", "planted.py"), "w") as f:
         f.write("x")
@@ -106,7 +116,7 @@ selector:
   args: ["*fake_inference_server*"]
 mode: alert
 allow:
-  exec: []
+  exec: ["/usr/bin/uname"]
   files:
     read: ["/usr/**", "/etc/**", "/proc/**", "/sys/**", "/dev/**", "{root}/app/**", "{root}/models/**"]
     write: ["{root}/tmp/**", "/dev/null"]
@@ -239,6 +249,54 @@ fn spawning_a_shell_is_exec_not_allowed() {
     assert_eq!(
         alert["process.parent.executable.path"],
         std::fs::canonicalize(PYTHON)
+            .unwrap()
+            .to_string_lossy()
+            .as_ref()
+    );
+}
+
+/// `/bin/sh -c` is judged by what the shell runs: an allowed program through it is quiet;
+/// a program not allowed is one alert naming that program (not the shell); a nested shell
+/// whose command is builtins only is the shell's alert.
+#[test]
+fn sh_c_is_judged_by_what_the_shell_runs() {
+    let site = Site::new("shell-c", 10);
+    let monitor = site.start();
+    site.serve("shell-allowed");
+    let lines = settle_and_stop(monitor);
+    let quiet = alerts(&lines);
+    assert!(quiet.is_empty(), "alerts for sh -c uname: {quiet:#?}");
+
+    // One alert, for the program (dash forks it: its parent is the shell, not the server).
+    let monitor = site.start();
+    site.serve("shell-other");
+    monitor.wait_for("exec-not-allowed", WAIT, |v| {
+        v["security_rule.name"] == "exec-not-allowed"
+    });
+    let lines = settle_and_stop(monitor);
+    let other = alerts(&lines);
+    assert_eq!(other.len(), 1, "exactly one alert: {other:#?}");
+    let alert = other[0];
+    assert_eq!(alert["monitor.profile"], "fakeserve");
+    assert_eq!(
+        alert["process.executable.path"],
+        std::fs::canonicalize("/usr/bin/id")
+            .unwrap()
+            .to_string_lossy()
+            .as_ref()
+    );
+
+    let monitor = site.start();
+    site.serve("shell-nested");
+    monitor.wait_for("exec-not-allowed", WAIT, |v| {
+        v["security_rule.name"] == "exec-not-allowed"
+    });
+    let lines = settle_and_stop(monitor);
+    let alerts = alerts(&lines);
+    assert_eq!(alerts.len(), 1, "exactly one alert: {alerts:#?}");
+    assert_eq!(
+        alerts[0]["process.executable.path"],
+        std::fs::canonicalize("/bin/sh")
             .unwrap()
             .to_string_lossy()
             .as_ref()
@@ -401,8 +459,10 @@ fn a_bad_reload_keeps_the_old_rules() {
     // A good configuration again is picked up.
     std::fs::write(
         site.root.join("profiles/fakeserve.yaml"),
-        site.profile()
-            .replace("exec: []", "exec: [\"/usr/bin/dash\", \"/bin/sh\"]"),
+        site.profile().replace(
+            "exec: [\"/usr/bin/uname\"]",
+            "exec: [\"/usr/bin/uname\", \"/usr/bin/dash\", \"/bin/sh\"]",
+        ),
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(4));

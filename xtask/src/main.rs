@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod realserve;
 mod setup;
 mod tasks;
 
@@ -58,6 +59,14 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the real inference servers (vLLM CPU build, llama.cpp llama-server) under the
+    /// release monitor's built-in profiles (as root): installs them into a cache outside the
+    /// repository ($MONITOR_REALSERVE_CACHE, default /var/cache/monitor-realserve), drives a
+    /// realistic load cold and warm, reports false alerts, and checks planted attacks are caught
+    Realserve {
+        /// Only this server: vllm or llama-cpp
+        name: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,5 +90,6 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Test { extra } => Ok(tasks::test(&ws, &extra)),
         Task::Lint => Ok(tasks::lint(&ws)),
         Task::Bench { quick } => bench::bench(&ws, quick),
+        Task::Realserve { name } => realserve::realserve(&ws, name),
     }
 }

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use saphyr::MarkedYaml;
 
-use super::{Allow, ArgsGlob, Location, Mode, PathGlob, Profile, Selector};
+use super::{
+    capabilities, facts::Template, Allow, ArgsGlob, Location, Mode, PathGlob, Profile, Selector,
+    TemplateList,
+};
 use crate::{
     cidr::AddrRule,
     config::{
@@ -37,9 +40,10 @@ const ALLOW_KEYS: &[&str] = &[
     "devices",
     "io_uring",
     "transitions",
+    "capabilities",
 ];
 const FILES_KEYS: &[&str] = &["read", "write"];
-const NETWORK_KEYS: &[&str] = &["connect", "listen", "unix"];
+const NETWORK_KEYS: &[&str] = &["connect", "listen", "unix", "udp_connect"];
 
 /// A profile name as written, for duplicate and reference checks: kept even when the rest
 /// of its profile has errors, so that one mistake does not cascade into "unknown profile".
@@ -288,15 +292,76 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
     let fields = reader.mapping(node, "allow", ALLOW_KEYS)?;
     let mut allow = Allow::default();
     if let Some(list) = fields.get("exec") {
-        allow.exec = path_globs(reader, list, "allow.exec", false);
+        allow.exec = allow_globs(
+            reader,
+            list,
+            "allow.exec",
+            TemplateList::Exec,
+            &mut allow.templates,
+        );
     }
     if let Some(files) = fields.get("files") {
         if let Some(files) = reader.mapping(files, "allow.files", FILES_KEYS) {
             if let Some(list) = files.get("read") {
-                allow.files_read = path_globs(reader, list, "allow.files.read", false);
+                allow.files_read = allow_globs(
+                    reader,
+                    list,
+                    "allow.files.read",
+                    TemplateList::Read,
+                    &mut allow.templates,
+                );
             }
             if let Some(list) = files.get("write") {
-                allow.files_write = path_globs(reader, list, "allow.files.write", false);
+                allow.files_write = allow_globs(
+                    reader,
+                    list,
+                    "allow.files.write",
+                    TemplateList::Write,
+                    &mut allow.templates,
+                );
+            }
+        }
+    }
+    if let Some(list) = fields.get("capabilities") {
+        for item in reader.strings(list, "allow.capabilities") {
+            let Some(capability) = capabilities::by_name(item.value) else {
+                let known: Vec<&str> = capabilities::CAPABILITIES.iter().map(|c| c.name).collect();
+                reader.error(
+                    item.node,
+                    &item.key,
+                    format!(
+                        "unknown capability \"{}\" (expected one of: {})",
+                        item.value,
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if allow.capabilities.iter().any(|c| c == capability.name) {
+                continue;
+            }
+            allow.capabilities.push(capability.name.to_owned());
+            for (patterns, list) in [
+                (capability.exec, TemplateList::Exec),
+                (capability.read, TemplateList::Read),
+                (capability.write, TemplateList::Write),
+            ] {
+                for pattern in patterns {
+                    // Built in and tested (capability_globs_compile): they cannot fail.
+                    match Template::parse(pattern) {
+                        Ok(Some(template)) => allow.templates.push((list, template)),
+                        Ok(None) => {
+                            if let Ok(glob) = PathGlob::new(pattern) {
+                                match list {
+                                    TemplateList::Exec => allow.exec.push(glob),
+                                    TemplateList::Read => allow.files_read.push(glob),
+                                    TemplateList::Write => allow.files_write.push(glob),
+                                }
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
             }
         }
     }
@@ -307,6 +372,9 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
             }
             if let Some(list) = network.get("listen") {
                 allow.listen = addr_rules(reader, list, "allow.network.listen");
+            }
+            if let Some(list) = network.get("udp_connect") {
+                allow.udp_connect = addr_rules(reader, list, "allow.network.udp_connect");
             }
             if let Some(list) = network.get("unix") {
                 allow.unix = Some(path_globs(reader, list, "allow.network.unix", true));
@@ -334,7 +402,15 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
         }
     }
     if let Some(node) = fields.get("io_uring") {
-        allow.io_uring = reader.boolean(node, "allow.io_uring").unwrap_or(false);
+        if matches!(node.data, saphyr::YamlData::Sequence(_)) {
+            allow.io_uring_ops = reader
+                .strings(node, "allow.io_uring")
+                .iter()
+                .map(|item| item.value.to_owned())
+                .collect();
+        } else {
+            allow.io_uring = reader.boolean(node, "allow.io_uring").unwrap_or(false);
+        }
     }
     if let Some(list) = fields.get("transitions") {
         for item in reader.strings(list, "allow.transitions") {
@@ -345,6 +421,33 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
         }
     }
     (reader.diagnostics.len() == before).then_some(allow)
+}
+
+/// The globs of an allow list: those naming `${variables}` go to `templates` (checked
+/// here, made concrete per process), the others are compiled.
+fn allow_globs(
+    reader: &mut Reader,
+    list: &MarkedYaml,
+    key: &str,
+    which: TemplateList,
+    templates: &mut Vec<(TemplateList, Template)>,
+) -> Vec<PathGlob> {
+    let mut globs = Vec::new();
+    for item in reader.strings(list, key) {
+        match Template::parse(item.value) {
+            Ok(None) => globs.extend(path_glob(reader, &item, false)),
+            Ok(Some(template)) => {
+                // The glob must also compile once its variables have values.
+                let sample = template.as_str().replace("${", "/x").replace('}', "");
+                match PathGlob::new(&sample) {
+                    Ok(_) => templates.push((which, template)),
+                    Err(err) => reader.error(item.node, &item.key, format!("invalid glob: {err}")),
+                }
+            }
+            Err(err) => reader.error(item.node, &item.key, err),
+        }
+    }
+    globs
 }
 
 /// A path glob of a list item: compiled, and absolute (or `@name` for unix sockets).

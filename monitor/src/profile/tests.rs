@@ -240,3 +240,53 @@ fn workload_keys_report_bad_values() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn variables_and_capabilities_are_checked_at_load() {
+    let err = parse_profiles(
+        Path::new("p.yaml"),
+        "name: x\nselector: {executables: [/a]}\nallow:\n  files: {read: [\"${python.prefx}/**\"]}\n  capabilities: [compile-tools]\n",
+    )
+    .unwrap_err();
+    let text: Vec<String> = err.iter().map(|d| d.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("unknown variable \"${python.prefx}\"")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("unknown capability \"compile-tools\"")),
+        "{text:?}"
+    );
+    let profile = one("name: x\nselector: {executables: [/a]}\nallow:\n  capabilities: [compile-toolchain]\n  exec: [\"${python.prefix}/bin/*\"]\n");
+    assert!(profile.allow.exec("/usr/bin/gcc-12"));
+    assert!(profile
+        .allow
+        .exec("/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"));
+    assert!(!profile.allow.exec("/usr/bin/id"));
+    assert!(profile
+        .allow
+        .templates
+        .iter()
+        .any(|(_, t)| t.as_str() == "${python.prefix}/bin/*"));
+}
+
+/// Every built-in capability glob compiles (parse skips one that does not).
+#[test]
+fn capability_globs_compile() {
+    for capability in capabilities::CAPABILITIES {
+        for pattern in capability
+            .exec
+            .iter()
+            .chain(capability.read)
+            .chain(capability.write)
+        {
+            match facts::Template::parse(pattern) {
+                Ok(Some(_)) => {}
+                Ok(None) => assert!(PathGlob::new(pattern).is_ok(), "{pattern}"),
+                Err(err) => panic!("{pattern}: {err}"),
+            }
+        }
+    }
+}

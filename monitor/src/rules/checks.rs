@@ -6,7 +6,7 @@ use crate::guard::GuardHit;
 use crate::{
     cidr::is_loopback,
     config::Config,
-    events::{Device, File, IoUring, MemoryAccess, Net},
+    events::{Device, File, IoUring, MemoryAccess, Net, NetOp, Transport},
     profile::Profile,
 };
 
@@ -39,6 +39,37 @@ fn finding(rule: Rule, object: impl Into<String>) -> Finding {
 /// An exec by a process that stays under `profile`.
 pub(crate) fn exec(profile: &Profile, path: &str) -> Option<Finding> {
     (!profile.allow.exec(path)).then(|| finding(EXEC_NOT_ALLOWED, path))
+}
+
+/// Shells whose `-c` command is judged by the programs it runs rather than by the shell.
+const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
+
+/// Whether an exec runs a shell on a command string (`/bin/sh -c CMD`, as `system(3)`,
+/// `popen(3)` and Python's `subprocess(..., shell=True)` do): a shell in the options
+/// before the command (`-c`, `-ec`, `-xc`), and a command after them.
+pub(crate) fn is_shell_command(path: &str, args: &[String]) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if !SHELLS.contains(&name) {
+        return false;
+    }
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        let Some(flags) = arg.strip_prefix('-') else {
+            return false;
+        };
+        if flags.is_empty() || flags.starts_with('-') {
+            return false;
+        }
+        if flags.contains('c') {
+            return i + 1 < args.len();
+        }
+    }
+    false
+}
+
+/// A `sh -c` started by a governed process that exited having run no program: its command
+/// was the shell's own builtins, which no `allow.exec` entry vouches for.
+pub(crate) fn shell_ran_nothing(path: &str) -> Finding {
+    finding(EXEC_NOT_ALLOWED, path)
 }
 
 /// What a file event yields: findings, and the protected file it read, if it did.
@@ -150,6 +181,12 @@ pub(crate) fn net(
         }
         NetUse::Connect(peer) => {
             let allowed = match profile {
+                // A connect on a UDP socket sends nothing: it may name `udp_connect` entries.
+                Some(profile)
+                    if event.op == NetOp::Connect && event.transport == Transport::Udp =>
+                {
+                    profile.allow.udp_connect(peer)
+                }
                 Some(profile) => profile.allow.connect(peer),
                 None => is_loopback(peer.ip()),
             };
@@ -251,5 +288,7 @@ pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
 /// io_uring use by a governed process whose profile does not set `allow.io_uring`.
 pub(crate) fn io_uring(profile: Option<&Profile>, event: &IoUring) -> Option<Finding> {
     let profile = profile?;
-    (!profile.allow.io_uring).then(|| finding(IO_URING_NOT_ALLOWED, event.op.name()))
+    let op = event.op.name();
+    let allowed = profile.allow.io_uring || profile.allow.io_uring_ops.iter().any(|o| o == op);
+    (!allowed).then(|| finding(IO_URING_NOT_ALLOWED, op))
 }

@@ -1106,3 +1106,213 @@ fn deeds_against_the_monitor() {
     assert_eq!(rules(&verdict.alerts), ["monitor-tampered"]);
     assert_eq!(verdict.alerts[0].severity, Severity::Critical);
 }
+
+/// `/bin/sh -c CMD` by a governed process is judged by what the shell runs: the shell's exec
+/// is no alert, an allowed program it runs (in place or in a forked child) is none either,
+/// a program not allowed is, and a shell that ran no program at all is when it exits.
+#[test]
+fn sh_c_is_judged_by_what_the_shell_runs() {
+    let mut world = World::server();
+    // Allowed: sh -c nvidia-smi, the shell execs it in place.
+    world.fork(110, start(10), 101, start(2));
+    let verdict = world.exec(
+        110,
+        start(10),
+        "/usr/bin/dash",
+        &["/bin/sh", "-c", "nvidia-smi -L"],
+    );
+    assert!(verdict.alerts.is_empty(), "{:?}", rules(&verdict.alerts));
+    let verdict = world.exec(110, start(10), "/usr/bin/nvidia-smi", &["nvidia-smi", "-L"]);
+    assert!(verdict.alerts.is_empty(), "{:?}", rules(&verdict.alerts));
+    assert!(world.exit(110, start(10)).alerts.is_empty());
+
+    // Not allowed: the shell forks a child that runs `id`.
+    world.fork(111, start(11), 101, start(2));
+    assert!(world
+        .exec(111, start(11), "/usr/bin/dash", &["sh", "-c", "id; true"])
+        .alerts
+        .is_empty());
+    world.fork(112, start(12), 111, start(11));
+    let verdict = world.exec(112, start(12), "/usr/bin/id", &["id"]);
+    assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+    assert_eq!(
+        verdict.alerts[0].attributes["process.executable.path"],
+        "/usr/bin/id"
+    );
+    assert!(world.exit(112, start(12)).alerts.is_empty());
+    // It ran a program (judged above): its own exit is no second alert.
+    assert!(world.exit(111, start(11)).alerts.is_empty());
+
+    // Builtins only: the shell itself is the alert, at its exit.
+    world.fork(113, start(13), 101, start(2));
+    assert!(world
+        .exec(
+            113,
+            start(13),
+            "/usr/bin/dash",
+            &["sh", "-c", "echo x > /tmp/y"]
+        )
+        .alerts
+        .is_empty());
+    let verdict = world.exit(113, start(13));
+    assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+
+    // A shell without -c (an interactive or script shell) is an exec like any other.
+    world.fork(114, start(14), 101, start(2));
+    let verdict = world.exec(114, start(14), "/usr/bin/dash", &["sh", "-i"]);
+    assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+    // A shell -c that runs a shell without -c: that one is judged.
+    world.fork(115, start(15), 101, start(2));
+    assert!(world
+        .exec(115, start(15), "/usr/bin/bash", &["bash", "-ec", "exec sh"])
+        .alerts
+        .is_empty());
+    let verdict = world.exec(115, start(15), "/usr/bin/dash", &["sh"]);
+    assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+}
+
+#[test]
+fn shell_command_detection() {
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["/bin/sh", "-c", "lscpu"])
+    ));
+    assert!(checks::is_shell_command(
+        "/usr/bin/bash",
+        &args(&["bash", "-e", "-c", "x"])
+    ));
+    assert!(checks::is_shell_command(
+        "/usr/bin/bash",
+        &args(&["bash", "-xc", "x"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["sh", "-c"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["sh", "script.sh", "-c", "x"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/dash",
+        &args(&["sh", "-i"])
+    ));
+    assert!(!checks::is_shell_command(
+        "/usr/bin/python3",
+        &args(&["python3", "-c", "x"])
+    ));
+}
+
+/// Globs naming facts are made concrete for each process when it comes under the profile,
+/// and passed down to its children; a capability adds its globs.
+#[test]
+fn profile_variables_resolve_per_process() {
+    let profiles = r#"
+name: server
+selector:
+  executables: ["**/bin/python3*"]
+  args: ["* serve*"]
+allow:
+  capabilities: [compile-toolchain]
+  exec: ["${python.prefix}/bin/python3*"]
+  files: {read: ["${model}/**", "${python.prefix}/lib/**"], write: ["${tmp}/**"]}
+  network:
+    udp_connect: ["8.8.8.8:80"]
+"#;
+    let mut world = World::with(config_with(profiles, Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    let verdict = world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &[
+            "/opt/py/bin/python3.12",
+            "/usr/local/bin/vllm",
+            "serve",
+            "/srv/m/tiny",
+        ],
+    );
+    assert_eq!(verdict.governed, Some((101, SERVER)));
+    assert!(world
+        .read(101, start(2), "/srv/m/tiny/config.json")
+        .is_empty());
+    assert!(world
+        .read(101, start(2), "/opt/py/lib/python3.12/os.py")
+        .is_empty());
+    assert_eq!(
+        rules(&world.read(101, start(2), "/srv/other/config.json")),
+        ["file-read-not-allowed"]
+    );
+    // A child keeps the facts: its exec of the compiler (capability) and of the interpreter.
+    world.fork(102, start(3), 101, start(2));
+    assert!(world
+        .exec(102, start(3), "/usr/bin/gcc-12", &["gcc"])
+        .alerts
+        .is_empty());
+    assert!(world.read(102, start(3), "/usr/include/stdio.h").is_empty());
+    world.fork(103, start(4), 101, start(2));
+    assert!(world
+        .exec(
+            103,
+            start(4),
+            "/opt/py/bin/python3.12",
+            &["python3", "-c", "x"]
+        )
+        .alerts
+        .is_empty());
+    assert!(world
+        .read(103, start(4), "/srv/m/tiny/model.safetensors")
+        .is_empty());
+    // The UDP probe is allowed; TCP to the same address and other UDP peers are not.
+    assert!(world
+        .net(101, start(2), NetOp::Connect, Transport::Udp, "8.8.8.8:80")
+        .is_empty());
+    // (Another process: one process's second alert of a peer would fold into a count.)
+    assert_eq!(
+        rules(&world.connect(102, start(3), "8.8.8.8:80")),
+        ["connect-not-allowed"]
+    );
+    assert_eq!(
+        rules(&world.net(101, start(2), NetOp::Send, Transport::Udp, "8.8.8.8:80")),
+        ["connect-not-allowed"]
+    );
+    // Another server process without --model: `${model}` allows nothing for it.
+    world.fork(120, start(20), 1, start(0));
+    world.exec(
+        120,
+        start(20),
+        "/usr/bin/python3.11",
+        &["python3", "x", "serve"],
+    );
+    assert_eq!(
+        rules(&world.read(120, start(20), "/srv/m/tiny/config.json")),
+        ["file-read-not-allowed"]
+    );
+}
+
+/// `io_uring: [setup]` allows creating a ring (libuv does at start-up), not requests on it.
+#[test]
+fn io_uring_operations_list() {
+    let profiles = "name: server\nselector: {executables: [\"/usr/bin/python3*\"]}\nallow:\n  io_uring: [setup]\n";
+    let mut world = World::with(config_with(profiles, Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    world.exec(101, start(2), "/usr/bin/python3.11", &["python3"]);
+    let uring = |world: &mut World, op: crate::events::IoUringOp| {
+        let header = world.header(EventKind::IoUring, 101, start(2));
+        world
+            .handle(Event::IoUring(crate::events::IoUring {
+                header,
+                op,
+                ring: 1,
+                sq_thread: false,
+            }))
+            .alerts
+    };
+    assert!(uring(&mut world, crate::events::IoUringOp::Create).is_empty());
+    // IORING_OP_OPENAT (18) is still an alert.
+    assert_eq!(
+        rules(&uring(&mut world, crate::events::IoUringOp::Submit(18))),
+        ["io-uring-not-allowed"]
+    );
+}
