@@ -632,8 +632,12 @@ impl Engine {
                     .profile_of(state)
                     .filter(|_| prior.is_some())
                     .and_then(|profile| checks::exec(profile, &exec.path));
-                let deferred =
-                    finding.is_some() && checks::is_shell_command(&exec.path, &exec.args);
+                // A shell the kernel killed (or would have, in a dry run) ran nothing: the
+                // kill is the fact to report, not deferred to what the shell would have run.
+                let deferred = finding.is_some()
+                    && !exec.killed
+                    && !exec.would_kill
+                    && checks::is_shell_command(&exec.path, &exec.args);
                 if let Some(state) = self.processes.get_mut(&header.tgid) {
                     if same_start(state.start_time_ns, header.start_time_ns) {
                         state.shell = deferred.then(|| Shell {

@@ -114,6 +114,18 @@ impl World {
     }
 
     fn exec(&mut self, tgid: u32, start_time_ns: u64, exe: &str, args: &[&str]) -> Verdict {
+        self.exec_as(tgid, start_time_ns, exe, args, false)
+    }
+
+    /// An exec the kernel killed (`killed`: enforce mode) or not.
+    fn exec_as(
+        &mut self,
+        tgid: u32,
+        start_time_ns: u64,
+        exe: &str,
+        args: &[&str],
+        killed: bool,
+    ) -> Verdict {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         self.table.on_exec(ExecInfo {
             tgid,
@@ -140,7 +152,7 @@ impl World {
             args,
             args_truncated: false,
             fileless: false,
-            killed: false,
+            killed,
             would_kill: false,
             raw: Default::default(),
         }))
@@ -1169,6 +1181,19 @@ fn sh_c_is_judged_by_what_the_shell_runs() {
         .is_empty());
     let verdict = world.exec(115, start(15), "/usr/bin/dash", &["sh"]);
     assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+
+    // A shell -c the kernel killed at its exec (enforce mode) ran nothing: the kill is the
+    // alert, at once, not deferred to its exit.
+    world.fork(116, start(16), 101, start(2));
+    let verdict = world.exec_as(
+        116,
+        start(16),
+        "/usr/bin/dash",
+        &["sh", "-c", "touch /tmp/x"],
+        true,
+    );
+    assert_eq!(rules(&verdict.alerts), ["exec-not-allowed"]);
+    assert!(world.exit(116, start(16)).alerts.is_empty());
 }
 
 #[test]
