@@ -520,6 +520,9 @@ impl<W: Write> Processor<W> {
         // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
         let host_wide = match &mut event {
             Event::Device(device) => {
+                if let Some(ioctls) = &mut self.ioctls {
+                    ioctls.note(tgid);
+                }
                 // The kernel's name is the one the process passed (possibly rewritten since,
                 // or another open's): kept only if it is this very node.
                 if device.path.is_empty()
