@@ -14,13 +14,14 @@ use monitor_common::{
     EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry,
     ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
-    WATCH_INHERITED,
+    WATCH_INHERITED, gate,
 };
 
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, WATCHED, WATCHED_THREADS,
+    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED,
+    WATCHED_THREADS,
 };
 
 #[inline(always)]
@@ -39,6 +40,26 @@ pub(crate) fn header(
         pid,
         start_time,
     }
+}
+
+/// Sets a watched process's generation ([`monitor_common::maps::EXEC_GENERATION`], which
+/// only the kernel writes) to `next(current)`, or to a fresh one when it has none.
+#[inline(always)]
+fn new_generation(tgid: u32, next: impl Fn(u32) -> u32) {
+    if let Some(generation) = EXEC_GENERATION.get_ptr_mut(tgid) {
+        unsafe { *generation = next(*generation) };
+    } else if EXEC_GENERATION
+        .insert(tgid, fresh_generation(), 0)
+        .is_err()
+    {
+        count(Stat::MapFull, EventKind::Exec as u32);
+    }
+}
+
+/// A generation no earlier process with the same pid is likely to have had.
+#[inline(always)]
+fn fresh_generation() -> u32 {
+    (unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } >> 10) as u32 | 1
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
@@ -61,11 +82,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent_start_time = parent.process_start_time().unwrap_or(0);
     let bprm: *const u8 = ctx.arg(2);
     // A new program: what user space judged of the old one no longer holds.
-    if let Some(entry) = WATCHED.get_ptr_mut(tgid) {
-        unsafe { (*entry).generation = (*entry).generation.wrapping_add(1) };
+    if unsafe { WATCHED.get(tgid).is_some() } {
+        new_generation(tgid, |generation| generation.wrapping_add(1));
     }
     let mut watched = is_watched(tgid);
-    let verdict = exec_verdict(bprm);
     if !watched && is_candidate(bprm) {
         // Watched before the new program runs: no window for a fast process to act unseen.
         let entry = WatchEntry {
@@ -75,10 +95,20 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
             _pad: 0,
         };
         watched = WATCHED.insert(tgid, entry, 0).is_ok();
+        if watched {
+            new_generation(tgid, |_| fresh_generation());
+            crate::open_gate(gate::GOVERNED);
+        } else {
+            count(Stat::MapFull, EventKind::Exec as u32);
+        }
     }
 
     let kind = EventKind::Exec as u32;
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+    // The record is reserved before the verdict may kill: a kill whose report has no room
+    // is still counted as a loss, and the kill never waits on user space.
+    let reserved = EVENTS.reserve::<ExecEvent>(0);
+    let verdict = exec_verdict(bprm);
+    let Some(mut entry) = reserved else {
         count(Stat::LostRingFull, kind);
         return Ok(());
     };
@@ -276,10 +306,16 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let entry = WatchEntry {
             reason: watch.reason | WATCH_INHERITED,
             profile: watch.profile,
-            generation: watch.generation,
+            generation: 0,
             _pad: 0,
         };
-        let _ = WATCHED.insert(child_tgid, entry, 0);
+        if WATCHED.insert(child_tgid, entry, 0).is_ok() {
+            // A fresh generation: judgments of an earlier process that had this pid (the
+            // kernel's cache keys on pid and generation) are not the child's.
+            new_generation(child_tgid, |_| fresh_generation());
+        } else {
+            count(Stat::MapFull, EventKind::Fork as u32);
+        }
     }
     let kind = EventKind::Fork as u32;
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
@@ -328,7 +364,11 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let watched = is_watched(tgid);
-    let _ = WATCHED.remove(tgid);
+    if unsafe { WATCHED.get(tgid).is_some() } {
+        // Absent keys are not errors here: only a watched process has entries to drop.
+        let _ = WATCHED.remove(tgid);
+        let _ = EXEC_GENERATION.remove(tgid);
+    }
     let kind = EventKind::Exit as u32;
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count(Stat::LostRingFull, kind);

@@ -210,6 +210,8 @@ pub struct Processor<W: Write> {
     pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
     pub watched_threads: Option<HashMap<MapData, u32, u32>>,
+    /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
+    pub gates: Option<aya::maps::Array<MapData, u32>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -253,6 +255,7 @@ impl<W: Write> Processor<W> {
             metrics: None,
             known: None,
             watched_threads: None,
+            gates: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -308,10 +311,17 @@ impl<W: Write> Processor<W> {
     }
 
     fn watch_profile(&mut self, tgid: u32, profile: u32) {
+        // Before the entry: the memory hooks must not skip a process already governed.
+        if let Some(gates) = &mut self.gates {
+            if let Err(err) = gates.set(monitor_common::gate::GOVERNED, 1, 0) {
+                warn!("failed to open the governed gate: {err}; the memory sensor may miss accesses");
+            }
+        }
+        // The generation is the kernel's own (`EXEC_GENERATION`): not read, not written here.
         let entry = WatchEntry {
             reason: WATCH_PROFILE,
             profile,
-            generation: self.watched.get(&tgid, 0).map_or(0, |e| e.generation),
+            generation: 0,
             _pad: 0,
         };
         if let Err(err) = self.watched.insert(tgid, entry, 0) {
@@ -471,7 +481,7 @@ impl<W: Write> Processor<W> {
         let entry = WatchEntry {
             reason,
             profile: 0,
-            generation: self.watched.get(&tgid, 0).map_or(0, |e| e.generation),
+            generation: 0,
             _pad: 0,
         };
         match self.watched.insert(tgid, entry, 0) {
@@ -546,24 +556,26 @@ impl<W: Write> Processor<W> {
             // The last ioctl counts of the process come before its exit.
             self.report_ioctls(Some(tgid))?;
         }
+        // The JSON record is built only when it is printed (`monitor trace`): in `monitor run`
+        // it was built, with a parent lookup, for every governed or host-wide event and
+        // thrown away.
+        let tracing = self.mode == Mode::Trace;
         let mut print = self.selectors.all
             || host_wide
             || event.header().watched
             || self.watching.contains(&tgid);
-        let record = match &event {
+        // The core: the process table applies the event; every consumer below (trace output,
+        // rules and sinks, the learner) sees it applied.
+        let cgroups = &mut self.cgroups;
+        self.table.apply(&event, |id| {
+            cgroups.as_mut().and_then(|resolver| resolver.path(id))
+        });
+        match &event {
             Event::Exec(exec) => {
-                let cgroup_path = self
-                    .cgroups
-                    .as_mut()
-                    .and_then(|resolver| resolver.path(exec.cgroup_id));
-                let process = self.table.on_exec(exec.table_info(cgroup_path));
-                let tgid = process.tgid;
                 if !print && self.selectors.exes.iter().any(|g| g.matches(&exec.path)) {
                     self.watch(tgid, WATCH_EXE);
                     print = true;
                 }
-                let process = self.table.get_by_tgid(tgid);
-                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
             Event::Fork(fork) => {
                 // Forked before user space watched the parent: the kernel did not inherit.
@@ -571,42 +583,28 @@ impl<W: Write> Processor<W> {
                     self.watch(fork.header.tgid, WATCH_EXE);
                     print = true;
                 }
-                self.table.on_fork(
-                    fork.header.tgid,
-                    fork.header.start_time_ns,
-                    fork.parent_tgid,
-                    fork.parent_start_time_ns,
-                );
-                let process = self.table.get_by_tgid(fork.header.tgid);
-                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
-            Event::Exit(exit) => {
-                self.watching.remove(&exit.header.tgid);
-                let process = self.table.on_exit(
-                    exit.header.tgid,
-                    exit.header.start_time_ns,
-                    exit.header.time_ns,
-                    exit.code,
-                    exit.signal,
-                );
-                let process = process.cloned();
+            Event::Exit(_) => {
+                self.watching.remove(&tgid);
                 if let Some(ioctls) = &mut self.ioctls {
                     ioctls.forget(tgid);
                 }
-                print.then(|| {
-                    output::event_record(&self.clock, &self.table, &event, process.as_ref())
-                })
             }
             Event::File(_)
             | Event::Net(_)
             | Event::Device(_)
             | Event::GpuIoctls(_)
             | Event::MemoryAccess(_)
-            | Event::IoUring(_) => {
-                let process = self.table.get_by_tgid(tgid);
-                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
-            }
-        };
+            | Event::IoUring(_) => {}
+        }
+        let record = (print && tracing).then(|| {
+            let process = match &event {
+                // Exited now: found by its identity among the exited.
+                Event::Exit(exit) => self.table.get(tgid, exit.header.start_time_ns),
+                _ => self.table.get_by_tgid(tgid),
+            };
+            output::event_record(&self.clock, &self.table, &event, process)
+        });
         self.judge(&event);
         if let Some(observer) = &mut self.observer {
             for tgid in observer.observe(&event, &self.table) {
@@ -665,11 +663,14 @@ impl<W: Write> Processor<W> {
         let mut pending = Vec::new();
         for kind in EventKind::ALL {
             let slot = kind_slot(kind);
-            let kernel = self
-                .stats
-                .get(&stats_slot(Stat::LostRingFull, kind as u32), 0)
+            // A full ring and a full map (an event's arguments or fd that could not be kept
+            // for it) both lose the event in the kernel; each is counted under its own reason
+            // there.
+            let kernel: u64 = [Stat::LostRingFull, Stat::MapFull]
+                .into_iter()
+                .filter_map(|stat| self.stats.get(&stats_slot(stat, kind as u32), 0).ok())
                 .map(|values| values.iter().sum::<u64>())
-                .unwrap_or(0);
+                .sum();
             let mut user = self.counters.user_lost[slot].load(Ordering::Relaxed);
             let mut kernel = kernel;
             if kind == EventKind::File {

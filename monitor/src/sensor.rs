@@ -385,6 +385,8 @@ pub struct SensorMaps {
     pub known: HashMap<MapData, KnownKey, u32>,
     /// Threads of watched processes: tid -> tgid.
     pub watched_threads: HashMap<MapData, u32, u32>,
+    /// Switches the hot hooks test first ([`monitor_common::gate`]).
+    pub gates: Array<MapData, u32>,
 }
 
 impl Sensor {
@@ -538,6 +540,7 @@ impl Sensor {
             },
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
             watched_threads: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED_THREADS)?)?,
+            gates: Array::try_from(take_map(&mut ebpf, maps::GATES)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((
