@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::{DeviceContext, TracePointContext},
 };
 use monitor_common::{
-    guard_slot, Decision, DeviceEvent, DeviceOpen, EventKind, FdKey, FileOpCode, IoctlKey, Stat, EPERM,
-    PENDING_FILE, POLICY_ENFORCE,
+    guard_slot, Decision, DeviceEvent, DeviceOpen, EventKind, FdKey, FileOpCode, IoctlKey, Stat,
+    EPERM, PENDING_FILE, POLICY_ENFORCE,
 };
 
 use crate::{

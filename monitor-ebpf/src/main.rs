@@ -24,9 +24,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    gate, guard_slot, stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey, IoctlKey, KernelOffsets,
-    KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
-    STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    gate, guard_slot, stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey,
+    IoctlKey, KernelOffsets, KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat,
+    Suffix, WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.

@@ -11,10 +11,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry,
-    ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
+    gate, EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat,
+    WatchEntry, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
-    WATCH_INHERITED, gate,
+    WATCH_INHERITED,
 };
 
 use crate::{
@@ -48,10 +48,7 @@ pub(crate) fn header(
 fn new_generation(tgid: u32, next: impl Fn(u32) -> u32) {
     if let Some(generation) = EXEC_GENERATION.get_ptr_mut(tgid) {
         unsafe { *generation = next(*generation) };
-    } else if EXEC_GENERATION
-        .insert(tgid, fresh_generation(), 0)
-        .is_err()
-    {
+    } else if EXEC_GENERATION.insert(tgid, fresh_generation(), 0).is_err() {
         count(Stat::MapFull, EventKind::Exec as u32);
     }
 }

@@ -314,7 +314,9 @@ impl<W: Write> Processor<W> {
         // Before the entry: the memory hooks must not skip a process already governed.
         if let Some(gates) = &mut self.gates {
             if let Err(err) = gates.set(monitor_common::gate::GOVERNED, 1, 0) {
-                warn!("failed to open the governed gate: {err}; the memory sensor may miss accesses");
+                warn!(
+                    "failed to open the governed gate: {err}; the memory sensor may miss accesses"
+                );
             }
         }
         // The generation is the kernel's own (`EXEC_GENERATION`): not read, not written here.
@@ -834,8 +836,6 @@ fn enforcement_action(
         Event::File(File {
             guard: Some(hit), ..
         }) if hit.would_deny => Action::WouldDeny,
-        Event::File(file) if file.killed => Action::Killed,
-        Event::File(file) if file.would_kill => Action::WouldKill,
         Event::MemoryAccess(access) if access.killed => Action::Killed,
         Event::MemoryAccess(access) if access.would_kill => Action::WouldKill,
         Event::Net(net)
@@ -866,7 +866,6 @@ fn enforcement_mechanism(event: &Event, action: crate::alert::Action) -> Option<
     Some(match event {
         Event::Exec(_) => "sigkill-before-exec",
         Event::File(File { guard: Some(_), .. }) => crate::guard::MECHANISM,
-        Event::File(_) => "sigkill-at-open-entry",
         Event::Net(_) => "cgroup-sock-addr",
         Event::Device(_) => "cgroup-device",
         Event::MemoryAccess(access) if access.at_exit => "sigkill-at-open-exit",

@@ -693,14 +693,21 @@ mod tests {
         use crate::events::{Event, Exec, Fork};
         use monitor_common::EventKind;
         let mut table = ProcessTable::new();
-        table.on_exec(exec(100, exact(10), "/usr/bin/python3", &["python3", "serve.py"]));
+        table.on_exec(exec(
+            100,
+            exact(10),
+            "/usr/bin/python3",
+            &["python3", "serve.py"],
+        ));
         let fork = Event::Fork(Fork {
             header: header(EventKind::Fork, 200, exact(20), exact(20)),
             parent_tgid: 100,
             parent_start_time_ns: exact(10),
         });
         table.apply(&fork, |_| unreachable!("a fork names no cgroup"));
-        let child = table.get(200, exact(20)).expect("the child is in the table");
+        let child = table
+            .get(200, exact(20))
+            .expect("the child is in the table");
         assert_eq!(child.ppid, 100);
         assert_eq!(child.exe.as_deref(), Some("/usr/bin/python3"));
         let exec = Event::Exec(Exec {
@@ -734,7 +741,9 @@ mod tests {
         });
         table.apply(&exit, |_| unreachable!("an exit names no cgroup"));
         assert!(table.get_by_tgid(200).is_none(), "no longer live");
-        let gone = table.get(200, exact(20)).expect("kept while in its grace period");
+        let gone = table
+            .get(200, exact(20))
+            .expect("kept while in its grace period");
         assert_eq!(gone.exited.map(|e| e.code), Some(Some(0)));
         // Kinds that do not change the table leave it as it was.
         assert_eq!(table.len(), 1);

@@ -586,8 +586,6 @@ impl World {
             access,
             result,
             protected: false,
-            killed: false,
-            would_kill: false,
             known: None,
             raw: Default::default(),
             guard: None,
