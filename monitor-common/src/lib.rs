@@ -689,9 +689,9 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
-/// [`FileEvent::flags`] 16 and 32 were "killed at open entry" and its dry run: no program
-/// has set them since guards moved to fanotify, and user space no longer decodes them. Not
-/// to be reused before a record format change.
+// `FileEvent::flags` 16 and 32 were "killed at open entry" and its dry run: no program has
+// set them since guards moved to fanotify, and user space no longer decodes them. Not to be
+// reused before a record format change.
 
 /// Behaviour of a governed process that user space judged allowed: the kernel does not send
 /// it again. Keyed by process, its exec generation and the configuration epoch, so an exec
