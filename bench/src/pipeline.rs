@@ -426,31 +426,9 @@ impl Pipeline {
         costs
     }
 
-    /// What `Processor::handle` does to the table for each event.
+    /// What the daemon's processor does to the table for each event: the same call.
     fn apply(&mut self, event: &Event) {
-        match event {
-            Event::Exec(exec) => {
-                self.table.on_exec(exec.table_info(None));
-            }
-            Event::Fork(fork) => {
-                self.table.on_fork(
-                    fork.header.tgid,
-                    fork.header.start_time_ns,
-                    fork.parent_tgid,
-                    fork.parent_start_time_ns,
-                );
-            }
-            Event::Exit(exit) => {
-                self.table.on_exit(
-                    exit.header.tgid,
-                    exit.header.start_time_ns,
-                    exit.header.time_ns,
-                    exit.code,
-                    exit.signal,
-                );
-            }
-            _ => {}
-        }
+        self.table.apply(event, |_| None);
     }
 }
 

@@ -48,6 +48,13 @@ pub mod maps {
     /// paths are guarded with fanotify in user space); index 2 = the configuration epoch
     /// ([`super::KnownKey`]).
     pub const GUARDS: &str = "GUARDS";
+    /// Each watched process's program generation: tgid -> a value the kernel changes at every
+    /// exec (and sets fresh at fork), read into [`super::KnownKey`]. Written by the kernel
+    /// only: user space rewrites [`super::WatchEntry`] whole, and a generation kept there
+    /// could be rolled back to the previous program's by a write racing an exec.
+    pub const EXEC_GENERATION: &str = "EXEC_GENERATION";
+    /// Cheap switches the hot hooks test first, by slot ([`super::gate`]).
+    pub const GATES: &str = "GATES";
     /// Accelerator opens the device hook let through, until the open's exit files the fd in
     /// [`ACCEL_FDS`]: pid_tgid -> [`super::DeviceOpen`] (LRU).
     pub const DEVICE_OPENS: &str = "DEVICE_OPENS";
@@ -69,6 +76,28 @@ pub mod maps {
     /// `bpf()` calls aimed at the monitor's objects, from entry to exit: pid_tgid ->
     /// [`super::TamperEvent`] (LRU).
     pub const BPF_PENDING: &str = "BPF_PENDING";
+}
+
+/// Slots of [`maps::GUARDS`].
+pub mod guard_slot {
+    /// The GPU guard's `POLICY_*` bits.
+    pub const GPU: u32 = 0;
+    /// The configuration epoch ([`super::KnownKey`]): bumped at every reload.
+    pub const EPOCH: u32 = 2;
+    /// Entries of [`super::maps::GUARDS`].
+    pub const LEN: u32 = 4;
+}
+
+/// Slots of [`maps::GATES`]: non-zero opens a gate.
+pub mod gate {
+    /// Some process on the host has been governed (a profile's, or a candidate the kernel
+    /// marked at exec). Until then nobody's memory is guarded, and the host-wide
+    /// `/proc/PID/mem` check of every open returns at this one lookup. Set by the kernel when
+    /// it marks a candidate and by user space when it governs a running process; never
+    /// cleared (a process governed once may be again).
+    pub const GOVERNED: u32 = 0;
+    /// Entries of [`super::maps::GATES`].
+    pub const LEN: u32 = 1;
 }
 
 /// Names of the programs, shared by both sides.
@@ -197,10 +226,13 @@ pub enum Stat {
     ReadFailed = 2,
     /// Events not sent because user space already judged the same behaviour allowed.
     Known = 3,
+    /// Events (or what an event needed later: a syscall's arguments for its exit, an
+    /// accelerator fd for ioctl counting) lost because a kernel map insert failed (full).
+    MapFull = 4,
 }
 
 /// Number of counter families.
-pub const STAT_FAMILIES: u32 = 4;
+pub const STAT_FAMILIES: u32 = 5;
 
 /// Index of a counter in [`maps::STATS`].
 pub const fn stats_slot(stat: Stat, kind: u32) -> u32 {
@@ -578,8 +610,6 @@ pub struct Pending {
 pub const PENDING_FILE: u32 = 1;
 /// [`Pending::flags`]: a network syscall of a watched process.
 pub const PENDING_NET: u32 = 2;
-/// [`Pending::flags`]: the device hook saw an accelerator device being opened.
-pub const PENDING_DEVICE: u32 = 4;
 /// [`Pending::flags`]: a cgroup sock_addr program judged (and reported, unless already
 /// known) this syscall's address from the kernel's copy: its exit reports nothing more.
 pub const PENDING_NET_JUDGED: u32 = 8;
@@ -680,11 +710,9 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
-/// [`FileEvent::flags`]: the kernel killed the process at the entry of this open. (No program
-/// sets it since guards moved to fanotify; kept so the record layout and decoding stay.)
-pub const FILE_KILLED: u32 = 16;
-/// [`FileEvent::flags`]: it would have (dry run).
-pub const FILE_WOULD_KILL: u32 = 32;
+// `FileEvent::flags` 16 and 32 were "killed at open entry" and its dry run: no program has
+// set them since guards moved to fanotify, and user space no longer decodes them. Not to be
+// reused before a record format change.
 
 /// Behaviour of a governed process that user space judged allowed: the kernel does not send
 /// it again. Keyed by process, its exec generation and the configuration epoch, so an exec
@@ -723,8 +751,8 @@ pub struct WatchEntry {
     pub reason: u32,
     /// Profile id, 0 when none.
     pub profile: u32,
-    /// Bumped by the kernel at every exec of the process: what user space judged of the
-    /// previous program is not trusted for the next (see [`KnownKey`]).
+    /// Unused, always 0: the generation lives in [`maps::EXEC_GENERATION`], which only the
+    /// kernel writes (kept so the layout does not change).
     pub generation: u32,
     pub _pad: u32,
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::{DeviceContext, TracePointContext},
 };
 use monitor_common::{
-    Decision, DeviceEvent, DeviceOpen, EventKind, FdKey, FileOpCode, IoctlKey, Stat, EPERM,
-    PENDING_FILE, POLICY_ENFORCE,
+    guard_slot, Decision, DeviceEvent, DeviceOpen, EventKind, FdKey, FileOpCode, IoctlKey, Stat,
+    EPERM, PENDING_FILE, POLICY_ENFORCE,
 };
 
 use crate::{
@@ -65,7 +65,7 @@ fn decide(tgid: u32, class: u32) -> Decision {
             return refusal(policy.flags);
         }
     }
-    let guard = GUARDS.get(0).copied().unwrap_or(0);
+    let guard = GUARDS.get(guard_slot::GPU).copied().unwrap_or(0);
     if guard & POLICY_ENFORCE != 0 {
         let profile = unsafe { WATCHED.get(tgid) }.map_or(0, |w| w.profile);
         if profile == 0 || unsafe { GPU_ALLOWED.get(profile).is_none() } {
@@ -96,7 +96,7 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
         };
         if DEVICE_OPENS.insert(pid_tgid, open, 0).is_err() {
             // Its ioctls go uncounted: count that.
-            count(Stat::LostRingFull, EventKind::GpuIoctls as u32);
+            count(Stat::MapFull, EventKind::GpuIoctls as u32);
         }
     }
     let kind = EventKind::Device as u32;
@@ -170,7 +170,9 @@ pub fn sys_exit_open_device(ctx: TracePointContext) -> u32 {
             tgid: (pid_tgid >> 32) as u32,
             fd: ret as u32,
         };
-        let _ = ACCEL_FDS.insert(key, open.class, 0);
+        if ACCEL_FDS.insert(key, open.class, 0).is_err() {
+            count(Stat::MapFull, EventKind::GpuIoctls as u32);
+        }
     }
     0
 }
@@ -201,7 +203,9 @@ fn count_ioctl(key: &IoctlKey) {
     if let Some(counter) = IOCTL_COUNTS.get_ptr_mut(key) {
         unsafe { *counter += 1 };
     } else {
-        let _ = IOCTL_COUNTS.insert(key, 1, 0);
+        if IOCTL_COUNTS.insert(key, 1, 0).is_err() {
+            count(Stat::MapFull, EventKind::GpuIoctls as u32);
+        }
     }
 }
 

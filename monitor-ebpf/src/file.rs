@@ -14,18 +14,18 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    DeviceEvent, EventKind, FdKey, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
+    guard_slot, EventKind, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
     FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, PATH_CAP,
-    PENDING_DEVICE, PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
+    PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
 };
 
 use crate::{
     config_protect, config_self_tgid, count, is_watched,
-    kernel::{file_flags, file_inode, file_path, inode_rdev, off, read, Task},
+    kernel::{file_flags, file_inode, file_path, off, read, Task},
     known, known_key,
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ProtKey, ACCEL_FDS, EVENTS, GUARDS, OPEN_ARGS, PENDING,
+    submit_flags, syscall_arg, syscall_ret, ProtKey, EVENTS, GUARDS, OPEN_ARGS, PENDING,
     PROTECTED_DIRS, PROTECTED_SEEN, PROTECTED_SUFFIXES,
 };
 
@@ -69,7 +69,7 @@ fn record(op: FileOpCode, dfd: i32, name: u64, dfd2: i32, name2: u64, open_flags
         ..Pending::default()
     };
     if PENDING.insert(pid_tgid, pending, 0).is_err() {
-        count(Stat::LostRingFull, EventKind::File as u32);
+        count(Stat::MapFull, EventKind::File as u32);
     }
 }
 
@@ -294,9 +294,6 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
         );
     };
     let _ = PENDING.remove(pid_tgid);
-    if pending.flags & PENDING_DEVICE != 0 {
-        return emit_device(task, pid_tgid, ret, &pending);
-    }
     if pending.flags & PENDING_FILE == 0 {
         return Ok(());
     }
@@ -546,7 +543,7 @@ fn is_protected(file: *const u8) -> Result<bool, i64> {
         dentry: dentry as u64,
         parent,
         inode,
-        epoch: GUARDS.get(2).copied().unwrap_or(0) as u64,
+        epoch: GUARDS.get(guard_slot::EPOCH).copied().unwrap_or(0) as u64,
     };
     if let Some(&cached) = unsafe { PROTECTED_SEEN.get(key) } {
         return Ok(cached != 0);
@@ -642,71 +639,4 @@ fn has_protected_suffix(dentry: *const u8) -> Result<bool, i64> {
         }
     }
     Ok(false)
-}
-
-/// Sends the open of an accelerator device (seen by the device hook), failed ones included.
-#[inline(always)]
-fn emit_device(task: Task, pid_tgid: u64, ret: i64, pending: &Pending) -> Result<(), i64> {
-    let file = if ret >= 0 { task.file(ret).ok() } else { None };
-    if let Some(file) = file {
-        // The hook may have seen another access by this thread (access(2), say): only report
-        // the open of that very device.
-        let (major, minor) = inode_rdev(file_inode(file)?)?;
-        if major != pending.major || minor != pending.minor {
-            return Ok(());
-        }
-        let key = FdKey {
-            tgid: (pid_tgid >> 32) as u32,
-            fd: ret as u32,
-        };
-        let _ = ACCEL_FDS.insert(key, pending.class, 0);
-    }
-    let kind = EventKind::Device as u32;
-    let Some(mut entry) = EVENTS.reserve::<DeviceEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return Ok(());
-    };
-    let event = entry.as_mut_ptr();
-    let tgid = (pid_tgid >> 32) as u32;
-    let watched = pending.flags & PENDING_FILE != 0;
-    unsafe {
-        (*event).header = header(
-            EventKind::Device,
-            tgid,
-            pid_tgid as u32,
-            task.process_start_time().unwrap_or(0),
-            watched,
-        );
-        (*event).class = pending.class;
-        (*event).major = pending.major;
-        (*event).minor = pending.minor;
-        (*event).flags = 0;
-        (*event).result = ret;
-        (*event).path_len = 0;
-        (*event).raw_len = 0;
-    }
-    // Without a file (a failed open), the name: recorded at entry for a watched process,
-    // else from this CPU's slot. Without either, user space names the node from its numbers.
-    let (dfd, name) = if watched {
-        (pending.dfd, pending.name)
-    } else {
-        match OPEN_ARGS.get(0) {
-            Some(slot) if slot.pid_tgid == pid_tgid => (slot.dfd as i32, slot.name),
-            _ => (AT_FDCWD, 0),
-        }
-    };
-    let _ = fill_paths(
-        task,
-        file,
-        dfd,
-        name,
-        unsafe { &mut (*event).path },
-        unsafe { &mut (*event).raw },
-        unsafe { &mut (*event).path_len },
-        unsafe { &mut (*event).raw_len },
-        unsafe { &mut (*event).flags },
-    );
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
-    Ok(())
 }

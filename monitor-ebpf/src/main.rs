@@ -25,9 +25,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey, IoctlKey, KernelOffsets,
-    KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, TamperEvent,
-    WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    gate, guard_slot, stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey,
+    IoctlKey, KernelOffsets, KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat,
+    Suffix, TamperEvent, WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.
@@ -129,7 +129,27 @@ static EXEC_ALLOWED: HashMap<ExecKey, u32> = HashMap::with_max_entries(65536, 0)
 static GPU_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 #[map(name = "GUARDS")]
-static GUARDS: Array<u32> = Array::with_max_entries(4, 0);
+static GUARDS: Array<u32> = Array::with_max_entries(guard_slot::LEN, 0);
+
+#[map(name = "EXEC_GENERATION")]
+static EXEC_GENERATION: HashMap<u32, u32> = HashMap::with_max_entries(WATCHED_MAX, 0);
+
+#[map(name = "GATES")]
+static GATES: Array<u32> = Array::with_max_entries(gate::LEN, 0);
+
+/// Whether a gate is open ([`gate`]).
+#[inline(always)]
+fn gate_open(slot: u32) -> bool {
+    GATES.get(slot).is_some_and(|&value| value != 0)
+}
+
+/// Opens a gate (from the kernel's side; user space opens them too).
+#[inline(always)]
+fn open_gate(slot: u32) {
+    if let Some(value) = GATES.get_ptr_mut(slot) {
+        unsafe { *value = 1 };
+    }
+}
 
 /// Files already checked against the protected directories (see `file::is_protected`).
 #[map(name = "PROTECTED_SEEN")]
@@ -166,10 +186,11 @@ fn known_key(tgid: u32, kind: u32, aux: u32, a: u64, b: u64) -> Option<KnownKey>
     if entry.profile == 0 {
         return None;
     }
-    let epoch = GUARDS.get(2).copied().unwrap_or(0);
+    let epoch = GUARDS.get(guard_slot::EPOCH).copied().unwrap_or(0);
+    let generation = unsafe { EXEC_GENERATION.get(tgid) }.copied().unwrap_or(0);
     Some(KnownKey {
         tgid,
-        generation: entry.generation,
+        generation,
         kind: kind | (epoch << 4),
         aux,
         a,

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat, WatchEntry,
-    ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
+    gate, EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat,
+    WatchEntry, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
     WATCH_INHERITED,
 };
@@ -20,7 +20,8 @@ use monitor_common::{
 use crate::{
     config_self_tgid, count, is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, WATCHED, WATCHED_THREADS,
+    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED,
+    WATCHED_THREADS,
 };
 
 #[inline(always)]
@@ -39,6 +40,23 @@ pub(crate) fn header(
         pid,
         start_time,
     }
+}
+
+/// Sets a watched process's generation ([`monitor_common::maps::EXEC_GENERATION`], which
+/// only the kernel writes) to `next(current)`, or to a fresh one when it has none.
+#[inline(always)]
+fn new_generation(tgid: u32, next: impl Fn(u32) -> u32) {
+    if let Some(generation) = EXEC_GENERATION.get_ptr_mut(tgid) {
+        unsafe { *generation = next(*generation) };
+    } else if EXEC_GENERATION.insert(tgid, fresh_generation(), 0).is_err() {
+        count(Stat::MapFull, EventKind::Exec as u32);
+    }
+}
+
+/// A generation no earlier process with the same pid is likely to have had.
+#[inline(always)]
+fn fresh_generation() -> u32 {
+    (unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } >> 10) as u32 | 1
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
@@ -61,11 +79,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent_start_time = parent.process_start_time().unwrap_or(0);
     let bprm: *const u8 = ctx.arg(2);
     // A new program: what user space judged of the old one no longer holds.
-    if let Some(entry) = WATCHED.get_ptr_mut(tgid) {
-        unsafe { (*entry).generation = (*entry).generation.wrapping_add(1) };
+    if unsafe { WATCHED.get(tgid).is_some() } {
+        new_generation(tgid, |generation| generation.wrapping_add(1));
     }
     let mut watched = is_watched(tgid);
-    let verdict = exec_verdict(bprm);
     if !watched && is_candidate(bprm) {
         // Watched before the new program runs: no window for a fast process to act unseen.
         let entry = WatchEntry {
@@ -75,12 +92,26 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
             _pad: 0,
         };
         watched = WATCHED.insert(tgid, entry, 0).is_ok();
+        if watched {
+            new_generation(tgid, |_| fresh_generation());
+            crate::open_gate(gate::GOVERNED);
+        } else {
+            count(Stat::MapFull, EventKind::Exec as u32);
+        }
     }
 
     let kind = EventKind::Exec as u32;
-    // A kill is enforcement: it must not be lost in a flood of bulk events.
+    // The verdict first, with no side effect; then the record is reserved (in the priority
+    // ring when it reports enforcement, which must not be lost in a flood of bulk events);
+    // only then the kill is sent, so a kill is never without its report's room being
+    // asked for, and a kill whose report finds no room is still counted as a loss.
+    let verdict = exec_verdict(bprm);
     let priority = verdict != 0;
-    let Some(mut entry) = crate::ring(priority).reserve::<ExecEvent>(0) else {
+    let reserved = crate::ring(priority).reserve::<ExecEvent>(0);
+    if verdict == EXEC_KILLED {
+        unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
+    }
+    let Some(mut entry) = reserved else {
         count(Stat::LostRingFull, kind);
         return Ok(());
     };
@@ -157,9 +188,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// For a process governed by an enforce-mode profile: an exec of a program the profile does
-/// not allow is killed here, before the new program runs a single instruction (the signal is
-/// delivered on the way back to user space). Returns the `EXEC_*` verdict flag.
+/// For a process governed by an enforce-mode profile: whether an exec of a program the profile
+/// does not allow is to be killed (`EXEC_KILLED`; the caller sends the signal here, before the
+/// new program runs a single instruction: it is delivered on the way back to user space), or
+/// would be in a dry run. Returns the `EXEC_*` verdict flag; sends nothing itself.
 #[inline(always)]
 fn exec_verdict(bprm: *const u8) -> u32 {
     let Some((profile, policy)) = crate::enforce::enforced_policy() else {
@@ -180,7 +212,6 @@ fn exec_verdict(bprm: *const u8) -> u32 {
     if crate::enforce::refuse(&policy) == 1 {
         return EXEC_WOULD_KILL;
     }
-    unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
     EXEC_KILLED
 }
 
@@ -278,10 +309,16 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let entry = WatchEntry {
             reason: watch.reason | WATCH_INHERITED,
             profile: watch.profile,
-            generation: watch.generation,
+            generation: 0,
             _pad: 0,
         };
-        let _ = WATCHED.insert(child_tgid, entry, 0);
+        if WATCHED.insert(child_tgid, entry, 0).is_ok() {
+            // A fresh generation: judgments of an earlier process that had this pid (the
+            // kernel's cache keys on pid and generation) are not the child's.
+            new_generation(child_tgid, |_| fresh_generation());
+        } else {
+            count(Stat::MapFull, EventKind::Fork as u32);
+        }
     }
     let kind = EventKind::Fork as u32;
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
@@ -330,7 +367,11 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let watched = is_watched(tgid);
-    let _ = WATCHED.remove(tgid);
+    if unsafe { WATCHED.get(tgid).is_some() } {
+        // Absent keys are not errors here: only a watched process has entries to drop.
+        let _ = WATCHED.remove(tgid);
+        let _ = EXEC_GENERATION.remove(tgid);
+    }
     let kind = EventKind::Exit as u32;
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count(Stat::LostRingFull, kind);

@@ -454,9 +454,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: SpoolCommand::Replay(args),
         }) => replay(args).await,
         Command::Trace(args) => {
-            // Locked for the whole run: only `monitor trace` writes records to stdout (`monitor
-            // run`'s stdout writer thread takes the lock line by line).
-            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            // Written by a thread of its own: a stalled reader must not stall the event loop.
+            let stdout = crate::trace_out::TraceOut::start(std::io::stdout()).map_err(|err| {
+                anyhow::anyhow!("failed to start the stdout writer thread: {err}")
+            })?;
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             // The kernel watches a program that `--exe` names from its exec on: its first

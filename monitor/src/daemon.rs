@@ -185,6 +185,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     if mode == Mode::Run {
         processor.known = Some(maps.known);
         processor.watched_threads = Some(maps.watched_threads);
+        processor.gates = Some(maps.gates);
     }
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     // Container metadata: looked up in the background from the first process of each

@@ -10,9 +10,9 @@ use monitor_common::{
     FileEvent, FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent,
     MemoryOpCode, NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED,
     EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
-    FILE_KILLED, FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED,
-    FILE_WOULD_KILL, HEADER_WATCHED, MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL,
-    NET_UNVERIFIED, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, HEADER_WATCHED,
+    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_UNVERIFIED, PATH_CAP, SOCKADDR_CAP,
+    SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// An event from the kernel, owned and checked.
@@ -240,10 +240,6 @@ pub struct File {
     pub result: i64,
     /// Reported because the path is under a protected prefix (host-wide).
     pub protected: bool,
-    /// An enforcing guard killed the process at the entry of this open.
-    pub killed: bool,
-    /// It would have (dry run).
-    pub would_kill: bool,
     /// Where to tell the kernel this was judged allowed (governed processes only).
     pub known: Option<KnownKey>,
     /// Exact bytes of `path` or `target` when they are not valid UTF-8.
@@ -746,8 +742,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
                 result: raw.result,
                 protected: raw.flags & FILE_PROTECTED != 0,
-                killed: raw.flags & FILE_KILLED != 0,
-                would_kill: raw.flags & FILE_WOULD_KILL != 0,
                 known: (raw.known.tgid != 0).then_some(raw.known),
                 raw: names,
                 guard: None,
@@ -1319,8 +1313,6 @@ mod tests {
             access: Access::default(),
             result: 0,
             protected: false,
-            killed: false,
-            would_kill: false,
             known: None,
             raw: Default::default(),
             guard: None,

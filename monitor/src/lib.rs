@@ -32,3 +32,4 @@ pub mod sink;
 pub mod spool;
 pub mod workload;
 pub mod tamper;
+pub mod trace_out;

@@ -563,8 +563,6 @@ mod tests {
                 access: Access::default(),
                 result: 3,
                 protected: false,
-                killed: false,
-                would_kill: false,
                 known: None,
                 raw: RawNames {
                     paths: bytes.map(|b| ("file.path", b)).into_iter().collect(),

@@ -192,7 +192,7 @@ pub fn is_priority(event: &Event) -> bool {
     use crate::events::Decision;
     match event {
         Event::Tamper(_) | Event::MemoryAccess(_) => true,
-        Event::File(file) => file.guard.is_some() || file.killed || file.would_kill,
+        Event::File(file) => file.guard.is_some(),
         Event::Exec(exec) => exec.killed || exec.would_kill,
         Event::Net(net) => matches!(net.decision, Decision::Denied | Decision::WouldDeny),
         Event::Device(device) => matches!(device.decision, Decision::Denied | Decision::WouldDeny),
@@ -290,6 +290,8 @@ pub struct Processor<W: Write> {
     pub watched_threads: Option<HashMap<MapData, u32, u32>>,
     /// Stops of the monitor, and its objects' names (see [`crate::tamper`]).
     pub pauses: crate::tamper::Pauses,
+    /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
+    pub gates: Option<aya::maps::Array<MapData, u32>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -334,6 +336,7 @@ impl<W: Write> Processor<W> {
             known: None,
             watched_threads: None,
             pauses: crate::tamper::Pauses::default(),
+            gates: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -389,10 +392,19 @@ impl<W: Write> Processor<W> {
     }
 
     fn watch_profile(&mut self, tgid: u32, profile: u32) {
+        // Before the entry: the memory hooks must not skip a process already governed.
+        if let Some(gates) = &mut self.gates {
+            if let Err(err) = gates.set(monitor_common::gate::GOVERNED, 1, 0) {
+                warn!(
+                    "failed to open the governed gate: {err}; the memory sensor may miss accesses"
+                );
+            }
+        }
+        // The generation is the kernel's own (`EXEC_GENERATION`): not read, not written here.
         let entry = WatchEntry {
             reason: WATCH_PROFILE,
             profile,
-            generation: self.watched.get(&tgid, 0).map_or(0, |e| e.generation),
+            generation: 0,
             _pad: 0,
         };
         if let Err(err) = self.watched.insert(tgid, entry, 0) {
@@ -568,7 +580,7 @@ impl<W: Write> Processor<W> {
         let entry = WatchEntry {
             reason,
             profile: 0,
-            generation: self.watched.get(&tgid, 0).map_or(0, |e| e.generation),
+            generation: 0,
             _pad: 0,
         };
         match self.watched.insert(tgid, entry, 0) {
@@ -617,6 +629,9 @@ impl<W: Write> Processor<W> {
         // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
         let host_wide = match &mut event {
             Event::Device(device) => {
+                if let Some(ioctls) = &mut self.ioctls {
+                    ioctls.note(tgid);
+                }
                 // The kernel's name is the one the process passed (possibly rewritten since,
                 // or another open's): kept only if it is this very node.
                 if device.path.is_empty()
@@ -640,18 +655,22 @@ impl<W: Write> Processor<W> {
             // The last ioctl counts of the process come before its exit.
             self.report_ioctls(Some(tgid))?;
         }
+        // The JSON record is built only when it is printed (`monitor trace`): in `monitor run`
+        // it was built, with a parent lookup, for every governed or host-wide event and
+        // thrown away.
+        let tracing = self.mode == Mode::Trace;
         let mut print = self.selectors.all
             || host_wide
             || event.header().watched
             || self.watching.contains(&tgid);
-        let record = match &event {
+        // The core: the process table applies the event; every consumer below (trace output,
+        // rules and sinks, the learner) sees it applied.
+        let cgroups = &mut self.cgroups;
+        self.table.apply(&event, |id| {
+            cgroups.as_mut().and_then(|resolver| resolver.path(id))
+        });
+        match &event {
             Event::Exec(exec) => {
-                let cgroup_path = self
-                    .cgroups
-                    .as_mut()
-                    .and_then(|resolver| resolver.path(exec.cgroup_id));
-                let process = self.table.on_exec(exec.table_info(cgroup_path));
-                let tgid = process.tgid;
                 let selected = self.selectors.exes.iter().any(|g| g.matches(&exec.path));
                 if !print && selected {
                     self.watch(tgid, WATCH_EXE);
@@ -667,8 +686,6 @@ impl<W: Write> Processor<W> {
                     }
                     print = self.selectors.all;
                 }
-                let process = self.table.get_by_tgid(tgid);
-                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
             Event::Fork(fork) => {
                 // Forked before user space watched the parent: the kernel did not inherit.
@@ -676,31 +693,12 @@ impl<W: Write> Processor<W> {
                     self.watch(fork.header.tgid, WATCH_EXE);
                     print = true;
                 }
-                self.table.on_fork(
-                    fork.header.tgid,
-                    fork.header.start_time_ns,
-                    fork.parent_tgid,
-                    fork.parent_start_time_ns,
-                );
-                let process = self.table.get_by_tgid(fork.header.tgid);
-                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
-            Event::Exit(exit) => {
-                self.watching.remove(&exit.header.tgid);
-                let process = self.table.on_exit(
-                    exit.header.tgid,
-                    exit.header.start_time_ns,
-                    exit.header.time_ns,
-                    exit.code,
-                    exit.signal,
-                );
-                let process = process.cloned();
+            Event::Exit(_) => {
+                self.watching.remove(&tgid);
                 if let Some(ioctls) = &mut self.ioctls {
                     ioctls.forget(tgid);
                 }
-                print.then(|| {
-                    output::event_record(&self.clock, &self.table, &event, process.as_ref())
-                })
             }
             Event::File(_)
             | Event::Net(_)
@@ -708,11 +706,16 @@ impl<W: Write> Processor<W> {
             | Event::GpuIoctls(_)
             | Event::MemoryAccess(_)
             | Event::IoUring(_)
-            | Event::Tamper(_) => {
-                let process = self.table.get_by_tgid(tgid);
-                print.then(|| output::event_record(&self.clock, &self.table, &event, process))
-            }
-        };
+            | Event::Tamper(_) => {}
+        }
+        let record = (print && tracing).then(|| {
+            let process = match &event {
+                // Exited now: found by its identity among the exited.
+                Event::Exit(exit) => self.table.get(tgid, exit.header.start_time_ns),
+                _ => self.table.get_by_tgid(tgid),
+            };
+            output::event_record(&self.clock, &self.table, &event, process)
+        });
         self.judge(&event);
         if let Some(observer) = &mut self.observer {
             for tgid in observer.observe(&event, &self.table) {
@@ -771,11 +774,14 @@ impl<W: Write> Processor<W> {
         let mut pending = Vec::new();
         for kind in EventKind::ALL {
             let slot = kind_slot(kind);
-            let kernel = self
-                .stats
-                .get(&stats_slot(Stat::LostRingFull, kind as u32), 0)
+            // A full ring and a full map (an event's arguments or fd that could not be kept
+            // for it) both lose the event in the kernel; each is counted under its own reason
+            // there.
+            let kernel: u64 = [Stat::LostRingFull, Stat::MapFull]
+                .into_iter()
+                .filter_map(|stat| self.stats.get(&stats_slot(stat, kind as u32), 0).ok())
                 .map(|values| values.iter().sum::<u64>())
-                .unwrap_or(0);
+                .sum();
             let mut user = self.counters.user_lost[slot].load(Ordering::Relaxed);
             let mut kernel = kernel;
             if kind == EventKind::File {
@@ -939,8 +945,6 @@ fn enforcement_action(
         Event::File(File {
             guard: Some(hit), ..
         }) if hit.would_deny => Action::WouldDeny,
-        Event::File(file) if file.killed => Action::Killed,
-        Event::File(file) if file.would_kill => Action::WouldKill,
         Event::MemoryAccess(access) if access.killed => Action::Killed,
         Event::MemoryAccess(access) if access.would_kill => Action::WouldKill,
         Event::Net(net)
@@ -971,7 +975,6 @@ fn enforcement_mechanism(event: &Event, action: crate::alert::Action) -> Option<
     Some(match event {
         Event::Exec(_) => "sigkill-before-exec",
         Event::File(File { guard: Some(_), .. }) => crate::guard::MECHANISM,
-        Event::File(_) => "sigkill-at-open-entry",
         Event::Net(_) => "cgroup-sock-addr",
         Event::Device(_) => "cgroup-device",
         Event::MemoryAccess(access) if access.at_exit => "sigkill-at-open-exit",

@@ -332,8 +332,9 @@ impl KernelPolicy {
             "failed to write the profiles' enforcement (modes, networks, executables, devices) into the kernel",
         )?;
         // A new configuration: every judgment the kernel cached is forgotten.
-        let epoch = self.maps.guards.get(&2, 0).unwrap_or(0);
-        self.maps.guards.set(2, (epoch + 1) & 0x0fff_ffff, 0)?;
+        let slot = monitor_common::guard_slot::EPOCH;
+        let epoch = self.maps.guards.get(&slot, 0).unwrap_or(0);
+        self.maps.guards.set(slot, (epoch + 1) & 0x0fff_ffff, 0)?;
         debug!(candidates = candidates.len(), "kernel policy applied");
         Ok(())
     }
@@ -461,7 +462,9 @@ impl KernelPolicy {
         for id in stale {
             let _ = self.maps.gpu_allowed.remove(&id);
         }
-        self.maps.guards.set(0, guard, 0)?;
+        self.maps
+            .guards
+            .set(monitor_common::guard_slot::GPU, guard, 0)?;
         Ok(())
     }
 }

@@ -279,6 +279,47 @@ impl ProcessTable {
         }
     }
 
+    /// Applies one kernel event: the one place events change the table, called by the
+    /// daemon's processor and by the pipeline benchmark alike. `cgroup_path` names an exec's
+    /// cgroup by id (the daemon's resolver; `None` without one). Other kinds leave the table
+    /// as it is.
+    pub fn apply(
+        &mut self,
+        event: &crate::events::Event,
+        cgroup_path: impl FnOnce(u64) -> Option<String>,
+    ) {
+        use crate::events::Event;
+        match event {
+            Event::Exec(exec) => {
+                self.on_exec(exec.table_info(cgroup_path(exec.cgroup_id)));
+            }
+            Event::Fork(fork) => {
+                self.on_fork(
+                    fork.header.tgid,
+                    fork.header.start_time_ns,
+                    fork.parent_tgid,
+                    fork.parent_start_time_ns,
+                );
+            }
+            Event::Exit(exit) => {
+                self.on_exit(
+                    exit.header.tgid,
+                    exit.header.start_time_ns,
+                    exit.header.time_ns,
+                    exit.code,
+                    exit.signal,
+                );
+            }
+            Event::File(_)
+            | Event::Net(_)
+            | Event::Device(_)
+            | Event::GpuIoctls(_)
+            | Event::MemoryAccess(_)
+            | Event::IoUring(_)
+            | Event::Tamper(_) => {}
+        }
+    }
+
     /// A fork: the child starts with its parent's image, user and cgroup.
     pub fn on_fork(
         &mut self,
@@ -641,6 +682,83 @@ mod tests {
             uid: 0,
             cgroup_path: Some("/".to_owned()),
         }
+    }
+
+    fn header(
+        kind: monitor_common::EventKind,
+        tgid: u32,
+        start: u64,
+        time: u64,
+    ) -> crate::events::Header {
+        crate::events::Header {
+            kind,
+            time_ns: time,
+            tgid,
+            pid: tgid,
+            start_time_ns: start,
+            watched: false,
+        }
+    }
+
+    #[test]
+    fn apply_runs_a_process_from_fork_to_exit() {
+        use crate::events::{Event, Exec, Fork};
+        use monitor_common::EventKind;
+        let mut table = ProcessTable::new();
+        table.on_exec(exec(
+            100,
+            exact(10),
+            "/usr/bin/python3",
+            &["python3", "serve.py"],
+        ));
+        let fork = Event::Fork(Fork {
+            header: header(EventKind::Fork, 200, exact(20), exact(20)),
+            parent_tgid: 100,
+            parent_start_time_ns: exact(10),
+        });
+        table.apply(&fork, |_| unreachable!("a fork names no cgroup"));
+        let child = table
+            .get(200, exact(20))
+            .expect("the child is in the table");
+        assert_eq!(child.ppid, 100);
+        assert_eq!(child.exe.as_deref(), Some("/usr/bin/python3"));
+        let exec = Event::Exec(Exec {
+            header: header(EventKind::Exec, 200, exact(20), exact(21)),
+            ppid: 100,
+            parent_start_time_ns: exact(10),
+            uid: 1000,
+            gid: 1000,
+            cgroup_id: 7,
+            path: "/usr/bin/true".into(),
+            path_truncated: false,
+            path_from_filename: false,
+            args: vec!["true".into()],
+            args_truncated: false,
+            args_count: 1,
+            fileless: false,
+            killed: false,
+            would_kill: false,
+            raw: Default::default(),
+        });
+        table.apply(&exec, |id| Some(format!("/cgroup-{id}")));
+        let child = table.get_by_tgid(200).expect("still live");
+        assert_eq!(child.exe.as_deref(), Some("/usr/bin/true"));
+        assert_eq!(child.args, ["true"]);
+        assert_eq!(child.cgroup_path.as_deref(), Some("/cgroup-7"));
+        let exit = Event::Exit(crate::events::Exit {
+            header: header(EventKind::Exit, 200, exact(20), exact(22)),
+            code: Some(0),
+            signal: None,
+            core_dumped: false,
+        });
+        table.apply(&exit, |_| unreachable!("an exit names no cgroup"));
+        assert!(table.get_by_tgid(200).is_none(), "no longer live");
+        let gone = table
+            .get(200, exact(20))
+            .expect("kept while in its grace period");
+        assert_eq!(gone.exited.map(|e| e.code), Some(Some(0)));
+        // Kinds that do not change the table leave it as it was.
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

@@ -416,6 +416,8 @@ pub struct SensorMaps {
     pub objects: SensorObjects,
     /// Events that must not be lost in a flood (tampering, enforcement), drained first.
     pub priority: RingBuf<MapData>,
+    /// Switches the hot hooks test first ([`monitor_common::gate`]).
+    pub gates: Array<MapData, u32>,
 }
 
 /// [`maps::MONITOR_OBJECTS`]: the ids of the monitor's programs, maps and links.
@@ -655,6 +657,7 @@ impl Sensor {
             },
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
             watched_threads: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED_THREADS)?)?,
+            gates: Array::try_from(take_map(&mut ebpf, maps::GATES)?)?,
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((

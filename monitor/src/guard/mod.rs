@@ -828,8 +828,6 @@ impl Shared {
             access,
             result,
             protected: true,
-            killed: false,
-            would_kill: false,
             known: None,
             raw: crate::events::RawNames::default(),
             guard: Some(hit),

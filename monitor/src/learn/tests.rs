@@ -597,8 +597,6 @@ impl World {
             access,
             result,
             protected: false,
-            killed: false,
-            would_kill: false,
             known: None,
             raw: Default::default(),
             guard: None,

@@ -131,10 +131,6 @@ pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> 
     }
     let paths = std::iter::once(event.path.as_str()).chain(event.target.as_deref());
     for path in paths {
-        let guarded = config.guards.protected_paths.iter().any(|g| g.covers(path));
-        if guarded {
-            continue;
-        }
         let found = profile.and_then(|profile| {
             if writes && !profile.allow.write(path) {
                 Some(FILE_WRITE_NOT_ALLOWED)
@@ -144,6 +140,10 @@ pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> 
                 None
             }
         });
+        // A guarded path is judged by its guard (fanotify's event for the same access): the
+        // globs are matched only when the profile would alert, not for every allowed event
+        // (matching them first cost about 880 ns per file event in the pipeline benchmark).
+        let found = found.filter(|_| !config.guards.protected_paths.iter().any(|g| g.covers(path)));
         if let Some(rule) = found {
             if !outcome.findings.iter().any(|f| f.rule == rule) {
                 outcome.findings.push(finding(rule, path));

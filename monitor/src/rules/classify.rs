@@ -175,8 +175,6 @@ mod tests {
             },
             result: 3,
             protected: false,
-            killed: false,
-            would_kill: false,
             known: None,
             raw: Default::default(),
             guard: None,

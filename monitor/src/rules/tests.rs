@@ -226,8 +226,6 @@ impl World {
             access,
             result,
             protected: guard.is_some(),
-            killed: false,
-            would_kill: false,
             known: None,
             raw: Default::default(),
             guard,
@@ -1010,8 +1008,6 @@ fn guard_event(world: &mut World, tgid: u32, st: u64, path: &str, access: Access
         access,
         result: 0,
         protected: true,
-        killed: false,
-        would_kill: false,
         known: None,
         raw: Default::default(),
         guard: Some(crate::guard::GuardHit {
