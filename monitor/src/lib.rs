@@ -29,3 +29,4 @@ pub mod rules;
 pub mod sensor;
 pub mod sink;
 pub mod spool;
+pub mod syscalls;

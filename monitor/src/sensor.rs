@@ -8,12 +8,16 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, TracePoint},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    globals, maps, programs, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey, Suffix,
+    globals, maps, programs, syscalls, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey, Suffix,
     WatchEntry, SUFFIXES_MAX, SUFFIX_CAP,
 };
 use tracing::{debug, info, warn};
@@ -98,184 +102,6 @@ const HOOKS: &[Hook] = &[
         tracepoint: "sched_process_exit",
         min_kernel: "5.5",
         fallback: "none needed",
-    },
-];
-
-/// Syscall tracepoints: a program, the tracepoints it serves (`syscalls/<name>`), and
-/// whether the sensor can do without a tracepoint that this kernel lacks (legacy syscalls that
-/// arm64 never had, openat2 before 5.6, fchmodat2 before 6.6).
-struct SyscallHook {
-    program: &'static str,
-    required: &'static [&'static str],
-    optional: &'static [&'static str],
-}
-
-const SYSCALL_HOOKS: &[SyscallHook] = &[
-    SyscallHook {
-        program: "sys_enter_open",
-        required: &[],
-        optional: &["sys_enter_open"],
-    },
-    SyscallHook {
-        program: "sys_enter_openat",
-        required: &["sys_enter_openat"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_openat2",
-        required: &[],
-        optional: &["sys_enter_openat2"],
-    },
-    SyscallHook {
-        program: "sys_enter_creat",
-        required: &[],
-        optional: &["sys_enter_creat"],
-    },
-    SyscallHook {
-        program: "sys_exit_open",
-        required: &["sys_exit_openat"],
-        optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
-    },
-    SyscallHook {
-        program: programs::SYS_EXIT_OPEN_DEVICE,
-        required: &["sys_exit_openat"],
-        optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
-    },
-    SyscallHook {
-        program: "sys_enter_rename",
-        required: &[],
-        optional: &["sys_enter_rename"],
-    },
-    SyscallHook {
-        program: "sys_enter_renameat",
-        required: &["sys_enter_renameat"],
-        optional: &["sys_enter_renameat2"],
-    },
-    SyscallHook {
-        program: "sys_enter_unlink",
-        required: &[],
-        optional: &["sys_enter_unlink", "sys_enter_rmdir"],
-    },
-    SyscallHook {
-        program: "sys_enter_unlinkat",
-        required: &["sys_enter_unlinkat"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_truncate",
-        required: &["sys_enter_truncate"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_ftruncate",
-        required: &["sys_enter_ftruncate"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_chmod",
-        required: &[],
-        optional: &["sys_enter_chmod"],
-    },
-    SyscallHook {
-        program: "sys_enter_fchmodat",
-        required: &["sys_enter_fchmodat"],
-        optional: &["sys_enter_fchmodat2"],
-    },
-    SyscallHook {
-        program: "sys_enter_fchmod",
-        required: &["sys_enter_fchmod"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_exit_file",
-        required: &[
-            "sys_exit_renameat",
-            "sys_exit_unlinkat",
-            "sys_exit_truncate",
-            "sys_exit_ftruncate",
-            "sys_exit_fchmodat",
-            "sys_exit_fchmod",
-        ],
-        optional: &[
-            "sys_exit_rename",
-            "sys_exit_renameat2",
-            "sys_exit_unlink",
-            "sys_exit_rmdir",
-            "sys_exit_chmod",
-            "sys_exit_fchmodat2",
-        ],
-    },
-    SyscallHook {
-        program: "sys_enter_connect",
-        required: &["sys_enter_connect"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_bind",
-        required: &["sys_enter_bind"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_listen",
-        required: &["sys_enter_listen"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_accept",
-        required: &["sys_enter_accept4"],
-        optional: &["sys_enter_accept"],
-    },
-    SyscallHook {
-        program: "sys_enter_sendto",
-        required: &["sys_enter_sendto"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_sendmsg",
-        required: &["sys_enter_sendmsg"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_exit_net",
-        required: &[
-            "sys_exit_connect",
-            "sys_exit_bind",
-            "sys_exit_listen",
-            "sys_exit_accept4",
-            "sys_exit_sendto",
-            "sys_exit_sendmsg",
-        ],
-        optional: &["sys_exit_accept"],
-    },
-    SyscallHook {
-        program: "sys_enter_ioctl",
-        required: &["sys_enter_ioctl"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_close",
-        required: &["sys_enter_close"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PROCESS_VM_ENTER,
-        required: &["sys_enter_process_vm_readv", "sys_enter_process_vm_writev"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PTRACE_ENTER,
-        required: &["sys_enter_ptrace"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PIDFD_GETFD_ENTER,
-        required: &[],
-        optional: &["sys_enter_pidfd_getfd"],
-    },
-    SyscallHook {
-        program: programs::PROC_MEM_OPEN_EXIT,
-        required: &["sys_exit_openat"],
-        optional: &["sys_exit_open", "sys_exit_openat2"],
     },
 ];
 
@@ -408,7 +234,8 @@ impl Sensor {
             .context("failed to find the kernel struct fields the programs read")?;
         debug!(?offsets, "kernel struct offsets from BTF");
         let tracefs = crate::mounts::tracefs()?;
-        check_syscall_layout(&tracefs)?;
+        let syscall_abi = crate::syscalls::abi(&kernel_btf)?;
+        debug!(?syscall_abi, "syscall registers from BTF");
         let cgroup = match &options.cgroup {
             Some(path) => path.clone(),
             None => crate::cgroup::cgroup2_mount().context(
@@ -442,6 +269,7 @@ impl Sensor {
             .btf(Some(&btf))
             .override_global(globals::CONFIG, &config, true)
             .override_global(globals::OFFSETS, &offsets, true)
+            .override_global(syscalls::ABI_GLOBAL, &syscall_abi, true)
             .map_max_entries(maps::EVENTS, options.ring_size)
             .map_max_entries(maps::EXEC_CANDIDATES, exec_capacity)
             .load(OBJECT)
@@ -458,15 +286,7 @@ impl Sensor {
                 )
             })?;
         }
-        for hook in SYSCALL_HOOKS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("failed to load program {}", hook.program))?;
-        }
+        load_syscall_programs(&mut ebpf)?;
         for (name, _) in IO_URING_HOOKS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -573,42 +393,26 @@ impl Sensor {
                 "attached"
             );
         }
-        let events = self.tracefs.join("events/syscalls");
-        for hook in SYSCALL_HOOKS {
-            let program: &mut TracePoint = self
+        for (name, tracepoint) in [
+            (syscalls::ENTER_DISPATCH, "sys_enter"),
+            (syscalls::EXIT_DISPATCH, "sys_exit"),
+        ] {
+            let program: &mut RawTracePoint = self
                 .ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            let mut attached = Vec::new();
-            for (name, required) in hook
-                .required
-                .iter()
-                .map(|n| (n, true))
-                .chain(hook.optional.iter().map(|n| (n, false)))
-            {
-                if !required && !events.join(name).exists() {
-                    debug!(
-                        program = hook.program,
-                        tracepoint = name,
-                        "not on this kernel; skipped"
-                    );
-                    continue;
-                }
-                let id = program.attach("syscalls", name).with_context(|| {
-                    format!(
-                        "failed to attach program {} to syscalls/{name}",
-                        hook.program
-                    )
-                })?;
-                self.links.push((true, Box::new(program.take_link(id)?)));
-                attached.push(*name);
-            }
-            debug!(program = hook.program, tracepoints = ?attached, "attached");
+            let id = program
+                .attach(tracepoint)
+                .with_context(|| format!("failed to attach program {name} to raw tracepoint {tracepoint}"))?;
+            // A raw tracepoint detaches without waiting for a grace period: not a perf link.
+            self.links.push((false, Box::new(program.take_link(id)?)));
         }
         info!(
-            programs = SYSCALL_HOOKS.len(),
-            "file, network and ioctl sensors attached to syscall tracepoints"
+            handlers = crate::syscalls::HANDLERS.len(),
+            hooks = "raw_tp/sys_enter,sys_exit",
+            compat = if crate::syscalls::COMPAT { "ia32 syscalls of 64-bit processes too" } else { "no compat table on this architecture" },
+            "file, network, memory-access and ioctl sensors attached to the raw syscall tracepoints (dispatch by syscall number)"
         );
         let io_uring = self.tracefs.join("events/io_uring");
         let layout = io_uring_layout(&io_uring);
@@ -820,30 +624,6 @@ pub fn suffixes(list: &[String]) -> anyhow::Result<Vec<Suffix>> {
         .collect()
 }
 
-/// The programs read syscall arguments at fixed offsets (8 for `__syscall_nr`, then 16 + 8n;
-/// `ret` at 16): check that this kernel's tracepoint formats agree before trusting them.
-fn check_syscall_layout(tracefs: &Path) -> anyhow::Result<()> {
-    for (name, field, offset) in [
-        ("sys_enter_openat", "int dfd", 16),
-        ("sys_enter_openat", "const char * filename", 24),
-        ("sys_enter_connect", "int fd", 16),
-        ("sys_enter_ioctl", "unsigned int cmd", 24),
-        ("sys_exit_openat", "long ret", 16),
-    ] {
-        let path = tracefs.join("events/syscalls").join(name).join("format");
-        let format = std::fs::read_to_string(&path)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        let expected = format!("field:{field};\toffset:{offset};");
-        if !format.contains(&expected) {
-            bail!(
-                "unexpected layout of syscalls/{name} (wanted `{field}` at offset {offset}); this kernel is not supported yet, please report it with {}",
-                path.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// The io_uring programs read these fields at fixed offsets (the tracepoints' records are
 /// no stable ABI): check this kernel's format files agree.
 fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
@@ -871,6 +651,78 @@ fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Loads the syscall dispatchers, routes and handlers, and fills the program arrays: each
+/// handler at its syscall numbers in its ABI's array, the route at every number that either
+/// ABI serves. Numbers this kernel lacks get a slot that is never reached.
+fn load_syscall_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    use crate::syscalls::HANDLERS;
+    let mut fds = std::collections::HashMap::new();
+    let names = [
+        syscalls::ENTER_DISPATCH,
+        syscalls::EXIT_DISPATCH,
+        syscalls::ENTER_ROUTE,
+        syscalls::EXIT_ROUTE,
+    ]
+    .into_iter()
+    .chain(HANDLERS.iter().map(|h| h.program));
+    for name in names {
+        if fds.contains_key(name) {
+            continue;
+        }
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("failed to load program {name}"))?;
+        let fd = program
+            .fd()
+            .and_then(|fd| Ok(fd.try_clone()?))
+            .with_context(|| format!("failed to take the fd of program {name}"))?;
+        fds.insert(name, fd);
+    }
+    let mut set = |array: &str, nr: u32, program: &str| -> anyhow::Result<()> {
+        let mut map: ProgramArray<_> = ProgramArray::try_from(
+            ebpf.map_mut(array)
+                .with_context(|| format!("map {array} missing from the object"))?,
+        )?;
+        map.set(nr, &fds[program], 0).with_context(|| {
+            format!("failed to put program {program} at syscall {nr} of {array}")
+        })
+    };
+    let mut slots = 0;
+    for handler in HANDLERS {
+        let (routes, route, native, compat) = if handler.exit {
+            (
+                syscalls::EXIT_ROUTES,
+                syscalls::EXIT_ROUTE,
+                syscalls::EXIT_NATIVE,
+                syscalls::EXIT_COMPAT,
+            )
+        } else {
+            (
+                syscalls::ENTER_ROUTES,
+                syscalls::ENTER_ROUTE,
+                syscalls::ENTER_NATIVE,
+                syscalls::ENTER_COMPAT,
+            )
+        };
+        for nr in handler.native_numbers() {
+            set(native, nr, handler.program)?;
+            set(routes, nr, route)?;
+            slots += 1;
+        }
+        for &nr in handler.compat_numbers() {
+            set(compat, nr, handler.program)?;
+            set(routes, nr, route)?;
+            slots += 1;
+        }
+    }
+    debug!(slots, "syscall handlers in place");
     Ok(())
 }
 
