@@ -169,7 +169,7 @@ const SOCK_ADDR_HOOKS: [(&str, &str); 6] = [
 pub struct Sensor {
     /// Every attachment, owned here rather than by its program, so that a stop can detach
     /// them all at once (see [`Sensor::detach`]). The flag says whether it is a perf
-    /// tracepoint (`tracepoint/...`), which the kernel releases one at a time.
+    /// tracepoint (`tracepoint/io_uring/...`), which the kernel releases one at a time.
     links: Vec<(bool, Box<dyn Send>)>,
     ebpf: Ebpf,
     tracefs: PathBuf,
@@ -500,8 +500,9 @@ impl Sensor {
 impl Sensor {
     /// Detaches every program and unloads them; returns how many attachments there were.
     ///
-    /// The cgroup programs and BTF tracepoints go first, all at once: their release waits
-    /// for nothing. Each perf tracepoint (`tracepoint/syscalls/...`) costs a
+    /// The cgroup programs, BTF and raw tracepoints (the syscall sensors hang off raw
+    /// `sys_enter`/`sys_exit`) go first, all at once: their release waits for nothing. Each
+    /// perf tracepoint (only `tracepoint/io_uring/...` now) costs a
     /// synchronous RCU grace period in the kernel, taken under the global `event_mutex`
     /// (`perf_trace_destroy` → `tracepoint_synchronize_unregister`), so however many
     /// threads close them, they are released one after the other: about 35 ms each
@@ -517,12 +518,12 @@ impl Sensor {
         debug!(
             links = quick_count,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "cgroup programs and BTF tracepoints detached"
+            "cgroup programs, BTF and raw tracepoints detached"
         );
         if !perf.is_empty() {
             info!(
                 links = perf.len(),
-                "detaching the syscall tracepoints: the kernel releases them one at a time (an RCU grace period each)"
+                "detaching the io_uring perf tracepoints: the kernel releases them one at a time (an RCU grace period each)"
             );
         }
         let started = Instant::now();
@@ -531,7 +532,7 @@ impl Sensor {
         debug!(
             links = perf_count,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "syscall tracepoints detached"
+            "io_uring perf tracepoints detached"
         );
         drop(self);
         count
