@@ -1126,9 +1126,16 @@ pub struct SyscallAbi {
     /// which shares the handler.
     pub process_vm_writev: [u32; 2],
     pub _pad: u32,
+    /// One bit per syscall number ([`syscalls::SLOTS`]) that some handler serves, in either
+    /// ABI, at entry and at exit: the dispatchers test it before the tail call, because an
+    /// indirect tail call (a retpoline on mitigated CPUs) costs more than the bit test, and
+    /// nearly every syscall on the host is untraced.
+    pub enter_traced: [u64; 8],
+    pub exit_traced: [u64; 8],
 }
 
-const _: () = assert!(core::mem::size_of::<SyscallAbi>() == 72);
+const _: () = assert!(core::mem::size_of::<SyscallAbi>() == 72 + 128);
+const _: () = assert!(syscalls::SLOTS == 8 * 64);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, u32 fields only, no padding.

@@ -31,6 +31,8 @@ static SYSCALL_ABI: SyscallAbi = SyscallAbi {
     compat_bit: 0,
     process_vm_writev: [0; 2],
     _pad: 0,
+    enter_traced: [0; 8],
+    exit_traced: [0; 8],
 };
 
 #[map(name = "SYS_ENTER_ROUTES")]
@@ -79,20 +81,36 @@ fn exit_nr(ctx: &RawTracePointContext) -> Option<u32> {
     unsafe { bpf_probe_read_kernel(at as *const u32) }.ok()
 }
 
-/// Every syscall entry on the host: the untraced ones end at the empty slot.
+/// Whether some handler serves `nr` (a negative or out-of-table number, such as x32's with
+/// bit 30, is not).
+#[inline(always)]
+fn traced(bits: &[u64; 8], nr: u64) -> bool {
+    if nr >= SLOTS as u64 {
+        return false;
+    }
+    // SAFETY: in bounds (nr < 512); volatile: patched by the loader.
+    let word = unsafe { core::ptr::read_volatile(bits.as_ptr().add((nr >> 6) as usize)) };
+    (word >> (nr & 63)) & 1 != 0
+}
+
+/// Every syscall entry on the host: the untraced ones end at the bit test.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_dispatch(ctx: RawTracePointContext) -> u32 {
     let nr: u64 = ctx.arg(1);
-    // A negative or out-of-table number (x32's high bit) has no slot.
-    unsafe { SYS_ENTER_ROUTES.tail_call(&ctx, nr as u32) };
+    if traced(&SYSCALL_ABI.enter_traced, nr) {
+        unsafe { SYS_ENTER_ROUTES.tail_call(&ctx, nr as u32) };
+    }
     0
 }
 
-/// Every syscall exit on the host, likewise.
+/// Every syscall exit on the host, likewise (after one register read: `sys_exit` passes no
+/// number).
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_dispatch(ctx: RawTracePointContext) -> u32 {
     if let Some(nr) = exit_nr(&ctx) {
-        unsafe { SYS_EXIT_ROUTES.tail_call(&ctx, nr) };
+        if traced(&SYSCALL_ABI.exit_traced, nr as u64) {
+            unsafe { SYS_EXIT_ROUTES.tail_call(&ctx, nr) };
+        }
     }
     0
 }

@@ -263,6 +263,21 @@ impl Handler {
     }
 }
 
+/// The bitmap of syscall numbers some handler serves, in either ABI ([`SyscallAbi`]'s
+/// `enter_traced` / `exit_traced`).
+pub fn traced(exit: bool) -> [u64; 8] {
+    let mut bits = [0u64; 8];
+    for handler in HANDLERS.iter().filter(|h| h.exit == exit) {
+        for nr in handler
+            .native_numbers()
+            .chain(handler.compat_numbers().iter().copied())
+        {
+            bits[(nr / 64) as usize] |= 1 << (nr % 64);
+        }
+    }
+    bits
+}
+
 /// `TS_COMPAT` in x86's `thread_info.status` (arch/x86/include/asm/thread_info.h).
 #[cfg(target_arch = "x86_64")]
 const TS_COMPAT: u32 = 0x0002;
@@ -295,6 +310,8 @@ pub fn abi(btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
         compat_bit: TS_COMPAT,
         process_vm_writev: [SYS_process_vm_writev as u32, ia32::PROCESS_VM_WRITEV],
         _pad: 0,
+        enter_traced: traced(false),
+        exit_traced: traced(true),
     })
 }
 
@@ -317,6 +334,8 @@ pub fn abi(btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
         compat_bit: 0,
         process_vm_writev: [SYS_process_vm_writev as u32, 0],
         _pad: 0,
+        enter_traced: traced(false),
+        exit_traced: traced(true),
     })
 }
 
@@ -385,6 +404,19 @@ mod tests {
                 assert!(compat_exits.contains(nr), "{} compat {nr}", h.program);
             }
         }
+    }
+
+    #[test]
+    fn the_bitmaps_hold_every_tabled_number() {
+        for h in HANDLERS {
+            let bits = traced(h.exit);
+            for nr in h.native_numbers().chain(h.compat_numbers().iter().copied()) {
+                assert_ne!(bits[nr as usize / 64] & (1 << (nr % 64)), 0, "{} {nr}", h.program);
+            }
+        }
+        // getppid is traced by nobody.
+        let nr = libc::SYS_getppid as usize;
+        assert_eq!(traced(false)[nr / 64] & (1 << (nr % 64)), 0);
     }
 
     #[cfg(target_arch = "x86_64")]
