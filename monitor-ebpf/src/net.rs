@@ -13,7 +13,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
     macros::{cgroup_sock_addr, raw_tracepoint},
-    programs::{SockAddrContext, RawTracePointContext},
+    programs::{RawTracePointContext, SockAddrContext},
 };
 use monitor_common::{
     Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET, AF_INET6,

@@ -166,8 +166,9 @@ pub fn syscall_arg(ctx: &RawTracePointContext, n: usize) -> u64 {
     } else {
         abi(&SYSCALL_ABI.native_args[n])
     };
-    let value = unsafe { bpf_probe_read_kernel((regs as *const u8).wrapping_add(offset) as *const u64) }
-        .unwrap_or(0);
+    let value =
+        unsafe { bpf_probe_read_kernel((regs as *const u8).wrapping_add(offset) as *const u64) }
+            .unwrap_or(0);
     if compat {
         value as u32 as u64
     } else {

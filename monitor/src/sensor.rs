@@ -8,17 +8,15 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{
-        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
-    },
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    globals, maps, programs, syscalls, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey, Suffix,
-    WatchEntry, SUFFIXES_MAX, SUFFIX_CAP,
+    globals, maps, programs, syscalls, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey,
+    Suffix, WatchEntry, SUFFIXES_MAX, SUFFIX_CAP,
 };
 use tracing::{debug, info, warn};
 
@@ -402,9 +400,9 @@ impl Sensor {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            let id = program
-                .attach(tracepoint)
-                .with_context(|| format!("failed to attach program {name} to raw tracepoint {tracepoint}"))?;
+            let id = program.attach(tracepoint).with_context(|| {
+                format!("failed to attach program {name} to raw tracepoint {tracepoint}")
+            })?;
             // A raw tracepoint detaches without waiting for a grace period: not a perf link.
             self.links.push((false, Box::new(program.take_link(id)?)));
         }
@@ -691,9 +689,8 @@ fn load_syscall_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             ebpf.map_mut(array)
                 .with_context(|| format!("map {array} missing from the object"))?,
         )?;
-        map.set(nr, &fds[program], 0).with_context(|| {
-            format!("failed to put program {program} at syscall {nr} of {array}")
-        })
+        map.set(nr, &fds[program], 0)
+            .with_context(|| format!("failed to put program {program} at syscall {nr} of {array}"))
     };
     let mut slots = 0;
     for handler in HANDLERS {

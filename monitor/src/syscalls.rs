@@ -87,9 +87,9 @@ pub mod ia32 {
 
 use libc::{
     SYS_accept, SYS_accept4, SYS_bind, SYS_close, SYS_connect, SYS_fchmod, SYS_fchmodat,
-    SYS_fchmodat2, SYS_ftruncate, SYS_ioctl, SYS_listen, SYS_openat, SYS_openat2,
-    SYS_pidfd_getfd, SYS_process_vm_readv, SYS_process_vm_writev, SYS_ptrace, SYS_renameat,
-    SYS_renameat2, SYS_sendmsg, SYS_sendto, SYS_truncate, SYS_unlinkat,
+    SYS_fchmodat2, SYS_ftruncate, SYS_ioctl, SYS_listen, SYS_openat, SYS_openat2, SYS_pidfd_getfd,
+    SYS_process_vm_readv, SYS_process_vm_writev, SYS_ptrace, SYS_renameat, SYS_renameat2,
+    SYS_sendmsg, SYS_sendto, SYS_truncate, SYS_unlinkat,
 };
 
 const fn enter(
@@ -141,8 +141,18 @@ pub const HANDLERS: &[Handler] = &[
         &[],
         &[ia32::RENAMEAT, ia32::RENAMEAT2],
     ),
-    enter("sys_enter_unlink", &[], legacy::UNLINK, &[ia32::UNLINK, ia32::RMDIR]),
-    enter("sys_enter_unlinkat", &[SYS_unlinkat], &[], &[ia32::UNLINKAT]),
+    enter(
+        "sys_enter_unlink",
+        &[],
+        legacy::UNLINK,
+        &[ia32::UNLINK, ia32::RMDIR],
+    ),
+    enter(
+        "sys_enter_unlinkat",
+        &[SYS_unlinkat],
+        &[],
+        &[ia32::UNLINKAT],
+    ),
     // truncate64/ftruncate64 split the length over two registers; the path or fd is first.
     enter(
         "sys_enter_truncate",
@@ -411,7 +421,12 @@ mod tests {
         for h in HANDLERS {
             let bits = traced(h.exit);
             for nr in h.native_numbers().chain(h.compat_numbers().iter().copied()) {
-                assert_ne!(bits[nr as usize / 64] & (1 << (nr % 64)), 0, "{} {nr}", h.program);
+                assert_ne!(
+                    bits[nr as usize / 64] & (1 << (nr % 64)),
+                    0,
+                    "{} {nr}",
+                    h.program
+                );
             }
         }
         // getppid is traced by nobody.
@@ -428,7 +443,11 @@ mod tests {
             (5, 295, 437, 26)
         );
         assert_eq!(
-            (ia32::PROCESS_VM_READV, ia32::PROCESS_VM_WRITEV, ia32::CONNECT),
+            (
+                ia32::PROCESS_VM_READV,
+                ia32::PROCESS_VM_WRITEV,
+                ia32::CONNECT
+            ),
             (347, 348, 362)
         );
         // The generic numbers are shared by every ABI from 424 on.

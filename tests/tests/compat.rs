@@ -37,10 +37,21 @@ impl Site {
         let out = self.path("compat_i80");
         let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat_i80.c");
         let status = Command::new("cc")
-            .args(["-O2", "-static", "-no-pie", "-fomit-frame-pointer", "-o", &out, source])
+            .args([
+                "-O2",
+                "-static",
+                "-no-pie",
+                "-fomit-frame-pointer",
+                "-o",
+                &out,
+                source,
+            ])
             .status()
             .expect("failed to run cc: install a C compiler (apt-get install -y gcc libc6-dev)");
-        assert!(status.success(), "failed to compile {source} (static: needs libc6-dev's libc.a)");
+        assert!(
+            status.success(),
+            "failed to compile {source} (static: needs libc6-dev's libc.a)"
+        );
         let probe = Command::new(&out).arg("probe").output().unwrap();
         let text = String::from_utf8_lossy(&probe.stdout);
         if !probe.status.success() || !text.starts_with("ia32 ok") {
