@@ -1,7 +1,7 @@
 //! End-to-end tests of 32-bit (ia32) syscalls made by a 64-bit process with `int $0x80`.
 //! The kernel's per-syscall tracepoints skip compat syscalls, so before the sensors moved to
-//! the raw `sys_enter`/`sys_exit` tracepoints these opens, reads of another process's memory
-//! and ptrace attaches were invisible. Each test performs the access for real (the bytes are
+//! the raw `sys_enter`/`sys_exit` tracepoints these opens, unlinks, reads of another
+//! process's memory and ptrace attaches were invisible. Each test performs the access for real (the bytes are
 //! read) and asserts the alert. Skipped, with a message, on a host without ia32 emulation.
 
 use std::{
@@ -103,13 +103,14 @@ fn alerts(lines: &[Value]) -> Vec<&Value> {
 }
 
 #[test]
-fn an_ia32_open_by_a_governed_process_is_judged() {
+fn ia32_opens_and_unlink_by_a_governed_process_are_judged() {
     let site = Site::new("compat-open");
     let Some(helper) = site.helper() else {
         return;
     };
     std::fs::write(site.root.join("secret-open.txt"), "hello-open").unwrap();
     std::fs::write(site.root.join("secret-openat.txt"), "hello-openat").unwrap();
+    std::fs::write(site.root.join("victim.txt"), "gone").unwrap();
     let monitor = site.start(&format!(
         r#"name: compat-server
 selector:
@@ -127,12 +128,15 @@ allow:
         .arg("open")
         .arg(site.path("secret-open.txt"))
         .arg(site.path("secret-openat.txt"))
+        .arg(site.path("victim.txt"))
         .output()
         .unwrap();
     let pid_text = String::from_utf8_lossy(&output.stdout).into_owned();
     // The opens really happened, through the ia32 entry (upper register halves garbage).
     assert!(pid_text.contains("data=hello-open\n"), "{pid_text}");
     assert!(pid_text.contains("data=hello-openat\n"), "{pid_text}");
+    assert!(pid_text.contains("unlink ret=0\n"), "{pid_text}");
+    assert!(!site.root.join("victim.txt").exists());
     for name in ["secret-open.txt", "secret-openat.txt"] {
         let path = site.path(name);
         let alert = monitor.wait_for(&format!("file-read-not-allowed on {name}"), WAIT, |v| {
@@ -141,13 +145,21 @@ allow:
         assert_eq!(alert["monitor.profile"], "compat-server", "{alert}");
         assert_eq!(alert["process.executable.path"], helper.as_str(), "{alert}");
     }
+    let victim = site.path("victim.txt");
+    let alert = monitor.wait_for("file-write-not-allowed on the unlink", WAIT, |v| {
+        v["security_rule.name"] == "file-write-not-allowed"
+            && v["file.path"] == victim.as_str()
+            && v["monitor.file.operation"] == "unlink"
+    });
+    assert_eq!(alert["monitor.profile"], "compat-server", "{alert}");
     std::thread::sleep(Duration::from_millis(300));
     let lines = monitor.stop();
     assert!(
-        alerts(&lines)
-            .iter()
-            .all(|a| a["security_rule.name"] == "file-read-not-allowed"),
-        "only the two opens alert: {lines:?}"
+        alerts(&lines).iter().all(|a| matches!(
+            a["security_rule.name"].as_str(),
+            Some("file-read-not-allowed" | "file-write-not-allowed")
+        )),
+        "only the opens and the unlink alert: {lines:?}"
     );
 }
 

@@ -3,7 +3,8 @@
  * buffers the syscalls name lie below 4 GiB (ia32 pointers are 32 bits).
  *
  *   probe                  ia32 getpid; prints "ia32 ok" if it matches the native one
- *   open PATH1 PATH2       ia32 open(PATH1) and ia32 openat(AT_FDCWD, PATH2); prints what was read
+ *   open PATH1 PATH2 PATH3 ia32 open(PATH1), ia32 openat(AT_FDCWD, PATH2), prints what was
+ *                          read; ia32 unlink(PATH3)
  *   target SECRET MARK     holds SECRET in static memory; prints "pid ADDR LEN"; waits on stdin
  *   vm_readv PID ADDR LEN  ia32 process_vm_readv of the target's secret; prints "data ..."
  *   ptrace PID ADDR        ia32 PTRACE_ATTACH, PTRACE_PEEKDATA of one word, PTRACE_DETACH
@@ -14,7 +15,7 @@
 #include <unistd.h>
 #include <sys/wait.h>
 
-static char path1[4096], path2[4096], secret[256], local[256];
+static char path1[4096], path2[4096], path3[4096], secret[256], local[256];
 static unsigned int iov_local[2], iov_remote[2], word;
 
 static long i80(long nr, long a, long b, long c, long d, long e, long f) {
@@ -40,13 +41,15 @@ int main(int argc, char **argv) {
         printf("%s %ld\n", pid == getpid() ? "ia32 ok" : "ia32 absent", pid);
         return 0;
     }
-    if (argc == 4 && !strcmp(argv[1], "open")) {
+    if (argc == 5 && !strcmp(argv[1], "open")) {
         strncpy(path1, argv[2], sizeof path1 - 1);
         strncpy(path2, argv[3], sizeof path2 - 1);
+        strncpy(path3, argv[4], sizeof path3 - 1);
         /* Garbage in the upper halves: the kernel reads 32 bits, so must the monitor. */
         long hi = 0x5a5a5a5a00000000L;
         dump("open", i80(5, hi | (long)path1, hi | 0, 0, 0, 0, 0));
         dump("openat", i80(295, hi | (unsigned int)-100, (long)path2, 0, 0, 0, 0));
+        printf("unlink ret=%ld\n", i80(10, hi | (long)path3, 0, 0, 0, 0, 0));
         fflush(stdout);
         return 0;
     }
