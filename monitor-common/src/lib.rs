@@ -59,6 +59,16 @@ pub mod maps {
     pub const IO_URING_RINGS: &str = "IO_URING_RINGS";
     /// io_uring opcodes a governed process already reported: [`super::IoUringKey`] -> 1 (LRU).
     pub const IO_URING_SEEN: &str = "IO_URING_SEEN";
+    /// The ring buffer of the events that must not share fate with bulk ones: tampering with
+    /// the monitor, enforcement (kills, denials) and accesses to governed processes' memory.
+    /// Drained first; a flood of file or exec events cannot fill it.
+    pub const PRIORITY: &str = "PRIORITY";
+    /// The monitor's own BPF objects: [`super::monitor_object_key`] -> 1, filled by user
+    /// space after load and attach, so the `bpf()` hook can tell them.
+    pub const MONITOR_OBJECTS: &str = "MONITOR_OBJECTS";
+    /// `bpf()` calls aimed at the monitor's objects, from entry to exit: pid_tgid ->
+    /// [`super::TamperEvent`] (LRU).
+    pub const BPF_PENDING: &str = "BPF_PENDING";
 }
 
 /// Names of the programs, shared by both sides.
@@ -83,6 +93,12 @@ pub mod programs {
     pub const IO_URING_CREATE: &str = "io_uring_create";
     pub const IO_URING_SUBMIT: &str = "io_uring_submit";
     pub const IO_URING_COMPLETE: &str = "io_uring_complete";
+    /// `syscalls/sys_enter_bpf`: calls of other processes aimed at the monitor's objects.
+    pub const BPF_ENTER: &str = "bpf_enter";
+    /// `syscalls/sys_exit_bpf`: their result.
+    pub const BPF_EXIT: &str = "bpf_exit";
+    /// `tp_btf/signal_generate`: signals sent to the monitor.
+    pub const SIGNAL_GENERATE: &str = "signal_generate";
 }
 
 /// Names of the global variables the loader sets before the programs are loaded.
@@ -112,10 +128,12 @@ pub enum EventKind {
     MemoryAccess = 8,
     /// A governed process creates an io_uring ring or submits a request to one.
     IoUring = 9,
+    /// Another process reached for the monitor itself: its BPF objects, or a signal.
+    Tamper = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
@@ -125,6 +143,7 @@ impl EventKind {
         EventKind::GpuIoctls,
         EventKind::MemoryAccess,
         EventKind::IoUring,
+        EventKind::Tamper,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -138,6 +157,7 @@ impl EventKind {
             EventKind::GpuIoctls => "gpu-ioctls",
             EventKind::MemoryAccess => "memory-access",
             EventKind::IoUring => "io-uring",
+            EventKind::Tamper => "tamper",
         }
     }
 }
@@ -156,6 +176,7 @@ impl TryFrom<u32> for EventKind {
             7 => Ok(EventKind::GpuIoctls),
             8 => Ok(EventKind::MemoryAccess),
             9 => Ok(EventKind::IoUring),
+            10 => Ok(EventKind::Tamper),
             other => Err(other),
         }
     }
@@ -811,6 +832,10 @@ pub struct KernelOffsets {
     pub proc_inode_vfs_inode: u32,
     pub pid_tasks: u32,
     pub task_pid_links: u32,
+    pub bpf_map_id: u32,
+    pub bpf_link_id: u32,
+    pub bpf_prog_aux: u32,
+    pub bpf_prog_aux_id: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
@@ -881,6 +906,8 @@ pub const MEMORY_WOULD_KILL: u32 = 2;
 /// [`MemoryAccessEvent::flags`]: seen at the exit of the syscall (an open): the kill came
 /// after the open, before the process could use the fd.
 pub const MEMORY_AT_EXIT: u32 = 4;
+/// [`MemoryAccessEvent::flags`]: the target is the monitor itself (its profile is 0).
+pub const MEMORY_TARGET_MONITOR: u32 = 8;
 
 /// Another process reached a governed process's memory. The header is about the accessor.
 #[repr(C)]
@@ -1054,6 +1081,122 @@ pub const fn io_uring_op_name(opcode: u32) -> &'static str {
 const _: () = assert!(core::mem::size_of::<MemoryAccessEvent>() == 32 + 32);
 const _: () = assert!(core::mem::size_of::<IoUringEvent>() == 32 + 24);
 const _: () = assert!(core::mem::size_of::<IoUringKey>() == 16);
+
+/// What another process did to the monitor, as [`TamperEvent::op`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TamperOpCode {
+    /// A `bpf()` command on one of the monitor's objects (`cmd`, `object_kind`, `object_id`).
+    Bpf = 1,
+    /// A signal sent to the monitor (`cmd` is its number).
+    Signal = 2,
+}
+
+impl TryFrom<u32> for TamperOpCode {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => TamperOpCode::Bpf,
+            2 => TamperOpCode::Signal,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The kind of a BPF object, as [`TamperEvent::object_kind`] and in [`monitor_object_key`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BpfObjectKind {
+    Program = 1,
+    Map = 2,
+    Link = 3,
+}
+
+impl TryFrom<u32> for BpfObjectKind {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => BpfObjectKind::Program,
+            2 => BpfObjectKind::Map,
+            3 => BpfObjectKind::Link,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The key of [`maps::MONITOR_OBJECTS`].
+pub const fn monitor_object_key(kind: BpfObjectKind, id: u32) -> u64 {
+    ((kind as u64) << 32) | id as u64
+}
+
+/// `bpf()` commands, as the kernel numbers them (`enum bpf_cmd`), that the hook looks at.
+pub const BPF_MAP_UPDATE_ELEM: u32 = 2;
+pub const BPF_MAP_DELETE_ELEM: u32 = 3;
+pub const BPF_PROG_DETACH: u32 = 9;
+pub const BPF_PROG_GET_FD_BY_ID: u32 = 13;
+pub const BPF_MAP_GET_FD_BY_ID: u32 = 14;
+pub const BPF_MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
+pub const BPF_MAP_FREEZE: u32 = 22;
+pub const BPF_MAP_LOOKUP_AND_DELETE_BATCH: u32 = 25;
+pub const BPF_MAP_UPDATE_BATCH: u32 = 26;
+pub const BPF_MAP_DELETE_BATCH: u32 = 27;
+pub const BPF_LINK_UPDATE: u32 = 29;
+pub const BPF_LINK_GET_FD_BY_ID: u32 = 30;
+pub const BPF_LINK_DETACH: u32 = 34;
+
+/// The name of a `bpf()` command the hook reports.
+pub const fn bpf_cmd_name(cmd: u32) -> &'static str {
+    match cmd {
+        BPF_MAP_UPDATE_ELEM => "BPF_MAP_UPDATE_ELEM",
+        BPF_MAP_DELETE_ELEM => "BPF_MAP_DELETE_ELEM",
+        BPF_PROG_DETACH => "BPF_PROG_DETACH",
+        BPF_PROG_GET_FD_BY_ID => "BPF_PROG_GET_FD_BY_ID",
+        BPF_MAP_GET_FD_BY_ID => "BPF_MAP_GET_FD_BY_ID",
+        BPF_MAP_LOOKUP_AND_DELETE_ELEM => "BPF_MAP_LOOKUP_AND_DELETE_ELEM",
+        BPF_MAP_FREEZE => "BPF_MAP_FREEZE",
+        BPF_MAP_LOOKUP_AND_DELETE_BATCH => "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+        BPF_MAP_UPDATE_BATCH => "BPF_MAP_UPDATE_BATCH",
+        BPF_MAP_DELETE_BATCH => "BPF_MAP_DELETE_BATCH",
+        BPF_LINK_UPDATE => "BPF_LINK_UPDATE",
+        BPF_LINK_GET_FD_BY_ID => "BPF_LINK_GET_FD_BY_ID",
+        BPF_LINK_DETACH => "BPF_LINK_DETACH",
+        _ => "other",
+    }
+}
+
+/// [`TamperEvent::flags`]: the object was named by an id the caller wrote in its own memory
+/// (a `*_GET_FD_BY_ID`): suspected, not resolved from the kernel's fd table.
+pub const TAMPER_UNVERIFIED: u32 = 1;
+/// [`TamperEvent::flags`]: `result` holds the syscall's return (seen at its exit).
+pub const TAMPER_RESULT: u32 = 2;
+/// [`TamperEvent::flags`]: a map fd asked read-only (`BPF_F_RDONLY`).
+pub const TAMPER_READ_ONLY: u32 = 4;
+
+/// Another process reached for the monitor. The header is about the actor (the caller of
+/// `bpf()`, the sender of the signal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TamperEvent {
+    pub header: EventHeader,
+    /// [`TamperOpCode`] as u32.
+    pub op: u32,
+    /// The `bpf()` command, or the signal number.
+    pub cmd: u32,
+    /// [`BpfObjectKind`] as u32 (0 for a signal).
+    pub object_kind: u32,
+    /// The object's id (for a signal: the monitor's thread it was sent to).
+    pub object_id: u32,
+    /// `TAMPER_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The syscall's return (with [`TAMPER_RESULT`]); for a signal, the kernel's
+    /// `TRACE_SIGNAL_*` result (0: delivered).
+    pub result: i64,
+}
+
+const _: () = assert!(core::mem::size_of::<TamperEvent>() == 32 + 32);
 
 #[cfg(feature = "user")]
 mod user {

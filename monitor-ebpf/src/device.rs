@@ -20,8 +20,8 @@ use crate::{
     kernel::{file_inode, inode_rdev, Task},
     path::write_user_str,
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ACCEL_FDS, ACCEL_MAJORS, DEVICE_OPENS, EVENTS,
-    GPU_ALLOWED, GUARDS, IOCTL_COUNTS, OPEN_ARGS, PENDING, WATCHED,
+    syscall_arg, syscall_ret, ACCEL_FDS, ACCEL_MAJORS, DEVICE_OPENS, GPU_ALLOWED, GUARDS,
+    IOCTL_COUNTS, OPEN_ARGS, PENDING, WATCHED,
 };
 
 /// `BPF_DEVCG_DEV_CHAR`
@@ -100,7 +100,9 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
         }
     }
     let kind = EventKind::Device as u32;
-    let Some(mut entry) = EVENTS.reserve::<DeviceEvent>(0) else {
+    // A refusal is enforcement: it must not be lost in a flood of bulk events.
+    let priority = matches!(decision, Decision::Denied | Decision::WouldDeny);
+    let Some(mut entry) = crate::ring(priority).reserve::<DeviceEvent>(0) else {
         count(Stat::LostRingFull, kind);
         return;
     };
@@ -141,7 +143,7 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
         }
     }
     count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit(crate::ring_flags(priority));
 }
 
 /// Exit of open, openat, openat2 and creat: an accelerator fd the device hook let through is

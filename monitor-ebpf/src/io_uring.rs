@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     EventKind, IoUringEvent, IoUringKey, IoUringOpCode, Stat, WatchEntry, IO_URING_KEY_CREATE,
-    IO_URING_REPORTED_OPS, WATCH_CANDIDATE,
+    IO_URING_REPORTED_OPS, WATCH_CANDIDATE, WATCH_EXE, WATCH_PID,
 };
 
 use crate::{
@@ -21,11 +21,16 @@ use crate::{
 
 /// Governed, or about to be: a process that just exec'd a profile's executable is watched
 /// with no profile until user space has matched its selector, and a fast program can set up
-/// its ring before then. User space drops what an ungoverned process did.
+/// its ring before then. User space drops what an ungoverned process did. Also a process
+/// `monitor learn` or `monitor trace` follows (`--pid`, `--exe`, a selector): learning
+/// records io_uring use as `allow.io_uring`. Not the readers of guarded files, which are
+/// watched only for where they connect.
 #[inline(always)]
 fn governed(tgid: u32) -> Option<WatchEntry> {
     let entry = unsafe { WATCHED.get(tgid) }?;
-    (entry.profile != 0 || entry.reason & 0xff == WATCH_CANDIDATE).then_some(*entry)
+    let reason = entry.reason & 0xff;
+    (entry.profile != 0 || reason == WATCH_CANDIDATE || reason == WATCH_PID || reason == WATCH_EXE)
+        .then_some(*entry)
 }
 
 /// Who created a ring (a governed process).

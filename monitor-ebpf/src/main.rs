@@ -16,6 +16,7 @@ mod net;
 mod path;
 mod process;
 mod syscalls;
+mod tamper;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -24,8 +25,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey, IoctlKey, KernelOffsets,
-    KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, WatchEntry,
-    STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
+    KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat, Suffix, TamperEvent,
+    WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
 
 /// Settings written by the loader before the programs are loaded.
@@ -49,6 +50,19 @@ static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 /// The loader resizes this from `--ring-size`.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Events that must not share fate with bulk ones (see `monitor_common::maps::PRIORITY`):
+/// tampering with the monitor, kills and denials, reads of governed processes' memory.
+#[map(name = "PRIORITY")]
+static PRIORITY: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// The monitor's own programs, maps and links (see `tamper`).
+#[map(name = "MONITOR_OBJECTS")]
+static MONITOR_OBJECTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// `bpf()` calls on the monitor's objects between entry and exit (see `tamper`).
+#[map(name = "BPF_PENDING")]
+static BPF_PENDING: LruHashMap<u64, TamperEvent> = LruHashMap::with_max_entries(1024, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
@@ -205,6 +219,27 @@ fn submit_flags() -> u64 {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// The ring an event goes to: [`PRIORITY`] for what must not be lost in a flood, else
+/// [`EVENTS`].
+#[inline(always)]
+fn ring(priority: bool) -> &'static RingBuf {
+    if priority {
+        &PRIORITY
+    } else {
+        &EVENTS
+    }
+}
+
+/// Submit flags for [`ring`]: priority events are rare and wake the reader at once.
+#[inline(always)]
+fn ring_flags(priority: bool) -> u64 {
+    if priority {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        submit_flags()
     }
 }
 

@@ -14,16 +14,16 @@ use aya_ebpf::{
 };
 use monitor_common::{
     EventKind, MemoryAccessEvent, MemoryOpCode, Stat, WatchEntry, MEMORY_AT_EXIT, MEMORY_KILLED,
-    MEMORY_WOULD_KILL, POLICY_DRY_RUN, POLICY_ENFORCE, PTRACE_ATTACH, PTRACE_PEEKDATA,
-    PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA, PTRACE_POKETEXT, PTRACE_POKEUSR,
-    PTRACE_SEIZE, WATCH_CANDIDATE,
+    MEMORY_TARGET_MONITOR, MEMORY_WOULD_KILL, POLICY_DRY_RUN, POLICY_ENFORCE, PTRACE_ATTACH,
+    PTRACE_PEEKDATA, PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA, PTRACE_POKETEXT,
+    PTRACE_POKEUSR, PTRACE_SEIZE, WATCH_CANDIDATE,
 };
 
 use crate::{
     config_self_tgid, count,
     kernel::{off, read, Task},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, CONFIG, EVENTS, POLICY, WATCHED, WATCHED_THREADS,
+    ring, ring_flags, syscall_arg, syscall_ret, CONFIG, POLICY, WATCHED, WATCHED_THREADS,
 };
 
 /// The process whose memory is reached.
@@ -33,6 +33,25 @@ struct Target {
     entry: WatchEntry,
     /// 0 when the hook did not read it (user space looks the process up by tgid).
     start_time: u64,
+    /// The target is the monitor itself (user space files its threads in
+    /// `WATCHED_THREADS` under its tgid): reported, never enforced.
+    monitor: bool,
+}
+
+/// The monitor as a target.
+#[inline(always)]
+fn the_monitor(tgid: u32) -> Target {
+    Target {
+        tgid,
+        entry: WatchEntry {
+            reason: 0,
+            profile: 0,
+            generation: 0,
+            _pad: 0,
+        },
+        start_time: 0,
+        monitor: true,
+    }
 }
 
 /// The governed process a pid names (its tgid, or one of its threads). A process that just
@@ -40,16 +59,24 @@ struct Target {
 /// drops the report if it does not govern the process).
 #[inline(always)]
 fn governed(pid: u32) -> Option<Target> {
+    let self_tgid = config_self_tgid();
+    if pid == self_tgid {
+        return Some(the_monitor(self_tgid));
+    }
     let governs = |e: &WatchEntry| e.profile != 0 || e.reason & 0xff == WATCH_CANDIDATE;
     let target = |tgid, entry: &WatchEntry| Target {
         tgid,
         entry: *entry,
         start_time: 0,
+        monitor: false,
     };
     if let Some(entry) = unsafe { WATCHED.get(pid) } {
         return governs(entry).then(|| target(pid, entry));
     }
     let tgid = *unsafe { WATCHED_THREADS.get(pid) }?;
+    if tgid == self_tgid {
+        return Some(the_monitor(self_tgid));
+    }
     let entry = unsafe { WATCHED.get(tgid) }?;
     governs(entry).then(|| target(tgid, entry))
 }
@@ -80,7 +107,9 @@ fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
         return;
     }
     let mut flags = if at_exit { MEMORY_AT_EXIT } else { 0 };
-    if let Some(policy) = unsafe { POLICY.get(target.entry.profile) } {
+    if target.monitor {
+        flags |= MEMORY_TARGET_MONITOR;
+    } else if let Some(policy) = unsafe { POLICY.get(target.entry.profile) } {
         if policy.flags & POLICY_ENFORCE != 0 {
             flags |= if policy.flags & POLICY_DRY_RUN != 0 || tgid == 1 {
                 MEMORY_WOULD_KILL
@@ -92,7 +121,7 @@ fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
     let kind = EventKind::MemoryAccess as u32;
     // The record is reserved before the kill: a full ring still counts the loss, and the
     // kill never waits on user space.
-    let entry = EVENTS.reserve::<MemoryAccessEvent>(0);
+    let entry = ring(true).reserve::<MemoryAccessEvent>(0);
     if flags & MEMORY_KILLED != 0 {
         unsafe { bpf_send_signal(9) };
     }
@@ -118,7 +147,7 @@ fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
     };
     entry.write(event);
     count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit(ring_flags(true));
 }
 
 /// `process_vm_readv(pid, ...)` and `process_vm_writev(pid, ...)`.

@@ -121,7 +121,9 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
         }
     }
     let kind = EventKind::Net as u32;
-    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+    // A refusal is enforcement: it must not be lost in a flood of bulk events.
+    let priority = matches!(decision, Decision::Denied | Decision::WouldDeny);
+    let Some(mut entry) = crate::ring(priority).reserve::<NetEvent>(0) else {
         count(Stat::LostRingFull, kind);
         return verdict(decision);
     };
@@ -163,7 +165,7 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
         }
     }
     count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit(crate::ring_flags(priority));
     if op == NetOpCode::Send && decision == Decision::Allowed {
         // Reported: later datagrams to this destination are not (LRU, per process).
         let _ = SENT.insert(sent, 1, 0);

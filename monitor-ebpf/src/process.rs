@@ -78,7 +78,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
 
     let kind = EventKind::Exec as u32;
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+    // A kill is enforcement: it must not be lost in a flood of bulk events.
+    let priority = verdict != 0;
+    let Some(mut entry) = crate::ring(priority).reserve::<ExecEvent>(0) else {
         count(Stat::LostRingFull, kind);
         return Ok(());
     };
@@ -151,7 +153,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     unsafe { (*event).flags |= verdict };
     count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit(crate::ring_flags(priority));
     Ok(())
 }
 

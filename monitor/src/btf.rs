@@ -381,6 +381,10 @@ offsets! {
     proc_inode_vfs_inode: "proc_inode", "vfs_inode";
     pid_tasks: "pid", "tasks";
     task_pid_links: "task_struct", "pid_links";
+    bpf_map_id: "bpf_map", "id";
+    bpf_link_id: "bpf_link", "id";
+    bpf_prog_aux: "bpf_prog", "aux";
+    bpf_prog_aux_id: "bpf_prog_aux", "id";
 }
 
 #[cfg(test)]

@@ -73,6 +73,14 @@ pub struct RunArgs {
     /// Compute every enforce-mode decision but only report it (`would-deny`, `would-kill`).
     #[arg(long)]
     pub dry_run: bool,
+    /// Load configuration files (and their directories) that users other than root may
+    /// change, with a warning and a `config-insecure` alert, instead of refusing to start.
+    #[arg(long)]
+    pub allow_insecure_config: bool,
+    /// Where the run's state file lives, to tell an unclean exit at the next start (also
+    /// MONITOR_STATE_DIR; default /var/lib/monitor).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub otlp: crate::otlp::OtlpArgs,
     #[command(flatten)]
@@ -134,6 +142,13 @@ pub struct CommonArgs {
     /// How often per-process GPU ioctl counts are reported.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub ioctl_summary_secs: u64,
+    /// Container metadata from the runtime's API, and the node name.
+    #[command(flatten)]
+    pub workload: crate::workload::WorkloadArgs,
+    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
+    /// hold what the configuration wrote (and repairs them).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub self_check_secs: u64,
 }
 
 impl CommonArgs {
@@ -162,6 +177,8 @@ impl CommonArgs {
             drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
             ready_file: self.ready_file.clone(),
             ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
+            workload: self.workload.options(),
+            self_check: Duration::from_secs(self.self_check_secs.max(1)),
             ..PipelineOptions::default()
         }
     }
@@ -222,6 +239,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let source = ConfigSource {
         path: args.config.clone(),
         extra_profiles: Vec::new(),
+        ..ConfigSource::default()
     };
     let config = match source.load() {
         Ok(config) => config,
@@ -253,6 +271,91 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `monitor run` reports before it starts: the previous run's unclean exit (from the
+/// state file, which it then keeps up to date) and a configuration that users other than
+/// root may change (`--allow-insecure-config`). Returns the state file and its writer.
+fn start_alerts(
+    source: &ConfigSource,
+    config: &crate::config::Config,
+    state_dir: &std::path::Path,
+    outputs: &mut Outputs,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> Option<(
+    std::sync::Arc<crate::liveness::StateFile>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let mut raise = |alert: crate::alert::Alert| {
+        metrics.alert(&alert.rule, alert.severity);
+        let _ = outputs.send(&alert);
+    };
+    if source.allow_insecure {
+        let insecure: Vec<String> = source
+            .insecure(config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !insecure.is_empty() {
+            for line in &insecure {
+                tracing::warn!("{line} (loaded anyway: --allow-insecure-config)");
+            }
+            let now = i128::from(crate::liveness::unix_now_ns());
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("monitor.config.insecure".into(), insecure.into());
+            if let Some(path) = &source.path {
+                attributes.insert(
+                    "monitor.config.path".into(),
+                    path.display().to_string().into(),
+                );
+            }
+            raise(crate::alert::Alert {
+                rule: crate::config::diff::CONFIG_INSECURE.id.into(),
+                severity: crate::config::diff::CONFIG_INSECURE.severity,
+                action: crate::alert::Action::Alert,
+                profile: None,
+                time_unix_ns: now,
+                observed_unix_ns: now,
+                count: 1,
+                uid: crate::alert::new_uid(),
+                attributes,
+            });
+        }
+    }
+    let (state, unclean) = match crate::liveness::StateFile::open(state_dir) {
+        Ok(opened) => opened,
+        Err(err) => {
+            tracing::warn!(
+                "{err:#}; unclean exits of this run will not be reported at the next start"
+            );
+            return None;
+        }
+    };
+    if let Some(unclean) = unclean {
+        let alert = unclean.alert();
+        tracing::warn!(
+            from = %alert.attributes["monitor.unclean_exit.from"],
+            to = %alert.attributes["monitor.unclean_exit.to"],
+            "the previous run did not stop cleanly (killed, crashed or the host went down): nothing was watched in between"
+        );
+        raise(alert);
+    }
+    let _ = outputs.flush();
+    let state = std::sync::Arc::new(state);
+    let writer = {
+        let (state, metrics) = (state.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::liveness::STATE_INTERVAL);
+            loop {
+                tick.tick().await;
+                let state = state.clone();
+                let beat = metrics.last_beat();
+                // A small file write and a rename: off the async workers all the same.
+                let _ = tokio::task::spawn_blocking(move || state.alive(beat)).await;
+            }
+        })
+    };
+    Some((state, writer))
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -275,6 +378,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let source = ConfigSource {
                 path: args.config.clone(),
                 extra_profiles: args.profiles.clone(),
+                allow_insecure: args.allow_insecure_config,
             };
             let config = match source.load() {
                 Ok(config) => config,
@@ -306,28 +410,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     spool = %dir.display(),
                     "alerts are exported over OTLP (spooled on disk first)"
                 );
+                let mut settings = settings;
+                settings.heartbeat_interval = config.heartbeat;
                 sinks.push(Box::new(
                     crate::otlp::OtlpSink::start(settings, &dir, max_bytes, metrics.clone())?
                         .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
                 ));
             }
+            let mut outputs = Outputs::new(sinks, Some(metrics.clone()));
+            let state_dir = args
+                .state_dir
+                .clone()
+                .or_else(|| std::env::var_os("MONITOR_STATE_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(crate::liveness::DEFAULT_STATE_DIR));
+            let state = start_alerts(&source, &config, &state_dir, &mut outputs, &metrics);
             // Guards are fanotify's (crate::guard): the kernel's open hooks do not judge
             // protected paths in `run`, so unwatched processes' opens cost one map lookup.
             let mut sensor = args.common.sensor_options(false);
             sensor.dry_run = args.dry_run;
-            crate::daemon::run(Plan {
+            let result = crate::daemon::run(Plan {
                 mode: Mode::Run,
                 sensor,
                 pipeline: args.common.pipeline_options(),
                 selectors: WatchSelectors::default(),
                 out: std::io::sink(),
-                sinks: vec![Box::new(Outputs::new(sinks, Some(metrics.clone())))],
+                sinks: vec![Box::new(outputs)],
                 config: Some((source, config)),
                 observer: None,
                 metrics: Some(metrics),
             })
-            .await
-            .map(drop)
+            .await;
+            if let Some((state, writer)) = state {
+                writer.abort();
+                // A stop that ends in an error is not clean: the next start reports it.
+                if result.is_ok() {
+                    state.clean();
+                }
+            }
+            result.map(drop)
         }
         Command::Learn(args) => crate::learn::run(args).await,
         Command::Spool(SpoolArgs {
@@ -339,6 +459,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
+            // The kernel watches a program that `--exe` names from its exec on: its first
+            // events (the loader's opens, an early bind) come before user space could react.
+            sensor_options.exec_candidates = crate::policy::executables_matching(&selectors.exes);
             sensor_options.protect_dirs = args.protect.clone();
             sensor_options.protect_suffixes = args.protect_suffixes.clone();
             crate::daemon::run(Plan {

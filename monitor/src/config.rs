@@ -18,6 +18,8 @@
 //!   otlp: { endpoint: "http://127.0.0.1:4318", protocol: http/protobuf, headers: {}, ca_file: null }
 //!   spool: { dir: /var/lib/monitor/spool, max_bytes: 67108864 }
 //! dedup_window_secs: 10                # optional; 0 turns deduplication off
+//! locked: false                        # optional; true: changes wait for a restart
+//! heartbeat_secs: 30                   # optional; OTLP heartbeat and `monitor.up` period
 //! ```
 //!
 //! Without `--config`, [`Config::builtin`] is used: the curated profiles of
@@ -26,6 +28,8 @@
 //! reported, not only the first.
 
 mod builtin;
+pub mod diff;
+pub mod perms;
 pub(crate) mod yaml;
 
 use std::{
@@ -46,6 +50,10 @@ pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 /// Longest deduplication window accepted.
 const MAX_DEDUP_WINDOW_SECS: u64 = 3600;
+/// Heartbeat period when the config does not give one.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Longest heartbeat period accepted: a collector waits two periods before it says "down".
+const MAX_HEARTBEAT_SECS: u64 = 3600;
 
 const CONFIG_KEYS: &[&str] = &[
     "builtin_profiles",
@@ -53,6 +61,8 @@ const CONFIG_KEYS: &[&str] = &[
     "guards",
     "outputs",
     "dedup_window_secs",
+    "locked",
+    "heartbeat_secs",
 ];
 const GUARDS_KEYS: &[&str] = &["protected_paths", "gpu"];
 const PROTECTED_KEYS: &[&str] = &["paths", "read", "write", "enforce"];
@@ -73,6 +83,10 @@ pub struct Config {
     pub outputs: Outputs,
     /// Identical alerts within this window are folded into one; zero: no folding.
     pub dedup_window: Duration,
+    /// `locked: true`: changes of the files are refused (and reported) until a restart.
+    pub locked: bool,
+    /// How often the OTLP heartbeat (a log record and `monitor.up`) is sent.
+    pub heartbeat: Duration,
 }
 
 /// Host-wide rules, for every process.
@@ -297,6 +311,14 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
         let candidates = crate::policy::exec_candidates(&loaded);
         let capacity = crate::policy::candidate_capacity(candidates.keys.len());
         report.notes = candidates.describe(capacity);
+        report
+            .notes
+            .extend(loaded.iter().filter(|p| p.allow.allows_nothing()).map(|p| {
+                format!(
+                    "warning: {}: profile \"{}\" allows nothing: every exec, file, network and device access of the processes it selects is an alert; add allow rules, or learn them with `monitor learn`",
+                    p.location, p.name
+                )
+            }));
     }
     report
 }
@@ -497,6 +519,25 @@ pub(crate) fn parse_config(file: &Path, text: &str) -> Result<Config, Vec<Diagno
             Some(Duration::from_secs(secs))
         })
         .unwrap_or(DEFAULT_DEDUP_WINDOW);
+    let locked = fields
+        .get("locked")
+        .and_then(|node| reader.boolean(node, "locked"))
+        .unwrap_or(false);
+    let heartbeat = fields
+        .get("heartbeat_secs")
+        .and_then(|node| {
+            let secs = reader.unsigned(node, "heartbeat_secs")?;
+            if secs == 0 || secs > MAX_HEARTBEAT_SECS {
+                reader.error(
+                    node,
+                    "heartbeat_secs",
+                    format!("{secs} is not between 1 and {MAX_HEARTBEAT_SECS} seconds"),
+                );
+                return None;
+            }
+            Some(Duration::from_secs(secs))
+        })
+        .unwrap_or(DEFAULT_HEARTBEAT);
 
     // The config's own problems first, in file order, then those of the profile files.
     let (own, others): (Vec<_>, Vec<_>) = diagnostics.into_iter().partition(|d| d.file == file);
@@ -512,6 +553,8 @@ pub(crate) fn parse_config(file: &Path, text: &str) -> Result<Config, Vec<Diagno
         guards,
         outputs,
         dedup_window,
+        locked,
+        heartbeat,
     })
 }
 

@@ -8,6 +8,8 @@
 
 use serde::Serialize;
 
+use crate::workload::MetadataSlot;
+
 /// The container a cgroup belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ContainerRef {
@@ -15,6 +17,10 @@ pub struct ContainerRef {
     pub id: String,
     /// `"docker"`, `"containerd"`, `"cri-o"`, `"podman"` or `"unknown"`.
     pub runtime: &'static str,
+    /// What the runtime's API says about it, filled in the background
+    /// ([`crate::workload`]); shared by every process of the container, empty until then.
+    #[serde(skip)]
+    pub metadata: MetadataSlot,
 }
 
 /// Length of a container id, in hexadecimal digits.
@@ -119,6 +125,7 @@ fn container(id: &str, runtime: &'static str) -> Component {
     Component::Container(ContainerRef {
         id: id.to_owned(),
         runtime,
+        metadata: MetadataSlot::default(),
     })
 }
 
@@ -144,6 +151,7 @@ mod tests {
         let wanted = ContainerRef {
             id: ID.to_owned(),
             runtime,
+            metadata: MetadataSlot::default(),
         };
         assert_eq!(found, Some(wanted), "path {path}");
     }
@@ -263,6 +271,7 @@ mod tests {
             Some(ContainerRef {
                 id: inner.to_owned(),
                 runtime: "docker",
+                metadata: MetadataSlot::default(),
             })
         );
     }

@@ -13,7 +13,10 @@ use crate::{
     alert::{new_uid, Action, Alert},
     cgroup::CgroupResolver,
     clock::BootClock,
-    config::Config,
+    config::{
+        diff::{ConfigDiff, CONFIG_CHANGED, CONFIG_CHANGE_REFUSED},
+        Config,
+    },
     guard::GuardService,
     ioctls::IoctlTracker,
     metrics::Metrics,
@@ -91,6 +94,8 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::guard::EVENT_QUEUE);
+    // What must not share fate with bulk events, when the queue is filling (see read_ring).
+    let (urgent_tx, mut urgent_rx) = mpsc::channel(pipeline_options.queue_batches);
     let reader = tokio::spawn(pipeline::read_ring(
         maps.events,
         queue_tx,
@@ -98,13 +103,13 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         counters.clone(),
         stop_rx,
         Some(guard_rx),
+        maps.priority,
+        urgent_tx,
     ));
+    let mut objects = maps.objects;
     let mut guards = GuardService::new(guard_tx, counters.guard.clone(), sensor_options.dry_run);
 
-    let mut policy = KernelPolicy {
-        maps: maps.policy,
-        dry_run: sensor_options.dry_run,
-    };
+    let mut policy = KernelPolicy::new(maps.policy, sensor_options.dry_run);
     let mut source = None;
     let mut engine = None;
     if let Some((config_source, config)) = config {
@@ -150,6 +155,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut pending_reload: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     let mut signals = Signals::new()?;
     sensor.attach()?;
+    let object_names = sensor
+        .register(&mut objects)
+        .context("failed to file the monitor's own BPF objects for the tamper hook")?;
 
     let cgroups = match CgroupResolver::new() {
         Ok(resolver) => Some(resolver),
@@ -179,6 +187,12 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         processor.watched_threads = Some(maps.watched_threads);
     }
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
+    // Container metadata: looked up in the background from the first process of each
+    // container on (the /proc scan below included).
+    let workload = crate::workload::Registry::start(&pipeline_options.workload);
+    processor.table.containers = Some(workload.clone());
+    processor.pauses.names = object_names;
+    crate::tamper::file_own_threads(&mut processor);
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {
@@ -190,19 +204,50 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut ioctl_summary = tokio::time::interval(pipeline_options.ioctl_summary);
     let mut reload_poll = tokio::time::interval(RELOAD_POLL);
+    let mut self_check = tokio::time::interval(pipeline_options.self_check);
+    self_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = tokio::time::Instant::now();
     let deadline = duration.map(|d| started + d);
     let mut progress = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
+            Some(batch) = urgent_rx.recv() => {
+                processor.handle_batch(batch).context("failed to write output")?;
+            }
             batch = queue_rx.recv() => match batch {
-                Some(batch) => processor.handle_batch(batch).context("failed to write output")?,
+                Some(batch) => {
+                    // What skipped the queue goes first.
+                    while let Ok(urgent) = urgent_rx.try_recv() {
+                        processor.handle_batch(urgent).context("failed to write output")?;
+                    }
+                    processor.handle_batch(batch).context("failed to write output")?
+                }
                 None => break,
             },
+            _ = workload.arrived.notified() => {
+                // A container's image, pod and labels are known now: workload selectors may
+                // match processes that no profile governs yet (see `crate::workload`).
+                processor.govern_running();
+            }
+            _ = self_check.tick(), if mode == Mode::Run => {
+                let outcome = crate::tamper::self_check(&mut sensor, &mut policy);
+                if let Some(alert) = crate::tamper::check_alert(&clock, &outcome) {
+                    processor.raise(&alert);
+                    processor.flush_alerts();
+                }
+                if let Ok(names) = sensor.register(&mut objects) {
+                    processor.pauses.names = names;
+                }
+                crate::tamper::file_own_threads(&mut processor);
+            }
             _ = ioctl_summary.tick() => {
                 processor.report_ioctls(None).context("failed to write output")?;
             }
             _ = housekeeping.tick() => {
+                if let Some(metrics) = &processor.metrics {
+                    metrics.beat();
+                }
+                processor.check_pause();
                 processor.report_losses().context("failed to write output")?;
                 processor.flush_alerts();
                 processor.sweep();
@@ -297,6 +342,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         Ok(Err(err)) => warn!("ring buffer reader failed: {err:#}"),
         Err(err) => warn!("ring buffer reader panicked: {err}"),
     }
+    while let Ok(batch) = urgent_rx.try_recv() {
+        processor
+            .handle_batch(batch)
+            .context("failed to write output")?;
+    }
     while let Some(batch) = queue_rx.recv().await {
         processor
             .handle_batch(batch)
@@ -307,6 +357,13 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         .context("failed to write output")?;
     processor.flush_alerts();
     processor.finish().context("failed to write output")?;
+    let lookups_dropped = workload.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if lookups_dropped > 0 {
+        warn!(
+            lookups_dropped,
+            "container metadata lookups not made (their queue was full)"
+        );
+    }
     if let Some(path) = &pipeline_options.ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -343,7 +400,9 @@ fn reload_if_changed<W: Write>(
 }
 
 /// Loads the configuration again. A configuration that fails to load is reported (log and a
-/// `config-reload-failed` alert) and the one in force keeps running.
+/// `config-reload-failed` alert) and the one in force keeps running. One that loads is
+/// reported as `config-changed` with what changed; under `locked: true` it is not applied,
+/// and reported as `config-change-refused`.
 fn reload<W: Write>(
     source: &ConfigSource,
     fingerprint: &mut crate::reload::Fingerprint,
@@ -352,6 +411,11 @@ fn reload<W: Write>(
     clock: &BootClock,
     guards: &mut GuardService,
 ) {
+    let old = processor.engine.as_ref().map(|e| e.config().clone());
+    if let Some(old) = old.as_ref().filter(|old| old.locked) {
+        refuse_locked(source, fingerprint, old, processor, clock);
+        return;
+    }
     let config = match source.load() {
         Ok(config) => config,
         Err(diagnostics) => {
@@ -367,7 +431,10 @@ fn reload<W: Write>(
             return;
         }
     };
-    *fingerprint = source.fingerprint(&config);
+    let read = source.fingerprint(&config);
+    // SIGHUP (also sent by logrotate) with the files as they were is no change to report.
+    let files_changed = read != *fingerprint;
+    *fingerprint = read;
     // The kernel first: if it refuses the new rules, its maps are put back and the daemon
     // keeps the old rules too, so both sides always judge by the same configuration.
     if let Err(err) = policy.apply(&config) {
@@ -392,8 +459,112 @@ fn reload<W: Write>(
         reload_failed(source, vec![err], processor, clock);
         return;
     }
-    processor.reload(config);
+    processor.reload(config.clone());
     info!(profiles, "configuration reloaded");
+    if let Some(old) = old {
+        let diff = ConfigDiff::between(&old, &config);
+        if diff.is_empty() && !files_changed {
+            return;
+        }
+        let mut attributes = diff.attributes();
+        if source.allow_insecure {
+            let insecure: Vec<String> = source
+                .insecure(&config)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if !insecure.is_empty() {
+                warn!(files = ?insecure, "the configuration is in files that users other than root may change (--allow-insecure-config)");
+                attributes.insert("monitor.config.insecure".into(), insecure.into());
+            }
+        }
+        let severity = diff.severity();
+        if diff.weakened.is_empty() {
+            info!(changes = ?diff.changes, "configuration changed");
+        } else {
+            warn!(changes = ?diff.changes, weakened = ?diff.weakened, "configuration changed: protection lowered");
+        }
+        config_alert(
+            CONFIG_CHANGED.id,
+            severity,
+            attributes,
+            source,
+            processor,
+            clock,
+        );
+    }
+}
+
+/// `locked: true`: the change is not applied; an alert says what it would have been.
+fn refuse_locked<W: Write>(
+    source: &ConfigSource,
+    fingerprint: &mut crate::reload::Fingerprint,
+    old: &crate::config::Config,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+) {
+    // The same attempt is reported once, not at every poll.
+    *fingerprint = source.fingerprint(old);
+    let mut attributes = match source.load() {
+        Ok(new) => {
+            let diff = ConfigDiff::between(old, &new);
+            if diff.is_empty() {
+                info!("the configuration is locked and its files match the one in force: nothing to refuse");
+                return;
+            }
+            diff.attributes()
+        }
+        Err(diagnostics) => {
+            let mut attributes = serde_json::Map::new();
+            let errors: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+            attributes.insert("monitor.config.errors".into(), errors.into());
+            attributes
+        }
+    };
+    attributes.insert("monitor.config.locked".into(), true.into());
+    warn!(
+        changes = ?attributes.get("monitor.config.changes"),
+        "the configuration is locked (locked: true): its files changed, the change is refused until a restart"
+    );
+    config_alert(
+        CONFIG_CHANGE_REFUSED.id,
+        CONFIG_CHANGE_REFUSED.severity,
+        attributes,
+        source,
+        processor,
+        clock,
+    );
+}
+
+/// Raises one of the configuration's alerts, with the config's path.
+fn config_alert<W: Write>(
+    rule: &str,
+    severity: crate::alert::Severity,
+    mut attributes: serde_json::Map<String, serde_json::Value>,
+    source: &ConfigSource,
+    processor: &mut Processor<W>,
+    clock: &BootClock,
+) {
+    let now = clock.unix_ns(BootClock::boot_now_ns());
+    if let Some(path) = &source.path {
+        attributes.insert(
+            "monitor.config.path".into(),
+            path.display().to_string().into(),
+        );
+    }
+    let alert = Alert {
+        rule: rule.into(),
+        severity,
+        action: Action::Alert,
+        profile: None,
+        time_unix_ns: now,
+        observed_unix_ns: now,
+        count: 1,
+        uid: new_uid(),
+        attributes,
+    };
+    processor.raise(&alert);
+    processor.flush_alerts();
 }
 
 /// Raises `config-reload-failed` with what went wrong.

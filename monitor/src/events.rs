@@ -27,6 +27,46 @@ pub enum Event {
     GpuIoctls(GpuIoctls),
     MemoryAccess(MemoryAccess),
     IoUring(IoUring),
+    Tamper(Tamper),
+}
+
+/// What another process did to the monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TamperOp {
+    /// A `bpf()` command on one of the monitor's objects.
+    Bpf {
+        /// The command (`BPF_LINK_DETACH`, ...).
+        cmd: u32,
+        object: monitor_common::BpfObjectKind,
+        id: u32,
+        /// Named by an id in the caller's memory (a `*_GET_FD_BY_ID`), not resolved from
+        /// its fd table: suspected.
+        unverified: bool,
+        /// A map fd asked read-only.
+        read_only: bool,
+    },
+    /// A signal sent to the monitor (to this thread of it).
+    Signal { signal: u32, thread: u32 },
+}
+
+impl TamperOp {
+    /// `monitor.tamper.operation`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TamperOp::Bpf { .. } => "bpf",
+            TamperOp::Signal { .. } => "signal",
+        }
+    }
+}
+
+/// Another process reached for the monitor: a `bpf()` call on its objects, or a signal. The
+/// header is about the actor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tamper {
+    pub header: Header,
+    pub op: TamperOp,
+    /// The `bpf()` return (fd or 0, `-errno`), or the signal's `TRACE_SIGNAL_*` result.
+    pub result: Option<i64>,
 }
 
 /// How another process reached a governed process's memory.
@@ -91,6 +131,8 @@ pub struct MemoryAccess {
     pub would_kill: bool,
     /// Seen at the syscall's exit (an open) rather than its entry.
     pub at_exit: bool,
+    /// The target is the monitor itself.
+    pub monitor: bool,
 }
 
 /// What a governed process did with io_uring.
@@ -533,6 +575,7 @@ impl Event {
             Event::GpuIoctls(e) => &e.header,
             Event::MemoryAccess(e) => &e.header,
             Event::IoUring(e) => &e.header,
+            Event::Tamper(e) => &e.header,
         }
     }
 }
@@ -799,6 +842,32 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 killed: raw.flags & MEMORY_KILLED != 0,
                 would_kill: raw.flags & MEMORY_WOULD_KILL != 0,
                 at_exit: raw.flags & MEMORY_AT_EXIT != 0,
+                monitor: raw.flags & monitor_common::MEMORY_TARGET_MONITOR != 0,
+            }))
+        }
+        EventKind::Tamper => {
+            use monitor_common::{TamperEvent, TamperOpCode, TAMPER_READ_ONLY, TAMPER_RESULT};
+            let raw: TamperEvent = read(bytes, raw_kind)?;
+            let op = match TamperOpCode::try_from(raw.op)
+                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
+            {
+                TamperOpCode::Bpf => TamperOp::Bpf {
+                    cmd: raw.cmd,
+                    object: monitor_common::BpfObjectKind::try_from(raw.object_kind)
+                        .map_err(|_| DecodeError::UnknownKind(raw_kind))?,
+                    id: raw.object_id,
+                    unverified: raw.flags & monitor_common::TAMPER_UNVERIFIED != 0,
+                    read_only: raw.flags & TAMPER_READ_ONLY != 0,
+                },
+                TamperOpCode::Signal => TamperOp::Signal {
+                    signal: raw.cmd,
+                    thread: raw.object_id,
+                },
+            };
+            Ok(Event::Tamper(Tamper {
+                header: header(&raw.header, kind),
+                op,
+                result: (raw.flags & TAMPER_RESULT != 0).then_some(raw.result),
             }))
         }
         EventKind::IoUring => {

@@ -14,17 +14,23 @@
 //! what they do. What it counts is generalised into rules by [`generalise`] and written by
 //! [`render`] with a comment header and each rule's number of observations.
 //!
-//! What becomes a rule mirrors what `monitor run` checks (`crate::rules`): an open is a read
-//! unless it may change the file, and also a read when it reads; every other file operation
-//! is a write; failed opens of missing paths are probes; TCP listens and UDP binds are
-//! `listen`; connects and UDP sends `connect`; unix socket connects, sends and binds `unix`;
-//! execs that leave the selector `exec`.
+//! What becomes a rule is what `monitor run` checks: each event is classified by the rules'
+//! own classifier ([`crate::rules::classify`]): an open is a read unless it may change the
+//! file, and also a read when it reads; every other file operation is a write; failed opens
+//! of missing paths are probes; TCP listens and UDP binds are `listen`; connects and UDP
+//! sends `connect`; unix socket connects, sends and binds `unix`; execs that leave the
+//! selector `exec`; any io_uring use `io_uring`.
+//!
+//! Learning then widens a little, so that the profile survives the next run: a path the
+//! processes wrote is also readable (a cache written on the first run is read on the
+//! second), and a listening port is widened to the ephemeral range only when the kernel
+//! chose it (a `bind` to port 0, or none), never when the process asked for it.
 
 pub mod generalise;
 pub mod render;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -42,18 +48,16 @@ use crate::{
     alert::Alert,
     cli::CommonArgs,
     daemon::Plan,
-    events::{Device, DeviceClass, Event, File, FileOp, Net, NetOp, Transport},
-    glob::{expand, Glob},
+    events::{Device, DeviceClass, Event, File, Net, NetOp},
+    glob::Glob,
     pipeline::{Mode, Observer, WatchSelectors},
     process::{same_start, Process, ProcessTable},
     profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
+    rules::classify::{file_use, is_probe, net_use, FileUse, NetUse},
     sink::AlertSink,
 };
 use generalise::{Counted, PathContext};
 use render::{Draft, Item, SelectorText};
-
-const ENOENT: i64 = 2;
-const ENOTDIR: i64 = 20;
 
 /// Most distinct paths (or addresses) kept per list; past it, a new path is kept as its
 /// directory's `dir/**`, so that a process that makes endless new names cannot exhaust memory.
@@ -200,6 +204,7 @@ pub fn compile(text: &SelectorText) -> Result<Selector, String> {
             .iter()
             .map(|g| path("cgroup", g))
             .collect::<Result<_, _>>()?,
+        ..Selector::default()
     })
 }
 
@@ -257,6 +262,11 @@ pub struct Seen {
     pub listen: HashMap<SocketAddr, u64>,
     pub connect: HashMap<SocketAddr, u64>,
     pub devices: BTreeMap<DeviceClass, u64>,
+    /// Ports the processes asked for by name in a `bind` (not 0): a listen on one of them is
+    /// the server's own port, never widened to the ephemeral range.
+    pub bound_ports: BTreeSet<u16>,
+    /// io_uring uses (rings created, requests submitted).
+    pub io_uring: u64,
     /// Failed opens of missing paths (not rules).
     pub probes: u64,
     /// Paths the kernel could not resolve to an absolute path (not rules).
@@ -422,13 +432,14 @@ impl Learning {
         match event {
             Event::Exec(exec) => {
                 let args = join_args(&exec.args);
-                let cgroup = table
-                    .get(header.tgid, header.start_time_ns)
-                    .and_then(|p| p.cgroup_path.as_deref());
+                let process = table.get(header.tgid, header.start_time_ns);
                 let subject = Subject {
                     exe: Some(&exec.path),
                     args: &args,
-                    cgroup,
+                    cgroup: process.and_then(|p| p.cgroup_path.as_deref()),
+                    container: process
+                        .and_then(|p| p.container.as_ref())
+                        .and_then(|c| c.metadata.get()),
                 };
                 let matches = self.profile_selector().is_some_and(|s| s.matches(&subject));
                 if followed {
@@ -485,9 +496,16 @@ impl Learning {
                 self.events += 1;
                 Vec::new()
             }
-            // Another process's deed (memory), or what a profile allows as a whole (io_uring).
-            Event::MemoryAccess(_) | Event::IoUring(_) => {
+            // Another process's deed on this one (memory), or a deed against the monitor:
+            // nothing this one's profile allows.
+            Event::MemoryAccess(_) | Event::Tamper(_) => {
                 self.events += 1;
+                Vec::new()
+            }
+            // `monitor run` judges every io_uring use against `allow.io_uring`.
+            Event::IoUring(_) => {
+                self.events += 1;
+                self.seen.io_uring += 1;
                 Vec::new()
             }
         }
@@ -502,19 +520,14 @@ impl Learning {
     }
 
     fn file(&mut self, file: &File) {
-        if file.result == -ENOENT || file.result == -ENOTDIR {
+        if is_probe(file.result) {
             self.seen.probes += 1;
             return;
         }
-        let (reads, writes) = match file.op {
-            FileOp::Open => (
-                file.access.read || !file.access.modifies(),
-                file.access.modifies(),
-            ),
-            FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod | FileOp::Modify => {
-                (false, true)
-            }
-        };
+        let FileUse { reads, writes } = file_use(file);
+        // What the processes wrote they may read back: a cache first written on this run is
+        // only read on the next.
+        let reads = reads || writes;
         let paths = std::iter::once(file.path.as_str()).chain(file.target.as_deref());
         let mut patterns = Vec::new();
         for path in paths {
@@ -543,30 +556,25 @@ impl Learning {
     }
 
     fn net(&mut self, net: &Net) {
-        match (net.transport, net.op) {
-            (Transport::Unix, NetOp::Connect | NetOp::Send | NetOp::Bind) => {
-                if let Some(path) = net.unix_path.as_deref() {
-                    let pattern = generalise::path_pattern(path, &self.context(&net.header));
-                    count_path(&mut self.seen.unix, pattern);
-                }
+        // A port asked for by name (a TCP bind is no rule of its own: its listen is).
+        if let (NetOp::Bind, Some(local)) = (net.op, net.local) {
+            if local.port() != 0 {
+                self.seen.bound_ports.insert(local.port());
             }
-            (Transport::Unix, _) | (_, NetOp::Accept) => {}
-            (_, NetOp::Connect | NetOp::Send) => {
-                if let Some(peer) = net.peer {
-                    count_addr(&mut self.seen.connect, peer);
-                }
+        }
+        match net_use(net) {
+            Some(NetUse::UnixConnect(path) | NetUse::UnixBind(path)) => {
+                let pattern = generalise::path_pattern(path, &self.context(&net.header));
+                count_path(&mut self.seen.unix, pattern);
             }
-            (Transport::Udp, NetOp::Bind) | (Transport::Tcp | Transport::Other, NetOp::Listen) => {
-                if let Some(local) = net.local {
-                    count_addr(&mut self.seen.listen, local);
-                }
-            }
-            (_, NetOp::Bind | NetOp::Listen) => {}
+            Some(NetUse::Connect(peer)) => count_addr(&mut self.seen.connect, peer),
+            Some(NetUse::Listen(local)) => count_addr(&mut self.seen.listen, local),
+            None => {}
         }
     }
 
     fn device(&mut self, device: &Device) {
-        if device.result == -ENOENT || device.result == -ENOTDIR {
+        if is_probe(device.result) {
             return;
         }
         *self.seen.devices.entry(device.class).or_default() += 1;
@@ -608,6 +616,7 @@ impl Learning {
             listen: items(generalise::listen_rules(
                 &addrs(&self.seen.listen),
                 ephemeral,
+                &self.seen.bound_ports,
             )),
             unix: Some(items(generalise::prune(sorted(&self.seen.unix)))),
             devices: self
@@ -616,6 +625,8 @@ impl Learning {
                 .iter()
                 .map(|(class, count)| Item::learned(class.name(), *count))
                 .collect(),
+            io_uring: (self.seen.io_uring > 0).then(|| Item::learned("true", self.seen.io_uring)),
+            transitions: Vec::new(),
         }
     }
 }
@@ -626,6 +637,7 @@ fn selects(selector: &Selector, process: &Process) -> bool {
         exe: process.exe.as_deref(),
         args: &args,
         cgroup: process.cgroup_path.as_deref(),
+        container: process.container.as_ref().and_then(|c| c.metadata.get()),
     })
 }
 
@@ -968,18 +980,28 @@ impl Setup {
     }
 }
 
-/// Executables on this host that the selector may match: the kernel watches their execs from
-/// the first instruction.
-fn exec_candidates(selector: &SelectorText) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for pattern in &selector.executables {
-        if let Ok(glob) = Glob::new(pattern) {
-            found.extend(expand(&glob, 50_000));
+/// What was asked for, for the error when nothing was seen: `--select exe=…`, `--pid N`.
+fn what_was_selected(args: &LearnArgs, selector: Option<&SelectorText>) -> String {
+    let mut parts = Vec::new();
+    if let Some(selector) = selector {
+        let keys = [
+            ("exe", &selector.executables),
+            ("args", &selector.args),
+            ("cgroup", &selector.cgroups),
+        ];
+        let items: Vec<String> = keys
+            .iter()
+            .flat_map(|(key, globs)| globs.iter().map(move |glob| format!("{key}={glob}")))
+            .collect();
+        if !items.is_empty() {
+            parts.push(format!("selector {}", items.join(",")));
         }
     }
-    found.sort();
-    found.dedup();
-    found
+    if !args.pids.is_empty() {
+        let pids: Vec<String> = args.pids.iter().map(u32::to_string).collect();
+        parts.push(format!("--pid {}", pids.join(", ")));
+    }
+    parts.join(" and ")
 }
 
 /// Writes `text` to `path` through a temporary file in the same directory.
@@ -1011,7 +1033,13 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
     let lost = Arc::new(AtomicU64::new(0));
     let mut sensor = args.common.sensor_options(false);
     if let Some(selector) = &setup.selector {
-        sensor.exec_candidates = exec_candidates(selector);
+        // The kernel watches the executables the selector may match from their exec on.
+        let globs: Vec<Glob> = selector
+            .executables
+            .iter()
+            .filter_map(|pattern| Glob::new(pattern).ok())
+            .collect();
+        sensor.exec_candidates = crate::policy::executables_matching(&globs);
     }
     let started = SystemTime::now();
     info!(out = %args.out.display(), "learning");
@@ -1032,6 +1060,23 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
 
     let learning = learning.lock().unwrap_or_else(|p| p.into_inner());
     let started = learning.started.unwrap_or(started);
+    if learning.selected.is_empty() {
+        // A profile of nothing would raise an alert for everything the server does.
+        let took = ended.duration_since(started).unwrap_or_default();
+        // `ended` includes the shutdown: a timed learning that ran its course says its duration.
+        let took = match args.duration {
+            Some(requested) if took >= requested => requested,
+            _ => took,
+        };
+        bail!(
+            "failed to learn: no selected process was seen in {} ({}); start the server while \
+             `monitor learn` runs, or check the selector against `ps -eo pid,args`; {} was not \
+             written",
+            human(took),
+            what_was_selected(&args, setup.selector.as_ref()),
+            args.out.display()
+        );
+    }
     let selector = setup
         .selector
         .clone()
@@ -1068,10 +1113,8 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
         + draft.connect.len()
         + draft.listen.len()
         + draft.unix.as_ref().map_or(0, Vec::len)
-        + draft.devices.len();
-    if learning.selected.is_empty() {
-        warn!("no selected process was seen: the profile allows nothing");
-    }
+        + draft.devices.len()
+        + usize::from(draft.io_uring.is_some());
     eprintln!(
         "learned profile \"{}\" written to {}: {rules} rules from {} events of {} processes",
         draft.name,

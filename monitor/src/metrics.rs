@@ -48,6 +48,8 @@ pub struct Metrics {
     spool_write_failed: AtomicU64,
     spool_dropped: [AtomicU64; 4],
     spool_corrupt_bytes: AtomicU64,
+    /// When the daemon's main loop last went round (Unix ns; 0: not yet).
+    beat_unix_ns: AtomicU64,
 }
 
 /// How a point is aggregated.
@@ -158,6 +160,18 @@ impl Metrics {
     /// Bytes of torn or corrupt spool segments skipped at start-up.
     pub fn spool_corrupt_bytes(&self, n: u64) {
         self.spool_corrupt_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The daemon's main loop is alive now (called from its housekeeping tick); the state
+    /// file and the OTLP heartbeat report it.
+    pub fn beat(&self) {
+        self.beat_unix_ns
+            .store(crate::liveness::unix_now_ns(), Ordering::Relaxed);
+    }
+
+    /// When the main loop last went round (Unix ns; 0: not yet).
+    pub fn last_beat(&self) -> u64 {
+        self.beat_unix_ns.load(Ordering::Relaxed)
     }
 
     /// Value of one of the plain counters, by metric name (tests and logs).

@@ -88,6 +88,10 @@ fn process_keys(map: &mut Map<String, Value>, clock: &BootClock, process: &Proce
     if let Some(container) = &process.container {
         map.insert("container.id".into(), json!(container.id));
         map.insert("container.runtime".into(), json!(container.runtime));
+        // Known once the runtime's API answered (`crate::workload`): name, image, pod.
+        if let Some(meta) = container.metadata.get() {
+            meta.insert_keys(map);
+        }
     }
 }
 
@@ -106,6 +110,9 @@ pub fn event_record(
 ) -> Value {
     let header = event.header();
     let mut map = base(clock, header.kind.name(), header.time_ns);
+    if let Some(node) = table.containers.as_ref().and_then(|r| r.node_name()) {
+        map.insert("k8s.node.name".into(), json!(node));
+    }
     if let Some(process) = process {
         process_keys(&mut map, clock, process);
         parent_keys(&mut map, table, process);
@@ -176,6 +183,7 @@ pub fn event_record(
             );
         }
         Event::MemoryAccess(access) => memory_keys(&mut map, table, access),
+        Event::Tamper(tamper) => tamper_keys(&mut map, tamper),
         Event::IoUring(uring) => {
             map.insert("monitor.io_uring.operation".into(), json!(uring.op.name()));
             if let IoUringOp::Submit(opcode) = uring.op {
@@ -225,6 +233,9 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
         "monitor.target.process.pid".into(),
         json!(access.target_tgid),
     );
+    if access.monitor {
+        map.insert("monitor.target.monitor".into(), json!(true));
+    }
     let target = if access.target_start_time_ns != 0 {
         table.get(access.target_tgid, access.target_start_time_ns)
     } else {
@@ -238,6 +249,63 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
             "monitor.target.process.command_args".into(),
             json!(target.args),
         );
+    }
+}
+
+/// What was done to the monitor: `monitor.tamper.*`, and the object (`monitor.bpf.*`) or
+/// the signal.
+fn tamper_keys(map: &mut Map<String, Value>, tamper: &crate::events::Tamper) {
+    use crate::events::TamperOp;
+    map.insert("monitor.tamper.operation".into(), json!(tamper.op.name()));
+    match tamper.op {
+        TamperOp::Bpf {
+            cmd,
+            object,
+            id,
+            unverified,
+            read_only,
+        } => {
+            map.insert(
+                "monitor.bpf.command".into(),
+                json!(monitor_common::bpf_cmd_name(cmd)),
+            );
+            map.insert(
+                "monitor.bpf.object.kind".into(),
+                json!(match object {
+                    monitor_common::BpfObjectKind::Program => "program",
+                    monitor_common::BpfObjectKind::Map => "map",
+                    monitor_common::BpfObjectKind::Link => "link",
+                }),
+            );
+            map.insert("monitor.bpf.object.id".into(), json!(id));
+            // Resolved from the caller's fd table (identified), or named by an id in its
+            // memory (suspected).
+            map.insert("monitor.unverified".into(), json!(unverified));
+            if read_only {
+                map.insert("monitor.bpf.read_only".into(), json!(true));
+            }
+            if let Some(result) = tamper.result {
+                result_keys(map, result, "monitor.result");
+            }
+        }
+        TamperOp::Signal { signal, thread } => {
+            map.insert("monitor.signal.number".into(), json!(signal));
+            if let Some(name) = signal_name(signal) {
+                map.insert("monitor.signal.name".into(), json!(name));
+            }
+            map.insert("monitor.target.thread.id".into(), json!(thread));
+            // TRACE_SIGNAL_*: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose
+            // info.
+            if let Some(result) = tamper.result {
+                let outcome = match result {
+                    0 => "delivered",
+                    1 => "ignored",
+                    2 => "already-pending",
+                    _ => "other",
+                };
+                map.insert("monitor.signal.result".into(), json!(outcome));
+            }
+        }
     }
 }
 

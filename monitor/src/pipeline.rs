@@ -20,7 +20,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::{
-    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_EXE, WATCH_PID, WATCH_PROFILE,
+    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE, WATCH_PID,
+    WATCH_PROFILE,
 };
 use serde_json::Value;
 use tokio::{
@@ -65,6 +66,15 @@ fn kind_slot(kind: EventKind) -> usize {
 /// (`guard_events`) join each batch after the ring's: those that arrived before a drain
 /// started come after every ring record written before them (an exec is in the kernel's
 /// ring before the open that process makes next is seen by fanotify).
+///
+/// Events that must not share fate with bulk ones (the kernel's priority ring: tampering,
+/// kills and denials, memory accesses; and the guards' events) come first: the priority ring
+/// is drained before the bulk one, and when the processing queue is more than half full
+/// they skip it through `urgent`, which the processor takes before the queue.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "wires the reader once at start-up"
+)]
 pub async fn read_ring(
     ring: RingBuf<MapData>,
     queue: mpsc::Sender<Vec<Event>>,
@@ -72,17 +82,29 @@ pub async fn read_ring(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
     guard_events: Option<std::sync::mpsc::Receiver<Event>>,
+    priority: RingBuf<MapData>,
+    urgent: mpsc::Sender<Vec<Event>>,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, keeps it open while the AsyncFd owns the RingBuf,
     // and as_raw_fd always returns that fd.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("failed to poll the ring buffer")?;
+    // SAFETY: as above.
+    let mut priority =
+        unsafe { AsyncFd::register_with_interest(priority, tokio::io::Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)
+            .context("failed to poll the priority ring buffer")?;
+    let queue_capacity = queue.max_capacity();
     let mut tick = tokio::time::interval(drain_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renames = RenameJoiner::default();
     loop {
         let stopping = tokio::select! {
+            guard = priority.readable_mut() => {
+                guard.context("failed to poll the priority ring buffer")?.clear_ready();
+                false
+            }
             guard = ring.readable_mut() => {
                 guard.context("failed to poll the ring buffer")?.clear_ready();
                 false
@@ -90,10 +112,33 @@ pub async fn read_ring(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        let guarded: Vec<Event> = guard_events
+        // The priority ring first: a flood in the bulk ring cannot delay it.
+        let mut first = Vec::new();
+        let buffer = priority.get_mut();
+        while let Some(record) = buffer.next() {
+            match decode(&record) {
+                Ok(event) => first.push(event),
+                Err(err) => {
+                    counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                    debug!("dropped a record: {err}");
+                }
+            }
+        }
+        let mut guarded: Vec<Event> = guard_events
             .as_ref()
             .map(|rx| rx.try_iter().collect())
             .unwrap_or_default();
+        // A processor falling behind (the queue more than half full): what matters skips it.
+        if queue.capacity() < queue_capacity / 2 {
+            first.append(&mut guarded);
+            first.sort_by_key(|e| e.header().time_ns);
+            send_urgent(&urgent, first, &counters);
+            first = Vec::new();
+        } else {
+            // In time order with the guards' events (see the merge below).
+            guarded.append(&mut first);
+            guarded.sort_by_key(|e| e.header().time_ns);
+        }
         let mut batch = Vec::new();
         let buffer = ring.get_mut();
         while let Some(record) = buffer.next() {
@@ -125,14 +170,47 @@ pub async fn read_ring(
                 mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
             ) = queue.try_send(batch)
             {
-                for event in &batch {
+                // Bulk events are lost (and counted); the others take the urgent way.
+                let (keep, lost): (Vec<Event>, Vec<Event>) =
+                    batch.into_iter().partition(is_priority);
+                for event in &lost {
                     counters.user_lost[kind_slot(event.header().kind)]
                         .fetch_add(1, Ordering::Relaxed);
                 }
+                send_urgent(&urgent, keep, &counters);
             }
         }
         if stopping {
             return Ok(());
+        }
+    }
+}
+
+/// Whether an event must not share fate with bulk events: tampering with the monitor,
+/// enforcement, memory accesses, guard hits.
+pub fn is_priority(event: &Event) -> bool {
+    use crate::events::Decision;
+    match event {
+        Event::Tamper(_) | Event::MemoryAccess(_) => true,
+        Event::File(file) => file.guard.is_some() || file.killed || file.would_kill,
+        Event::Exec(exec) => exec.killed || exec.would_kill,
+        Event::Net(net) => matches!(net.decision, Decision::Denied | Decision::WouldDeny),
+        Event::Device(device) => matches!(device.decision, Decision::Denied | Decision::WouldDeny),
+        _ => false,
+    }
+}
+
+/// Hands events to the processor ahead of the queue; counts them lost if even that is full.
+fn send_urgent(urgent: &mpsc::Sender<Vec<Event>>, events: Vec<Event>, counters: &Counters) {
+    if events.is_empty() {
+        return;
+    }
+    if let Err(
+        mpsc::error::TrySendError::Full(events) | mpsc::error::TrySendError::Closed(events),
+    ) = urgent.try_send(events)
+    {
+        for event in &events {
+            counters.user_lost[kind_slot(event.header().kind)].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -210,6 +288,8 @@ pub struct Processor<W: Write> {
     pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
     pub watched_threads: Option<HashMap<MapData, u32, u32>>,
+    /// Stops of the monitor, and its objects' names (see [`crate::tamper`]).
+    pub pauses: crate::tamper::Pauses,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -253,6 +333,7 @@ impl<W: Write> Processor<W> {
             metrics: None,
             known: None,
             watched_threads: None,
+            pauses: crate::tamper::Pauses::default(),
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -370,6 +451,10 @@ impl<W: Write> Processor<W> {
     /// Runs the rules over an event the table has applied, raises what they find, and keeps
     /// the kernel's watched set equal to the governed processes.
     fn judge(&mut self, event: &Event) {
+        if self.engine.is_none() {
+            return;
+        }
+        self.note_tamper(event);
         let Some(engine) = &mut self.engine else {
             return;
         };
@@ -426,6 +511,9 @@ impl<W: Write> Processor<W> {
         if findings == 0 {
             self.remember_allowed(event);
         }
+        for alert in &mut alerts {
+            self.name_object(event, alert);
+        }
         for alert in &alerts {
             self.raise(alert);
         }
@@ -464,6 +552,15 @@ impl<W: Write> Processor<W> {
         for tgid in tgids {
             self.watch(tgid, reason);
         }
+    }
+
+    /// Whether the kernel put this process in the watched set at its last exec, for its
+    /// executable (`WATCH_CANDIDATE`, neither inherited nor watched before: the kernel bumps
+    /// the generation of an entry that existed at exec).
+    fn fresh_candidate(&self, tgid: u32) -> bool {
+        self.watched
+            .get(&tgid, 0)
+            .is_ok_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
     }
 
     /// Puts a process in the kernel's watched set.
@@ -555,9 +652,20 @@ impl<W: Write> Processor<W> {
                     .and_then(|resolver| resolver.path(exec.cgroup_id));
                 let process = self.table.on_exec(exec.table_info(cgroup_path));
                 let tgid = process.tgid;
-                if !print && self.selectors.exes.iter().any(|g| g.matches(&exec.path)) {
+                let selected = self.selectors.exes.iter().any(|g| g.matches(&exec.path));
+                if !print && selected {
                     self.watch(tgid, WATCH_EXE);
                     print = true;
+                }
+                // Only `--exe` fills the candidate map in `monitor trace`.
+                let candidates = self.mode == Mode::Trace && !self.selectors.exes.is_empty();
+                if print && !selected && candidates && self.fresh_candidate(tgid) {
+                    // The kernel watched it at this exec for its executable's inode, which
+                    // `--exe` matched under another name (a hard link): not traced.
+                    if let Err(err) = self.watched.remove(&tgid) {
+                        debug!("failed to stop watching pid {tgid}: {err}");
+                    }
+                    print = self.selectors.all;
                 }
                 let process = self.table.get_by_tgid(tgid);
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))
@@ -599,7 +707,8 @@ impl<W: Write> Processor<W> {
             | Event::Device(_)
             | Event::GpuIoctls(_)
             | Event::MemoryAccess(_)
-            | Event::IoUring(_) => {
+            | Event::IoUring(_)
+            | Event::Tamper(_) => {
                 let process = self.table.get_by_tgid(tgid);
                 print.then(|| output::event_record(&self.clock, &self.table, &event, process))
             }
@@ -879,6 +988,10 @@ pub struct PipelineOptions {
     pub ready_file: Option<PathBuf>,
     /// How often per-process GPU ioctl counts are reported.
     pub ioctl_summary: Duration,
+    /// Container metadata lookups and `k8s.node.name`.
+    pub workload: crate::workload::WorkloadOptions,
+    /// How often the self-check verifies the monitor's links and policy maps.
+    pub self_check: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -888,6 +1001,8 @@ impl Default for PipelineOptions {
             queue_batches: 4096,
             ready_file: None,
             ioctl_summary: Duration::from_secs(5),
+            workload: crate::workload::WorkloadOptions::default(),
+            self_check: crate::tamper::SELF_CHECK_INTERVAL,
         }
     }
 }
@@ -920,6 +1035,14 @@ mod enforcement_tests {
             unverified: false,
             known: None,
         })
+    }
+
+    #[test]
+    fn denials_and_deeds_against_the_monitor_skip_a_full_queue() {
+        assert!(is_priority(&connect(Decision::Denied, -1)));
+        assert!(is_priority(&connect(Decision::WouldDeny, 0)));
+        assert!(!is_priority(&connect(Decision::Allowed, 0)));
+        assert!(!is_priority(&connect(Decision::Observed, 0)));
     }
 
     #[test]

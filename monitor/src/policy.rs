@@ -3,7 +3,7 @@
 //! paths are not here: the fanotify guards ([`crate::guard`]) hold them. Kept in sync on
 //! reload: new entries go in before stale ones go out.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::PathBuf};
 
 use anyhow::Context as _;
 
@@ -99,6 +99,20 @@ impl Candidates {
     }
 }
 
+/// Executable files on this host that any of `globs` matches (absolute path globs, as in
+/// selectors and `monitor trace --exe`): the kernel watches their execs from the first
+/// instruction once they are in the exec-candidate map. Each walk visits at most
+/// [`EXPAND_BUDGET`] directory entries.
+pub fn executables_matching<'g>(globs: impl IntoIterator<Item = &'g Glob>) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = globs
+        .into_iter()
+        .flat_map(|glob| expand_executables(glob, EXPAND_BUDGET).files)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// Expands every profile's selector globs.
 pub fn exec_candidates(profiles: &[crate::profile::Profile]) -> Candidates {
     let mut keys = HashSet::new();
@@ -156,6 +170,43 @@ pub struct KernelPolicy {
     pub maps: PolicyMaps,
     /// `--dry-run`: every enforce decision is only reported.
     pub dry_run: bool,
+    /// What the last successful apply left in the maps: the self-check compares the maps
+    /// with it ([`KernelPolicy::verify`]) and writes it back where they differ.
+    written: Option<Snapshot>,
+}
+
+impl KernelPolicy {
+    pub fn new(maps: PolicyMaps, dry_run: bool) -> KernelPolicy {
+        KernelPolicy {
+            maps,
+            dry_run,
+            written: None,
+        }
+    }
+
+    /// Compares every policy map with what the configuration in force wrote (a digest of
+    /// each map's entries, whatever their order) and writes back the ones that differ:
+    /// returns their names. Nothing is compared before the first apply.
+    pub fn verify(&mut self) -> anyhow::Result<Vec<&'static str>> {
+        let KernelPolicy { maps, written, .. } = self;
+        let Some(written) = written else {
+            return Ok(Vec::new());
+        };
+        let now = Snapshot::take(maps).context("failed to read the kernel's policy maps")?;
+        let changed: Vec<&'static str> = written
+            .digests()
+            .iter()
+            .zip(now.digests())
+            .filter(|(wanted, found)| wanted.1 != found.1)
+            .map(|(wanted, _)| wanted.0)
+            .collect();
+        if !changed.is_empty() {
+            written
+                .restore(maps)
+                .context("failed to write the policy maps back")?;
+        }
+        Ok(changed)
+    }
 }
 
 /// The IPv6 form of a network rule's address (IPv4 mapped) and its prefix length.
@@ -233,6 +284,10 @@ impl KernelPolicy {
         let saved = Snapshot::take(&self.maps)
             .context("failed to read the kernel's policy maps before changing them")?;
         let Err(err) = self.apply_all(config, candidates) else {
+            self.written = Some(
+                Snapshot::take(&self.maps)
+                    .context("failed to read the kernel's policy maps after changing them")?,
+            );
             return Ok(());
         };
         // E2BIG from a hash map, ENOSPC from an LPM trie: say it in words.
@@ -471,6 +526,68 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Per map, its name and a digest of its entries that does not depend on their order.
+    fn digests(&self) -> [(&'static str, u64); 9] {
+        use monitor_common::maps;
+        let trie = |entries: &[(Key<NetKey>, PortRanges)]| {
+            digest(
+                entries
+                    .iter()
+                    .map(|(k, v)| [bytes(&k.prefix_len()), bytes(&k.data()), bytes(v)].concat()),
+            )
+        };
+        [
+            (maps::PROTECTED_DIRS, digest_pairs(&self.protected_dirs)),
+            (
+                maps::PROTECTED_SUFFIXES,
+                digest(
+                    self.protected_suffixes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| [bytes(&(i as u32)), bytes(v)].concat()),
+                ),
+            ),
+            (maps::EXEC_CANDIDATES, digest_pairs(&self.exec_candidates)),
+            (maps::POLICY, digest_pairs(&self.policy)),
+            (maps::NET_CONNECT, trie(&self.net_connect)),
+            (maps::NET_LISTEN, trie(&self.net_listen)),
+            (maps::EXEC_ALLOWED, digest_pairs(&self.exec_allowed)),
+            (maps::GPU_ALLOWED, digest_pairs(&self.gpu_allowed)),
+            (
+                maps::GUARDS,
+                digest(
+                    self.guards
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| [bytes(&(i as u32)), bytes(v)].concat()),
+                ),
+            ),
+        ]
+    }
+}
+
+/// The bytes of a map key or value (plain data without padding, as the kernel holds it).
+fn bytes<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: the map types are repr(C) without padding (checked in monitor-common), so every
+    // byte is initialised.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+fn digest_pairs<K: Copy, V: Copy>(entries: &[(K, V)]) -> u64 {
+    digest(entries.iter().map(|(k, v)| [bytes(k), bytes(v)].concat()))
+}
+
+/// A digest of a set of entries: sorted first, since a hash map's order is its own.
+fn digest(entries: impl Iterator<Item = Vec<u8>>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut entries: Vec<Vec<u8>> = entries.collect();
+    entries.sort_unstable();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    entries.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn save_hash<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
 ) -> anyhow::Result<Vec<(K, V)>> {
@@ -559,6 +676,14 @@ fn sync(
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn digests_ignore_order_and_see_a_change() {
+        let a = digest_pairs(&[(1u32, 2u32), (3, 4)]);
+        assert_eq!(a, digest_pairs(&[(3u32, 4u32), (1, 2)]));
+        assert_ne!(a, digest_pairs(&[(1u32, 2u32)]), "an entry deleted");
+        assert_ne!(a, digest_pairs(&[(1u32, 2u32), (3, 5)]), "a value changed");
+    }
 
     #[test]
     fn nested_rules_carry_the_ports_of_the_rules_around_them() {

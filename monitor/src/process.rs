@@ -200,6 +200,9 @@ pub struct ProcessTable {
     exited_order: VecDeque<(u32, u64)>,
     grace_ns: u64,
     max_exited: usize,
+    /// Container metadata from the runtime ([`crate::workload`]): every container a process
+    /// is found in gets its shared slot, and its lookup is queued the first time.
+    pub containers: Option<std::sync::Arc<crate::workload::Registry>>,
 }
 
 impl Default for ProcessTable {
@@ -221,6 +224,7 @@ impl ProcessTable {
             exited_order: VecDeque::new(),
             grace_ns,
             max_exited: max_exited.max(1),
+            containers: None,
         }
     }
 
@@ -241,6 +245,9 @@ impl ProcessTable {
                 .filter(|parent| *parent <= start || same_start(*parent, start))
                 .unwrap_or(0);
             let mut process = Process::from_snapshot(snapshot, parent_start);
+            if let (Some(registry), Some(container)) = (&self.containers, &mut process.container) {
+                registry.attach(container);
+            }
             if tgid == 0 || self.exited_key(tgid, start).is_some() {
                 continue;
             }
@@ -308,8 +315,12 @@ impl ProcessTable {
     pub fn on_exec(&mut self, info: ExecInfo) -> &Process {
         let (tgid, start) = (info.tgid, info.start_time_ns);
         let slot = self.place(tgid, start);
+        let registry = self.containers.clone();
         let process = self.slot_mut(tgid, start, slot);
         process.apply_exec(info);
+        if let (Some(registry), Some(container)) = (registry, &mut process.container) {
+            registry.attach(container);
+        }
         process
     }
 

@@ -10,6 +10,9 @@
 //!   executables: ["/usr/bin/python3*"]   # glob on the executable path
 //!   args: ["*vllm.entrypoints*"]         # glob on the argv joined with spaces
 //!   cgroups: ["/system.slice/vllm.service"]   # glob on the cgroup v2 path
+//!   images: ["*/vllm/vllm-openai*"]       # glob on the container's image (name, name:tag)
+//!   namespaces: ["inference", "ml-*"]     # glob on the Kubernetes namespace
+//!   pod_labels: { app: vllm, tier: "serving-*" }   # every label present, value glob
 //! mode: alert                   # alert (default) | enforce
 //! dry_run: false                # enforce computes decisions but does not act
 //! allow:                        # an absent list allows nothing, except `unix`
@@ -166,20 +169,35 @@ pub fn join_args(args: &[String]) -> String {
 }
 
 /// Which processes a profile governs. Keys absent are not tested; at least one is present.
+///
+/// The workload keys (`images`, `namespaces`, `pod_labels`) look at the container's metadata
+/// from the runtime ([`crate::workload`]), which arrives after the container's first
+/// process: until it is known they match nothing, and the daemon evaluates the selectors
+/// again for the container's processes that are not governed yet when it arrives.
 #[derive(Clone, Debug, Default)]
 pub struct Selector {
     pub executables: Vec<PathGlob>,
     pub args: Vec<ArgsGlob>,
     pub cgroups: Vec<PathGlob>,
+    /// Globs on the image reference (`*` and `?` cross `/`), matched against the name and
+    /// against `name:tag`.
+    pub images: Vec<ArgsGlob>,
+    /// Globs on the Kubernetes namespace.
+    pub namespaces: Vec<ArgsGlob>,
+    /// Labels of the pod (CRI) or container (Docker API): every one must be present with a
+    /// value the glob matches, as Kubernetes' `matchLabels`.
+    pub pod_labels: Vec<(String, ArgsGlob)>,
 }
 
 /// What a selector looks at in a process.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Subject<'a> {
     pub exe: Option<&'a str>,
     /// The argv joined with spaces ([`join_args`]).
     pub args: &'a str,
     pub cgroup: Option<&'a str>,
+    /// Its container's metadata, once the runtime answered.
+    pub container: Option<&'a crate::workload::ContainerMeta>,
 }
 
 impl Selector {
@@ -192,10 +210,44 @@ impl Selector {
         any(&self.executables, subject.exe)
             && any(&self.cgroups, subject.cgroup)
             && (self.args.is_empty() || self.args.iter().any(|g| g.matches(subject.args)))
+            && self.matches_workload(subject.container)
+    }
+
+    fn matches_workload(&self, meta: Option<&crate::workload::ContainerMeta>) -> bool {
+        if !self.uses_workload() {
+            return true;
+        }
+        let Some(meta) = meta else {
+            return false;
+        };
+        let images = self.images.is_empty()
+            || [meta.image_name.clone(), meta.image_reference()]
+                .into_iter()
+                .flatten()
+                .any(|image| self.images.iter().any(|g| g.matches(&image)));
+        let namespaces = self.namespaces.is_empty()
+            || meta
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| self.namespaces.iter().any(|g| g.matches(ns)));
+        let labels = self.pod_labels.iter().all(|(key, glob)| {
+            meta.labels
+                .get(key)
+                .is_some_and(|value| glob.matches(value))
+        });
+        images && namespaces && labels
+    }
+
+    /// Whether a key needs the container's metadata from the runtime.
+    pub fn uses_workload(&self) -> bool {
+        !self.images.is_empty() || !self.namespaces.is_empty() || !self.pod_labels.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.executables.is_empty() && self.args.is_empty() && self.cgroups.is_empty()
+        self.executables.is_empty()
+            && self.args.is_empty()
+            && self.cgroups.is_empty()
+            && !self.uses_workload()
     }
 }
 
@@ -248,6 +300,19 @@ impl Allow {
 
     pub fn device(&self, class: DeviceClass) -> bool {
         self.devices.contains(&class)
+    }
+
+    /// Whether nothing is allowed: no exec, file, network (unix sockets unchecked counts as
+    /// nothing too), device or io_uring. Every action of a governed process is then an alert.
+    pub fn allows_nothing(&self) -> bool {
+        self.exec.is_empty()
+            && self.files_read.is_empty()
+            && self.files_write.is_empty()
+            && self.connect.is_empty()
+            && self.listen.is_empty()
+            && self.unix.as_ref().is_none_or(Vec::is_empty)
+            && self.devices.is_empty()
+            && !self.io_uring
     }
 
     /// Whether an exec may switch the process to the profile named `name`.

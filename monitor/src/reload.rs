@@ -29,6 +29,9 @@ use crate::config::{load_config, Config, Diagnostic};
 pub struct ConfigSource {
     pub path: Option<PathBuf>,
     pub extra_profiles: Vec<PathBuf>,
+    /// `--allow-insecure-config`: files that users other than root may change are loaded
+    /// anyway (with a warning and a `config-insecure` alert) instead of refused.
+    pub allow_insecure: bool,
 }
 
 /// The content of every file a configuration was read from: (file, hash of its bytes, or
@@ -46,16 +49,43 @@ pub struct Inputs {
 }
 
 impl ConfigSource {
+    /// Loads the configuration; files that users other than root may change are refused
+    /// (one diagnostic each, with the fix) unless `allow_insecure`.
     pub fn load(&self) -> Result<Config, Vec<Diagnostic>> {
         let config = match &self.path {
             Some(path) => load_config(path)?,
             None => Config::builtin(),
         };
-        if self.extra_profiles.is_empty() {
-            Ok(config)
+        let config = if self.extra_profiles.is_empty() {
+            config
         } else {
-            config.with_extra_profiles(&self.extra_profiles)
+            config.with_extra_profiles(&self.extra_profiles)?
+        };
+        if !self.allow_insecure {
+            let insecure = self.insecure(&config);
+            if !insecure.is_empty() {
+                return Err(insecure.iter().map(|i| i.diagnostic()).collect());
+            }
         }
+        Ok(config)
+    }
+
+    /// Every file and directory `config` was read from.
+    pub fn paths(&self, config: &Config) -> Vec<PathBuf> {
+        let inputs = self.inputs(config);
+        let mut paths = inputs.files;
+        for dir in &inputs.dirs {
+            paths.push(dir.clone());
+            paths.extend(profile_files(dir));
+        }
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// The files and directories of `config` that users other than root may change.
+    pub fn insecure(&self, config: &Config) -> Vec<crate::config::perms::Insecure> {
+        crate::config::perms::check(&self.paths(config))
     }
 
     /// The files and directories `config` (the one in force) was read from.
@@ -347,6 +377,7 @@ mod tests {
         let source = ConfigSource {
             path: None,
             extra_profiles: vec![dir.clone()],
+            ..ConfigSource::default()
         };
         let config = source.load().unwrap();
         assert!(config.profile_by_name("p").is_some());
@@ -380,6 +411,7 @@ mod tests {
         let source = ConfigSource {
             path: Some(config.clone()),
             extra_profiles: Vec::new(),
+            ..ConfigSource::default()
         };
         let loaded = source.load().unwrap();
         let inputs = source.inputs(&loaded);
@@ -415,6 +447,7 @@ mod tests {
         let source = ConfigSource {
             path: Some(dir.join("config.yaml")),
             extra_profiles: Vec::new(),
+            ..ConfigSource::default()
         };
         let loaded = source.load().unwrap();
         let before = source.fingerprint(&loaded);

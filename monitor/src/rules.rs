@@ -15,6 +15,7 @@
 //! `on_fork`, `on_exit`), so that the table describes the process as the event left it.
 
 mod checks;
+pub mod classify;
 mod dedup;
 
 use std::{collections::HashMap, sync::Arc};
@@ -76,8 +77,24 @@ pub const EVENTS_LOST: Rule = rule("events-lost", Severity::High);
 /// A new configuration failed to load; the previous one stays in force.
 pub const CONFIG_RELOAD_FAILED: Rule = rule("config-reload-failed", Severity::Medium);
 
-/// Every rule, for documentation and exporters.
-pub const RULES: [Rule; 14] = [
+/// Another process changed the monitor's BPF objects (detached a link, changed or emptied a
+/// policy map), or reached its memory; or the self-check found an object not as the monitor
+/// left it (and says what it repaired).
+pub const MONITOR_TAMPERED: Rule = rule("monitor-tampered", Severity::Critical);
+/// Another process took a handle on one of the monitor's BPF objects by its id (`bpftool
+/// prog show` does it too): the first step of tampering, or an inspection.
+pub const MONITOR_OBJECT_OPENED: Rule = rule("monitor-object-opened", Severity::Medium);
+/// A signal that ends or interrupts the monitor was sent to it (SIGTERM, SIGINT, SIGKILL...):
+/// by whom.
+pub const MONITOR_SIGNALED: Rule = rule("monitor-signaled", Severity::High);
+/// The monitor was stopped (SIGSTOP, or a gap its clock saw) and has resumed: for how long,
+/// and by whom.
+pub const MONITOR_PAUSED: Rule = rule("monitor-paused", Severity::High);
+
+/// Every rule, for documentation and exporters: those the rules raise on events, and those
+/// about the monitor itself, its configuration and its outputs (defined beside the code
+/// that raises them).
+pub const RULES: [Rule; 26] = [
     EXEC_NOT_ALLOWED,
     FILE_READ_NOT_ALLOWED,
     FILE_WRITE_NOT_ALLOWED,
@@ -92,6 +109,18 @@ pub const RULES: [Rule; 14] = [
     IO_URING_NOT_ALLOWED,
     EVENTS_LOST,
     CONFIG_RELOAD_FAILED,
+    MONITOR_TAMPERED,
+    MONITOR_OBJECT_OPENED,
+    MONITOR_SIGNALED,
+    MONITOR_PAUSED,
+    crate::config::diff::CONFIG_CHANGED,
+    crate::config::diff::CONFIG_CHANGE_REFUSED,
+    crate::config::diff::CONFIG_INSECURE,
+    crate::liveness::MONITOR_UNCLEAN_EXIT,
+    crate::sink::ALERTS_FILE_REPAIRED,
+    crate::sink::EXPORT_REJECTED,
+    crate::sink::SPOOL_WRITE_FAILED,
+    crate::sink::OUTPUT_FAILED,
 ];
 
 /// Most distinct alerts being folded at once; past it the oldest window is closed early.
@@ -284,6 +313,9 @@ impl Engine {
                     .collect()
             }
             Event::GpuIoctls(_) => Vec::new(),
+            // The monitor's own memory: tampering with it, whoever the accessor.
+            Event::MemoryAccess(access) if access.monitor => vec![checks::monitor_memory(access)],
+            Event::Tamper(tamper) => checks::tamper(tamper).into_iter().collect(),
             Event::MemoryAccess(access) => {
                 // The kernel also reports targets that had just exec'd a profile's executable,
                 // before user space matched the selector: only governed targets count.
@@ -380,6 +412,7 @@ impl Engine {
             exe: process.exe.as_deref(),
             args: &args,
             cgroup: process.cgroup_path.as_deref(),
+            container: process.container.as_ref().and_then(|c| c.metadata.get()),
         })
     }
 
@@ -452,13 +485,14 @@ impl Engine {
         let header = &exec.header;
         let prior = self.resolve(header, table).and_then(|state| state.profile);
         let args = join_args(&exec.args);
-        let cgroup = table
-            .get(header.tgid, header.start_time_ns)
-            .and_then(|p| p.cgroup_path.as_deref());
+        let process = table.get(header.tgid, header.start_time_ns);
         let subject = Subject {
             exe: Some(&exec.path),
             args: &args,
-            cgroup,
+            cgroup: process.and_then(|p| p.cgroup_path.as_deref()),
+            container: process
+                .and_then(|p| p.container.as_ref())
+                .and_then(|c| c.metadata.get()),
         };
         let selected = match prior.and_then(|id| self.config.profile(id)) {
             // Governed: it keeps its profile unless the profile names the transition (argv

@@ -101,6 +101,14 @@ const HOOKS: &[Hook] = &[
         min_kernel: "5.5",
         fallback: "none needed",
     },
+    // Signals sent to the monitor, with their sender (the BTF form gives the target task,
+    // so a signal to any thread of the monitor is seen).
+    Hook {
+        program: programs::SIGNAL_GENERATE,
+        tracepoint: "signal_generate",
+        min_kernel: "5.5",
+        fallback: "none needed",
+    },
 ];
 
 /// io_uring tracepoints (`io_uring/<name>`, 5.5+; absent when io_uring is not built):
@@ -169,6 +177,13 @@ pub struct Sensor {
     /// them all at once (see [`Sensor::detach`]). The flag says whether it is a perf
     /// tracepoint (`tracepoint/io_uring/...`), which the kernel releases one at a time.
     links: Vec<(bool, Box<dyn Send>)>,
+    /// The cgroup attachments, which another process can detach (`BPF_LINK_DETACH`): the
+    /// self-check verifies them and attaches again.
+    cgroup_links: Vec<CgroupLink>,
+    /// The maps' names and ids, taken before the maps went to their stages.
+    map_ids: Vec<(String, u32)>,
+    /// The programs loaded, by name, and their ids.
+    program_ids: Vec<(String, u32)>,
     ebpf: Ebpf,
     tracefs: PathBuf,
     cgroup: PathBuf,
@@ -210,6 +225,83 @@ pub struct SensorMaps {
     pub known: HashMap<MapData, KnownKey, u32>,
     /// Threads of watched processes: tid -> tgid.
     pub watched_threads: HashMap<MapData, u32, u32>,
+    /// The monitor's own objects, for the kernel's `bpf()` hook.
+    pub objects: SensorObjects,
+    /// Events that must not be lost in a flood (tampering, enforcement), drained first.
+    pub priority: RingBuf<MapData>,
+}
+
+/// [`maps::MONITOR_OBJECTS`]: the ids of the monitor's programs, maps and links.
+pub struct SensorObjects {
+    pub map: HashMap<MapData, u64, u32>,
+}
+
+/// A cgroup program's attachment, as the self-check follows it.
+struct CgroupLink {
+    program: &'static str,
+    /// The aya link (dropping it detaches).
+    link: Box<dyn Send>,
+    /// The kernel's id of the link (0: not found, an attachment without a link before 5.7).
+    id: u32,
+}
+
+/// A cgroup link the self-check found detached, and what re-attaching it gave.
+pub struct LinkCheck {
+    pub program: &'static str,
+    pub id: u32,
+    pub cgroup: String,
+    /// The new link's id.
+    pub reattached: anyhow::Result<u32>,
+}
+
+/// `bpf(2)`, for what aya does not expose: the cgroup of a link.
+fn sys_bpf(cmd: u32, attr: &mut [u64]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a valid, writable buffer of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The cgroup id a cgroup link is attached to: 0 once detached (`BPF_LINK_DETACH` clears it).
+fn link_cgroup_id(link_id: u32) -> std::io::Result<u64> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+    // `link_id`, `next_id`, `open_flags`.
+    let mut attr = [u64::from(link_id), 0];
+    let fd = sys_bpf(monitor_common::BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: a new fd the kernel just returned, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // `struct bpf_link_info`: type, id, prog_id (u32), then the union at 16; for a cgroup
+    // link `cgroup_id` (u64) first.
+    let mut info = [0u64; 16];
+    let fd_raw = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 as u64;
+    let mut attr = [
+        fd_raw | ((std::mem::size_of_val(&info) as u64) << 32),
+        info.as_mut_ptr() as u64,
+    ];
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
+}
+
+/// The newest link of a program (a cgroup program has one: the daemon's), by the kernel's
+/// list of links; 0 when there is none (before 5.7 cgroup programs attach without a link).
+fn newest_link_of(program_id: u32) -> u32 {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|info| info.program_id() == program_id)
+        .map(|info| info.id())
+        .max()
+        .unwrap_or(0)
 }
 
 impl Sensor {
@@ -338,7 +430,19 @@ impl Sensor {
             exec_candidates.insert(key, 1, 0)?;
         }
 
+        let map_ids: Vec<(String, u32)> = ebpf
+            .maps()
+            .filter_map(|(name, map)| Some((name.to_owned(), map_id(map)?)))
+            .collect();
+        let program_ids: Vec<(String, u32)> = ebpf
+            .programs()
+            .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?.id())))
+            .collect();
         let maps = SensorMaps {
+            objects: SensorObjects {
+                map: HashMap::try_from(take_map(&mut ebpf, maps::MONITOR_OBJECTS)?)?,
+            },
+            priority: RingBuf::try_from(take_map(&mut ebpf, maps::PRIORITY)?)?,
             events: RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)?,
             stats: PerCpuArray::try_from(take_map(&mut ebpf, maps::STATS)?)?,
             watched: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED)?)?,
@@ -363,6 +467,9 @@ impl Sensor {
         Ok((
             Sensor {
                 links: Vec::new(),
+                cgroup_links: Vec::new(),
+                map_ids,
+                program_ids,
                 ebpf,
                 tracefs,
                 cgroup,
@@ -462,7 +569,12 @@ impl Sensor {
                     self.cgroup.display()
                 )
             })?;
-        self.links.push((false, Box::new(device.take_link(id)?)));
+        let link = device.take_link(id)?;
+        self.cgroup_links.push(CgroupLink {
+            program: programs::DEVICE_ACCESS,
+            link: Box::new(link),
+            id: self.newest_link(programs::DEVICE_ACCESS),
+        });
         info!(
             program = programs::DEVICE_ACCESS,
             hook = "cgroup/dev",
@@ -483,7 +595,13 @@ impl Sensor {
                         self.cgroup.display()
                     )
                 })?;
-            self.links.push((false, Box::new(program.take_link(id)?)));
+            let link = program.take_link(id)?;
+            let id = self.newest_link(name);
+            self.cgroup_links.push(CgroupLink {
+                program: name,
+                link: Box::new(link),
+                id,
+            });
             debug!(program = name, hook = attach, "attached");
         }
         info!(
@@ -496,6 +614,134 @@ impl Sensor {
 }
 
 impl Sensor {
+    /// Files the monitor's programs, maps and links in [`maps::MONITOR_OBJECTS`], so that the
+    /// kernel's `bpf()` hook can tell calls aimed at them. Call after attach, and again after
+    /// a link was attached anew. Returns the names by (kind, id), for the alerts.
+    pub fn register(
+        &self,
+        objects: &mut SensorObjects,
+    ) -> anyhow::Result<std::collections::HashMap<(monitor_common::BpfObjectKind, u32), String>>
+    {
+        use monitor_common::{monitor_object_key, BpfObjectKind};
+        let mut names = std::collections::HashMap::new();
+        for (name, id) in &self.program_ids {
+            names.insert((BpfObjectKind::Program, *id), name.clone());
+        }
+        for (name, id) in &self.map_ids {
+            names.insert((BpfObjectKind::Map, *id), name.clone());
+        }
+        for link in &self.cgroup_links {
+            names.insert((BpfObjectKind::Link, link.id), link.program.to_owned());
+        }
+        // The tracepoint links, found by their programs.
+        let programs: std::collections::HashMap<u32, &str> = self
+            .program_ids
+            .iter()
+            .map(|(name, id)| (*id, name.as_str()))
+            .collect();
+        for info in aya::programs::loaded_links().filter_map(Result::ok) {
+            if let Some(name) = programs.get(&info.program_id()) {
+                names.insert((BpfObjectKind::Link, info.id()), (*name).to_owned());
+            }
+        }
+        for (kind, id) in names.keys() {
+            objects
+                .map
+                .insert(monitor_object_key(*kind, *id), 1, 0)
+                .with_context(|| {
+                    format!("failed to file {kind:?} {id} in {}", maps::MONITOR_OBJECTS)
+                })?;
+        }
+        Ok(names)
+    }
+
+    /// Programs that were loaded and are no longer (their info cannot be read by their fd).
+    pub fn unloaded_programs(&self) -> Vec<String> {
+        self.program_ids
+            .iter()
+            .filter(|(name, id)| {
+                self.ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .is_none_or(|info| info.id() != *id)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The cgroup links that another process detached, each attached anew.
+    pub fn check_cgroup_links(&mut self) -> Vec<LinkCheck> {
+        let mut checks = Vec::new();
+        let cgroup_name = self.cgroup.display().to_string();
+        for index in 0..self.cgroup_links.len() {
+            let (program, id) = (
+                self.cgroup_links[index].program,
+                self.cgroup_links[index].id,
+            );
+            if id == 0 {
+                continue;
+            }
+            match link_cgroup_id(id) {
+                Ok(cgroup) if cgroup != 0 => continue,
+                Ok(_) => {}
+                Err(err) => {
+                    // Not found: the link is gone altogether (it cannot be while its fd is
+                    // held, but say so rather than guess).
+                    debug!(
+                        program,
+                        link = id,
+                        "failed to read the link's cgroup: {err}"
+                    );
+                }
+            }
+            let reattached = self.reattach(index);
+            checks.push(LinkCheck {
+                program,
+                id,
+                cgroup: cgroup_name.clone(),
+                reattached,
+            });
+        }
+        checks
+    }
+
+    /// Attaches a cgroup program again; the new link replaces the detached one.
+    fn reattach(&mut self, index: usize) -> anyhow::Result<u32> {
+        let program = self.cgroup_links[index].program;
+        let cgroup = std::fs::File::open(&self.cgroup)
+            .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
+        let link = if program == programs::DEVICE_ACCESS {
+            let device: &mut CgroupDevice = self
+                .ebpf
+                .program_mut(program)
+                .context("device program missing from the object")?
+                .try_into()?;
+            let id = device.attach(&cgroup, CgroupAttachMode::Single)?;
+            Box::new(device.take_link(id)?) as Box<dyn Send>
+        } else {
+            let sock: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            let id = sock.attach(&cgroup, CgroupAttachMode::Single)?;
+            Box::new(sock.take_link(id)?) as Box<dyn Send>
+        };
+        // The detached link's fd closes here: nothing is attached by it any more.
+        drop(std::mem::replace(&mut self.cgroup_links[index].link, link));
+        let id = self.newest_link(program);
+        self.cgroup_links[index].id = id;
+        Ok(id)
+    }
+
+    /// The newest link of one of the daemon's programs (see [`newest_link_of`]).
+    fn newest_link(&self, program: &str) -> u32 {
+        self.program_ids
+            .iter()
+            .find(|(name, _)| name == program)
+            .map_or(0, |(_, id)| newest_link_of(*id))
+    }
+
     /// Detaches every program and unloads them; returns how many attachments there were.
     ///
     /// The cgroup programs, BTF and raw tracepoints (the syscall sensors hang off raw
@@ -507,7 +753,10 @@ impl Sensor {
     /// measured here. Closing them from threads of their own still overlaps what can
     /// overlap (the fput of each link, and the program unloads).
     pub fn detach(mut self) -> usize {
-        let links = std::mem::take(&mut self.links);
+        let mut links = std::mem::take(&mut self.links);
+        for link in std::mem::take(&mut self.cgroup_links) {
+            links.push((false, link.link));
+        }
         let count = links.len();
         let (perf, quick): (Vec<_>, Vec<_>) = links.into_iter().partition(|(perf, _)| *perf);
         let started = Instant::now();
@@ -722,6 +971,23 @@ fn load_syscall_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     }
     debug!(slots, "syscall handlers in place");
     Ok(())
+}
+
+/// The id of a map of the object (the kinds it uses).
+fn map_id(map: &aya::maps::Map) -> Option<u32> {
+    use aya::maps::Map;
+    let data = match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::ProgramArray(m)
+        | Map::RingBuf(m) => m,
+        _ => return None,
+    };
+    data.info().ok().map(|info| info.id())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

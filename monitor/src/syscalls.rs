@@ -75,6 +75,7 @@ pub mod ia32 {
     pub const PROCESS_VM_READV: u32 = 347;
     pub const PROCESS_VM_WRITEV: u32 = 348;
     pub const RENAMEAT2: u32 = 353;
+    pub const BPF: u32 = 357;
     pub const BIND: u32 = 361;
     pub const CONNECT: u32 = 362;
     pub const LISTEN: u32 = 363;
@@ -86,7 +87,7 @@ pub mod ia32 {
 }
 
 use libc::{
-    SYS_accept, SYS_accept4, SYS_bind, SYS_close, SYS_connect, SYS_fchmod, SYS_fchmodat,
+    SYS_accept, SYS_accept4, SYS_bind, SYS_bpf, SYS_close, SYS_connect, SYS_fchmod, SYS_fchmodat,
     SYS_fchmodat2, SYS_ftruncate, SYS_ioctl, SYS_listen, SYS_openat, SYS_openat2, SYS_pidfd_getfd,
     SYS_process_vm_readv, SYS_process_vm_writev, SYS_ptrace, SYS_renameat, SYS_renameat2,
     SYS_sendmsg, SYS_sendto, SYS_truncate, SYS_unlinkat,
@@ -246,6 +247,9 @@ pub const HANDLERS: &[Handler] = &[
         &[ia32::PROCESS_VM_READV, ia32::PROCESS_VM_WRITEV],
     ),
     enter(programs::PTRACE_ENTER, &[SYS_ptrace], &[], &[ia32::PTRACE]),
+    // The monitor's own objects (tamper): bpf() by another process.
+    enter(programs::BPF_ENTER, &[SYS_bpf], &[], &[ia32::BPF]),
+    exit(programs::BPF_EXIT, &[SYS_bpf], &[], &[ia32::BPF]),
     enter(
         programs::PIDFD_GETFD_ENTER,
         &[SYS_pidfd_getfd],

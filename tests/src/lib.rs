@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod podman;
+
 /// The `monitor` binary under test.
 pub fn monitor_bin() -> PathBuf {
     let path = std::env::var_os("MONITOR_BIN").unwrap_or_else(|| {
@@ -127,6 +129,9 @@ pub struct Monitor {
     lines: Arc<(Mutex<Lines>, Condvar)>,
     stderr: Arc<Mutex<String>>,
     ready_file: PathBuf,
+    /// `MONITOR_STATE_DIR` of this run (a test's own `--state-dir` wins over it): monitors of
+    /// other tests, killed on purpose, are no unclean exit of this one.
+    state_dir: PathBuf,
 }
 
 impl Monitor {
@@ -141,6 +146,11 @@ impl Monitor {
             unique()
         ));
         let _ = std::fs::remove_file(&ready_file);
+        let state_dir = std::env::temp_dir().join(format!(
+            "monitor-test-state-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         let mut child = Command::new(monitor_bin())
             .args(args)
             .arg("--cgroup")
@@ -148,6 +158,7 @@ impl Monitor {
             .arg("--ready-file")
             .arg(&ready_file)
             .env("RUST_LOG", "info")
+            .env("MONITOR_STATE_DIR", &state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -191,6 +202,7 @@ impl Monitor {
             lines,
             stderr: stderr_text,
             ready_file,
+            state_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !monitor.ready_file.exists() {
@@ -294,6 +306,7 @@ impl Monitor {
         // Reaped in every case (at once when it has exited).
         let _ = child.wait();
         let _ = std::fs::remove_file(&self.ready_file);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         thread::sleep(Duration::from_millis(100));
         (took, self.stderr())
     }
@@ -337,6 +350,7 @@ impl Monitor {
             }
         }
         let _ = std::fs::remove_file(&self.ready_file);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -383,3 +397,49 @@ pub fn real_path(path: &str) -> String {
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Builds one of the harness's C programs (`tests/src/NAME.c`) with `cc` into `dir/NAME`;
+/// returns its path.
+pub fn build_c(name: &str, dir: &std::path::Path) -> PathBuf {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(format!("{name}.c"));
+    let out = dir.join(name);
+    let output = Command::new("cc")
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run cc (install a C compiler): {e}"));
+    assert!(
+        output.status.success(),
+        "failed to build {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A free port in the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): one the
+/// kernel hands out for `bind` to port 0, here asked for by name.
+pub fn ephemeral_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A directory for one test, removed when dropped (also when the test panics).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(marker(name));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(std::fs::canonicalize(dir).unwrap())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -541,3 +541,195 @@ fn merge_extends_a_learned_profile() {
     );
     check(&merged);
 }
+
+/// A server with a compile cache: the first run writes it, later runs read it. It listens
+/// on the port it is given (one in the ephemeral range). With a third argument it also
+/// reads that file (a deviation).
+const CACHED_SERVER: &str = r#"
+import os, socket, sys
+root, port = sys.argv[1], int(sys.argv[2])
+cache = os.path.join(root, "cache", "compiled.bin")
+if os.path.exists(cache):
+    with open(cache, "rb") as f:
+        assert f.read() == b"kernel"
+else:
+    with open(cache, "wb") as f:
+        f.write(b"kernel")
+api = socket.socket()
+api.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+api.bind(("127.0.0.1", port))
+api.listen()
+api.close()
+if len(sys.argv) > 4:
+    with open(sys.argv[4], "rb") as f:
+        f.read()
+"#;
+
+#[test]
+fn a_second_run_reads_its_cache_and_listens_on_its_port_under_the_learned_profile() {
+    let site = Site::new("learncache");
+    fs::create_dir_all(site.root.join("cache")).unwrap();
+    fs::write(site.root.join("app/cached_server.py"), CACHED_SERVER).unwrap();
+    let secret = site.root.join("secret.txt");
+    fs::write(&secret, "x").unwrap();
+    // The server's own port, inside the ephemeral range: learned as that port.
+    let port = tests::ephemeral_port();
+    let serve = |extra: Option<&Path>| -> u32 {
+        let mut command = Command::new(PYTHON);
+        command
+            .arg("-B")
+            .arg(site.root.join("app/cached_server.py"))
+            .arg(&site.root)
+            .arg(port.to_string())
+            .arg(&site.marker)
+            .args(extra)
+            .stdin(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success(), "the cached server failed");
+        pid
+    };
+    let select = format!("exe={PYTHON}*,args=*{}*", site.marker);
+    let out = site.profile().to_string_lossy().into_owned();
+    let learning = Learning::start(&["--select", &select, "--out", &out, "--name", "fakelearn"]);
+    serve(None);
+    let (status, stderr) = learning.finish(true, Duration::from_secs(30));
+    assert!(status.success(), "monitor learn failed: {status}\n{stderr}");
+    let text = fs::read_to_string(site.profile()).unwrap();
+    let context = format!("learned profile:\n{text}\nstderr:\n{stderr}");
+    // The root's name carries the test's pid, which may be generalised: compare the tail.
+    let cache =
+        |r: &String| r.ends_with("/cache/compiled.bin") && r.contains("monitor-test-learncache-");
+    assert!(rules(&text, "write").iter().any(cache), "{context}");
+    assert!(
+        rules(&text, "read").iter().any(cache),
+        "a file written is readable: {context}"
+    );
+    assert_eq!(
+        rules(&text, "listen"),
+        [format!("127.0.0.1:{port}")],
+        "{context}"
+    );
+    check(&site.profile());
+
+    let config = site.root.join("config.yaml");
+    fs::write(
+        &config,
+        format!("profiles: [\"{}\"]\n", site.profile().display()),
+    )
+    .unwrap();
+    let monitor = Monitor::start(&["run", "--config", &config.to_string_lossy()]);
+    // The second run reads the cache the first one wrote, and listens again.
+    let quiet = serve(None);
+    // The profile is in force: a read it does not allow is an alert.
+    let deviant = serve(Some(&secret));
+    let secret_text = secret.to_string_lossy().into_owned();
+    monitor.wait_for("the read of the secret", WAIT, |v| {
+        v["security_rule.name"] == "file-read-not-allowed" && v["process.pid"] == deviant
+    });
+    thread::sleep(Duration::from_millis(500));
+    let lines = monitor.stop();
+    let alerts = alerts(&lines);
+    let of_pid = |pid: u32| -> Vec<&&Value> {
+        alerts
+            .iter()
+            .filter(|a| a["process.pid"] == pid || a["process.parent_pid"] == pid)
+            .collect()
+    };
+    assert!(
+        of_pid(quiet).is_empty(),
+        "the second run raised alerts: {alerts:#?}\n{context}"
+    );
+    let deviant_alerts = of_pid(deviant);
+    assert_eq!(deviant_alerts.len(), 1, "{alerts:#?}\n{context}");
+    assert_eq!(deviant_alerts[0]["file.path"], secret_text.as_str());
+}
+
+#[test]
+fn learning_that_selects_nothing_fails_and_writes_nothing() {
+    let site = Site::new("learnnothing");
+    let select = format!("exe=/nonexistent/{}/*", site.marker);
+    let out = site.profile().to_string_lossy().into_owned();
+    let learning = Learning::start(&["--select", &select, "--duration", "2s", "--out", &out]);
+    let (status, stderr) = learning.finish(false, Duration::from_secs(30));
+    assert!(!status.success(), "monitor learn succeeded:\n{stderr}");
+    assert!(
+        stderr.contains("failed to learn: no selected process was seen in 2s")
+            && stderr.contains(&select),
+        "{stderr}"
+    );
+    assert!(!site.profile().exists(), "a profile was written:\n{stderr}");
+}
+
+#[test]
+fn io_uring_use_is_learned() {
+    let site = Site::new("learnuring");
+    let dir = site.root.join("app");
+    // A program of its own (the selector picks it by path) that opens a file through
+    // io_uring as soon as it starts.
+    let prober = tests::build_c("netprobe", &dir);
+    let target = site.root.join("work/data.bin");
+    fs::write(&target, "x").unwrap();
+    let select = format!("exe={}", prober.display());
+    let out = site.profile().to_string_lossy().into_owned();
+    let learning = Learning::start(&["--select", &select, "--out", &out, "--name", "fakelearn"]);
+    let run = || -> u32 {
+        let mut child = Command::new(&prober)
+            .args(["0", "uring-open"])
+            .arg(&target)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success(), "the prober failed");
+        pid
+    };
+    run();
+    let (status, stderr) = learning.finish(true, Duration::from_secs(30));
+    assert!(status.success(), "monitor learn failed: {status}\n{stderr}");
+    let text = fs::read_to_string(site.profile()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  io_uring: true   # ") && l.ends_with("observations")),
+        "learned profile:\n{text}\nstderr:\n{stderr}"
+    );
+    check(&site.profile());
+
+    // A process learned by --pid (watched by user space, not at its exec): its ring, set up
+    // after learning started, is learned too.
+    let mut late = Command::new(&prober)
+        .args(["3000", "uring-open"])
+        .arg(&target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let by_pid = site.root.join("profiles/bypid.yaml");
+    let by_pid_text = by_pid.to_string_lossy().into_owned();
+    let learning = Learning::start(&["--pid", &late.id().to_string(), "--out", &by_pid_text]);
+    assert!(late.wait().unwrap().success(), "the prober failed");
+    let (status, stderr) = learning.finish(true, Duration::from_secs(30));
+    assert!(status.success(), "monitor learn failed: {status}\n{stderr}");
+    let learned = fs::read_to_string(&by_pid).unwrap();
+    assert!(
+        learned.contains("\n  io_uring: true   # "),
+        "learned by pid:\n{learned}\nstderr:\n{stderr}"
+    );
+
+    let config = site.root.join("config.yaml");
+    fs::write(
+        &config,
+        format!("profiles: [\"{}\"]\n", site.profile().display()),
+    )
+    .unwrap();
+    let monitor = Monitor::start(&["run", "--config", &config.to_string_lossy()]);
+    let pid = run();
+    thread::sleep(Duration::from_millis(500));
+    let lines = monitor.stop();
+    let alerts: Vec<&Value> = alerts(&lines)
+        .into_iter()
+        .filter(|a| a["process.pid"] == pid)
+        .collect();
+    assert!(alerts.is_empty(), "{alerts:#?}\nlearned profile:\n{text}");
+}

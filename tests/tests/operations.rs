@@ -342,8 +342,10 @@ fn a_reload_the_kernel_refuses_leaves_both_sides_on_the_old_rules() {
     });
     assert_eq!(denied["monitor.action"], "denied");
     assert_eq!(denied["monitor.profile"], "ops");
-    let (_, stderr) = monitor.stop_with_stderr();
+    let (lines, stderr) = monitor.stop_with_stderr();
     assert_eq!(count(&stderr, "configuration reloaded"), 0, "{stderr}");
+    // Nothing changed, so nothing is reported as changed.
+    assert_eq!(alerts(&lines, "config-changed").len(), 0);
 }
 
 #[test]

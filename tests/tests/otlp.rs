@@ -99,13 +99,23 @@ fn collect(mut from: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 impl Rotel {
     fn start(grpc_port: u16, http_port: u16) -> Rotel {
-        let mut child = Command::new(rotel_agent())
+        Rotel::start_printing(grpc_port, http_port, &["logs"])
+    }
+
+    /// A Rotel that prints what it receives of each signal in `print` (`logs`, `metrics`).
+    fn start_printing(grpc_port: u16, http_port: u16, print: &[&str]) -> Rotel {
+        let mut command = Command::new(rotel_agent());
+        command
             .args(["start", "--otlp-grpc-endpoint"])
             .arg(format!("127.0.0.1:{grpc_port}"))
             .arg("--otlp-http-endpoint")
             .arg(format!("127.0.0.1:{http_port}"))
-            .args(["--exporter", "blackhole"])
-            .args(["--debug-log", "logs", "--debug-log-verbosity", "detailed"])
+            .args(["--exporter", "blackhole"]);
+        for signal in print {
+            command.args(["--debug-log", signal]);
+        }
+        let mut child = command
+            .args(["--debug-log-verbosity", "detailed"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -309,4 +319,70 @@ fn alert_raised_while_the_collector_is_down_arrives_after_a_restart() {
     let monitor = run_monitor(&endpoint, "http", &spool);
     expect_alert_at_rotel(&rotel, &uid);
     monitor.stop();
+}
+
+/// The heartbeat: a `monitor.heartbeat` log record and the `monitor.up` gauge every
+/// `heartbeat_secs` (1 s here), seen by the real collector; and silence once the monitor
+/// stops, which is what the collector-side rule in the README alerts on.
+#[test]
+fn the_heartbeat_and_monitor_up_reach_a_real_collector_until_the_monitor_stops() {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let rotel = Rotel::start_printing(grpc_port, http_port, &["logs", "metrics"]);
+    let spool = SpoolDir::new();
+    let site = std::env::temp_dir().join(marker("otlp-heartbeat"));
+    std::fs::create_dir_all(&site).unwrap();
+    let config = site.join("config.yaml");
+    std::fs::write(&config, "heartbeat_secs: 1\n").unwrap();
+    let endpoint = format!("http://127.0.0.1:{http_port}");
+    let monitor = Monitor::start(&[
+        "run",
+        "--config",
+        &config.to_string_lossy(),
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http",
+        "--spool-dir",
+        &spool.arg(),
+    ]);
+    let record = rotel.wait_for_record(
+        &[
+            "EventName: monitor.heartbeat".to_string(),
+            "monitor.up: Int(1)".to_string(),
+            format!("process.pid: Int({})", monitor.pid()),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(record.contains("SeverityText: INFO"), "{record}");
+    assert!(
+        record.contains("monitor.heartbeat.interval_secs: Int(1)"),
+        "{record}"
+    );
+    let count = |what: &str| rotel.stdout.lock().unwrap().matches(what).count();
+    let beats = || {
+        (
+            count("EventName: monitor.heartbeat"),
+            count("-> Name: monitor.up"),
+        )
+    };
+    let before = beats();
+    thread::sleep(Duration::from_millis(3500));
+    let during = beats();
+    assert!(
+        during.0 >= before.0 + 2 && during.1 >= before.1 + 2,
+        "(records, monitor.up points): {before:?} then {during:?} in 3.5 s"
+    );
+    let output = rotel.output();
+    let metric = output
+        .split("Metric #")
+        .find(|m| m.contains("-> Name: monitor.up"))
+        .unwrap_or_else(|| panic!("no monitor.up metric: {output}"));
+    assert!(metric.contains("DataType: Gauge"), "{metric}");
+    assert!(metric.contains("Value: 1"), "{metric}");
+    monitor.stop();
+    thread::sleep(Duration::from_millis(500));
+    let stopped = beats();
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(beats(), stopped, "heartbeats after the stop");
+    let _ = std::fs::remove_dir_all(&site);
 }

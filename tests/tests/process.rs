@@ -314,3 +314,64 @@ fn burst_larger_than_the_ring_reports_loss() {
     assert_eq!(summary["monitor.lost.kernel"]["exec"], lost);
     assert!(summary["monitor.lost.total"].as_u64().unwrap() >= lost);
 }
+
+#[test]
+fn exe_selector_sees_a_program_from_its_first_instruction() {
+    // A program that opens a file, binds and listens as soon as it starts: the kernel must
+    // watch it at its exec, before user space has read the exec event.
+    let dir = tests::TempDir::new("firststeps");
+    let program = tests::build_c("firststeps", &dir.0);
+    let model = dir.0.join("model.bin");
+    std::fs::write(&model, b"weights").unwrap();
+    let port = tests::ephemeral_port();
+    let program_text = program.to_string_lossy().into_owned();
+    let monitor = Monitor::start(&["trace", "--exe", &program_text]);
+    // Several runs: a single fast one could slip through by luck of scheduling.
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let mut child = monitor
+            .cgroup
+            .command(&program_text)
+            .arg(&model)
+            .arg(port.to_string())
+            .spawn()
+            .unwrap();
+        pids.push(child.id());
+        assert!(child.wait().unwrap().success(), "firststeps failed");
+    }
+    for &pid in &pids {
+        monitor.wait_for("the exit of firststeps", WAIT, |v| {
+            v["event.kind"] == "exit" && v["process.pid"] == pid
+        });
+    }
+    let lines = monitor.stop();
+    let model = model.to_string_lossy().into_owned();
+    for pid in pids {
+        let files = of(&lines, "file", pid);
+        let nets = of(&lines, "network", pid);
+        let context = format!("pid {pid}: files {files:#?}\nnetwork {nets:#?}");
+        assert_eq!(of(&lines, "exec", pid).len(), 1, "{context}");
+        // The loader's first opens: the C library.
+        assert!(
+            files.iter().any(|v| v["file.path"]
+                .as_str()
+                .is_some_and(|p| p.contains("libc.so"))),
+            "the loader's open of libc: {context}"
+        );
+        assert!(
+            files.iter().any(|v| v["file.path"] == model.as_str()
+                && v["monitor.file.operation"] == "open"
+                && v["monitor.file.access"] == "read"),
+            "the open of the model: {context}"
+        );
+        for operation in ["bind", "listen"] {
+            assert!(
+                nets.iter()
+                    .any(|v| v["monitor.network.operation"] == operation
+                        && v["network.local.address"] == "127.0.0.1"
+                        && v["network.local.port"] == port),
+                "{operation} on 127.0.0.1:{port}: {context}"
+            );
+        }
+    }
+}

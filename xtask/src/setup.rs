@@ -267,3 +267,61 @@ fn bpf_linker(ws: &Workspace) -> Result<()> {
     step.done();
     Ok(())
 }
+
+/// What the container end-to-end tests (`tests/tests/containers.rs`) run: podman, runc (crun
+/// fails on `setrlimit` in sandboxes without CAP_SYS_RESOURCE) and busybox-static (their
+/// images are built from it: nothing is pulled). About 35 MB of archives, a minute or so on a
+/// fresh Debian 12 machine.
+const CONTAINER_PACKAGES: [&str; 3] = ["podman", "runc", "busybox-static"];
+
+/// Installs the container test tools when missing (`cargo xtask test`). Never fails the run:
+/// without them the container tests skip and say why.
+pub fn container_tools() {
+    let step = step("checking podman, runc and busybox (the container end-to-end tests)");
+    let missing: Vec<&str> = CONTAINER_PACKAGES
+        .into_iter()
+        .filter(|package| {
+            let program = if *package == "busybox-static" {
+                Path::new("/bin/busybox").exists()
+            } else {
+                which(package).is_some()
+            };
+            !program
+        })
+        .collect();
+    if missing.is_empty() {
+        step.present("");
+        return;
+    }
+    let (Some(apt_get), true) = (which("apt-get"), is_root()) else {
+        eprintln!(
+            "    missing: {}; the container tests will be skipped (install them: apt-get install -y {})",
+            missing.join(", "),
+            CONTAINER_PACKAGES.join(" ")
+        );
+        return;
+    };
+    step.installing(&format!("installing {} with apt-get", missing.join(", ")));
+    let install = || {
+        Cmd::new(&apt_get)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(CONTAINER_PACKAGES)
+            .run("install podman, runc and busybox-static", "")
+    };
+    // The package lists are usually fresh (set-up updated them for LLVM); update only if the
+    // install cannot find the packages.
+    let installed = install().or_else(|_| {
+        Cmd::new(&apt_get)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .arg("update")
+            .run("update the apt package lists", "")
+            .and_then(|()| install())
+    });
+    match installed {
+        Ok(()) => step.done(),
+        Err(err) => {
+            eprintln!("    failed to install them ({err:#}); the container tests will be skipped")
+        }
+    }
+}

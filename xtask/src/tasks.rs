@@ -175,6 +175,8 @@ pub fn test(ws: &Workspace, extra: &[OsString]) -> ExitCode {
                  need root; run `sudo -E cargo xtask test`"
             );
         }
+        // Podman for tests/tests/containers.rs (they skip, saying why, without it).
+        crate::setup::container_tools();
         let monitor = ws.target_dir.join("release").join("monitor");
         let monitor = std::path::absolute(&monitor).unwrap_or(monitor);
         ws.cargo()

@@ -110,6 +110,7 @@ fn builtin_profiles_select_their_servers_and_not_others() {
                 exe: Some(exe),
                 args,
                 cgroup: Some("/system.slice/x.service"),
+                container: None,
             })
             .map(|p| p.name.as_str())
     };
@@ -220,7 +221,7 @@ fn profile_structure_errors() {
         profile_errors("selector: {}\n"),
         [
             "p.yaml:1:1: missing key \"name\"",
-            "p.yaml:1:11: selector: give at least one of executables, args or cgroups",
+            "p.yaml:1:11: selector: give at least one of executables, args, cgroups, images, namespaces or pod_labels",
         ]
     );
     assert_eq!(
@@ -316,7 +317,7 @@ fn config_reports_errors_of_the_profiles_it_loads() {
     assert_eq!(
         errors,
         [
-            "DIR/monitor.yaml:3:1: unknown key \"unknown\" (expected one of: builtin_profiles, profiles, guards, outputs, dedup_window_secs)",
+            "DIR/monitor.yaml:3:1: unknown key \"unknown\" (expected one of: builtin_profiles, profiles, guards, outputs, dedup_window_secs, locked, heartbeat_secs)",
             "DIR/p/b.yml:3:7: mode: expected a string, found an integer",
             "DIR/p/b.yml:1:7: name: duplicate profile name \"x\" (first defined at DIR/p/a.yaml:1:7)",
         ]
@@ -499,4 +500,101 @@ fn transitions_must_name_loaded_profiles() {
         !config.profile_by_name("sync").unwrap().allow.io_uring,
         "default false"
     );
+}
+
+#[test]
+fn locked_and_heartbeat_are_read_and_checked() {
+    let dir = TempDir::new();
+    let path = dir.write("monitor.yaml", "locked: true\nheartbeat_secs: 5\n");
+    let config = load_config(&path).unwrap();
+    assert!(config.locked);
+    assert_eq!(config.heartbeat, Duration::from_secs(5));
+    let path = dir.write("defaults.yaml", "dedup_window_secs: 1\n");
+    let config = load_config(&path).unwrap();
+    assert!(!config.locked);
+    assert_eq!(config.heartbeat, crate::config::DEFAULT_HEARTBEAT);
+    assert_eq!(
+        config_errors(&dir, "locked: yes please\nheartbeat_secs: 0\n"),
+        [
+            "DIR/monitor.yaml:1:9: locked: expected true or false, found a string",
+            "DIR/monitor.yaml:2:17: heartbeat_secs: 0 is not between 1 and 3600 seconds",
+        ]
+    );
+}
+
+/// The value of `key` in a YAML mapping node.
+fn yaml_get<'n, 'i>(node: &'n MarkedYaml<'i>, key: &str) -> Option<&'n MarkedYaml<'i>> {
+    let saphyr::YamlData::Mapping(mapping) = &node.data else {
+        return None;
+    };
+    mapping
+        .iter()
+        .find(|(k, _)| k.data.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+/// The `data` entries (file name, text) of the ConfigMaps in a manifest.
+fn configmap_files(manifest: &str) -> Vec<(String, String)> {
+    let documents = load_documents(Path::new("manifest.yaml"), manifest).unwrap();
+    let mut files = Vec::new();
+    for document in &documents {
+        if yaml_get(document, "kind").and_then(|k| k.data.as_str()) != Some("ConfigMap") {
+            continue;
+        }
+        let Some(saphyr::YamlData::Mapping(data)) = yaml_get(document, "data").map(|d| &d.data)
+        else {
+            continue;
+        };
+        for (name, text) in data {
+            files.push((
+                name.data.as_str().unwrap().to_owned(),
+                text.data.as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    files
+}
+
+/// The ConfigMaps of `deploy/kubernetes/monitor.yaml` and the chart's default profiles are
+/// configurations the monitor loads: a manifest that drifts from the config format fails here.
+#[test]
+fn the_deploy_manifests_hold_valid_configs_and_profiles() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("deploy/kubernetes/monitor.yaml")).unwrap();
+    let dir = TempDir::new();
+    let files = configmap_files(&manifest);
+    assert!(
+        files.iter().any(|(name, _)| name == "config.yaml"),
+        "{files:?}"
+    );
+    let mut config = None;
+    for (name, text) in files {
+        if name == "config.yaml" {
+            let profiles = dir.0.join("profiles");
+            let text = text.replace("/etc/monitor-profiles", profiles.to_str().unwrap());
+            config = Some(dir.write("config.yaml", &text));
+        } else {
+            dir.write(&format!("profiles/{name}"), &text);
+        }
+    }
+    let config = load_config(&config.unwrap()).unwrap_or_else(|d| panic!("{d:?}"));
+    let pods = config
+        .profile_by_name("vllm-pods")
+        .expect("the manifest's profile");
+    assert!(pods.selector.uses_workload());
+
+    // The chart's default profiles (values.yaml `profiles`: file name -> text).
+    let values = std::fs::read_to_string(root.join("deploy/helm/monitor/values.yaml")).unwrap();
+    let documents = load_documents(Path::new("values.yaml"), &values).unwrap();
+    let Some(saphyr::YamlData::Mapping(profiles)) =
+        yaml_get(&documents[0], "profiles").map(|p| &p.data)
+    else {
+        panic!("values.yaml has no profiles mapping");
+    };
+    assert!(!profiles.is_empty());
+    for (name, text) in profiles {
+        let name = name.data.as_str().unwrap();
+        let parsed = profile::parse_profiles(Path::new(name), text.data.as_str().unwrap());
+        assert!(parsed.is_ok(), "{name}: {parsed:?}");
+    }
 }

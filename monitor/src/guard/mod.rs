@@ -750,6 +750,9 @@ impl Shared {
                 exe: process.exe.as_deref(),
                 args: &args,
                 cgroup: process.cgroup_path.as_deref(),
+                // The guard thread reads /proc, not the table: workload keys match nothing
+                // here, and the pipeline governs such a process once its metadata arrives.
+                container: None,
             };
             if let Some(profile) = self.config.select(&subject) {
                 return Some(profile.id);

@@ -11,7 +11,7 @@
 //! [`connect_rules`]).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -541,10 +541,16 @@ fn is_ephemeral(port: u16, ephemeral: (u16, u16)) -> bool {
 }
 
 /// Local addresses of TCP listens and UDP binds to `allow.network.listen` rules: `*:PORT`
-/// for the unspecified address, else `ADDR:PORT`; an ephemeral port (a `bind` to port 0)
-/// becomes the whole ephemeral range, never that one port. Port 0 (not bound yet) is left
-/// out, as `monitor run` does.
-pub fn listen_rules(locals: &BTreeMap<SocketAddr, u64>, ephemeral: (u16, u16)) -> Vec<Counted> {
+/// for the unspecified address, else `ADDR:PORT`. A port the kernel chose (a `bind` to port
+/// 0, or a listen without a bind) is different in every run: one in the ephemeral range
+/// becomes the whole range, never that one port. A port in `bound` was asked for by name
+/// (the server's own port, which may lie in the ephemeral range too): it stays that port.
+/// Port 0 (not bound yet) is left out, as `monitor run` does.
+pub fn listen_rules(
+    locals: &BTreeMap<SocketAddr, u64>,
+    ephemeral: (u16, u16),
+    bound: &BTreeSet<u16>,
+) -> Vec<Counted> {
     let mut specs: BTreeMap<AddrSpec, u64> = BTreeMap::new();
     for (local, &count) in locals {
         if local.port() == 0 {
@@ -552,7 +558,7 @@ pub fn listen_rules(locals: &BTreeMap<SocketAddr, u64>, ephemeral: (u16, u16)) -
         }
         let ip = local.ip().to_canonical();
         let network = (!ip.is_unspecified()).then(|| (ip, max_prefix(ip)));
-        let port = if is_ephemeral(local.port(), ephemeral) {
+        let port = if is_ephemeral(local.port(), ephemeral) && !bound.contains(&local.port()) {
             Port::Range(ephemeral.0, ephemeral.1)
         } else {
             Port::Range(local.port(), local.port())

@@ -89,6 +89,10 @@ pub struct Draft {
     /// `None`: unix sockets are not checked (only when merged into a profile without it).
     pub unix: Option<Vec<Item>>,
     pub devices: Vec<Item>,
+    /// `allow.io_uring: true` (the rule is `"true"`), or `None` for false.
+    pub io_uring: Option<Item>,
+    /// `allow.transitions`, kept from the profile merged into (learning makes none).
+    pub transitions: Vec<String>,
 }
 
 /// A YAML double-quoted scalar.
@@ -192,6 +196,10 @@ pub fn render(header: &[String], draft: &Draft) -> String {
         list(&mut out, 4, "unix", unix);
     }
     list(&mut out, 2, "devices", &draft.devices);
+    if let Some(item) = &draft.io_uring {
+        let _ = writeln!(out, "  io_uring: true   # {}", note(item));
+    }
+    plain_list(&mut out, 2, "transitions", &draft.transitions);
     out
 }
 
@@ -260,6 +268,13 @@ pub fn merge(learned: Draft, existing: &Profile, name: Option<&str>) -> Draft {
             None => devices.push(item),
         }
     }
+    let io_uring = match (allow.io_uring, learned.io_uring) {
+        (true, learned) => Some(Item {
+            count: learned.map_or(0, |item| item.count),
+            ..Item::kept("true")
+        }),
+        (false, learned) => learned,
+    };
     Draft {
         name: name.map_or_else(|| existing.name.clone(), str::to_owned),
         description: existing.description.clone(),
@@ -273,6 +288,8 @@ pub fn merge(learned: Draft, existing: &Profile, name: Option<&str>) -> Draft {
         listen: merge_addrs(&allow.listen, learned.listen),
         unix,
         devices,
+        io_uring,
+        transitions: existing.allow.transitions.clone(),
     }
 }
 

@@ -1,5 +1,5 @@
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,7 +19,7 @@ use crate::{
     alert::Alert,
     cidr::AddrRule,
     clock::BootClock,
-    events::{Access, Exec, Exit, Fork, Header},
+    events::{Access, Exec, Exit, FileOp, Fork, Header, IoUring, IoUringOp, Transport},
     glob::Glob,
     process::ExecInfo,
     profile::parse_profiles,
@@ -295,6 +295,7 @@ fn listen_rules_name_ports_not_ephemeral_ones() {
             ("[::1]:9000", 2),
         ]),
         EPHEMERAL,
+        &BTreeSet::new(),
     );
     assert_eq!(
         rules(&out),
@@ -307,6 +308,16 @@ fn listen_rules_name_ports_not_ephemeral_ones() {
     for rule in &out {
         AddrRule::parse(&rule.rule).unwrap();
     }
+    // A port in the ephemeral range that the server asked for by name is its own port.
+    let out = listen_rules(
+        &addr_counts(&[("127.0.0.1:40985", 1), ("[::1]:41000", 1)]),
+        EPHEMERAL,
+        &BTreeSet::from([40985]),
+    );
+    assert_eq!(
+        rules(&out),
+        [("127.0.0.1:40985", 1), ("[::1]:32768-60999", 1)]
+    );
 }
 
 #[test]
@@ -1176,4 +1187,173 @@ fn header_of_a_timed_learning_that_ran_its_course() {
     assert!(!lines.iter().any(|l| l.contains("lost")));
     session.requested = None;
     assert!(header(&session, &learning)[0].ends_with("(1m 3s; until Ctrl-C)."));
+}
+
+/// A server that compiles into a cache on its first run and reads the cache on the next, and
+/// listens on a port it names inside the ephemeral range.
+fn cached_server(world: &mut World, run: u64) {
+    let server = 30 + run as u32 * 1000;
+    let s0 = start(run * 100 + 30);
+    world.exec(
+        server,
+        s0,
+        PYTHON,
+        &["/usr/bin/python3", "/srv/fake/app/fake_server_learn.py"],
+    );
+    let cache = "/srv/fake/cache/kernels/compiled.bin";
+    if run == 1 {
+        // Looked for, missing, then written.
+        world.file(server, s0, FileOp::Open, cache, READ, -2);
+        world.file(server, s0, FileOp::Open, cache, WRITE_TRUNCATE, 4);
+        world.file(
+            server,
+            s0,
+            FileOp::Rename,
+            "/srv/fake/cache/kernels/tmp.bin -> /srv/fake/cache/kernels/index.json",
+            READ,
+            0,
+        );
+    } else {
+        world.read(server, s0, cache);
+        world.read(server, s0, "/srv/fake/cache/kernels/index.json");
+    }
+    world.net(server, s0, NetOp::Bind, Transport::Tcp, "127.0.0.1:45000");
+    world.net(server, s0, NetOp::Listen, Transport::Tcp, "127.0.0.1:45000");
+    // Its metrics port, chosen by the kernel: different every run.
+    world.net(server, s0, NetOp::Bind, Transport::Tcp, "[::1]:0");
+    let side = 50_000 + run as u16;
+    world.net(
+        server,
+        s0,
+        NetOp::Listen,
+        Transport::Tcp,
+        &format!("[::1]:{side}"),
+    );
+    // A UDP port asked for by name.
+    world.net(server, s0, NetOp::Bind, Transport::Udp, "0.0.0.0:47000");
+    world.exit(server, s0);
+}
+
+#[test]
+fn a_second_run_reads_what_the_first_wrote_and_listens_on_its_own_port() {
+    let dir = scratch_dir("second-run");
+    let mut world = World::new(
+        Some("exe=/usr/bin/python3*,args=*fake_server_learn*"),
+        vec![],
+    );
+    cached_server(&mut world, 1);
+    let selector = parse_select("exe=/usr/bin/python3*,args=*fake_server_learn*").unwrap();
+    let draft = world.learning.draft("cached", selector, EPHEMERAL);
+    let read: Vec<&str> = draft.read.iter().map(|i| i.rule.as_str()).collect();
+    for path in [
+        "/srv/fake/cache/kernels/compiled.bin",
+        "/srv/fake/cache/kernels/index.json",
+        "/srv/fake/cache/kernels/tmp.bin",
+    ] {
+        assert!(read.contains(&path), "{path} readable: {read:?}");
+    }
+    let listen: Vec<&str> = draft.listen.iter().map(|i| i.rule.as_str()).collect();
+    assert_eq!(listen, ["*:47000", "127.0.0.1:45000", "[::1]:32768-60999"]);
+    let text = render(&header(&session(), &world.learning), &draft);
+    let path = dir.join("cached.yaml");
+    std::fs::write(&path, &text).unwrap();
+    // The next run reads its cache and listens again: nothing to report.
+    let mut next = World::new(None, vec![]);
+    next.engine = Some(engine_for(&dir, &path));
+    cached_server(&mut next, 2);
+    let alerts: Vec<&str> = next.alerts.iter().map(|a| a.rule.as_str()).collect();
+    assert!(alerts.is_empty(), "{alerts:?}\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn io_uring_use_is_learned_and_allowed() {
+    let dir = scratch_dir("io-uring");
+    let mut world = World::new(
+        Some("exe=/usr/bin/python3*,args=*fake_server_learn*"),
+        vec![],
+    );
+    let uring = |world: &mut World, tgid: u32, s: u64| {
+        let header = world.header(EventKind::IoUring, tgid, s);
+        world.feed(Event::IoUring(IoUring {
+            header,
+            op: IoUringOp::Create,
+            ring: 0xffff_8880_0000_1000,
+            sq_thread: false,
+        }));
+    };
+    let s0 = start(40);
+    world.exec(40, s0, PYTHON, &["python3", "fake_server_learn.py"]);
+    uring(&mut world, 40, s0);
+    let selector = parse_select("exe=/usr/bin/python3*,args=*fake_server_learn*").unwrap();
+    let draft = world.learning.draft("uring", selector, EPHEMERAL);
+    let text = render(&header(&session(), &world.learning), &draft);
+    assert!(
+        text.contains("\n  io_uring: true   # 1 observation\n"),
+        "{text}"
+    );
+    let path = dir.join("uring.yaml");
+    std::fs::write(&path, &text).unwrap();
+    assert!(parse_profiles(&path, &text).unwrap()[0].allow.io_uring);
+    let mut next = World::new(None, vec![]);
+    next.engine = Some(engine_for(&dir, &path));
+    next.exec(41, start(41), PYTHON, &["python3", "fake_server_learn.py"]);
+    uring(&mut next, 41, start(41));
+    assert!(next.alerts.is_empty(), "{:?}", next.alerts);
+    // A server that never used io_uring is not allowed it, and a merge keeps what was.
+    let (_, plain, learning) = learn_once(&dir);
+    assert!(!plain.contains("io_uring"), "{plain}");
+    let existing = parse_profiles(
+        &path,
+        "name: uring\nselector: {args: [\"*x*\"]}\nallow: {io_uring: true, transitions: [other]}\n",
+    )
+    .unwrap()
+    .remove(0);
+    let selector = parse_select("exe=/usr/bin/python3*").unwrap();
+    let merged = merge(learning.draft("x", selector, EPHEMERAL), &existing, None);
+    let text = render(&[], &merged);
+    assert!(
+        text.contains("\n  io_uring: true   # kept; not observed\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  transitions:\n    - \"other\"\n"),
+        "{text}"
+    );
+    let profile = parse_profiles(&path, &text).unwrap().remove(0);
+    assert!(profile.allow.io_uring);
+    assert_eq!(profile.allow.transitions, ["other"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_warns_about_a_profile_that_allows_nothing() {
+    let dir = scratch_dir("allows-nothing");
+    let learning = Learning::new(None, vec![]);
+    let selector = SelectorText {
+        executables: vec!["/usr/bin/python3*".into()],
+        ..SelectorText::default()
+    };
+    let draft = learning.draft("empty", selector, EPHEMERAL);
+    let empty = dir.join("empty.yaml");
+    std::fs::write(&empty, render(&[], &draft)).unwrap();
+    let report = crate::config::check(std::slice::from_ref(&empty));
+    assert!(report.diagnostics.is_empty(), "{:?}", report.diagnostics);
+    let warning = format!(
+        "warning: {}:1:7: profile \"empty\" allows nothing",
+        empty.display()
+    );
+    assert!(
+        report.notes.iter().any(|n| n.starts_with(&warning)),
+        "{:?}",
+        report.notes
+    );
+    let (learned, _, _) = learn_once(&dir);
+    let report = crate::config::check(std::slice::from_ref(&learned));
+    assert!(
+        !report.notes.iter().any(|n| n.contains("allows nothing")),
+        "{:?}",
+        report.notes
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

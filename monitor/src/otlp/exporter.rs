@@ -185,6 +185,7 @@ pub async fn run(
         start_ns,
         failing: false,
     };
+    let (heartbeat_transport, heartbeat_resource) = (transport.clone(), resource.clone());
     tokio::join!(
         export_logs(
             shared.clone(),
@@ -199,6 +200,14 @@ pub async fn run(
             state.clone()
         ),
         sync_periodically(shared.clone(), state.clone()),
+        super::heartbeat::run(
+            shared.clone(),
+            heartbeat_transport,
+            heartbeat_resource,
+            settings.heartbeat_interval,
+            start_ns,
+            state.clone()
+        ),
     );
     if let RunState::Drain(deadline) = *state.borrow() {
         if tokio::time::timeout_at(deadline, metrics_exporter.export())

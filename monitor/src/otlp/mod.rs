@@ -14,6 +14,7 @@
 
 mod convert;
 mod exporter;
+mod heartbeat;
 mod replay;
 mod settings;
 mod sink;
@@ -24,6 +25,7 @@ mod tests;
 
 pub use convert::{any_value, log_record, logs_request, metrics_request, EVENT_NAME, SCOPE_NAME};
 pub use exporter::DEAD_LETTER_DIR;
+pub use heartbeat::HEARTBEAT_EVENT_NAME;
 pub use replay::{replay, Replayed};
 pub use settings::{
     percent_decode, process_env, Backoff, OtlpArgs, OtlpFileSettings, OtlpSettings, Protocol,

@@ -165,6 +165,8 @@ pub struct OtlpSettings {
     pub backoff: Backoff,
     /// How often metrics are exported.
     pub metrics_interval: Duration,
+    /// How often the heartbeat (a `monitor.heartbeat` log record and `monitor.up`) is sent.
+    pub heartbeat_interval: Duration,
 }
 
 /// The `OTEL_*` variables of this process, for [`OtlpSettings::resolve`].
@@ -457,6 +459,7 @@ impl OtlpSettings {
             resource: resource(env),
             backoff: Backoff::default(),
             metrics_interval: Duration::from_secs(10),
+            heartbeat_interval: crate::config::DEFAULT_HEARTBEAT,
         }))
     }
 

@@ -22,7 +22,14 @@ const PROFILE_KEYS: &[&str] = &[
     "dry_run",
     "allow",
 ];
-const SELECTOR_KEYS: &[&str] = &["executables", "args", "cgroups"];
+const SELECTOR_KEYS: &[&str] = &[
+    "executables",
+    "args",
+    "cgroups",
+    "images",
+    "namespaces",
+    "pod_labels",
+];
 const ALLOW_KEYS: &[&str] = &[
     "exec",
     "files",
@@ -197,6 +204,10 @@ fn parse_selector(reader: &mut Reader, node: &MarkedYaml) -> Option<Selector> {
             continue;
         };
         let path = join("selector", key);
+        if *key == "pod_labels" {
+            parse_pod_labels(reader, list, &path, &mut selector);
+            continue;
+        }
         let key_before = reader.diagnostics.len();
         let items = reader.strings(list, &path);
         if items.is_empty() && reader.diagnostics.len() == key_before {
@@ -208,8 +219,12 @@ fn parse_selector(reader: &mut Reader, node: &MarkedYaml) -> Option<Selector> {
         }
         for item in items {
             match *key {
-                "args" => match ArgsGlob::new(item.value) {
-                    Ok(glob) => selector.args.push(glob),
+                "args" | "images" | "namespaces" => match ArgsGlob::new(item.value) {
+                    Ok(glob) => match *key {
+                        "args" => selector.args.push(glob),
+                        "images" => selector.images.push(glob),
+                        _ => selector.namespaces.push(glob),
+                    },
                     Err(err) => reader.error(item.node, &item.key, format!("invalid glob: {err}")),
                 },
                 "executables" => {
@@ -229,10 +244,43 @@ fn parse_selector(reader: &mut Reader, node: &MarkedYaml) -> Option<Selector> {
         reader.error(
             node,
             "selector",
-            "give at least one of executables, args or cgroups",
+            "give at least one of executables, args, cgroups, images, namespaces or pod_labels",
         );
     }
     (reader.diagnostics.len() == before).then_some(selector)
+}
+
+/// `pod_labels: {app: vllm, tier: "serving-*"}`: label names and value globs.
+fn parse_pod_labels(reader: &mut Reader, node: &MarkedYaml, path: &str, selector: &mut Selector) {
+    let saphyr::YamlData::Mapping(mapping) = &node.data else {
+        reader.error(
+            node,
+            path,
+            "expected a mapping of label names to value globs, e.g. {app: vllm}",
+        );
+        return;
+    };
+    if mapping.is_empty() {
+        reader.error(
+            node,
+            path,
+            "an empty mapping selects nothing: remove the key or give a label",
+        );
+    }
+    for (name, value) in mapping {
+        let Some(name) = name.data.as_str() else {
+            reader.error(name, path, "label names must be strings");
+            continue;
+        };
+        let key = join(path, name);
+        let Some(value) = reader.string(value, &key) else {
+            continue;
+        };
+        match ArgsGlob::new(value) {
+            Ok(glob) => selector.pod_labels.push((name.to_owned(), glob)),
+            Err(err) => reader.error(node, &key, format!("invalid glob: {err}")),
+        }
+    }
 }
 
 fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {

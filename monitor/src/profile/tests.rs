@@ -29,7 +29,12 @@ fn one(text: &str) -> Profile {
 }
 
 fn subject<'a>(exe: Option<&'a str>, args: &'a str, cgroup: Option<&'a str>) -> Subject<'a> {
-    Subject { exe, args, cgroup }
+    Subject {
+        exe,
+        args,
+        cgroup,
+        container: None,
+    }
 }
 
 #[test]
@@ -154,4 +159,84 @@ fn io_uring_and_transitions_are_checked() {
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert!(messages[0].contains("allow.io_uring"), "{messages:?}");
     assert!(messages[1].contains("invalid profile name"), "{messages:?}");
+}
+
+#[test]
+fn workload_keys_select_by_image_namespace_and_pod_labels() {
+    let profile = one(
+        "name: vllm-pods\nselector:\n  executables: ['/usr/bin/python3*']\n  images: ['*/vllm/vllm-openai', 'localhost/*:0.6*']\n  namespaces: ['inference', 'ml-*']\n  pod_labels: {app: vllm, tier: 'serving-*'}\n",
+    );
+    let mut meta = crate::workload::ContainerMeta {
+        image_name: Some("docker.io/vllm/vllm-openai".into()),
+        image_tag: Some("v0.6.3".into()),
+        namespace: Some("ml-prod".into()),
+        ..Default::default()
+    };
+    meta.labels.insert("app".into(), "vllm".into());
+    meta.labels.insert("tier".into(), "serving-gpu".into());
+    fn with<'a>(meta: Option<&'a crate::workload::ContainerMeta>, exe: &'a str) -> Subject<'a> {
+        Subject {
+            exe: Some(exe),
+            args: "",
+            cgroup: None,
+            container: meta,
+        }
+    }
+    assert!(profile.selects(&with(Some(&meta), "/usr/bin/python3.11")));
+    // ANDed with the other keys.
+    assert!(!profile.selects(&with(Some(&meta), "/usr/bin/bash")));
+    // Metadata not known yet (or not in a container): no match.
+    assert!(!profile.selects(&with(None, "/usr/bin/python3.11")));
+    // `name:tag` is matched too.
+    let mut local = meta.clone();
+    local.image_name = Some("localhost/server".into());
+    local.image_tag = Some("0.6.1".into());
+    assert!(profile.selects(&with(Some(&local), "/usr/bin/python3.11")));
+    local.image_tag = Some("0.7".into());
+    assert!(!profile.selects(&with(Some(&local), "/usr/bin/python3.11")));
+    // Every label must be there and match.
+    let mut other = meta.clone();
+    other.labels.insert("tier".into(), "batch".into());
+    assert!(!profile.selects(&with(Some(&other), "/usr/bin/python3.11")));
+    other.labels.remove("tier");
+    assert!(!profile.selects(&with(Some(&other), "/usr/bin/python3.11")));
+    let mut elsewhere = meta.clone();
+    elsewhere.namespace = Some("default".into());
+    assert!(!profile.selects(&with(Some(&elsewhere), "/usr/bin/python3.11")));
+    elsewhere.namespace = None;
+    assert!(!profile.selects(&with(Some(&elsewhere), "/usr/bin/python3.11")));
+
+    // A workload key alone is a selector.
+    let only = one("name: by-image\nselector: {images: ['*vllm*']}\n");
+    assert!(only.selects(&with(Some(&meta), "/bin/anything")));
+}
+
+#[test]
+fn workload_keys_report_bad_values() {
+    let errors = parse_profiles(
+        Path::new("p.yaml"),
+        "name: x\nselector: {pod_labels: [app]}\n",
+    )
+    .unwrap_err();
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("selector.pod_labels: expected a mapping"),
+        "{errors:?}"
+    );
+    let errors = parse_profiles(
+        Path::new("p.yaml"),
+        "name: x\nselector: {pod_labels: {app: [a]}}\n",
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].to_string().contains("selector.pod_labels.app"),
+        "{errors:?}"
+    );
+    let errors =
+        parse_profiles(Path::new("p.yaml"), "name: x\nselector: {images: []}\n").unwrap_err();
+    assert!(
+        errors[0].to_string().contains("selector.images"),
+        "{errors:?}"
+    );
 }

@@ -6,18 +6,16 @@ use crate::guard::GuardHit;
 use crate::{
     cidr::is_loopback,
     config::Config,
-    events::{Device, File, FileOp, IoUring, MemoryAccess, Net, NetOp, Transport},
+    events::{Device, File, IoUring, MemoryAccess, Net},
     profile::Profile,
 };
 
 use super::{
+    classify::{file_use, is_probe, net_use, FileUse, NetUse},
     Rule, CONNECT_NOT_ALLOWED, DEVICE_NOT_ALLOWED, EXEC_NOT_ALLOWED, FILE_READ_NOT_ALLOWED,
     FILE_WRITE_NOT_ALLOWED, GPU_UNEXPECTED_PROCESS, IO_URING_NOT_ALLOWED, LISTEN_NOT_ALLOWED,
     MODEL_EXFILTRATION, PROCESS_MEMORY_ACCESS, PROTECTED_FILE_READ, PROTECTED_FILE_WRITE,
 };
-
-const ENOENT: i64 = 2;
-const ENOTDIR: i64 = 20;
 
 /// One rule broken by one event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,18 +58,10 @@ pub(crate) struct FileOutcome {
 /// Failed opens of missing paths (`ENOENT`, `ENOTDIR`) are probes, not accesses.
 pub(crate) fn file(config: &Config, profile: Option<&Profile>, event: &File) -> FileOutcome {
     let mut outcome = FileOutcome::default();
-    if event.result == -ENOENT || event.result == -ENOTDIR {
+    if is_probe(event.result) {
         return outcome;
     }
-    let (reads, writes) = match event.op {
-        FileOp::Open => (
-            event.access.read || !event.access.modifies(),
-            event.access.modifies(),
-        ),
-        FileOp::Rename | FileOp::Unlink | FileOp::Truncate | FileOp::Chmod | FileOp::Modify => {
-            (false, true)
-        }
-    };
+    let FileUse { reads, writes } = file_use(event);
     if let Some(hit) = &event.guard {
         // The answering thread judged a permission event by the profile the kernel held
         // for the process at that moment; the same profile decides the alert.
@@ -140,26 +130,25 @@ pub(crate) fn net(
     protected_read: Option<&str>,
     event: &Net,
 ) -> Vec<Finding> {
-    if event.transport == Transport::Unix {
-        let (Some(profile), Some(path)) = (profile, event.unix_path.as_deref()) else {
-            return Vec::new();
-        };
-        let rule = match event.op {
-            NetOp::Connect | NetOp::Send => CONNECT_NOT_ALLOWED,
-            NetOp::Bind => LISTEN_NOT_ALLOWED,
-            NetOp::Listen | NetOp::Accept => return Vec::new(),
-        };
-        return if profile.allow.unix(path) {
-            Vec::new()
-        } else {
-            vec![finding(rule, path)]
-        };
-    }
-    match event.op {
-        NetOp::Connect | NetOp::Send => {
-            let Some(peer) = event.peer else {
+    let Some(asked) = net_use(event) else {
+        return Vec::new();
+    };
+    match asked {
+        NetUse::UnixConnect(path) | NetUse::UnixBind(path) => {
+            let Some(profile) = profile else {
                 return Vec::new();
             };
+            let rule = match asked {
+                NetUse::UnixBind(_) => LISTEN_NOT_ALLOWED,
+                _ => CONNECT_NOT_ALLOWED,
+            };
+            if profile.allow.unix(path) {
+                Vec::new()
+            } else {
+                vec![finding(rule, path)]
+            }
+        }
+        NetUse::Connect(peer) => {
             let allowed = match profile {
                 Some(profile) => profile.allow.connect(peer),
                 None => is_loopback(peer.ip()),
@@ -175,21 +164,12 @@ pub(crate) fn net(
                 (false, None, None) => Vec::new(),
             }
         }
-        NetOp::Listen | NetOp::Bind => {
-            let checked = match event.transport {
-                Transport::Udp => event.op == NetOp::Bind,
-                Transport::Tcp | Transport::Other | Transport::Unix => event.op == NetOp::Listen,
-            };
-            let (Some(profile), Some(local), true) = (profile, event.local, checked) else {
-                return Vec::new();
-            };
-            if local.port() == 0 || profile.allow.listen(local) {
-                Vec::new()
-            } else {
+        NetUse::Listen(local) => match profile {
+            Some(profile) if !profile.allow.listen(local) => {
                 vec![finding(LISTEN_NOT_ALLOWED, local.to_string())]
             }
-        }
-        NetOp::Accept => Vec::new(),
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -202,7 +182,7 @@ pub(crate) fn device(
     profile: Option<&Profile>,
     event: &Device,
 ) -> Option<Finding> {
-    if [-ENOENT, -ENOTDIR].contains(&event.result) {
+    if is_probe(event.result) {
         return None;
     }
     let class = event.class.name();
@@ -225,6 +205,47 @@ pub(crate) fn memory(event: &MemoryAccess) -> Finding {
         PROCESS_MEMORY_ACCESS,
         format!("{operation}:{}", event.target_tgid),
     )
+}
+
+/// Another process reading, writing or taking control of the monitor's memory.
+pub(crate) fn monitor_memory(event: &MemoryAccess) -> Finding {
+    let operation = event.op.ptrace_request().unwrap_or(event.op.name());
+    finding(super::MONITOR_TAMPERED, format!("memory:{operation}"))
+}
+
+/// A deed against the monitor. A stop (and the SIGCONT that ends it) is reported once it is
+/// over, as `monitor-paused`, by [`crate::tamper::Pauses`]; SIGCONT alone is no alert.
+pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
+    use crate::events::TamperOp;
+    match event.op {
+        TamperOp::Bpf {
+            cmd,
+            object,
+            id,
+            unverified,
+            ..
+        } => {
+            let command = monitor_common::bpf_cmd_name(cmd);
+            Some(if unverified {
+                // One alert per actor and command (`bpftool map show` opens every map), the
+                // others folded into its count.
+                finding(super::MONITOR_OBJECT_OPENED, command)
+            } else {
+                finding(
+                    super::MONITOR_TAMPERED,
+                    format!("{command}:{object:?}:{id}"),
+                )
+            })
+        }
+        TamperOp::Signal { signal, .. } if crate::tamper::is_stop(signal) || signal == 18 => None,
+        // The process that started the monitor (its service manager, container runtime or
+        // supervisor) stopping it is its life cycle, not an attack: logged, not alerted.
+        TamperOp::Signal { .. } if event.header.tgid == std::os::unix::process::parent_id() => None,
+        TamperOp::Signal { signal, .. } => Some(finding(
+            super::MONITOR_SIGNALED,
+            crate::output::signal_name(signal).map_or_else(|| signal.to_string(), str::to_owned),
+        )),
+    }
 }
 
 /// io_uring use by a governed process whose profile does not set `allow.io_uring`.

@@ -62,6 +62,8 @@ fn config_with(profiles: &str, window: Duration) -> Config {
         },
         outputs: Outputs::default(),
         dedup_window: window,
+        locked: false,
+        heartbeat: crate::config::DEFAULT_HEARTBEAT,
     }
 }
 
@@ -348,8 +350,28 @@ fn rule_ids_and_severities() {
             "io-uring-not-allowed",
             "events-lost",
             "config-reload-failed",
+            "monitor-tampered",
+            "monitor-object-opened",
+            "monitor-signaled",
+            "monitor-paused",
+            "config-changed",
+            "config-change-refused",
+            "config-insecure",
+            "monitor-unclean-exit",
+            "alerts-file-repaired",
+            "export-rejected",
+            "spool-write-failed",
+            "alert-output-failed",
         ]
     );
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "rule ids are unique");
+    assert_eq!(MONITOR_TAMPERED.severity, Severity::Critical);
+    assert_eq!(MONITOR_OBJECT_OPENED.severity, Severity::Medium);
+    assert_eq!(MONITOR_SIGNALED.severity, Severity::High);
+    assert_eq!(MONITOR_PAUSED.severity, Severity::High);
     assert_eq!(FILE_READ_NOT_ALLOWED.severity, Severity::Medium);
     assert_eq!(LISTEN_NOT_ALLOWED.severity, Severity::Medium);
     assert_eq!(PROTECTED_FILE_WRITE.severity, Severity::Critical);
@@ -1023,4 +1045,64 @@ fn the_guard_verdict_is_trusted_and_one_open_makes_one_alert() {
         rules(&world.handle(Event::File(event)).alerts),
         ["protected-file-read"]
     );
+}
+
+#[test]
+fn deeds_against_the_monitor() {
+    use crate::events::{MemoryAccess, MemoryOp, Tamper, TamperOp};
+    use monitor_common::BpfObjectKind;
+    let mut world = World::new();
+    let tamper = |world: &mut World, op: TamperOp| {
+        let header = world.header(EventKind::Tamper, 4242, start(9));
+        rules(
+            &world
+                .handle(Event::Tamper(Tamper {
+                    header,
+                    op,
+                    result: Some(0),
+                }))
+                .alerts,
+        )
+        .iter()
+        .map(|r| (*r).to_owned())
+        .collect::<Vec<String>>()
+    };
+    let bpf = |cmd, unverified| TamperOp::Bpf {
+        cmd,
+        object: BpfObjectKind::Link,
+        id: 7,
+        unverified,
+        read_only: false,
+    };
+    // Identified from the caller's fd table: tampering; named by an id only: suspected.
+    assert_eq!(
+        tamper(&mut world, bpf(monitor_common::BPF_LINK_DETACH, false)),
+        ["monitor-tampered"]
+    );
+    assert_eq!(
+        tamper(&mut world, bpf(monitor_common::BPF_LINK_GET_FD_BY_ID, true)),
+        ["monitor-object-opened"]
+    );
+    let signal = |signal| TamperOp::Signal { signal, thread: 99 };
+    assert_eq!(tamper(&mut world, signal(15)), ["monitor-signaled"]);
+    assert_eq!(tamper(&mut world, signal(9)), ["monitor-signaled"]);
+    // A stop and the SIGCONT that ends it become one monitor-paused, raised by the processor.
+    assert!(tamper(&mut world, signal(19)).is_empty());
+    assert!(tamper(&mut world, signal(18)).is_empty());
+    // The monitor's memory: tampering, though the monitor has no profile.
+    let header = world.header(EventKind::MemoryAccess, 4243, start(10));
+    let verdict = world.handle(Event::MemoryAccess(MemoryAccess {
+        header,
+        op: MemoryOp::Ptrace(16),
+        target_tgid: 99,
+        target_start_time_ns: 0,
+        target_profile: 0,
+        fd: None,
+        killed: false,
+        would_kill: false,
+        at_exit: false,
+        monitor: true,
+    }));
+    assert_eq!(rules(&verdict.alerts), ["monitor-tampered"]);
+    assert_eq!(verdict.alerts[0].severity, Severity::Critical);
 }

@@ -60,6 +60,17 @@ fn sample_alert(severity: Severity) -> Alert {
         "process.command_args.truncated": true,
         "user.id": 1000,
         "container.id": "0123456789ab",
+        // The runtime's and Kubernetes' keys (crate::workload) go through unchanged too.
+        "container.name": "server",
+        "container.image.name": "registry.example.com/inference/vllm",
+        "container.image.tag": "0.6.3",
+        "container.image.id": "sha256:77aa",
+        "container.runtime": "containerd",
+        "k8s.pod.name": "vllm-0",
+        "k8s.pod.uid": "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+        "k8s.namespace.name": "inference",
+        "k8s.container.name": "server",
+        "k8s.node.name": "gpu-node-17",
         "monitor.score": 0.75,
         "event.kind": "exec",
     }) else {
