@@ -1246,3 +1246,68 @@ mod user {
     unsafe impl aya::Pod for super::DeviceOpen {}
     unsafe impl aya::Pod for super::IoUringKey {}
 }
+
+/// The syscall sensors hang off the two raw tracepoints `sys_enter` and `sys_exit`, not
+/// the per-syscall perf tracepoints: those skip compat (ia32) syscalls, and each costs the
+/// kernel a synchronous RCU grace period under a global mutex to detach (about 35 ms).
+/// A dispatcher on each raw tracepoint tail-calls, by syscall number, into a route program
+/// that tells the ABI (native or compat) and tail-calls into that ABI's handler.
+pub mod syscalls {
+    /// Slots per program array: above every syscall number of the ABIs we table (x86_64
+    /// and ia32 end below 470, aarch64 likewise). A number past the end has no slot.
+    pub const SLOTS: u32 = 512;
+    /// Dispatchers, attached to raw `sys_enter` / `sys_exit`.
+    pub const ENTER_DISPATCH: &str = "sys_enter_dispatch";
+    pub const EXIT_DISPATCH: &str = "sys_exit_dispatch";
+    /// Route programs: the ABI test, then the tail call into that ABI's handler.
+    pub const ENTER_ROUTE: &str = "sys_enter_route";
+    pub const EXIT_ROUTE: &str = "sys_exit_route";
+    /// Exit of the open syscalls: the file, device and /proc/PID/mem checks in one program
+    /// (a syscall number has one slot).
+    pub const EXIT_OPENS: &str = "sys_exit_opens";
+    /// Program arrays: syscall number -> route program, where either ABI has a handler.
+    pub const ENTER_ROUTES: &str = "SYS_ENTER_ROUTES";
+    pub const EXIT_ROUTES: &str = "SYS_EXIT_ROUTES";
+    /// Program arrays: syscall number -> handler, per ABI and direction.
+    pub const ENTER_NATIVE: &str = "SYS_ENTER_NATIVE";
+    pub const ENTER_COMPAT: &str = "SYS_ENTER_COMPAT";
+    pub const EXIT_NATIVE: &str = "SYS_EXIT_NATIVE";
+    pub const EXIT_COMPAT: &str = "SYS_EXIT_COMPAT";
+    /// The global holding [`super::SyscallAbi`].
+    pub const ABI_GLOBAL: &str = "SYSCALL_ABI";
+}
+
+/// Where a syscall's number and arguments are in its `struct pt_regs`, per ABI, written by
+/// the loader: register offsets from the kernel's BTF, the registers from the architecture's
+/// calling convention (x86_64: di, si, dx, r10, r8, r9; ia32: bx, cx, dx, si, di, bp;
+/// aarch64: regs[0..5]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallAbi {
+    pub native_args: [u32; 6],
+    /// Compat arguments are 32 bits wide: the upper halves are whatever user space left there.
+    pub compat_args: [u32; 6],
+    /// The syscall number at exit (x86_64 `orig_ax`, aarch64 `syscallno`).
+    pub nr: u32,
+    /// `task_struct.thread_info.status` (x86), whose `compat_bit` marks a compat syscall in
+    /// progress. 0: this architecture's compat syscalls are not told apart (none tabled).
+    pub task_status: u32,
+    pub compat_bit: u32,
+    /// `process_vm_writev`'s number, native then compat: tells it from `process_vm_readv`,
+    /// which shares the handler.
+    pub process_vm_writev: [u32; 2],
+    pub _pad: u32,
+    /// One bit per syscall number ([`syscalls::SLOTS`]) that some handler serves, in either
+    /// ABI, at entry and at exit: the dispatchers test it before the tail call, because an
+    /// indirect tail call (a retpoline on mitigated CPUs) costs more than the bit test, and
+    /// nearly every syscall on the host is untraced.
+    pub enter_traced: [u64; 8],
+    pub exit_traced: [u64; 8],
+}
+
+const _: () = assert!(core::mem::size_of::<SyscallAbi>() == 72 + 128);
+const _: () = assert!(syscalls::SLOTS == 8 * 64);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, u32 fields only, no padding.
+unsafe impl aya::Pod for SyscallAbi {}

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::{cgroup_device, tracepoint},
-    programs::{DeviceContext, TracePointContext},
+    macros::{cgroup_device, raw_tracepoint},
+    programs::{DeviceContext, RawTracePointContext},
 };
 use monitor_common::{
     guard_slot, Decision, DeviceEvent, DeviceOpen, EventKind, FdKey, FileOpCode, IoctlKey, Stat,
@@ -148,8 +148,9 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
 
 /// Exit of open, openat, openat2 and creat: an accelerator fd the device hook let through is
 /// filed for ioctl counting (io_uring's opens have no exit here: their fds go uncounted).
-#[tracepoint]
-pub fn sys_exit_open_device(ctx: TracePointContext) -> u32 {
+/// Run by `syscalls::sys_exit_opens`.
+#[inline(always)]
+pub fn sys_exit_open_device(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(open) = (unsafe { DEVICE_OPENS.get(pid_tgid) }).copied() else {
         return 0;
@@ -178,8 +179,8 @@ pub fn sys_exit_open_device(ctx: TracePointContext) -> u32 {
 }
 
 /// `ioctl(fd, cmd, arg)`: counted per (process, class, type, number) on accelerator fds.
-#[tracepoint]
-pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_ioctl(ctx: RawTracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let fd = syscall_arg(&ctx, 0) as u32;
     let Some(class) = (unsafe { ACCEL_FDS.get(FdKey { tgid, fd }) }).copied() else {
@@ -210,8 +211,8 @@ fn count_ioctl(key: &IoctlKey) {
 }
 
 /// `close(fd)`: an accelerator fd stops being tracked.
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_close(ctx: RawTracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = FdKey {
         tgid,

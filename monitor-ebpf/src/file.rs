@@ -10,8 +10,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use monitor_common::{
     guard_slot, EventKind, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
@@ -74,8 +74,8 @@ fn record(op: FileOpCode, dfd: i32, name: u64, dfd2: i32, name2: u64, open_flags
 }
 
 /// `open(filename, flags, mode)`
-#[tracepoint]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_open(ctx: RawTracePointContext) -> u32 {
     let flags = syscall_arg(&ctx, 1) as u32;
     stash_open(AT_FDCWD, syscall_arg(&ctx, 0));
     record(
@@ -91,8 +91,8 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
 }
 
 /// `openat(dfd, filename, flags, mode)`
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_openat(ctx: RawTracePointContext) -> u32 {
     let flags = syscall_arg(&ctx, 2) as u32;
     stash_open(syscall_arg(&ctx, 0) as i32, syscall_arg(&ctx, 1));
     record(
@@ -108,8 +108,8 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 }
 
 /// `openat2(dfd, filename, struct open_how *how, size)`
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_openat2(ctx: RawTracePointContext) -> u32 {
     // open_how.flags is the first u64 of the struct.
     let how = syscall_arg(&ctx, 2) as *const u64;
     let flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0) as u32;
@@ -127,8 +127,8 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 }
 
 /// `creat(pathname, mode)`
-#[tracepoint]
-pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_creat(ctx: RawTracePointContext) -> u32 {
     let flags = O_CREAT | O_WRONLY | O_TRUNC;
     stash_open(AT_FDCWD, syscall_arg(&ctx, 0));
     record(
@@ -144,16 +144,16 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 }
 
 /// `rename(oldname, newname)`
-#[tracepoint]
-pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_rename(ctx: RawTracePointContext) -> u32 {
     let (old, new) = (syscall_arg(&ctx, 0), syscall_arg(&ctx, 1));
     record(FileOpCode::Rename, AT_FDCWD, old, AT_FDCWD, new, 0, -1);
     0
 }
 
 /// `renameat(olddfd, oldname, newdfd, newname)` and `renameat2(..., flags)`
-#[tracepoint]
-pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_renameat(ctx: RawTracePointContext) -> u32 {
     record(
         FileOpCode::Rename,
         syscall_arg(&ctx, 0) as i32,
@@ -167,8 +167,8 @@ pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
 }
 
 /// `unlink(pathname)`, `rmdir(pathname)`
-#[tracepoint]
-pub fn sys_enter_unlink(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_unlink(ctx: RawTracePointContext) -> u32 {
     record(
         FileOpCode::Unlink,
         AT_FDCWD,
@@ -182,16 +182,16 @@ pub fn sys_enter_unlink(ctx: TracePointContext) -> u32 {
 }
 
 /// `unlinkat(dfd, pathname, flag)`
-#[tracepoint]
-pub fn sys_enter_unlinkat(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_unlinkat(ctx: RawTracePointContext) -> u32 {
     let dfd = syscall_arg(&ctx, 0) as i32;
     record(FileOpCode::Unlink, dfd, syscall_arg(&ctx, 1), 0, 0, 0, -1);
     0
 }
 
 /// `truncate(path, length)`
-#[tracepoint]
-pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_truncate(ctx: RawTracePointContext) -> u32 {
     record(
         FileOpCode::Truncate,
         AT_FDCWD,
@@ -205,16 +205,16 @@ pub fn sys_enter_truncate(ctx: TracePointContext) -> u32 {
 }
 
 /// `ftruncate(fd, length)`
-#[tracepoint]
-pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_ftruncate(ctx: RawTracePointContext) -> u32 {
     let fd = syscall_arg(&ctx, 0) as i32;
     record(FileOpCode::Truncate, AT_FDCWD, 0, 0, 0, 0, fd);
     0
 }
 
 /// `chmod(filename, mode)`
-#[tracepoint]
-pub fn sys_enter_chmod(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_chmod(ctx: RawTracePointContext) -> u32 {
     let mode = syscall_arg(&ctx, 1) as u32;
     record(
         FileOpCode::Chmod,
@@ -229,8 +229,8 @@ pub fn sys_enter_chmod(ctx: TracePointContext) -> u32 {
 }
 
 /// `fchmodat(dfd, filename, mode)` and `fchmodat2(dfd, filename, mode, flags)`
-#[tracepoint]
-pub fn sys_enter_fchmodat(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_fchmodat(ctx: RawTracePointContext) -> u32 {
     let mode = syscall_arg(&ctx, 2) as u32;
     let dfd = syscall_arg(&ctx, 0) as i32;
     record(FileOpCode::Chmod, dfd, syscall_arg(&ctx, 1), 0, 0, mode, -1);
@@ -238,8 +238,8 @@ pub fn sys_enter_fchmodat(ctx: TracePointContext) -> u32 {
 }
 
 /// `fchmod(fd, mode)`
-#[tracepoint]
-pub fn sys_enter_fchmod(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_fchmod(ctx: RawTracePointContext) -> u32 {
     let mode = syscall_arg(&ctx, 1) as u32;
     record(
         FileOpCode::Chmod,
@@ -254,13 +254,14 @@ pub fn sys_enter_fchmod(ctx: TracePointContext) -> u32 {
 }
 
 /// Exit of open, openat, openat2 and creat.
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+/// Run by `syscalls::sys_exit_opens`.
+#[inline(always)]
+pub fn sys_exit_open(ctx: RawTracePointContext) -> u32 {
     let _ = try_exit_open(&ctx);
     0
 }
 
-fn try_exit_open(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit_open(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret = syscall_ret(ctx);
     let pending = unsafe { PENDING.get(pid_tgid).copied() };
@@ -338,13 +339,13 @@ fn open_key(pid_tgid: u64, file: *const u8, open_flags: u32) -> Option<KnownKey>
 }
 
 /// Exit of rename*, unlink*, rmdir, truncate, ftruncate, chmod, fchmod, fchmodat*.
-#[tracepoint]
-pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_exit_file(ctx: RawTracePointContext) -> u32 {
     let _ = try_exit_file(&ctx);
     0
 }
 
-fn try_exit_file(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit_file(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { PENDING.get(pid_tgid).copied() }) else {
         return Ok(());

@@ -15,14 +15,13 @@ mod memory;
 mod net;
 mod path;
 mod process;
+mod syscalls;
 mod tamper;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
-    EbpfContext as _,
 };
 use monitor_common::{
     gate, guard_slot, stats_slot, Config, DeviceOpen, ExecKey, FdKey, InodeKey, IoUringKey,
@@ -213,20 +212,9 @@ fn known(key: &Option<KnownKey>, event_kind: u32) -> bool {
 #[map(name = "SENT")]
 static SENT: LruHashMap<SendKey, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// Reads the `n`th syscall argument of a `syscalls/sys_enter_*` tracepoint (the format
-/// files put `__syscall_nr` at 8 and the arguments at 16 + 8 * n; the loader checks it).
-#[inline(always)]
-fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: within the tracepoint record; direct context loads are allowed for tracepoints.
-    unsafe { *(ctx.as_ptr().add(16 + 8 * n) as *const u64) }
-}
-
-/// The return value of a `syscalls/sys_exit_*` tracepoint (`long ret` at 16).
-#[inline(always)]
-fn syscall_ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: as above.
-    unsafe { *(ctx.as_ptr().add(16) as *const i64) }
-}
+/// Syscall arguments and return values, read from the raw `sys_enter`/`sys_exit`
+/// tracepoints' `pt_regs` (see `syscalls`).
+pub(crate) use syscalls::{syscall_arg, syscall_ret};
 
 #[inline(always)]
 fn config_protect() -> bool {

@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_send_signal},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use monitor_common::{
     gate, EventKind, MemoryAccessEvent, MemoryOpCode, Stat, WatchEntry, MEMORY_AT_EXIT,
@@ -152,19 +152,16 @@ fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
 }
 
 /// `process_vm_readv(pid, ...)` and `process_vm_writev(pid, ...)`.
-#[tracepoint]
-pub fn process_vm_enter(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn process_vm_enter(ctx: RawTracePointContext) -> u32 {
     let pid = syscall_arg(&ctx, 0) as u32;
     let Some(target) = governed(pid) else {
         return 0;
     };
-    // `__syscall_nr` at 8 tells the two apart (x86_64: 310 readv, 311 writev; aarch64: 270,
-    // 271): the odd one of each pair writes.
-    let nr = unsafe { *(aya_ebpf::EbpfContext::as_ptr(&ctx).add(8) as *const i32) };
-    let op = if nr & 1 == 0 {
-        MemoryOpCode::ProcessVmReadv
-    } else {
+    let op = if crate::syscalls::process_vm_writes(&ctx) {
         MemoryOpCode::ProcessVmWritev
+    } else {
+        MemoryOpCode::ProcessVmReadv
     };
     report(op, target, 0, false);
     0
@@ -172,8 +169,8 @@ pub fn process_vm_enter(ctx: TracePointContext) -> u32 {
 
 /// `ptrace(request, pid, addr, data)`: the requests that take control of a process or read or
 /// write its memory.
-#[tracepoint]
-pub fn ptrace_enter(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn ptrace_enter(ctx: RawTracePointContext) -> u32 {
     let request = syscall_arg(&ctx, 0);
     if !matches!(
         request,
@@ -198,13 +195,13 @@ pub fn ptrace_enter(ctx: TracePointContext) -> u32 {
 
 /// `pidfd_getfd(pidfd, targetfd, flags)`: the pidfd's `struct pid` is the inode's
 /// `i_private` on pidfs (6.9+), the file's `private_data` before.
-#[tracepoint]
-pub fn pidfd_getfd_enter(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn pidfd_getfd_enter(ctx: RawTracePointContext) -> u32 {
     let _ = try_pidfd_getfd(&ctx);
     0
 }
 
-fn try_pidfd_getfd(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_pidfd_getfd(ctx: &RawTracePointContext) -> Result<(), i64> {
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
     let file = task.file(syscall_arg(ctx, 0) as i64)?;
     let inode = crate::kernel::file_inode(file)?;
@@ -240,8 +237,9 @@ fn try_pidfd_getfd(ctx: &TracePointContext) -> Result<(), i64> {
 /// the file (its `f_op->open` is the kernel's `mem_open`), so a symlink, a dirfd on
 /// `/proc/PID`, or `/proc/PID/task/TID/mem` are all the same file; the target is the task
 /// of the proc inode.
-#[tracepoint]
-pub fn proc_mem_open_exit(ctx: TracePointContext) -> u32 {
+/// Run by `syscalls::sys_exit_opens`.
+#[inline(always)]
+pub fn proc_mem_open_exit(ctx: RawTracePointContext) -> u32 {
     let fd = syscall_ret(&ctx);
     if fd < 0 {
         return 0;

@@ -12,8 +12,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::{cgroup_sock_addr, tracepoint},
-    programs::{SockAddrContext, TracePointContext},
+    macros::{cgroup_sock_addr, raw_tracepoint},
+    programs::{RawTracePointContext, SockAddrContext},
 };
 use monitor_common::{
     Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET, AF_INET6,
@@ -194,8 +194,8 @@ fn record(op: NetOpCode, fd: u64, addr: u64, addr_len: u32) {
 }
 
 /// `connect(fd, uservaddr, addrlen)`
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_connect(ctx: RawTracePointContext) -> u32 {
     let len = syscall_arg(&ctx, 2) as u32;
     record(
         NetOpCode::Connect,
@@ -207,8 +207,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 
 /// `bind(fd, umyaddr, addrlen)`
-#[tracepoint]
-pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_bind(ctx: RawTracePointContext) -> u32 {
     let len = syscall_arg(&ctx, 2) as u32;
     record(
         NetOpCode::Bind,
@@ -220,22 +220,22 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 }
 
 /// `listen(fd, backlog)`
-#[tracepoint]
-pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_listen(ctx: RawTracePointContext) -> u32 {
     record(NetOpCode::Listen, syscall_arg(&ctx, 0), 0, 0);
     0
 }
 
 /// `accept(fd, upeer, upeerlen)` and `accept4(..., flags)`
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_accept(ctx: RawTracePointContext) -> u32 {
     record(NetOpCode::Accept, syscall_arg(&ctx, 0), 0, 0);
     0
 }
 
 /// `sendto(fd, buff, len, flags, addr, addr_len)`: only with a destination.
-#[tracepoint]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_sendto(ctx: RawTracePointContext) -> u32 {
     let addr = syscall_arg(&ctx, 4);
     if addr != 0 {
         let len = syscall_arg(&ctx, 5) as u32;
@@ -245,8 +245,8 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 }
 
 /// `sendmsg(fd, msg, flags)`: only with a destination (`msg->msg_name`).
-#[tracepoint]
-pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_sendmsg(ctx: RawTracePointContext) -> u32 {
     let msg = syscall_arg(&ctx, 1);
     // struct user_msghdr { void *msg_name; int msg_namelen; ... }
     let name = unsafe { bpf_probe_read_user(msg as *const u64) }.unwrap_or(0);
@@ -258,13 +258,13 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
 }
 
 /// Exit of connect, bind, listen, accept, accept4, sendto, sendmsg.
-#[tracepoint]
-pub fn sys_exit_net(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_exit_net(ctx: RawTracePointContext) -> u32 {
     let _ = try_exit(&ctx);
     0
 }
 
-fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { PENDING.get(pid_tgid).copied() }) else {
         return Ok(());

@@ -14,8 +14,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
     monitor_object_key, BpfObjectKind, EventKind, Stat, TamperEvent, TamperOpCode, BPF_LINK_DETACH,
@@ -37,7 +37,12 @@ use crate::{
 #[derive(Clone, Copy)]
 enum Names {
     Fd(BpfObjectKind, usize),
-    Id(BpfObjectKind),
+    // The offset is unused, but always set: an enum whose variants leave a field undefined
+    // lets LLVM spill an uninitialised register, which the verifier refuses (`!read_ok`).
+    Id(
+        BpfObjectKind,
+        #[expect(dead_code, reason = "set to 0 so that no variant leaves it undefined")] usize,
+    ),
 }
 
 /// `BPF_F_RDONLY` in `bpf_attr.open_flags` of `BPF_MAP_GET_FD_BY_ID`.
@@ -59,17 +64,17 @@ fn names(cmd: u32) -> Option<Names> {
         // `target_fd`, then `attach_bpf_fd`: the program to detach.
         BPF_PROG_DETACH => Names::Fd(BpfObjectKind::Program, 4),
         BPF_LINK_UPDATE | BPF_LINK_DETACH => Names::Fd(BpfObjectKind::Link, 0),
-        BPF_PROG_GET_FD_BY_ID => Names::Id(BpfObjectKind::Program),
-        BPF_MAP_GET_FD_BY_ID => Names::Id(BpfObjectKind::Map),
-        BPF_LINK_GET_FD_BY_ID => Names::Id(BpfObjectKind::Link),
+        BPF_PROG_GET_FD_BY_ID => Names::Id(BpfObjectKind::Program, 0),
+        BPF_MAP_GET_FD_BY_ID => Names::Id(BpfObjectKind::Map, 0),
+        BPF_LINK_GET_FD_BY_ID => Names::Id(BpfObjectKind::Link, 0),
         _ => return None,
     })
 }
 
 /// `bpf(cmd, attr, size)`: remembers a call aimed at one of the monitor's objects until its
 /// exit reports it with its result.
-#[tracepoint]
-pub fn bpf_enter(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn bpf_enter(ctx: RawTracePointContext) -> u32 {
     let cmd = syscall_arg(&ctx, 0) as u32;
     let Some(names) = names(cmd) else {
         return 0;
@@ -84,7 +89,7 @@ pub fn bpf_enter(ctx: TracePointContext) -> u32 {
 }
 
 fn try_bpf_enter(
-    ctx: &TracePointContext,
+    ctx: &RawTracePointContext,
     cmd: u32,
     names: Names,
     pid_tgid: u64,
@@ -92,7 +97,7 @@ fn try_bpf_enter(
     let attr = syscall_arg(ctx, 1) as *const u8;
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
     let (kind, id, flags) = match names {
-        Names::Id(kind) => {
+        Names::Id(kind, _) => {
             let id: u32 = unsafe { bpf_probe_read_user(attr as *const u32)? };
             let mut flags = TAMPER_UNVERIFIED;
             if matches!(kind, BpfObjectKind::Map) {
@@ -149,8 +154,8 @@ fn try_bpf_enter(
 }
 
 /// The exit of `bpf()`: the result of a call the entry remembered.
-#[tracepoint]
-pub fn bpf_exit(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn bpf_exit(ctx: RawTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { BPF_PENDING.get(pid_tgid) }) else {
         return 0;

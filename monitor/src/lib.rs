@@ -30,6 +30,7 @@ pub mod rules;
 pub mod sensor;
 pub mod sink;
 pub mod spool;
-pub mod workload;
+pub mod syscalls;
 pub mod tamper;
 pub mod trace_out;
+pub mod workload;

@@ -8,13 +8,15 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, TracePoint},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    globals, maps, programs, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey, Suffix,
-    WatchEntry, SUFFIXES_MAX, SUFFIX_CAP,
+    globals, maps, programs, syscalls, Config, FdKey, InodeKey, IoctlKey, KernelOffsets, KnownKey,
+    Suffix, WatchEntry, SUFFIXES_MAX, SUFFIX_CAP,
 };
 use tracing::{debug, info, warn};
 
@@ -109,195 +111,6 @@ const HOOKS: &[Hook] = &[
     },
 ];
 
-/// Syscall tracepoints: a program, the tracepoints it serves (`syscalls/<name>`), and
-/// whether the sensor can do without a tracepoint that this kernel lacks (legacy syscalls that
-/// arm64 never had, openat2 before 5.6, fchmodat2 before 6.6).
-struct SyscallHook {
-    program: &'static str,
-    required: &'static [&'static str],
-    optional: &'static [&'static str],
-}
-
-const SYSCALL_HOOKS: &[SyscallHook] = &[
-    SyscallHook {
-        program: "sys_enter_open",
-        required: &[],
-        optional: &["sys_enter_open"],
-    },
-    SyscallHook {
-        program: "sys_enter_openat",
-        required: &["sys_enter_openat"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_openat2",
-        required: &[],
-        optional: &["sys_enter_openat2"],
-    },
-    SyscallHook {
-        program: "sys_enter_creat",
-        required: &[],
-        optional: &["sys_enter_creat"],
-    },
-    SyscallHook {
-        program: "sys_exit_open",
-        required: &["sys_exit_openat"],
-        optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
-    },
-    SyscallHook {
-        program: programs::SYS_EXIT_OPEN_DEVICE,
-        required: &["sys_exit_openat"],
-        optional: &["sys_exit_open", "sys_exit_openat2", "sys_exit_creat"],
-    },
-    SyscallHook {
-        program: "sys_enter_rename",
-        required: &[],
-        optional: &["sys_enter_rename"],
-    },
-    SyscallHook {
-        program: "sys_enter_renameat",
-        required: &["sys_enter_renameat"],
-        optional: &["sys_enter_renameat2"],
-    },
-    SyscallHook {
-        program: "sys_enter_unlink",
-        required: &[],
-        optional: &["sys_enter_unlink", "sys_enter_rmdir"],
-    },
-    SyscallHook {
-        program: "sys_enter_unlinkat",
-        required: &["sys_enter_unlinkat"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_truncate",
-        required: &["sys_enter_truncate"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_ftruncate",
-        required: &["sys_enter_ftruncate"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_chmod",
-        required: &[],
-        optional: &["sys_enter_chmod"],
-    },
-    SyscallHook {
-        program: "sys_enter_fchmodat",
-        required: &["sys_enter_fchmodat"],
-        optional: &["sys_enter_fchmodat2"],
-    },
-    SyscallHook {
-        program: "sys_enter_fchmod",
-        required: &["sys_enter_fchmod"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_exit_file",
-        required: &[
-            "sys_exit_renameat",
-            "sys_exit_unlinkat",
-            "sys_exit_truncate",
-            "sys_exit_ftruncate",
-            "sys_exit_fchmodat",
-            "sys_exit_fchmod",
-        ],
-        optional: &[
-            "sys_exit_rename",
-            "sys_exit_renameat2",
-            "sys_exit_unlink",
-            "sys_exit_rmdir",
-            "sys_exit_chmod",
-            "sys_exit_fchmodat2",
-        ],
-    },
-    SyscallHook {
-        program: "sys_enter_connect",
-        required: &["sys_enter_connect"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_bind",
-        required: &["sys_enter_bind"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_listen",
-        required: &["sys_enter_listen"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_accept",
-        required: &["sys_enter_accept4"],
-        optional: &["sys_enter_accept"],
-    },
-    SyscallHook {
-        program: "sys_enter_sendto",
-        required: &["sys_enter_sendto"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_sendmsg",
-        required: &["sys_enter_sendmsg"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_exit_net",
-        required: &[
-            "sys_exit_connect",
-            "sys_exit_bind",
-            "sys_exit_listen",
-            "sys_exit_accept4",
-            "sys_exit_sendto",
-            "sys_exit_sendmsg",
-        ],
-        optional: &["sys_exit_accept"],
-    },
-    SyscallHook {
-        program: "sys_enter_ioctl",
-        required: &["sys_enter_ioctl"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: "sys_enter_close",
-        required: &["sys_enter_close"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PROCESS_VM_ENTER,
-        required: &["sys_enter_process_vm_readv", "sys_enter_process_vm_writev"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PTRACE_ENTER,
-        required: &["sys_enter_ptrace"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PIDFD_GETFD_ENTER,
-        required: &[],
-        optional: &["sys_enter_pidfd_getfd"],
-    },
-    // bpf() calls of other processes on the monitor's own programs, maps and links.
-    SyscallHook {
-        program: programs::BPF_ENTER,
-        required: &["sys_enter_bpf"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::BPF_EXIT,
-        required: &["sys_exit_bpf"],
-        optional: &[],
-    },
-    SyscallHook {
-        program: programs::PROC_MEM_OPEN_EXIT,
-        required: &["sys_exit_openat"],
-        optional: &["sys_exit_open", "sys_exit_openat2"],
-    },
-];
-
 /// io_uring tracepoints (`io_uring/<name>`, 5.5+; absent when io_uring is not built):
 /// a program and its tracepoint. Without them io_uring use is not reported (say so).
 const IO_URING_HOOKS: [(&str, &str); 3] = [
@@ -362,7 +175,7 @@ const SOCK_ADDR_HOOKS: [(&str, &str); 6] = [
 pub struct Sensor {
     /// Every attachment, owned here rather than by its program, so that a stop can detach
     /// them all at once (see [`Sensor::detach`]). The flag says whether it is a perf
-    /// tracepoint (`tracepoint/...`), which the kernel releases one at a time.
+    /// tracepoint (`tracepoint/io_uring/...`), which the kernel releases one at a time.
     links: Vec<(bool, Box<dyn Send>)>,
     /// The cgroup attachments, which another process can detach (`BPF_LINK_DETACH`): the
     /// self-check verifies them and attaches again.
@@ -513,7 +326,8 @@ impl Sensor {
             .context("failed to find the kernel struct fields the programs read")?;
         debug!(?offsets, "kernel struct offsets from BTF");
         let tracefs = crate::mounts::tracefs()?;
-        check_syscall_layout(&tracefs)?;
+        let syscall_abi = crate::syscalls::abi(&kernel_btf)?;
+        debug!(?syscall_abi, "syscall registers from BTF");
         let cgroup = match &options.cgroup {
             Some(path) => path.clone(),
             None => crate::cgroup::cgroup2_mount().context(
@@ -547,6 +361,7 @@ impl Sensor {
             .btf(Some(&btf))
             .override_global(globals::CONFIG, &config, true)
             .override_global(globals::OFFSETS, &offsets, true)
+            .override_global(syscalls::ABI_GLOBAL, &syscall_abi, true)
             .map_max_entries(maps::EVENTS, options.ring_size)
             .map_max_entries(maps::EXEC_CANDIDATES, exec_capacity)
             .load(OBJECT)
@@ -563,15 +378,7 @@ impl Sensor {
                 )
             })?;
         }
-        for hook in SYSCALL_HOOKS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("failed to load program {}", hook.program))?;
-        }
+        load_syscall_programs(&mut ebpf)?;
         for (name, _) in IO_URING_HOOKS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -694,42 +501,26 @@ impl Sensor {
                 "attached"
             );
         }
-        let events = self.tracefs.join("events/syscalls");
-        for hook in SYSCALL_HOOKS {
-            let program: &mut TracePoint = self
+        for (name, tracepoint) in [
+            (syscalls::ENTER_DISPATCH, "sys_enter"),
+            (syscalls::EXIT_DISPATCH, "sys_exit"),
+        ] {
+            let program: &mut RawTracePoint = self
                 .ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            let mut attached = Vec::new();
-            for (name, required) in hook
-                .required
-                .iter()
-                .map(|n| (n, true))
-                .chain(hook.optional.iter().map(|n| (n, false)))
-            {
-                if !required && !events.join(name).exists() {
-                    debug!(
-                        program = hook.program,
-                        tracepoint = name,
-                        "not on this kernel; skipped"
-                    );
-                    continue;
-                }
-                let id = program.attach("syscalls", name).with_context(|| {
-                    format!(
-                        "failed to attach program {} to syscalls/{name}",
-                        hook.program
-                    )
-                })?;
-                self.links.push((true, Box::new(program.take_link(id)?)));
-                attached.push(*name);
-            }
-            debug!(program = hook.program, tracepoints = ?attached, "attached");
+            let id = program.attach(tracepoint).with_context(|| {
+                format!("failed to attach program {name} to raw tracepoint {tracepoint}")
+            })?;
+            // A raw tracepoint detaches without waiting for a grace period: not a perf link.
+            self.links.push((false, Box::new(program.take_link(id)?)));
         }
         info!(
-            programs = SYSCALL_HOOKS.len(),
-            "file, network and ioctl sensors attached to syscall tracepoints"
+            handlers = crate::syscalls::HANDLERS.len(),
+            hooks = "raw_tp/sys_enter,sys_exit",
+            compat = if crate::syscalls::COMPAT { "ia32 syscalls of 64-bit processes too" } else { "no compat table on this architecture" },
+            "file, network, memory-access and ioctl sensors attached to the raw syscall tracepoints (dispatch by syscall number)"
         );
         let io_uring = self.tracefs.join("events/io_uring");
         let layout = io_uring_layout(&io_uring);
@@ -956,8 +747,9 @@ impl Sensor {
 
     /// Detaches every program and unloads them; returns how many attachments there were.
     ///
-    /// The cgroup programs and BTF tracepoints go first, all at once: their release waits
-    /// for nothing. Each perf tracepoint (`tracepoint/syscalls/...`) costs a
+    /// The cgroup programs, BTF and raw tracepoints (the syscall sensors hang off raw
+    /// `sys_enter`/`sys_exit`) go first, all at once: their release waits for nothing. Each
+    /// perf tracepoint (only `tracepoint/io_uring/...` now) costs a
     /// synchronous RCU grace period in the kernel, taken under the global `event_mutex`
     /// (`perf_trace_destroy` → `tracepoint_synchronize_unregister`), so however many
     /// threads close them, they are released one after the other: about 35 ms each
@@ -976,12 +768,12 @@ impl Sensor {
         debug!(
             links = quick_count,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "cgroup programs and BTF tracepoints detached"
+            "cgroup programs, BTF and raw tracepoints detached"
         );
         if !perf.is_empty() {
             info!(
                 links = perf.len(),
-                "detaching the syscall tracepoints: the kernel releases them one at a time (an RCU grace period each)"
+                "detaching the io_uring perf tracepoints: the kernel releases them one at a time (an RCU grace period each)"
             );
         }
         let started = Instant::now();
@@ -990,7 +782,7 @@ impl Sensor {
         debug!(
             links = perf_count,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "syscall tracepoints detached"
+            "io_uring perf tracepoints detached"
         );
         drop(self);
         count
@@ -1083,30 +875,6 @@ pub fn suffixes(list: &[String]) -> anyhow::Result<Vec<Suffix>> {
         .collect()
 }
 
-/// The programs read syscall arguments at fixed offsets (8 for `__syscall_nr`, then 16 + 8n;
-/// `ret` at 16): check that this kernel's tracepoint formats agree before trusting them.
-fn check_syscall_layout(tracefs: &Path) -> anyhow::Result<()> {
-    for (name, field, offset) in [
-        ("sys_enter_openat", "int dfd", 16),
-        ("sys_enter_openat", "const char * filename", 24),
-        ("sys_enter_connect", "int fd", 16),
-        ("sys_enter_ioctl", "unsigned int cmd", 24),
-        ("sys_exit_openat", "long ret", 16),
-    ] {
-        let path = tracefs.join("events/syscalls").join(name).join("format");
-        let format = std::fs::read_to_string(&path)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        let expected = format!("field:{field};\toffset:{offset};");
-        if !format.contains(&expected) {
-            bail!(
-                "unexpected layout of syscalls/{name} (wanted `{field}` at offset {offset}); this kernel is not supported yet, please report it with {}",
-                path.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// The io_uring programs read these fields at fixed offsets (the tracepoints' records are
 /// no stable ABI): check this kernel's format files agree.
 fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
@@ -1137,6 +905,77 @@ fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the syscall dispatchers, routes and handlers, and fills the program arrays: each
+/// handler at its syscall numbers in its ABI's array, the route at every number that either
+/// ABI serves. Numbers this kernel lacks get a slot that is never reached.
+fn load_syscall_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    use crate::syscalls::HANDLERS;
+    let mut fds = std::collections::HashMap::new();
+    let names = [
+        syscalls::ENTER_DISPATCH,
+        syscalls::EXIT_DISPATCH,
+        syscalls::ENTER_ROUTE,
+        syscalls::EXIT_ROUTE,
+    ]
+    .into_iter()
+    .chain(HANDLERS.iter().map(|h| h.program));
+    for name in names {
+        if fds.contains_key(name) {
+            continue;
+        }
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("failed to load program {name}"))?;
+        let fd = program
+            .fd()
+            .and_then(|fd| Ok(fd.try_clone()?))
+            .with_context(|| format!("failed to take the fd of program {name}"))?;
+        fds.insert(name, fd);
+    }
+    let mut set = |array: &str, nr: u32, program: &str| -> anyhow::Result<()> {
+        let mut map: ProgramArray<_> = ProgramArray::try_from(
+            ebpf.map_mut(array)
+                .with_context(|| format!("map {array} missing from the object"))?,
+        )?;
+        map.set(nr, &fds[program], 0)
+            .with_context(|| format!("failed to put program {program} at syscall {nr} of {array}"))
+    };
+    let mut slots = 0;
+    for handler in HANDLERS {
+        let (routes, route, native, compat) = if handler.exit {
+            (
+                syscalls::EXIT_ROUTES,
+                syscalls::EXIT_ROUTE,
+                syscalls::EXIT_NATIVE,
+                syscalls::EXIT_COMPAT,
+            )
+        } else {
+            (
+                syscalls::ENTER_ROUTES,
+                syscalls::ENTER_ROUTE,
+                syscalls::ENTER_NATIVE,
+                syscalls::ENTER_COMPAT,
+            )
+        };
+        for nr in handler.native_numbers() {
+            set(native, nr, handler.program)?;
+            set(routes, nr, route)?;
+            slots += 1;
+        }
+        for &nr in handler.compat_numbers() {
+            set(compat, nr, handler.program)?;
+            set(routes, nr, route)?;
+            slots += 1;
+        }
+    }
+    debug!(slots, "syscall handlers in place");
+    Ok(())
+}
+
 /// The id of a map of the object (the kinds it uses).
 fn map_id(map: &aya::maps::Map) -> Option<u32> {
     use aya::maps::Map;
@@ -1147,6 +986,7 @@ fn map_id(map: &aya::maps::Map) -> Option<u32> {
         | Map::LruHashMap(m)
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
+        | Map::ProgramArray(m)
         | Map::RingBuf(m) => m,
         _ => return None,
     };

@@ -546,9 +546,19 @@ fn a_sigterm_stop_is_quick_even_with_the_collector_down() {
         "{stderr}"
     );
     assert!(stderr.contains("programs detached"), "{stderr}");
-    // Generous: the machine is shared. Measured here with 69 programs attached: 3.2-3.3 s, of
-    // which 2.2-2.3 s is the detach (the kernel unregisters syscall tracepoints one RCU
-    // grace period at a time, under a mutex: threads do not overlap them) and 1 s the
-    // bounded drain; before the detach threads and the bounded drain: 7-8 s.
-    assert!(took < Duration::from_secs(5), "{took:?}:\n{stderr}");
+    // The detach itself is under 1 s: the syscall sensors hang off the raw sys_enter/sys_exit
+    // tracepoints, which release at once (the 62 per-syscall perf tracepoints they replace
+    // took up to 2.2 s, one RCU grace period each under a kernel mutex). Measured here:
+    // 30-200 ms of detach (nearly all the 3 io_uring perf tracepoints), 1.2 s in all with the
+    // 1 s bounded drain.
+    let detach_ms: u64 = stderr
+        .lines()
+        .find(|l| l.contains("programs detached"))
+        .and_then(|l| l.split("elapsed_ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no detach time in the log:\n{stderr}"));
+    assert!(detach_ms < 1000, "detach took {detach_ms} ms:\n{stderr}");
+    // 1 s of detach at most, the 1 s bounded drain, and room for a shared machine.
+    assert!(took < Duration::from_secs(3), "{took:?}:\n{stderr}");
 }
