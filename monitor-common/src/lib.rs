@@ -90,10 +90,11 @@ pub mod guard_slot {
 
 /// Slots of [`maps::GATES`]: non-zero opens a gate.
 pub mod gate {
-    /// Some process on the host has been governed (a profile's, or a candidate the kernel
-    /// marked at exec). Until then nobody's memory is guarded, and the host-wide
-    /// `/proc/PID/mem` check of every open returns at this one lookup. Set by the kernel when
-    /// it marks a candidate and by user space when it governs a running process; never
+    /// Some process's memory is guarded: a governed one (a profile's, or a candidate the
+    /// kernel marked at exec), or the monitor's own under `monitor run`. Until then the
+    /// host-wide `/proc/PID/mem` check of every open returns at this one lookup (`monitor
+    /// trace` and `learn` with nothing governed). Set by the kernel when it marks a candidate
+    /// and by user space when it governs a running process or starts `monitor run`; never
     /// cleared (a process governed once may be again).
     pub const GOVERNED: u32 = 0;
     /// Entries of [`super::maps::GATES`].

@@ -186,6 +186,10 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         processor.known = Some(maps.known);
         processor.watched_threads = Some(maps.watched_threads);
         processor.gates = Some(maps.gates);
+        // The monitor's own memory is guarded from the start (ptrace, process_vm_*,
+        // /proc/PID/mem of the monitor are `monitor-tampered`): the gate opens now, not
+        // when the first server is governed.
+        processor.open_governed_gate();
     }
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     // Container metadata: looked up in the background from the first process of each

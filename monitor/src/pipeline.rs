@@ -391,8 +391,9 @@ impl<W: Write> Processor<W> {
         }
     }
 
-    fn watch_profile(&mut self, tgid: u32, profile: u32) {
-        // Before the entry: the memory hooks must not skip a process already governed.
+    /// Opens the kernel's gate in front of the memory sensor's host-wide checks
+    /// ([`monitor_common::gate::GOVERNED`]): some process's memory is guarded now.
+    pub fn open_governed_gate(&mut self) {
         if let Some(gates) = &mut self.gates {
             if let Err(err) = gates.set(monitor_common::gate::GOVERNED, 1, 0) {
                 warn!(
@@ -400,6 +401,11 @@ impl<W: Write> Processor<W> {
                 );
             }
         }
+    }
+
+    fn watch_profile(&mut self, tgid: u32, profile: u32) {
+        // Before the entry: the memory hooks must not skip a process already governed.
+        self.open_governed_gate();
         // The generation is the kernel's own (`EXEC_GENERATION`): not read, not written here.
         let entry = WatchEntry {
             reason: WATCH_PROFILE,
