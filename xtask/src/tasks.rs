@@ -189,6 +189,8 @@ pub fn test(ws: &Workspace, extra: &[OsString]) -> ExitCode {
                 "-p",
                 "tests",
                 "--tests",
+                // Every suite runs, so one failing binary does not hide the others' results.
+                "--no-fail-fast",
                 "--",
                 "--test-threads=1",
             ])
