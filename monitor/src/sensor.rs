@@ -762,31 +762,29 @@ impl Sensor {
         }
         let count = links.len();
         let (perf, quick): (Vec<_>, Vec<_>) = links.into_iter().partition(|(perf, _)| *perf);
-        let started = Instant::now();
-        let quick_count = quick.len();
-        close_in_parallel(quick.into_iter().map(|(_, link)| link));
-        debug!(
-            links = quick_count,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "cgroup programs, BTF and raw tracepoints detached"
-        );
+        close_timed(quick, "cgroup programs, BTF and raw tracepoints detached");
         if !perf.is_empty() {
             info!(
                 links = perf.len(),
                 "detaching the io_uring perf tracepoints: the kernel releases them one at a time (an RCU grace period each)"
             );
         }
-        let started = Instant::now();
-        let perf_count = perf.len();
-        close_in_parallel(perf.into_iter().map(|(_, link)| link));
-        debug!(
-            links = perf_count,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "io_uring perf tracepoints detached"
-        );
+        close_timed(perf, "io_uring perf tracepoints detached");
         drop(self);
         count
     }
+}
+
+/// Closes these links in parallel and logs how many and how long it took.
+fn close_timed(links: Vec<(bool, Box<dyn Send>)>, what: &str) {
+    let started = Instant::now();
+    let count = links.len();
+    close_in_parallel(links.into_iter().map(|(_, link)| link));
+    debug!(
+        links = count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "{what}"
+    );
 }
 
 /// Drops every link from a thread of its own and waits for all of them.
