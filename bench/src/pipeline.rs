@@ -1,4 +1,4 @@
-//! The user-space pipeline benchmark: the daemon's own decode (`monitor::events::decode`),
+//! The user-space pipeline benchmark: the daemon's own decode (`monitor::event::decode`),
 //! process table (`monitor::process::ProcessTable`) and rules (`monitor::rules::Engine`) over
 //! a recorded stream of raw ring-buffer records, on one thread.
 //!
@@ -18,9 +18,8 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use monitor::{
-    clock::BootClock,
     config::Config,
-    events::{decode, Event},
+    event::{clock::BootClock, decode, Event},
     process::ProcessTable,
     procfs::ProcSnapshot,
     rules::Engine,

@@ -138,7 +138,7 @@ pub struct CommonArgs {
     pub cgroup: Option<PathBuf>,
     /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
     #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::devices::parse_accel_major)]
-    pub accel_majors: Vec<(u32, crate::events::DeviceClass)>,
+    pub accel_majors: Vec<(u32, crate::event::DeviceClass)>,
     /// How often per-process GPU ioctl counts are reported.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub ioctl_summary_secs: u64,
@@ -284,7 +284,7 @@ fn start_alerts(
     std::sync::Arc<crate::liveness::StateFile>,
     tokio::task::JoinHandle<()>,
 )> {
-    let mut raise = |alert: crate::alert::Alert| {
+    let mut raise = |alert: crate::event::alert::Alert| {
         metrics.alert(&alert.rule, alert.severity);
         let _ = outputs.send(&alert);
     };
@@ -298,7 +298,7 @@ fn start_alerts(
             for line in &insecure {
                 tracing::warn!("{line} (loaded anyway: --allow-insecure-config)");
             }
-            let now = i128::from(crate::liveness::unix_now_ns());
+            let now = i128::from(crate::event::clock::unix_now_ns());
             let mut attributes = serde_json::Map::new();
             attributes.insert("monitor.config.insecure".into(), insecure.into());
             if let Some(path) = &source.path {
@@ -307,15 +307,15 @@ fn start_alerts(
                     path.display().to_string().into(),
                 );
             }
-            raise(crate::alert::Alert {
+            raise(crate::event::alert::Alert {
                 rule: crate::config::diff::CONFIG_INSECURE.id.into(),
                 severity: crate::config::diff::CONFIG_INSECURE.severity,
-                action: crate::alert::Action::Alert,
+                action: crate::event::alert::Action::Alert,
                 profile: None,
                 time_unix_ns: now,
                 observed_unix_ns: now,
                 count: 1,
-                uid: crate::alert::new_uid(),
+                uid: crate::event::alert::new_uid(),
                 attributes,
             });
         }

@@ -10,12 +10,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    alert::{new_uid, Action, Alert},
     cgroup::CgroupResolver,
-    clock::BootClock,
     config::{
         diff::{ConfigDiff, CONFIG_CHANGED, CONFIG_CHANGE_REFUSED},
         Config,
+    },
+    event::{
+        alert::{new_uid, Action, Alert},
+        clock::BootClock,
     },
     guard::GuardService,
     ioctls::IoctlTracker,
@@ -544,7 +546,7 @@ fn refuse_locked<W: Write>(
 /// Raises one of the configuration's alerts, with the config's path.
 fn config_alert<W: Write>(
     rule: &str,
-    severity: crate::alert::Severity,
+    severity: crate::event::alert::Severity,
     mut attributes: serde_json::Map<String, serde_json::Value>,
     source: &ConfigSource,
     processor: &mut Processor<W>,

@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use crate::events::DeviceClass;
+use crate::event::DeviceClass;
 
 /// Majors with a fixed number: NVIDIA's frontend (195), DRM (226), the accel subsystem (261).
 const FIXED: [(u32, DeviceClass); 3] = [

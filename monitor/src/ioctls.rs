@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use monitor_common::{DeviceClassId, FdKey, IoctlKey};
 
-use crate::events::{DeviceClass, IoctlCount};
+use crate::event::{DeviceClass, IoctlCount};
 
 pub struct IoctlTracker {
     counts: PerCpuHashMap<MapData, IoctlKey, u64>,

@@ -15,7 +15,7 @@
 //! [`render`] with a comment header and each rule's number of observations.
 //!
 //! What becomes a rule is what `monitor run` checks: each event is classified by the rules'
-//! own classifier ([`crate::rules::classify`]): an open is a read unless it may change the
+//! own classifier ([`crate::event::classify`]): an open is a read unless it may change the
 //! file, and also a read when it reads; every other file operation is a write; failed opens
 //! of missing paths are probes; TCP listens and UDP binds are `listen`; connects and UDP
 //! sends `connect`; unix socket connects, sends and binds `unix`; execs that leave the
@@ -45,15 +45,17 @@ use clap::Args;
 use tracing::{info, warn};
 
 use crate::{
-    alert::Alert,
     cli::CommonArgs,
     daemon::Plan,
-    events::{Device, DeviceClass, Event, File, Net, NetOp},
+    event::{
+        alert::Alert,
+        classify::{file_use, is_probe, net_use, FileUse, NetUse},
+        Device, DeviceClass, Event, File, Net, NetOp,
+    },
     glob::Glob,
     pipeline::{Mode, Observer, WatchSelectors},
     process::{same_start, Process, ProcessTable},
     profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
-    rules::classify::{file_use, is_probe, net_use, FileUse, NetUse},
     sink::AlertSink,
 };
 use generalise::{Counted, PathContext};
@@ -511,7 +513,7 @@ impl Learning {
         }
     }
 
-    fn context(&self, header: &crate::events::Header) -> PathContext<'_> {
+    fn context(&self, header: &crate::event::Header) -> PathContext<'_> {
         PathContext {
             tgid: header.tgid,
             tid: header.pid,
@@ -802,7 +804,7 @@ fn timestamp(time: SystemTime) -> String {
     let ns = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    let text = crate::clock::rfc3339(ns);
+    let text = crate::event::clock::rfc3339(ns);
     match text.split_once('.') {
         Some((seconds, _)) => format!("{seconds}Z"),
         None => text,

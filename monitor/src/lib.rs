@@ -1,15 +1,13 @@
 //! The monitor daemon: loads the kernel sensors, keeps the process table, and reports.
-pub mod alert;
 pub mod btf;
 pub mod cgroup;
 pub mod cidr;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod container;
 pub mod daemon;
 pub mod devices;
-pub mod events;
+pub mod event;
 pub mod glob;
 pub mod guard;
 pub mod ioctls;

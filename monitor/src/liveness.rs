@@ -29,10 +29,8 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use crate::{
-    alert::{new_uid, Action, Alert},
-    rules::Rule,
-};
+use crate::event::alert::{new_uid, Action, Alert, Rule};
+use crate::event::clock::unix_now_ns;
 
 /// Where the state file lives when `--state-dir` is not given.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/monitor";
@@ -44,15 +42,8 @@ const LOCK_NAME: &str = "monitor.lock";
 /// The previous run ended without a clean stop (SIGKILL, a crash, the host went down).
 pub const MONITOR_UNCLEAN_EXIT: Rule = Rule {
     id: "monitor-unclean-exit",
-    severity: crate::alert::Severity::High,
+    severity: crate::event::alert::Severity::High,
 };
-
-/// Now, in nanoseconds since the Unix epoch.
-pub fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 /// This run's state file.
 pub struct StateFile {
@@ -82,11 +73,11 @@ impl UncleanExit {
         let mut attributes = serde_json::Map::new();
         attributes.insert(
             "monitor.unclean_exit.from".into(),
-            crate::clock::rfc3339(i128::from(self.alive_ns)).into(),
+            crate::event::clock::rfc3339(i128::from(self.alive_ns)).into(),
         );
         attributes.insert(
             "monitor.unclean_exit.to".into(),
-            crate::clock::rfc3339(now).into(),
+            crate::event::clock::rfc3339(now).into(),
         );
         let uncovered = self.now_ns.saturating_sub(self.alive_ns) as f64 / 1e9;
         attributes.insert(
@@ -99,7 +90,7 @@ impl UncleanExit {
         if let Some(started) = self.started_ns {
             attributes.insert(
                 "monitor.previous.start_time".into(),
-                crate::clock::rfc3339(i128::from(started)).into(),
+                crate::event::clock::rfc3339(i128::from(started)).into(),
             );
         }
         Alert {

@@ -12,7 +12,7 @@ use std::{
     },
 };
 
-use crate::alert::Severity;
+use crate::event::alert::Severity;
 
 /// Event kinds counted by [`Metrics::event`]; anything else is counted as `other`.
 pub const EVENT_KINDS: [&str; 8] = [
@@ -166,7 +166,7 @@ impl Metrics {
     /// file and the OTLP heartbeat report it.
     pub fn beat(&self) {
         self.beat_unix_ns
-            .store(crate::liveness::unix_now_ns(), Ordering::Relaxed);
+            .store(crate::event::clock::unix_now_ns(), Ordering::Relaxed);
     }
 
     /// When the main loop last went round (Unix ns; 0: not yet).

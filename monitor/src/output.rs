@@ -4,10 +4,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::{
-    clock::BootClock,
-    events::{
-        errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, IoUringOp, MemoryAccess, Net,
-        NetOp, RawNames,
+    event::{
+        clock::BootClock, errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, IoUringOp,
+        MemoryAccess, Net, NetOp, RawNames,
     },
     process::{Process, ProcessTable},
 };
@@ -254,8 +253,8 @@ fn memory_keys(map: &mut Map<String, Value>, table: &ProcessTable, access: &Memo
 
 /// What was done to the monitor: `monitor.tamper.*`, and the object (`monitor.bpf.*`) or
 /// the signal.
-fn tamper_keys(map: &mut Map<String, Value>, tamper: &crate::events::Tamper) {
-    use crate::events::TamperOp;
+fn tamper_keys(map: &mut Map<String, Value>, tamper: &crate::event::Tamper) {
+    use crate::event::TamperOp;
     map.insert("monitor.tamper.operation".into(), json!(tamper.op.name()));
     match tamper.op {
         TamperOp::Bpf {
@@ -493,21 +492,21 @@ pub fn loss_alert(
     stage: LossStage,
     kind: &str,
     count: u64,
-) -> crate::alert::Alert {
+) -> crate::event::alert::Alert {
     let Value::Object(mut attributes) = loss_record(clock, now_ns, stage, kind, count) else {
         unreachable!("loss_record builds an object")
     };
     attributes.remove("time");
     let time = clock.unix_ns(now_ns);
-    crate::alert::Alert {
+    crate::event::alert::Alert {
         rule: "events-lost".into(),
-        severity: crate::alert::Severity::High,
-        action: crate::alert::Action::Alert,
+        severity: crate::event::alert::Severity::High,
+        action: crate::event::alert::Action::Alert,
         profile: None,
         time_unix_ns: time,
         observed_unix_ns: time,
         count: 1,
-        uid: crate::alert::new_uid(),
+        uid: crate::event::alert::new_uid(),
         attributes,
     }
 }
@@ -544,9 +543,9 @@ mod tests {
 
     #[test]
     fn records_carry_the_exact_bytes_of_names_that_are_not_utf8() {
-        use crate::events::{Access, Header, RawNames};
+        use crate::event::{Access, Header, RawNames};
         let file = |name: &[u8]| {
-            let (path, bytes) = crate::events::name_text(name);
+            let (path, bytes) = crate::event::name_text(name);
             Event::File(File {
                 header: Header {
                     kind: monitor_common::EventKind::File,

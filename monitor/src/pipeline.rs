@@ -31,10 +31,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    alert::Alert,
     cgroup::CgroupResolver,
-    clock::BootClock,
-    events::{decode, Event, File, GpuIoctls, Header, RenameJoiner},
+    event::{alert::Alert, clock::BootClock, decode, Event, File, GpuIoctls, Header, RenameJoiner},
     glob::Glob,
     ioctls::IoctlTracker,
     output::{self, LossStage},
@@ -189,7 +187,7 @@ pub async fn read_ring(
 /// Whether an event must not share fate with bulk events: tampering with the monitor,
 /// enforcement, memory accesses, guard hits.
 pub fn is_priority(event: &Event) -> bool {
-    use crate::events::Decision;
+    use crate::event::Decision;
     match event {
         Event::Tamper(_) | Event::MemoryAccess(_) => true,
         Event::File(file) => file.guard.is_some(),
@@ -930,8 +928,8 @@ fn enforcement_action(
     profile_enforces: bool,
     gpu_guard_enforces: bool,
     dry_run: bool,
-) -> crate::alert::Action {
-    use crate::{alert::Action, events::Decision};
+) -> crate::event::alert::Action {
+    use crate::event::{alert::Action, Decision};
     // What the kernel decided, where a cgroup program judged the operation itself; otherwise
     // (a syscall tracepoint saw it) what its result says.
     let refused = |decision: Decision, result: i64| match decision {
@@ -973,8 +971,11 @@ fn enforcement_action(
 }
 
 /// How the kernel acted (`monitor.enforcement.mechanism`), when it did or would have.
-fn enforcement_mechanism(event: &Event, action: crate::alert::Action) -> Option<&'static str> {
-    use crate::alert::Action;
+fn enforcement_mechanism(
+    event: &Event,
+    action: crate::event::alert::Action,
+) -> Option<&'static str> {
+    use crate::event::alert::Action;
     if action == Action::Alert {
         return None;
     }
@@ -1019,10 +1020,7 @@ impl Default for PipelineOptions {
 #[cfg(test)]
 mod enforcement_tests {
     use super::*;
-    use crate::{
-        alert::Action,
-        events::{Decision, Header, Net, NetOp, Transport},
-    };
+    use crate::event::{alert::Action, Decision, Header, Net, NetOp, Transport};
 
     fn connect(decision: Decision, result: i64) -> Event {
         Event::Net(Net {

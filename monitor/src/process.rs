@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use crate::container::{container_id, ContainerRef};
+use crate::event::ExecInfo;
 use crate::procfs::{self, ProcSnapshot};
 
 /// How long an exited process stays findable, so that the late events of its
@@ -58,23 +59,6 @@ pub struct Exit {
     pub at_ns: u64,
     pub code: Option<u32>,
     pub signal: Option<u32>,
-}
-
-/// What an exec event says about the process after the exec.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecInfo {
-    pub tgid: u32,
-    pub start_time_ns: u64,
-    pub ppid: u32,
-    pub parent_start_time_ns: u64,
-    pub exe: String,
-    pub args: Vec<String>,
-    pub args_truncated: bool,
-    /// The kernel's count of arguments (`None`: `args.len()`).
-    pub args_count: Option<usize>,
-    pub uid: u32,
-    pub cgroup_id: u64,
-    pub cgroup_path: Option<String>,
 }
 
 impl Process {
@@ -285,10 +269,10 @@ impl ProcessTable {
     /// as it is.
     pub fn apply(
         &mut self,
-        event: &crate::events::Event,
+        event: &crate::event::Event,
         cgroup_path: impl FnOnce(u64) -> Option<String>,
     ) {
-        use crate::events::Event;
+        use crate::event::Event;
         match event {
             Event::Exec(exec) => {
                 self.on_exec(exec.table_info(cgroup_path(exec.cgroup_id)));
@@ -689,8 +673,8 @@ mod tests {
         tgid: u32,
         start: u64,
         time: u64,
-    ) -> crate::events::Header {
-        crate::events::Header {
+    ) -> crate::event::Header {
+        crate::event::Header {
             kind,
             time_ns: time,
             tgid,
@@ -702,7 +686,7 @@ mod tests {
 
     #[test]
     fn apply_runs_a_process_from_fork_to_exit() {
-        use crate::events::{Event, Exec, Fork};
+        use crate::event::{Event, Exec, Fork};
         use monitor_common::EventKind;
         let mut table = ProcessTable::new();
         table.on_exec(exec(
@@ -745,7 +729,7 @@ mod tests {
         assert_eq!(child.exe.as_deref(), Some("/usr/bin/true"));
         assert_eq!(child.args, ["true"]);
         assert_eq!(child.cgroup_path.as_deref(), Some("/cgroup-7"));
-        let exit = Event::Exit(crate::events::Exit {
+        let exit = Event::Exit(crate::event::Exit {
             header: header(EventKind::Exit, 200, exact(20), exact(22)),
             code: Some(0),
             signal: None,

@@ -49,7 +49,7 @@ mod parse;
 
 use std::path::{Path, PathBuf};
 
-use crate::{cidr::AddrRule, events::DeviceClass, glob::Glob};
+use crate::{cidr::AddrRule, event::DeviceClass, glob::Glob};
 
 pub use crate::config::Diagnostic;
 pub(crate) use parse::{duplicate_names, parse_file, path_globs, ProfileName};

@@ -15,7 +15,6 @@
 //! `on_fork`, `on_exit`), so that the table describes the process as the event left it.
 
 mod checks;
-pub mod classify;
 mod dedup;
 
 use std::{
@@ -28,11 +27,14 @@ use std::{
 
 use serde_json::{Map, Value};
 
+use crate::event::alert::Rule;
 use crate::{
-    alert::{new_uid, Action, Alert, Severity},
-    clock::BootClock,
     config::Config,
-    events::{Event, Exec, Fork, Header},
+    event::{
+        alert::{new_uid, Action, Alert, Severity},
+        clock::BootClock,
+        Event, Exec, Fork, Header,
+    },
     output::event_record,
     process::{same_start, Process, ProcessTable},
     profile::{
@@ -42,13 +44,6 @@ use crate::{
 };
 use checks::Finding;
 use dedup::{Dedup, Key};
-
-/// A rule: a stable id (`security_rule.name`) and its severity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Rule {
-    pub id: &'static str,
-    pub severity: Severity,
-}
 
 const fn rule(id: &'static str, severity: Severity) -> Rule {
     Rule { id, severity }

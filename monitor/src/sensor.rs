@@ -20,7 +20,7 @@ use monitor_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{devices::AccelMajors, events::DeviceClass};
+use crate::{devices::AccelMajors, event::DeviceClass};
 
 /// The kernel object built by `build.rs`, embedded so that `monitor` is one file to install.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));

@@ -21,9 +21,8 @@ use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use crate::{
-    alert::{new_uid, Action, Alert, Severity},
+    event::alert::{new_uid, Action, Alert, Rule, Severity},
     metrics::Metrics,
-    rules::Rule,
 };
 
 /// The alerts file ended in half a line (a crash or a full disk mid-write): a new line was

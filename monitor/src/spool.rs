@@ -43,7 +43,7 @@ use anyhow::Context;
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
-use crate::alert::{Action, Alert, Severity};
+use crate::event::alert::{Action, Alert, Severity};
 
 const MAGIC: &[u8; 4] = b"MSP1";
 const HEADER: usize = 20;
@@ -1043,7 +1043,7 @@ impl Spool {
             time_unix_ns: now,
             observed_unix_ns: now,
             count: 1,
-            uid: crate::alert::new_uid(),
+            uid: crate::event::alert::new_uid(),
             attributes,
         }
     }
@@ -1090,7 +1090,7 @@ mod tests {
             time_unix_ns: 1_700_000_000_000_000_000 + n as i128,
             observed_unix_ns: 1_700_000_000_000_000_100 + n as i128,
             count: 1,
-            uid: crate::alert::new_uid(),
+            uid: crate::event::alert::new_uid(),
             attributes,
         }
     }

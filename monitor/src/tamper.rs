@@ -17,10 +17,13 @@ use std::{collections::HashMap, io::Write, time::Duration};
 use serde_json::{json, Map, Value};
 use tracing::{error, info, warn};
 
+use crate::event::classify::is_stop;
 use crate::{
-    alert::{new_uid, Action, Alert},
-    clock::BootClock,
-    events::{Event, Tamper, TamperOp},
+    event::{
+        alert::{new_uid, Action, Alert},
+        clock::BootClock,
+        Event, Tamper, TamperOp,
+    },
     pipeline::Processor,
     policy::KernelPolicy,
     rules::{MONITOR_PAUSED, MONITOR_TAMPERED},
@@ -29,11 +32,6 @@ use crate::{
 
 /// How often the self-check runs unless `--self-check-secs` says otherwise.
 pub const SELF_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Signals that stop a process: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU.
-pub fn is_stop(signal: u32) -> bool {
-    matches!(signal, 19..=22)
-}
 
 const SIGCONT: u32 = 18;
 

@@ -719,7 +719,7 @@ mod tests {
         let registry = Registry::offline(None);
         table.containers = Some(registry.clone());
         let id = "5".repeat(64);
-        let exec = |tgid: u32, start: u64, exe: &str| crate::process::ExecInfo {
+        let exec = |tgid: u32, start: u64, exe: &str| crate::event::ExecInfo {
             tgid,
             start_time_ns: start,
             ppid: 1,
@@ -729,7 +729,7 @@ mod tests {
             uid: 0,
             cgroup_id: 7,
             cgroup_path: Some(format!("/machine.slice/libpod-{id}.scope")),
-            ..crate::process::ExecInfo::default()
+            ..crate::event::ExecInfo::default()
         };
         table.on_exec(exec(100, 1_000, "/usr/bin/python3"));
         table.on_fork(101, 2_000, 100, 1_000);

@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::Config;
-use crate::{alert::Severity, profile::Profile, rules::Rule};
+use crate::{
+    event::alert::{Rule, Severity},
+    profile::Profile,
+};
 
 /// A configuration was reloaded: what changed (high when it lowers protection).
 pub const CONFIG_CHANGED: Rule = Rule {

@@ -39,10 +39,10 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, MapData};
 use monitor_common::{EventKind, WatchEntry, WATCH_CANDIDATE, WATCH_GUARD_READER};
 use tracing::{debug, info, warn};
 
+use crate::event::GuardHit;
 use crate::{
-    clock::BootClock,
     config::Config,
-    events::{Access, Event, File, FileOp, Header},
+    event::{clock::BootClock, Access, Event, File, FileOp, Header},
     glob::Glob,
     procfs,
     profile::{join_args, Subject},
@@ -63,27 +63,6 @@ const DISCOVERY_BUDGET: usize = 500_000;
 const REPORTED_MAX: usize = 65_536;
 /// How often the threads look at the stop flag while idle.
 const POLL_MS: libc::c_int = 200;
-
-/// The guard subsystem's verdict, carried by the file event it raised. The rules trust it:
-/// they do not match the path against the guards' globs again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GuardHit {
-    /// Indices into `config.guards.protected_paths` that cover the file.
-    pub guards: Vec<u32>,
-    /// The profile the answering thread judged the process by (permission events).
-    pub profile: Option<u32>,
-    /// Whether `profile` was decided (permission events) or is left to the rules engine.
-    pub judged: bool,
-    /// The open was refused (`FAN_DENY`: the process got EPERM).
-    pub denied: bool,
-    /// It would have been (dry run).
-    pub would_deny: bool,
-    /// The open's flags could not be read (io_uring, or the thread was gone): judged as a
-    /// read (a write through the fd is reported by `FAN_MODIFY`).
-    pub access_unknown: bool,
-    /// The process's executable when the event happened.
-    pub exe: Option<String>,
-}
 
 /// Counters the pipeline reports as losses.
 #[derive(Default)]
@@ -829,7 +808,7 @@ impl Shared {
             result,
             protected: true,
             known: None,
-            raw: crate::events::RawNames::default(),
+            raw: crate::event::RawNames::default(),
             guard: Some(hit),
             unverified: false,
         });

@@ -16,12 +16,12 @@ use super::{
     *,
 };
 use crate::{
-    alert::Alert,
     cidr::AddrRule,
-    clock::BootClock,
-    events::{Access, Exec, Exit, FileOp, Fork, Header, IoUring, IoUringOp, Transport},
+    event::{
+        alert::Alert, clock::BootClock, Access, Exec, ExecInfo, Exit, FileOp, Fork, Header,
+        IoUring, IoUringOp, Transport,
+    },
     glob::Glob,
-    process::ExecInfo,
     profile::parse_profiles,
     rules::Engine,
 };

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::{
 use serde_json::Value;
 
 use crate::{
-    alert::Alert,
+    event::alert::Alert,
     metrics::{MetricKind, Point},
 };
 
@@ -197,7 +197,7 @@ pub fn metrics_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{Action, Severity};
+    use crate::event::alert::{Action, Severity};
 
     #[test]
     fn json_values_map_to_otlp_values() {

@@ -21,7 +21,7 @@ use super::{
     transport::{ExportError, Status, Transport},
 };
 use crate::{
-    alert::Alert,
+    event::alert::Alert,
     metrics::Metrics,
     sink::{notice, EXPORT_REJECTED},
     spool::{RecordId, Spool, Spooled},

@@ -133,7 +133,7 @@ pub(super) async fn run(
                 }
             }
         }
-        let now = crate::liveness::unix_now_ns();
+        let now = crate::event::clock::unix_now_ns();
         let beat = shared.metrics.last_beat();
         let record = record(now, started_ns, beat, interval);
         let up = is_up(now, beat);

@@ -18,7 +18,7 @@ use super::{
     transport::Transport,
 };
 use crate::{
-    alert::Alert,
+    event::alert::Alert,
     metrics::Metrics,
     sink::{notice, AlertSink, SPOOL_WRITE_FAILED},
     spool::{Appended, Spool},

@@ -14,7 +14,7 @@ use crate::{
         yaml::{self, join, load_documents, Reader},
         Diagnostic,
     },
-    events::DeviceClass,
+    event::DeviceClass,
 };
 
 const PROFILE_KEYS: &[&str] = &[

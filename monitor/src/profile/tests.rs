@@ -60,8 +60,8 @@ fn parses_the_example() {
     assert!(allow.unix("/run/nvidia-persistenced/socket"));
     assert!(allow.unix("@nccl-abc"));
     assert!(!allow.unix("/var/run/docker.sock"));
-    assert!(allow.device(crate::events::DeviceClass::NvidiaUvm));
-    assert!(!allow.device(crate::events::DeviceClass::Kfd));
+    assert!(allow.device(crate::event::DeviceClass::NvidiaUvm));
+    assert!(!allow.device(crate::event::DeviceClass::Kfd));
 }
 
 #[test]

@@ -5,8 +5,7 @@ use monitor_common::{Decision, EventKind};
 use super::*;
 use crate::{
     config::{Config, GpuGuard, Guards, Outputs, ProtectedPaths},
-    events::{Access, Device, DeviceClass, Exit, File, FileOp, Net, NetOp, Transport},
-    process::ExecInfo,
+    event::{Access, Device, DeviceClass, ExecInfo, Exit, File, FileOp, Net, NetOp, Transport},
     profile::{parse_profiles, PathGlob},
 };
 
@@ -205,7 +204,7 @@ impl World {
             Some((path, guards)) => (
                 path,
                 None,
-                Some(crate::guard::GuardHit {
+                Some(crate::event::GuardHit {
                     guards,
                     profile: None,
                     judged: false,
@@ -1010,7 +1009,7 @@ fn guard_event(world: &mut World, tgid: u32, st: u64, path: &str, access: Access
         protected: true,
         known: None,
         raw: Default::default(),
-        guard: Some(crate::guard::GuardHit {
+        guard: Some(crate::event::GuardHit {
             guards: vec![0],
             profile: None,
             judged: false,
@@ -1057,7 +1056,7 @@ fn the_guard_verdict_is_trusted_and_one_open_makes_one_alert() {
 
 #[test]
 fn deeds_against_the_monitor() {
-    use crate::events::{MemoryAccess, MemoryOp, Tamper, TamperOp};
+    use crate::event::{MemoryAccess, MemoryOp, Tamper, TamperOp};
     use monitor_common::BpfObjectKind;
     let mut world = World::new();
     let tamper = |world: &mut World, op: TamperOp| {
@@ -1319,10 +1318,10 @@ fn io_uring_operations_list() {
     let mut world = World::with(config_with(profiles, Duration::from_secs(10)));
     world.fork(101, start(2), 1, start(0));
     world.exec(101, start(2), "/usr/bin/python3.11", &["python3"]);
-    let uring = |world: &mut World, op: crate::events::IoUringOp| {
+    let uring = |world: &mut World, op: crate::event::IoUringOp| {
         let header = world.header(EventKind::IoUring, 101, start(2));
         world
-            .handle(Event::IoUring(crate::events::IoUring {
+            .handle(Event::IoUring(crate::event::IoUring {
                 header,
                 op,
                 ring: 1,
@@ -1330,10 +1329,10 @@ fn io_uring_operations_list() {
             }))
             .alerts
     };
-    assert!(uring(&mut world, crate::events::IoUringOp::Create).is_empty());
+    assert!(uring(&mut world, crate::event::IoUringOp::Create).is_empty());
     // IORING_OP_OPENAT (18) is still an alert.
     assert_eq!(
-        rules(&uring(&mut world, crate::events::IoUringOp::Submit(18))),
+        rules(&uring(&mut world, crate::event::IoUringOp::Submit(18))),
         ["io-uring-not-allowed"]
     );
 }

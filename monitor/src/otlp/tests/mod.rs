@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::{OtlpArgs, OtlpSettings, OtlpSink, Protocol};
 use crate::{
-    alert::{Action, Alert, Severity},
+    event::alert::{Action, Alert, Severity},
     metrics::Metrics,
     sink::AlertSink,
 };
@@ -84,7 +84,7 @@ fn sample_alert(severity: Severity) -> Alert {
         time_unix_ns: 1_722_000_000_123_456_789,
         observed_unix_ns: 1_722_000_000_223_456_789,
         count: 3,
-        uid: crate::alert::new_uid(),
+        uid: crate::event::alert::new_uid(),
         attributes,
     }
 }
@@ -105,7 +105,7 @@ fn numbered_alert(n: usize) -> Alert {
         time_unix_ns: 1_722_000_000_000_000_000 + n as i128,
         observed_unix_ns: 1_722_000_000_000_000_000 + n as i128,
         count: 1,
-        uid: crate::alert::new_uid(),
+        uid: crate::event::alert::new_uid(),
         attributes,
     }
 }

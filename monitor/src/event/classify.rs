@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::events::{File, FileOp, Net, NetOp, Transport};
+use crate::event::{File, FileOp, Net, NetOp, Transport};
 
 /// `ENOENT`: no such file or directory.
 pub const ENOENT: i64 = 2;
@@ -88,12 +88,17 @@ pub fn net_use(event: &Net) -> Option<NetUse<'_>> {
     }
 }
 
+/// Signals that stop a process: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU.
+pub fn is_stop(signal: u32) -> bool {
+    matches!(signal, 19..=22)
+}
+
 #[cfg(test)]
 mod tests {
     use monitor_common::{Decision, EventKind};
 
     use super::*;
-    use crate::events::{Access, Header};
+    use crate::event::{Access, Header};
 
     fn net(op: NetOp, transport: Transport, addr: &str) -> Net {
         let addr: SocketAddr = addr.parse().unwrap();

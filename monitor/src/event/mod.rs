@@ -3,6 +3,17 @@
 //! The raw records are `#[repr(C)]` structs from `monitor-common`; they are read with
 //! `read_unaligned` after a length check, never transmuted, and the kind is decoded with
 //! `TryFrom<u32>`.
+//!
+//! The bottom layer of the data flow: the records that flow through the daemon and that
+//! every other layer may use, and nothing else of the crate. Next to the kernel's events:
+//! - [`alert`]: the alert record the rules and the monitor's own checks produce, and [`alert::Rule`];
+//! - [`classify`]: what an event means (a write, a probe, a stop signal), shared by the rules
+//!   and by learning;
+//! - [`clock`]: kernel boot time to wall-clock time.
+
+pub mod alert;
+pub mod classify;
+pub mod clock;
 
 pub use monitor_common::Decision;
 use monitor_common::{
@@ -245,7 +256,7 @@ pub struct File {
     /// Exact bytes of `path` or `target` when they are not valid UTF-8.
     pub raw: RawNames,
     /// Raised by the fanotify guards: their verdict on the inode and the open.
-    pub guard: Option<crate::guard::GuardHit>,
+    pub guard: Option<GuardHit>,
     /// The path was read from the syscall's arguments in user memory after the kernel took
     /// its own copy (rename, unlink, truncate, chmod, a failed open), not from the kernel's
     /// objects: another thread may have rewritten it in between (`monitor.unverified`).
@@ -532,8 +543,8 @@ pub struct Exit {
 
 impl Exec {
     /// What the process table keeps of this exec (`cgroup_path` resolved by the caller).
-    pub fn table_info(&self, cgroup_path: Option<String>) -> crate::process::ExecInfo {
-        crate::process::ExecInfo {
+    pub fn table_info(&self, cgroup_path: Option<String>) -> ExecInfo {
+        ExecInfo {
             tgid: self.header.tgid,
             start_time_ns: self.header.start_time_ns,
             ppid: self.ppid,
@@ -1025,6 +1036,44 @@ impl RenameJoiner {
             other => Some(other),
         }
     }
+}
+
+/// The guard subsystem's verdict, carried by the file event it raised. The rules trust it:
+/// they do not match the path against the guards' globs again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardHit {
+    /// Indices into `config.guards.protected_paths` that cover the file.
+    pub guards: Vec<u32>,
+    /// The profile the answering thread judged the process by (permission events).
+    pub profile: Option<u32>,
+    /// Whether `profile` was decided (permission events) or is left to the rules engine.
+    pub judged: bool,
+    /// The open was refused (`FAN_DENY`: the process got EPERM).
+    pub denied: bool,
+    /// It would have been (dry run).
+    pub would_deny: bool,
+    /// The open's flags could not be read (io_uring, or the thread was gone): judged as a
+    /// read (a write through the fd is reported by `FAN_MODIFY`).
+    pub access_unknown: bool,
+    /// The process's executable when the event happened.
+    pub exe: Option<String>,
+}
+
+/// What an exec event says about the process after the exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecInfo {
+    pub tgid: u32,
+    pub start_time_ns: u64,
+    pub ppid: u32,
+    pub parent_start_time_ns: u64,
+    pub exe: String,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+    /// The kernel's count of arguments (`None`: `args.len()`).
+    pub args_count: Option<usize>,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
 }
 
 #[cfg(test)]

@@ -112,11 +112,11 @@ impl Alert {
         let mut map = self.attributes.clone();
         map.insert(
             "time".into(),
-            Value::from(crate::clock::rfc3339(self.time_unix_ns)),
+            Value::from(crate::event::clock::rfc3339(self.time_unix_ns)),
         );
         map.insert(
             "observed_time".into(),
-            Value::from(crate::clock::rfc3339(self.observed_unix_ns)),
+            Value::from(crate::event::clock::rfc3339(self.observed_unix_ns)),
         );
         map.insert("event.name".into(), Value::from("monitor.alert"));
         map.insert("security_rule.name".into(), Value::from(self.rule.clone()));
@@ -140,7 +140,7 @@ pub fn new_uid() -> String {
         // Never expected on Linux >= 3.17; fall back to time and a counter, still unique here.
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let now = crate::clock::BootClock::boot_now_ns();
+        let now = crate::event::clock::BootClock::boot_now_ns();
         bytes[..8].copy_from_slice(&now.to_le_bytes());
         bytes[8..].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     }
@@ -179,4 +179,11 @@ mod tests {
     fn uids_are_unique() {
         assert_ne!(new_uid(), new_uid());
     }
+}
+
+/// A rule: a stable id (`security_rule.name`) and its severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub id: &'static str,
+    pub severity: Severity,
 }
