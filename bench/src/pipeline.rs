@@ -1,5 +1,5 @@
 //! The user-space pipeline benchmark: the daemon's own decode (`monitor::event::decode`),
-//! process table (`monitor::process::ProcessTable`) and rules (`monitor::rules::Engine`) over
+//! process table (`monitor::host::process::ProcessTable`) and rules (`monitor::rules::Engine`) over
 //! a recorded stream of raw ring-buffer records, on one thread.
 //!
 //! The recording is what the governed workloads of the benchmark make the kernel send: a
@@ -20,8 +20,7 @@ use anyhow::{anyhow, Result};
 use monitor::{
     config::Config,
     event::{clock::BootClock, decode, Event},
-    process::ProcessTable,
-    procfs::ProcSnapshot,
+    host::{process::ProcessTable, procfs::ProcSnapshot},
     rules::Engine,
 };
 use monitor_common::{

@@ -137,14 +137,14 @@ pub struct CommonArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
-    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::devices::parse_accel_major)]
+    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::host::devices::parse_accel_major)]
     pub accel_majors: Vec<(u32, crate::event::DeviceClass)>,
     /// How often per-process GPU ioctl counts are reported.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub ioctl_summary_secs: u64,
     /// Container metadata from the runtime's API, and the node name.
     #[command(flatten)]
-    pub workload: crate::workload::WorkloadArgs,
+    pub workload: crate::host::workload::WorkloadArgs,
     /// How often `monitor run` checks that its cgroup links are attached and its policy maps
     /// hold what the configuration wrote (and repairs them).
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
@@ -153,7 +153,7 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     pub fn sensor_options(&self, watch_all: bool) -> SensorOptions {
-        let mut accel_majors = crate::devices::AccelMajors::detect();
+        let mut accel_majors = crate::host::devices::AccelMajors::detect();
         for &(major, class) in &self.accel_majors {
             accel_majors.insert(major, class);
         }

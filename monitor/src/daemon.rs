@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    cgroup::CgroupResolver,
     config::{
         diff::{ConfigDiff, CONFIG_CHANGED, CONFIG_CHANGE_REFUSED},
         Config,
@@ -20,7 +19,7 @@ use crate::{
         clock::BootClock,
     },
     guard::GuardService,
-    ioctls::IoctlTracker,
+    host::{cgroup::CgroupResolver, ioctls::IoctlTracker},
     metrics::Metrics,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
     policy::KernelPolicy,
@@ -196,7 +195,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     // Container metadata: looked up in the background from the first process of each
     // container on (the /proc scan below included).
-    let workload = crate::workload::Registry::start(&pipeline_options.workload);
+    let workload = crate::host::workload::Registry::start(&pipeline_options.workload);
     processor.table.containers = Some(workload.clone());
     processor.pauses.names = object_names;
     crate::tamper::file_own_threads(&mut processor);
@@ -233,7 +232,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
             },
             _ = workload.arrived.notified() => {
                 // A container's image, pod and labels are known now: workload selectors may
-                // match processes that no profile governs yet (see `crate::workload`).
+                // match processes that no profile governs yet (see `crate::host::workload`).
                 processor.govern_running();
             }
             _ = self_check.tick(), if mode == Mode::Run => {

@@ -53,8 +53,8 @@ use crate::{
         Device, DeviceClass, Event, File, Net, NetOp,
     },
     glob::Glob,
+    host::process::{same_start, Process, ProcessTable},
     pipeline::{Mode, Observer, WatchSelectors},
-    process::{same_start, Process, ProcessTable},
     profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
     sink::AlertSink,
 };

@@ -8,7 +8,7 @@ use crate::{
         clock::BootClock, errno_name, Decision, Event, Exec, Exit, File, FileOp, Fork, IoUringOp,
         MemoryAccess, Net, NetOp, RawNames,
     },
-    process::{Process, ProcessTable},
+    host::process::{Process, ProcessTable},
 };
 
 /// Signal names for `process.exit.signal.name`.
@@ -87,7 +87,7 @@ fn process_keys(map: &mut Map<String, Value>, clock: &BootClock, process: &Proce
     if let Some(container) = &process.container {
         map.insert("container.id".into(), json!(container.id));
         map.insert("container.runtime".into(), json!(container.runtime));
-        // Known once the runtime's API answered (`crate::workload`): name, image, pod.
+        // Known once the runtime's API answered (`crate::host::workload`): name, image, pod.
         if let Some(meta) = container.metadata.get() {
             meta.insert_keys(map);
         }

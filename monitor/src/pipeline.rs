@@ -31,13 +31,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::CgroupResolver,
     event::{alert::Alert, clock::BootClock, decode, Event, File, GpuIoctls, Header, RenameJoiner},
     glob::Glob,
-    ioctls::IoctlTracker,
+    host::{cgroup::CgroupResolver, ioctls::IoctlTracker, process::ProcessTable, procfs},
     output::{self, LossStage},
-    process::ProcessTable,
-    procfs,
     rules::Engine,
     sink::AlertSink,
 };
@@ -639,7 +636,7 @@ impl<W: Write> Processor<W> {
                 // The kernel's name is the one the process passed (possibly rewritten since,
                 // or another open's): kept only if it is this very node.
                 if device.path.is_empty()
-                    || !crate::devices::is_node(
+                    || !crate::host::devices::is_node(
                         std::path::Path::new(&device.path),
                         device.major,
                         device.minor,
@@ -760,7 +757,7 @@ impl<W: Write> Processor<W> {
         self.device_nodes
             .entry((major, minor))
             .or_insert_with(|| {
-                crate::devices::find_node(std::path::Path::new("/dev"), major, minor)
+                crate::host::devices::find_node(std::path::Path::new("/dev"), major, minor)
             })
             .clone()
             .unwrap_or_default()
@@ -999,7 +996,7 @@ pub struct PipelineOptions {
     /// How often per-process GPU ioctl counts are reported.
     pub ioctl_summary: Duration,
     /// Container metadata lookups and `k8s.node.name`.
-    pub workload: crate::workload::WorkloadOptions,
+    pub workload: crate::host::workload::WorkloadOptions,
     /// How often the self-check verifies the monitor's links and policy maps.
     pub self_check: Duration,
 }
@@ -1011,7 +1008,7 @@ impl Default for PipelineOptions {
             queue_batches: 4096,
             ready_file: None,
             ioctl_summary: Duration::from_secs(5),
-            workload: crate::workload::WorkloadOptions::default(),
+            workload: crate::host::workload::WorkloadOptions::default(),
             self_check: crate::tamper::SELF_CHECK_INTERVAL,
         }
     }

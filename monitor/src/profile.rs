@@ -176,7 +176,7 @@ pub fn join_args(args: &[String]) -> String {
 /// Which processes a profile governs. Keys absent are not tested; at least one is present.
 ///
 /// The workload keys (`images`, `namespaces`, `pod_labels`) look at the container's metadata
-/// from the runtime ([`crate::workload`]), which arrives after the container's first
+/// from the runtime ([`crate::host::workload`]), which arrives after the container's first
 /// process: until it is known they match nothing, and the daemon evaluates the selectors
 /// again for the container's processes that are not governed yet when it arrives.
 #[derive(Clone, Debug, Default)]
@@ -202,7 +202,7 @@ pub struct Subject<'a> {
     pub args: &'a str,
     pub cgroup: Option<&'a str>,
     /// Its container's metadata, once the runtime answered.
-    pub container: Option<&'a crate::workload::ContainerMeta>,
+    pub container: Option<&'a crate::host::workload::ContainerMeta>,
 }
 
 impl Selector {
@@ -218,7 +218,7 @@ impl Selector {
             && self.matches_workload(subject.container)
     }
 
-    fn matches_workload(&self, meta: Option<&crate::workload::ContainerMeta>) -> bool {
+    fn matches_workload(&self, meta: Option<&crate::host::workload::ContainerMeta>) -> bool {
         if !self.uses_workload() {
             return true;
         }

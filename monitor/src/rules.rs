@@ -35,8 +35,8 @@ use crate::{
         clock::BootClock,
         Event, Exec, Fork, Header,
     },
+    host::process::{same_start, Process, ProcessTable},
     output::event_record,
-    process::{same_start, Process, ProcessTable},
     profile::{
         facts::{self, Facts},
         join_args, Profile, Subject,

@@ -20,7 +20,7 @@ use monitor_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{devices::AccelMajors, event::DeviceClass};
+use crate::{event::DeviceClass, host::devices::AccelMajors};
 
 /// The kernel object built by `build.rs`, embedded so that `monitor` is one file to install.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -330,11 +330,11 @@ impl Sensor {
         debug!(?syscall_abi, "syscall registers from BTF");
         let cgroup = match &options.cgroup {
             Some(path) => path.clone(),
-            None => crate::cgroup::cgroup2_mount().context(
+            None => crate::host::cgroup::cgroup2_mount().context(
                 "failed to find the cgroup v2 mount for the device hook; give --cgroup PATH",
             )?,
         };
-        crate::cgroup::check_cgroup2_dir(&cgroup)?;
+        crate::host::cgroup::check_cgroup2_dir(&cgroup)?;
         let protected = protected_inodes(&options.protect_dirs);
         let suffixes = suffixes(&options.protect_suffixes)?;
         let config = Config {

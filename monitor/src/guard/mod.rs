@@ -44,7 +44,7 @@ use crate::{
     config::Config,
     event::{clock::BootClock, Access, Event, File, FileOp, Header},
     glob::Glob,
-    procfs,
+    host::procfs,
     profile::{join_args, Subject},
 };
 use marks::{covering, join, open_at, InodeId, Marker, Table};

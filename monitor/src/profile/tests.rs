@@ -166,7 +166,7 @@ fn workload_keys_select_by_image_namespace_and_pod_labels() {
     let profile = one(
         "name: vllm-pods\nselector:\n  executables: ['/usr/bin/python3*']\n  images: ['*/vllm/vllm-openai', 'localhost/*:0.6*']\n  namespaces: ['inference', 'ml-*']\n  pod_labels: {app: vllm, tier: 'serving-*'}\n",
     );
-    let mut meta = crate::workload::ContainerMeta {
+    let mut meta = crate::host::workload::ContainerMeta {
         image_name: Some("docker.io/vllm/vllm-openai".into()),
         image_tag: Some("v0.6.3".into()),
         namespace: Some("ml-prod".into()),
@@ -174,7 +174,10 @@ fn workload_keys_select_by_image_namespace_and_pod_labels() {
     };
     meta.labels.insert("app".into(), "vllm".into());
     meta.labels.insert("tier".into(), "serving-gpu".into());
-    fn with<'a>(meta: Option<&'a crate::workload::ContainerMeta>, exe: &'a str) -> Subject<'a> {
+    fn with<'a>(
+        meta: Option<&'a crate::host::workload::ContainerMeta>,
+        exe: &'a str,
+    ) -> Subject<'a> {
         Subject {
             exe: Some(exe),
             args: "",

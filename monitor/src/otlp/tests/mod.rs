@@ -60,7 +60,7 @@ fn sample_alert(severity: Severity) -> Alert {
         "process.command_args.truncated": true,
         "user.id": 1000,
         "container.id": "0123456789ab",
-        // The runtime's and Kubernetes' keys (crate::workload) go through unchanged too.
+        // The runtime's and Kubernetes' keys (crate::host::workload) go through unchanged too.
         "container.name": "server",
         "container.image.name": "registry.example.com/inference/vllm",
         "container.image.tag": "0.6.3",

@@ -15,9 +15,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
-use crate::container::{container_id, ContainerRef};
 use crate::event::ExecInfo;
-use crate::procfs::{self, ProcSnapshot};
+use crate::host::container::{container_id, ContainerRef};
+use crate::host::procfs::{self, ProcSnapshot};
 
 /// How long an exited process stays findable, so that the late events of its
 /// children (from other CPUs, or queued behind it) still find their parent.
@@ -184,9 +184,9 @@ pub struct ProcessTable {
     exited_order: VecDeque<(u32, u64)>,
     grace_ns: u64,
     max_exited: usize,
-    /// Container metadata from the runtime ([`crate::workload`]): every container a process
+    /// Container metadata from the runtime ([`crate::host::workload`]): every container a process
     /// is found in gets its shared slot, and its lookup is queued the first time.
-    pub containers: Option<std::sync::Arc<crate::workload::Registry>>,
+    pub containers: Option<std::sync::Arc<crate::host::workload::Registry>>,
 }
 
 impl Default for ProcessTable {

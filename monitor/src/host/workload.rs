@@ -1,7 +1,7 @@
 //! Container and pod metadata from the container runtime's API: which container, image, pod,
 //! namespace and node a process belongs to.
 //!
-//! The process table parses a container id from each cgroup path ([`crate::container`]).
+//! The process table parses a container id from each cgroup path ([`crate::host::container`]).
 //! The first process of a container that the table sees asks the [`Registry`] for the
 //! container's [`MetadataSlot`], shared by every process of that container; a new slot sends
 //! a lookup request to a background task, which asks the runtime's API (the
@@ -32,7 +32,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::container::ContainerRef;
+use crate::host::container::ContainerRef;
 
 /// How long one lookup on one socket may take before the socket counts as slow.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -650,8 +650,8 @@ mod tests {
         };
         let id = "4f1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
         let path = format!("/machine.slice/libpod-{id}.scope");
-        let mut first = crate::container::container_id(&path).unwrap();
-        let mut second = crate::container::container_id(&path).unwrap();
+        let mut first = crate::host::container::container_id(&path).unwrap();
+        let mut second = crate::host::container::container_id(&path).unwrap();
         registry.attach(&mut first);
         registry.attach(&mut second);
         let request = rx.try_recv().unwrap();
@@ -686,7 +686,7 @@ mod tests {
         let ids = ["1".repeat(64), "2".repeat(64)];
         let mut refs: Vec<ContainerRef> = ids
             .iter()
-            .map(|id| crate::container::container_id(&format!("/docker/{id}")).unwrap())
+            .map(|id| crate::host::container::container_id(&format!("/docker/{id}")).unwrap())
             .collect();
         for container in &mut refs {
             registry.attach(container);
@@ -715,7 +715,7 @@ mod tests {
         let config = crate::config::parse_config(&file, text).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let mut engine = crate::rules::Engine::new(Arc::new(config));
-        let mut table = crate::process::ProcessTable::new();
+        let mut table = crate::host::process::ProcessTable::new();
         let registry = Registry::offline(None);
         table.containers = Some(registry.clone());
         let id = "5".repeat(64);

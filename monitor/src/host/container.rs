@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::workload::MetadataSlot;
+use crate::host::workload::MetadataSlot;
 
 /// The container a cgroup belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -18,7 +18,7 @@ pub struct ContainerRef {
     /// `"docker"`, `"containerd"`, `"cri-o"`, `"podman"` or `"unknown"`.
     pub runtime: &'static str,
     /// What the runtime's API says about it, filled in the background
-    /// ([`crate::workload`]); shared by every process of the container, empty until then.
+    /// ([`crate::host::workload`]); shared by every process of the container, empty until then.
     #[serde(skip)]
     pub metadata: MetadataSlot,
 }
