@@ -5,10 +5,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    config::{glob::Glob, reload::ConfigSource},
     daemon::Plan,
-    glob::Glob,
     pipeline::{Mode, PipelineOptions, WatchSelectors},
-    reload::ConfigSource,
     sensor::SensorOptions,
     sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
 };
@@ -360,7 +359,13 @@ fn start_alerts(
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => {
-            let report = crate::config::check(&args.files);
+            let mut report = crate::config::check(&args.files);
+            if report.diagnostics.is_empty() {
+                // What `monitor run` would size the kernel map to, and what would not fit.
+                let candidates = crate::policy::exec_candidates(&report.loaded);
+                let capacity = crate::policy::candidate_capacity(candidates.keys.len());
+                report.notes.splice(0..0, candidates.describe(capacity));
+            }
             for diagnostic in &report.diagnostics {
                 println!("{diagnostic}");
             }

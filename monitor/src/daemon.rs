@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::{
         diff::{ConfigDiff, CONFIG_CHANGED, CONFIG_CHANGE_REFUSED},
+        reload::ConfigSource,
         Config,
     },
     event::{
@@ -23,7 +24,6 @@ use crate::{
     metrics::Metrics,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
     policy::KernelPolicy,
-    reload::ConfigSource,
     rules::{Engine, CONFIG_RELOAD_FAILED},
     sensor::{Sensor, SensorOptions},
     sink::AlertSink,
@@ -138,7 +138,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
 
     // inotify on the configuration's files; the poll below is the fallback.
     let mut watcher = match &source {
-        Some((config_source, _)) => match crate::reload::Watcher::new() {
+        Some((config_source, _)) => match crate::config::reload::Watcher::new() {
             Ok(mut watcher) => {
                 if let Some(engine) = &engine {
                     watcher.arm(&config_source.inputs(engine.config()));
@@ -385,11 +385,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
 /// configuration in force is made of.
 fn reload_if_changed<W: Write>(
     source: &ConfigSource,
-    fingerprint: &mut crate::reload::Fingerprint,
+    fingerprint: &mut crate::config::reload::Fingerprint,
     policy: &mut KernelPolicy,
     processor: &mut Processor<W>,
     clock: &BootClock,
-    watcher: Option<&mut crate::reload::Watcher>,
+    watcher: Option<&mut crate::config::reload::Watcher>,
     guards: &mut GuardService,
 ) {
     let Some(config) = processor.engine.as_ref().map(|e| e.config().clone()) else {
@@ -411,7 +411,7 @@ fn reload_if_changed<W: Write>(
 /// and reported as `config-change-refused`.
 fn reload<W: Write>(
     source: &ConfigSource,
-    fingerprint: &mut crate::reload::Fingerprint,
+    fingerprint: &mut crate::config::reload::Fingerprint,
     policy: &mut KernelPolicy,
     processor: &mut Processor<W>,
     clock: &BootClock,
@@ -504,7 +504,7 @@ fn reload<W: Write>(
 /// `locked: true`: the change is not applied; an alert says what it would have been.
 fn refuse_locked<W: Write>(
     source: &ConfigSource,
-    fingerprint: &mut crate::reload::Fingerprint,
+    fingerprint: &mut crate::config::reload::Fingerprint,
     old: &crate::config::Config,
     processor: &mut Processor<W>,
     clock: &BootClock,

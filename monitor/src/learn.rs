@@ -46,16 +46,18 @@ use tracing::{info, warn};
 
 use crate::{
     cli::CommonArgs,
+    config::{
+        glob::Glob,
+        profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
+    },
     daemon::Plan,
     event::{
         alert::Alert,
         classify::{file_use, is_probe, net_use, FileUse, NetUse},
         Device, DeviceClass, Event, File, Net, NetOp,
     },
-    glob::Glob,
     host::process::{same_start, Process, ProcessTable},
     pipeline::{Mode, Observer, WatchSelectors},
-    profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
     sink::AlertSink,
 };
 use generalise::{Counted, PathContext};

@@ -1,11 +1,9 @@
 //! The monitor daemon: loads the kernel sensors, keeps the process table, and reports.
 pub mod btf;
-pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod event;
-pub mod glob;
 pub mod guard;
 pub mod host;
 pub mod learn;
@@ -17,8 +15,6 @@ pub mod otlp;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
-pub mod profile;
-pub mod reload;
 pub mod rules;
 pub mod sensor;
 pub mod sink;

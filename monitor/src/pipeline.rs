@@ -31,8 +31,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    config::glob::Glob,
     event::{alert::Alert, clock::BootClock, decode, Event, File, GpuIoctls, Header, RenameJoiner},
-    glob::Glob,
     host::{cgroup::CgroupResolver, ioctls::IoctlTracker, process::ProcessTable, procfs},
     output::{self, LossStage},
     rules::Engine,
@@ -483,7 +483,7 @@ impl<W: Write> Processor<W> {
             _ => None,
         };
         let profile = engine.governing(header.tgid, header.start_time_ns);
-        let enforce = profile.filter(|p| p.mode == crate::profile::Mode::Enforce);
+        let enforce = profile.filter(|p| p.mode == crate::config::profile::Mode::Enforce);
         let dry_run = self.dry_run || enforce.is_some_and(|p| p.dry_run);
         let gpu_enforce = engine
             .config()

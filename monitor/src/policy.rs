@@ -17,10 +17,12 @@ use monitor_common::{
 use tracing::{debug, warn};
 
 use crate::{
-    cidr::{AddrRule, Ports},
-    config::Config,
-    glob::{expand_executables, Glob},
-    profile::Mode,
+    config::{
+        cidr::{AddrRule, Ports},
+        glob::{expand_executables, Glob},
+        profile::Mode,
+        Config,
+    },
     sensor::inode_key,
 };
 
@@ -114,11 +116,11 @@ pub fn executables_matching<'g>(globs: impl IntoIterator<Item = &'g Glob>) -> Ve
 }
 
 /// Expands every profile's selector globs.
-pub fn exec_candidates(profiles: &[crate::profile::Profile]) -> Candidates {
+pub fn exec_candidates(profiles: &[crate::config::profile::Profile]) -> Candidates {
     let mut keys = HashSet::new();
     let mut globs = Vec::new();
     // Several curated profiles share a pattern (`/usr/**/bin/python3*`): walk it once.
-    let mut walked: std::collections::HashMap<&str, crate::glob::Expansion> =
+    let mut walked: std::collections::HashMap<&str, crate::config::glob::Expansion> =
         std::collections::HashMap::new();
     for profile in profiles {
         for pattern in &profile.selector.executables {

@@ -29,7 +29,13 @@ use serde_json::{Map, Value};
 
 use crate::event::alert::Rule;
 use crate::{
-    config::Config,
+    config::{
+        profile::{
+            facts::{self, Facts},
+            join_args, Profile, Subject,
+        },
+        Config,
+    },
     event::{
         alert::{new_uid, Action, Alert, Severity},
         clock::BootClock,
@@ -37,10 +43,6 @@ use crate::{
     },
     host::process::{same_start, Process, ProcessTable},
     output::event_record,
-    profile::{
-        facts::{self, Facts},
-        join_args, Profile, Subject,
-    },
 };
 use checks::Finding;
 use dedup::{Dedup, Key};

@@ -41,11 +41,13 @@ use tracing::{debug, info, warn};
 
 use crate::event::GuardHit;
 use crate::{
-    config::Config,
+    config::{
+        glob::Glob,
+        profile::{join_args, Subject},
+        Config,
+    },
     event::{clock::BootClock, Access, Event, File, FileOp, Header},
-    glob::Glob,
     host::procfs,
-    profile::{join_args, Subject},
 };
 use marks::{covering, join, open_at, InodeId, Marker, Table};
 use sys::{FsId, Group, Record, DISCOVER_MASK};

@@ -4,10 +4,8 @@
 #[cfg(doc)]
 use crate::event::GuardHit;
 use crate::{
-    cidr::is_loopback,
-    config::Config,
+    config::{cidr::is_loopback, profile::Profile, Config},
     event::{Device, File, IoUring, MemoryAccess, Net, NetOp, Transport},
-    profile::Profile,
 };
 
 use crate::event::classify::{file_use, is_probe, net_use, FileUse, NetUse};

@@ -4,9 +4,11 @@ use monitor_common::{Decision, EventKind};
 
 use super::*;
 use crate::{
-    config::{Config, GpuGuard, Guards, Outputs, ProtectedPaths},
+    config::{
+        profile::{parse_profiles, PathGlob},
+        Config, GpuGuard, Guards, Outputs, ProtectedPaths,
+    },
     event::{Access, Device, DeviceClass, ExecInfo, Exit, File, FileOp, Net, NetOp, Transport},
-    profile::{parse_profiles, PathGlob},
 };
 
 const PROFILES: &str = r#"

@@ -231,7 +231,7 @@ fn templates_check_names_and_escape_values() {
         template.resolve(&facts).as_deref(),
         Some("/data/m\\[1\\]\\*/**")
     );
-    let glob = crate::profile::PathGlob::new(&template.resolve(&facts).unwrap()).unwrap();
+    let glob = crate::config::profile::PathGlob::new(&template.resolve(&facts).unwrap()).unwrap();
     assert!(glob.matches("/data/m[1]*/config.json"));
     assert!(!glob.matches("/data/m1x/config.json"));
     // Relative values are not paths.

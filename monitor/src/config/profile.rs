@@ -49,9 +49,12 @@ mod parse;
 
 use std::path::{Path, PathBuf};
 
-use crate::{cidr::AddrRule, event::DeviceClass, glob::Glob};
+use crate::{
+    config::{cidr::AddrRule, glob::Glob},
+    event::DeviceClass,
+};
 
-pub use crate::config::Diagnostic;
+pub use crate::config::yaml::Diagnostic;
 pub(crate) use parse::{duplicate_names, parse_file, path_globs, ProfileName};
 
 /// What a profile does about behaviour outside its allow lists.

@@ -9,10 +9,9 @@ use super::{
     TemplateList,
 };
 use crate::{
-    cidr::AddrRule,
     config::{
-        yaml::{self, join, load_documents, Reader},
-        Diagnostic,
+        cidr::AddrRule,
+        yaml::{self, join, load_documents, Diagnostic, Reader},
     },
     event::DeviceClass,
 };
