@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     config::{glob::Glob, reload::ConfigSource},
     daemon::Plan,
+    kernel::sensor::SensorOptions,
     pipeline::{Mode, PipelineOptions, WatchSelectors},
-    sensor::SensorOptions,
     sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
 };
 
@@ -362,8 +362,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut report = crate::config::check(&args.files);
             if report.diagnostics.is_empty() {
                 // What `monitor run` would size the kernel map to, and what would not fit.
-                let candidates = crate::policy::exec_candidates(&report.loaded);
-                let capacity = crate::policy::candidate_capacity(candidates.keys.len());
+                let candidates = crate::kernel::policy::exec_candidates(&report.loaded);
+                let capacity = crate::kernel::policy::candidate_capacity(candidates.keys.len());
                 report.notes.splice(0..0, candidates.describe(capacity));
             }
             for diagnostic in &report.diagnostics {
@@ -429,7 +429,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .or_else(|| std::env::var_os("MONITOR_STATE_DIR").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(crate::liveness::DEFAULT_STATE_DIR));
             let state = start_alerts(&source, &config, &state_dir, &mut outputs, &metrics);
-            // Guards are fanotify's (crate::guard): the kernel's open hooks do not judge
+            // Guards are fanotify's (crate::kernel::guard): the kernel's open hooks do not judge
             // protected paths in `run`, so unwatched processes' opens cost one map lookup.
             let mut sensor = args.common.sensor_options(false);
             sensor.dry_run = args.dry_run;
@@ -467,7 +467,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut sensor_options = args.common.sensor_options(args.all);
             // The kernel watches a program that `--exe` names from its exec on: its first
             // events (the loader's opens, an early bind) come before user space could react.
-            sensor_options.exec_candidates = crate::policy::executables_matching(&selectors.exes);
+            sensor_options.exec_candidates =
+                crate::kernel::policy::executables_matching(&selectors.exes);
             sensor_options.protect_dirs = args.protect.clone();
             sensor_options.protect_suffixes = args.protect_suffixes.clone();
             crate::daemon::run(Plan {

@@ -19,13 +19,15 @@ use crate::{
         alert::{new_uid, Action, Alert},
         clock::BootClock,
     },
-    guard::GuardService,
     host::{cgroup::CgroupResolver, ioctls::IoctlTracker},
+    kernel::{
+        guard::GuardService,
+        policy::KernelPolicy,
+        sensor::{Sensor, SensorOptions},
+    },
     metrics::Metrics,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
-    policy::KernelPolicy,
     rules::{Engine, CONFIG_RELOAD_FAILED},
-    sensor::{Sensor, SensorOptions},
     sink::AlertSink,
 };
 
@@ -82,9 +84,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut candidates = None;
     if let Some((_, config)) = &config {
         // The kernel's candidate map is sized from what the selectors match now.
-        let found = crate::policy::exec_candidates(&config.profiles);
+        let found = crate::kernel::policy::exec_candidates(&config.profiles);
         sensor_options.exec_candidates_expected = found.keys.len();
-        let capacity = crate::policy::candidate_capacity(found.keys.len());
+        let capacity = crate::kernel::policy::candidate_capacity(found.keys.len());
         for line in found.describe(capacity) {
             info!("{line}");
         }
@@ -94,7 +96,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::guard::EVENT_QUEUE);
+    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::kernel::guard::EVENT_QUEUE);
     // What must not share fate with bulk events, when the queue is filling (see read_ring).
     let (urgent_tx, mut urgent_rx) = mpsc::channel(pipeline_options.queue_batches);
     let reader = tokio::spawn(pipeline::read_ring(
@@ -119,7 +121,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 &config,
                 candidates
                     .take()
-                    .unwrap_or_else(|| crate::policy::exec_candidates(&config.profiles)),
+                    .unwrap_or_else(|| crate::kernel::policy::exec_candidates(&config.profiles)),
             )
             .context("failed to load the guards and profiles into the kernel")?;
         info!(

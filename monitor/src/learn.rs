@@ -1043,7 +1043,7 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|pattern| Glob::new(pattern).ok())
             .collect();
-        sensor.exec_candidates = crate::policy::executables_matching(&globs);
+        sensor.exec_candidates = crate::kernel::policy::executables_matching(&globs);
     }
     let started = SystemTime::now();
     info!(out = %args.out.display(), "learning");

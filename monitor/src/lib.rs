@@ -1,24 +1,19 @@
 //! The monitor daemon: loads the kernel sensors, keeps the process table, and reports.
-pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod event;
-pub mod guard;
 pub mod host;
+pub mod kernel;
 pub mod learn;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
-pub mod mounts;
 pub mod otlp;
 pub mod output;
 pub mod pipeline;
-pub mod policy;
 pub mod rules;
-pub mod sensor;
 pub mod sink;
 pub mod spool;
-pub mod syscalls;
 pub mod tamper;
 pub mod trace_out;

@@ -49,7 +49,7 @@ pub struct Counters {
     /// Events received by the processor.
     pub received: [AtomicU64; KIND_SLOTS as usize],
     /// The fanotify guards' losses (reported as file events lost).
-    pub guard: Arc<crate::guard::GuardCounters>,
+    pub guard: Arc<crate::kernel::guard::GuardCounters>,
 }
 
 fn kind_slot(kind: EventKind) -> usize {
@@ -978,7 +978,7 @@ fn enforcement_mechanism(
     }
     Some(match event {
         Event::Exec(_) => "sigkill-before-exec",
-        Event::File(File { guard: Some(_), .. }) => crate::guard::MECHANISM,
+        Event::File(File { guard: Some(_), .. }) => crate::kernel::guard::MECHANISM,
         Event::Net(_) => "cgroup-sock-addr",
         Event::Device(_) => "cgroup-device",
         Event::MemoryAccess(access) if access.at_exit => "sigkill-at-open-exit",

@@ -24,10 +24,9 @@ use crate::{
         clock::BootClock,
         Event, Tamper, TamperOp,
     },
+    kernel::{policy::KernelPolicy, sensor::Sensor},
     pipeline::Processor,
-    policy::KernelPolicy,
     rules::{MONITOR_PAUSED, MONITOR_TAMPERED},
-    sensor::Sensor,
 };
 
 /// How often the self-check runs unless `--self-check-secs` says otherwise.

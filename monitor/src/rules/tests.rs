@@ -200,7 +200,7 @@ impl World {
         let config = self.engine.config().clone();
         let guarded = std::iter::once(&path)
             .chain(target.as_ref())
-            .map(|p| (p.clone(), crate::guard::marks::covering(&config, p)))
+            .map(|p| (p.clone(), crate::kernel::guard::marks::covering(&config, p)))
             .find(|(_, guards)| !guards.is_empty());
         let (path, target, guard) = match guarded {
             Some((path, guards)) => (

@@ -1,6 +1,6 @@
 //! What the kernel needs to know of a configuration: the executables that may start a
 //! governed process (watched from their exec on) and each profile's enforcement. Protected
-//! paths are not here: the fanotify guards ([`crate::guard`]) hold them. Kept in sync on
+//! paths are not here: the fanotify guards ([`crate::kernel::guard`]) hold them. Kept in sync on
 //! reload: new entries go in before stale ones go out.
 
 use std::{collections::HashSet, path::PathBuf};
@@ -23,7 +23,7 @@ use crate::{
         profile::Mode,
         Config,
     },
-    sensor::inode_key,
+    kernel::sensor::inode_key,
 };
 
 /// Directory entries a selector glob's walk may visit, per glob.
@@ -315,7 +315,7 @@ impl KernelPolicy {
     }
 
     fn apply_all(&mut self, config: &Config, found: Candidates) -> anyhow::Result<()> {
-        // Protected paths are not here: the fanotify guards ([`crate::guard`]) hold them.
+        // Protected paths are not here: the fanotify guards ([`crate::kernel::guard`]) hold them.
         let capacity = self.maps.exec_candidates_capacity;
         for line in found.describe(capacity) {
             if found.keys.len() > capacity as usize {
@@ -393,7 +393,7 @@ impl KernelPolicy {
                 }
             }
             let devices = profile.allow.devices.iter().fold(0u32, |bits, class| {
-                bits | (1 << crate::sensor::class_id(*class))
+                bits | (1 << crate::kernel::sensor::class_id(*class))
             });
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }

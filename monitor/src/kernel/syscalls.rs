@@ -298,7 +298,7 @@ const TS_COMPAT: u32 = 0x0002;
 
 /// Register offsets from the kernel's BTF for this architecture's syscall ABIs.
 #[cfg(target_arch = "x86_64")]
-pub fn abi(btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
+pub fn abi(btf: &crate::kernel::btf::Btf) -> anyhow::Result<SyscallAbi> {
     let reg = |name: &str| {
         btf.member_offset("pt_regs", name)
             .with_context(|| format!("failed to find pt_regs.{name} in the kernel's BTF"))
@@ -332,7 +332,7 @@ pub fn abi(btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
 /// Register offsets from the kernel's BTF for this architecture's syscall ABI (no compat
 /// table: AArch32 tasks' syscalls are not told apart).
 #[cfg(target_arch = "aarch64")]
-pub fn abi(btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
+pub fn abi(btf: &crate::kernel::btf::Btf) -> anyhow::Result<SyscallAbi> {
     let regs = btf
         .member_offset("pt_regs", "regs")
         .context("failed to find pt_regs.regs in the kernel's BTF")?;
@@ -354,7 +354,7 @@ pub fn abi(btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub fn abi(_btf: &crate::btf::Btf) -> anyhow::Result<SyscallAbi> {
+pub fn abi(_btf: &crate::kernel::btf::Btf) -> anyhow::Result<SyscallAbi> {
     anyhow::bail!("failed to set up the syscall sensors: this architecture's syscall registers are not tabled yet (x86_64 and aarch64 are); please report it")
 }
 

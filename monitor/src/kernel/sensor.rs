@@ -44,7 +44,7 @@ pub struct SensorOptions {
     /// Executables whose exec is watched at once (they may start a governed process).
     pub exec_candidates: Vec<PathBuf>,
     /// How many executables the configuration's selectors match: the candidate map is sized
-    /// from it (see [`crate::policy::candidate_capacity`]).
+    /// from it (see [`crate::kernel::policy::candidate_capacity`]).
     pub exec_candidates_expected: usize,
     /// Accelerator device majors (from /proc/devices plus the fixed ones and overrides).
     pub accel_majors: AccelMajors,
@@ -221,7 +221,7 @@ pub struct SensorMaps {
     pub ioctl_counts: PerCpuHashMap<MapData, IoctlKey, u64>,
     pub accel_fds: HashMap<MapData, FdKey, u32>,
     /// What a configuration fills (guards, profiles' enforcement).
-    pub policy: crate::policy::PolicyMaps,
+    pub policy: crate::kernel::policy::PolicyMaps,
     pub known: HashMap<MapData, KnownKey, u32>,
     /// Threads of watched processes: tid -> tgid.
     pub watched_threads: HashMap<MapData, u32, u32>,
@@ -320,13 +320,13 @@ impl Sensor {
         }
         bump_memlock_rlimit();
         let started = Instant::now();
-        let kernel_btf = crate::btf::Btf::from_sys_fs()
+        let kernel_btf = crate::kernel::btf::Btf::from_sys_fs()
             .context("failed to read the kernel's BTF (needed for struct offsets)")?;
-        let offsets: KernelOffsets = crate::btf::kernel_offsets(&kernel_btf)
+        let offsets: KernelOffsets = crate::kernel::btf::kernel_offsets(&kernel_btf)
             .context("failed to find the kernel struct fields the programs read")?;
         debug!(?offsets, "kernel struct offsets from BTF");
-        let tracefs = crate::mounts::tracefs()?;
-        let syscall_abi = crate::syscalls::abi(&kernel_btf)?;
+        let tracefs = crate::kernel::mounts::tracefs()?;
+        let syscall_abi = crate::kernel::syscalls::abi(&kernel_btf)?;
         debug!(?syscall_abi, "syscall registers from BTF");
         let cgroup = match &options.cgroup {
             Some(path) => path.clone(),
@@ -351,7 +351,7 @@ impl Sensor {
             _pad2: 0,
         };
         let btf = aya::Btf::from_sys_fs().context("failed to load the kernel's BTF")?;
-        let exec_capacity = crate::policy::candidate_capacity(
+        let exec_capacity = crate::kernel::policy::candidate_capacity(
             options
                 .exec_candidates
                 .len()
@@ -450,7 +450,7 @@ impl Sensor {
             watched: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED)?)?,
             ioctl_counts: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::IOCTL_COUNTS)?)?,
             accel_fds: HashMap::try_from(take_map(&mut ebpf, maps::ACCEL_FDS)?)?,
-            policy: crate::policy::PolicyMaps {
+            policy: crate::kernel::policy::PolicyMaps {
                 exec_candidates,
                 protected_dirs,
                 protected_suffixes,
@@ -517,9 +517,9 @@ impl Sensor {
             self.links.push((false, Box::new(program.take_link(id)?)));
         }
         info!(
-            handlers = crate::syscalls::HANDLERS.len(),
+            handlers = crate::kernel::syscalls::HANDLERS.len(),
             hooks = "raw_tp/sys_enter,sys_exit",
-            compat = if crate::syscalls::COMPAT { "ia32 syscalls of 64-bit processes too" } else { "no compat table on this architecture" },
+            compat = if crate::kernel::syscalls::COMPAT { "ia32 syscalls of 64-bit processes too" } else { "no compat table on this architecture" },
             "file, network, memory-access and ioctl sensors attached to the raw syscall tracepoints (dispatch by syscall number)"
         );
         let io_uring = self.tracefs.join("events/io_uring");
@@ -907,7 +907,7 @@ fn io_uring_layout(events: &Path) -> anyhow::Result<()> {
 /// handler at its syscall numbers in its ABI's array, the route at every number that either
 /// ABI serves. Numbers this kernel lacks get a slot that is never reached.
 fn load_syscall_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    use crate::syscalls::HANDLERS;
+    use crate::kernel::syscalls::HANDLERS;
     let mut fds = std::collections::HashMap::new();
     let names = [
         syscalls::ENTER_DISPATCH,
