@@ -8,8 +8,8 @@ use crate::{
     config::{glob::Glob, reload::ConfigSource},
     daemon::Plan,
     kernel::sensor::SensorOptions,
+    output::sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
     pipeline::{Mode, PipelineOptions, WatchSelectors},
-    sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
 };
 
 /// eBPF runtime security monitor for AI inference hosts.
@@ -57,7 +57,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub otlp: crate::otlp::OtlpArgs,
+    pub otlp: crate::output::otlp::OtlpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -81,7 +81,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub otlp: crate::otlp::OtlpArgs,
+    pub otlp: crate::output::otlp::OtlpArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -214,12 +214,14 @@ impl std::fmt::Display for CheckFailed {
 impl std::error::Error for CheckFailed {}
 
 /// `outputs.otlp` and `outputs.spool` of the config, for the OTLP settings resolver.
-fn otlp_file_settings(config: &crate::config::Config) -> Option<crate::otlp::OtlpFileSettings> {
+fn otlp_file_settings(
+    config: &crate::config::Config,
+) -> Option<crate::output::otlp::OtlpFileSettings> {
     let outputs = &config.outputs;
     if outputs.otlp.is_none() && outputs.spool.is_none() {
         return None;
     }
-    let mut file = crate::otlp::OtlpFileSettings::default();
+    let mut file = crate::output::otlp::OtlpFileSettings::default();
     if let Some(otlp) = &outputs.otlp {
         file.endpoint = Some(otlp.endpoint.clone());
         file.protocol = Some(otlp.protocol.name().into());
@@ -254,7 +256,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let file = otlp_file_settings(&config);
     let Some(settings) =
-        crate::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
+        crate::output::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
     else {
         anyhow::bail!(
             "no OTLP collector to replay to: give --otlp-endpoint URL (or \
@@ -262,7 +264,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     };
     let (dir, _) = args.otlp.spool(file.as_ref());
-    let done = crate::otlp::replay(&settings, &dir).await?;
+    let done = crate::output::otlp::replay(&settings, &dir).await?;
     println!(
         "replayed {} dead letters to {} ({} of them rejected again in a partial success)",
         done.sent, settings.logs_endpoint, done.rejected
@@ -278,9 +280,9 @@ fn start_alerts(
     config: &crate::config::Config,
     state_dir: &std::path::Path,
     outputs: &mut Outputs,
-    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    metrics: &std::sync::Arc<crate::telemetry::metrics::Metrics>,
 ) -> Option<(
-    std::sync::Arc<crate::liveness::StateFile>,
+    std::sync::Arc<crate::telemetry::liveness::StateFile>,
     tokio::task::JoinHandle<()>,
 )> {
     let mut raise = |alert: crate::event::alert::Alert| {
@@ -319,7 +321,7 @@ fn start_alerts(
             });
         }
     }
-    let (state, unclean) = match crate::liveness::StateFile::open(state_dir) {
+    let (state, unclean) = match crate::telemetry::liveness::StateFile::open(state_dir) {
         Ok(opened) => opened,
         Err(err) => {
             tracing::warn!(
@@ -342,7 +344,7 @@ fn start_alerts(
     let writer = {
         let (state, metrics) = (state.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::liveness::STATE_INTERVAL);
+            let mut tick = tokio::time::interval(crate::telemetry::liveness::STATE_INTERVAL);
             loop {
                 tick.tick().await;
                 let state = state.clone();
@@ -404,11 +406,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?)],
                 None => vec![Box::new(StdoutLines::start()?)],
             };
-            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new());
             let file = otlp_file_settings(&config);
-            if let Some(settings) =
-                crate::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
-            {
+            if let Some(settings) = crate::output::otlp::OtlpSettings::resolve_from_process_env(
+                &args.otlp,
+                file.as_ref(),
+            )? {
                 let (dir, max_bytes) = args.otlp.spool(file.as_ref());
                 tracing::info!(
                     endpoint = %settings.logs_endpoint,
@@ -418,8 +421,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut settings = settings;
                 settings.heartbeat_interval = config.heartbeat;
                 sinks.push(Box::new(
-                    crate::otlp::OtlpSink::start(settings, &dir, max_bytes, metrics.clone())?
-                        .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
+                    crate::output::otlp::OtlpSink::start(
+                        settings,
+                        &dir,
+                        max_bytes,
+                        metrics.clone(),
+                    )?
+                    .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
                 ));
             }
             let mut outputs = Outputs::new(sinks, Some(metrics.clone()));
@@ -427,7 +435,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .state_dir
                 .clone()
                 .or_else(|| std::env::var_os("MONITOR_STATE_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(crate::liveness::DEFAULT_STATE_DIR));
+                .unwrap_or_else(|| PathBuf::from(crate::telemetry::liveness::DEFAULT_STATE_DIR));
             let state = start_alerts(&source, &config, &state_dir, &mut outputs, &metrics);
             // Guards are fanotify's (crate::kernel::guard): the kernel's open hooks do not judge
             // protected paths in `run`, so unwatched processes' opens cost one map lookup.
@@ -460,9 +468,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => replay(args).await,
         Command::Trace(args) => {
             // Written by a thread of its own: a stalled reader must not stall the event loop.
-            let stdout = crate::trace_out::TraceOut::start(std::io::stdout()).map_err(|err| {
-                anyhow::anyhow!("failed to start the stdout writer thread: {err}")
-            })?;
+            let stdout =
+                crate::output::trace_out::TraceOut::start(std::io::stdout()).map_err(|err| {
+                    anyhow::anyhow!("failed to start the stdout writer thread: {err}")
+                })?;
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             // The kernel watches a program that `--exe` names from its exec on: its first

@@ -25,10 +25,10 @@ use crate::{
         policy::KernelPolicy,
         sensor::{Sensor, SensorOptions},
     },
-    metrics::Metrics,
+    output::sink::AlertSink,
     pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
     rules::{Engine, CONFIG_RELOAD_FAILED},
-    sink::AlertSink,
+    telemetry::metrics::Metrics,
 };
 
 /// Everything a run needs.

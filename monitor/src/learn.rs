@@ -57,8 +57,8 @@ use crate::{
         Device, DeviceClass, Event, File, Net, NetOp,
     },
     host::process::{same_start, Process, ProcessTable},
+    output::sink::AlertSink,
     pipeline::{Mode, Observer, WatchSelectors},
-    sink::AlertSink,
 };
 use generalise::{Counted, PathContext};
 use render::{Draft, Item, SelectorText};

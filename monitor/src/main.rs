@@ -2,7 +2,7 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = monitor::cli::Cli::parse();
-    monitor::logging::init(&cli.log);
+    monitor::telemetry::logging::init(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

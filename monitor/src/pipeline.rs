@@ -34,9 +34,8 @@ use crate::{
     config::glob::Glob,
     event::{alert::Alert, clock::BootClock, decode, Event, File, GpuIoctls, Header, RenameJoiner},
     host::{cgroup::CgroupResolver, ioctls::IoctlTracker, process::ProcessTable, procfs},
-    output::{self, LossStage},
+    output::{self, sink::AlertSink, LossStage},
     rules::Engine,
-    sink::AlertSink,
 };
 
 /// Counters shared between stages, by event kind.
@@ -278,7 +277,7 @@ pub struct Processor<W: Write> {
     /// `--dry-run`: enforce decisions are reported as `would-*`.
     pub dry_run: bool,
     /// Counters exported over OTLP (`monitor run`).
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
     /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
     pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).

@@ -122,11 +122,11 @@ pub const RULES: [Rule; 26] = [
     crate::config::diff::CONFIG_CHANGED,
     crate::config::diff::CONFIG_CHANGE_REFUSED,
     crate::config::diff::CONFIG_INSECURE,
-    crate::liveness::MONITOR_UNCLEAN_EXIT,
-    crate::sink::ALERTS_FILE_REPAIRED,
-    crate::sink::EXPORT_REJECTED,
-    crate::sink::SPOOL_WRITE_FAILED,
-    crate::sink::OUTPUT_FAILED,
+    crate::telemetry::liveness::MONITOR_UNCLEAN_EXIT,
+    crate::output::sink::ALERTS_FILE_REPAIRED,
+    crate::output::sink::EXPORT_REJECTED,
+    crate::output::sink::SPOOL_WRITE_FAILED,
+    crate::output::sink::OUTPUT_FAILED,
 ];
 
 /// Most distinct alerts being folded at once; past it the oldest window is closed early.

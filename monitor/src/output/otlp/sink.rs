@@ -19,9 +19,11 @@ use super::{
 };
 use crate::{
     event::alert::Alert,
-    metrics::Metrics,
-    sink::{notice, AlertSink, SPOOL_WRITE_FAILED},
-    spool::{Appended, Spool},
+    output::{
+        sink::{notice, AlertSink, SPOOL_WRITE_FAILED},
+        spool::{Appended, Spool},
+    },
+    telemetry::metrics::Metrics,
 };
 
 /// How long [`AlertSink::close`] keeps sending what is spooled.

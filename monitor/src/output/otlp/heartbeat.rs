@@ -22,7 +22,7 @@ use super::{
     exporter::{RunState, Shared},
     transport::Transport,
 };
-use crate::metrics::{MetricKind, Point};
+use crate::telemetry::metrics::{MetricKind, Point};
 
 /// The `event_name` of heartbeat records.
 pub const HEARTBEAT_EVENT_NAME: &str = "monitor.heartbeat";

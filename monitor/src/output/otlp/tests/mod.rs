@@ -23,8 +23,8 @@ use serde_json::{json, Map, Value};
 use super::{OtlpArgs, OtlpSettings, OtlpSink, Protocol};
 use crate::{
     event::alert::{Action, Alert, Severity},
-    metrics::Metrics,
-    sink::AlertSink,
+    output::sink::AlertSink,
+    telemetry::metrics::Metrics,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -908,7 +908,7 @@ async fn close_is_bounded_and_keeps_the_rest() {
     );
     assert_eq!(sink.pending(), 1);
     block_in_place(|| drop(sink));
-    let mut spool = crate::spool::Spool::open(&dir.0, 1 << 20).unwrap();
+    let mut spool = crate::output::spool::Spool::open(&dir.0, 1 << 20).unwrap();
     let (batch, _) = spool.next_batch(10, 1 << 20).unwrap();
     assert_eq!(batch[0].alert, alert);
 }

@@ -22,9 +22,11 @@ use super::{
 };
 use crate::{
     event::alert::Alert,
-    metrics::Metrics,
-    sink::{notice, EXPORT_REJECTED},
-    spool::{RecordId, Spool, Spooled},
+    output::{
+        sink::{notice, EXPORT_REJECTED},
+        spool::{RecordId, Spool, Spooled},
+    },
+    telemetry::metrics::Metrics,
 };
 
 /// The dead letters: alerts the collector refused for good, kept in a spool of their own

@@ -1,7 +1,7 @@
 //! The monitor's own counters: what it saw, what it raised, what it lost, and how the export
 //! of alerts goes. Cheap to increment from the pipeline (atomics; a short lock for the
 //! per-rule and per-loss maps, which change rarely). Exported as OTLP metrics by
-//! [`crate::otlp`]; labels are low-cardinality by design (kinds, rules, severities,
+//! [`crate::output::otlp`]; labels are low-cardinality by design (kinds, rules, severities,
 //! reasons: never pids or paths).
 
 use std::{

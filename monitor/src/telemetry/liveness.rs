@@ -6,8 +6,8 @@
 //!   stop marks it clean. A start that finds it not clean (the previous run was killed with
 //!   SIGKILL, crashed, or the host went down) raises `monitor-unclean-exit` with the window
 //!   that nobody watched: from the last "alive" to this start.
-//! - The main loop's beat ([`crate::metrics::Metrics::beat`]) is what the state file and the
-//!   OTLP heartbeat ([`crate::otlp`]) report: a loop that is stuck stops beating even while
+//! - The main loop's beat ([`crate::telemetry::metrics::Metrics::beat`]) is what the state file and the
+//!   OTLP heartbeat ([`crate::output::otlp`]) report: a loop that is stuck stops beating even while
 //!   the process still runs.
 //!
 //! Two monitors sharing a state directory would take each other's runs for crashes: the

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{
     convert, exporter::DEAD_LETTER_DIR, settings::OtlpSettings, transport::ExportError, Transport,
 };
-use crate::spool::Spool;
+use crate::output::spool::Spool;
 
 /// Tries per batch when the collector asks to retry, before giving up for now.
 const TRIES: u32 = 5;

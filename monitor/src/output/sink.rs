@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::{
     event::alert::{new_uid, Action, Alert, Rule, Severity},
-    metrics::Metrics,
+    telemetry::metrics::Metrics,
 };
 
 /// The alerts file ended in half a line (a crash or a full disk mid-write): a new line was

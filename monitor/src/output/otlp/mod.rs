@@ -3,7 +3,7 @@
 //!
 //! The SDK's batch processor drops records when its queue is full or the collector is down,
 //! so the requests are built here from `opentelemetry-proto` and every alert goes through
-//! the durable [`crate::spool`] first: an alert leaves the spool only once the collector
+//! the durable [`crate::output::spool`] first: an alert leaves the spool only once the collector
 //! accepted it (or rejected it for good). Metrics are best effort and not spooled.
 //!
 //! Wiring, for `monitor run`: flatten [`OtlpArgs`] into the command's flags, resolve with

@@ -1,5 +1,16 @@
 //! JSON records for `monitor trace` (one object per line), with OpenTelemetry
 //! semantic-convention keys.
+//!
+//! The output layer: what leaves the daemon. Here, the JSON record of an event (for `monitor
+//! trace`, and the event attributes of an alert); below, where alerts go ([`sink`]: stdout,
+//! the alerts file, [`otlp`] with its durable [`spool`]) and `monitor trace`'s writer
+//! ([`trace_out`]). It uses [`crate::event`], [`crate::host`], [`crate::config`] and
+//! [`crate::telemetry`]; the rules above it produce the alerts.
+
+pub mod otlp;
+pub mod sink;
+pub mod spool;
+pub mod trace_out;
 
 use serde_json::{json, Map, Value};
 

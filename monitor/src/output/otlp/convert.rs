@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::{
     event::alert::Alert,
-    metrics::{MetricKind, Point},
+    telemetry::metrics::{MetricKind, Point},
 };
 
 /// The `event_name` of every alert record (and its `event.name` attribute).
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn counters_are_cumulative_monotonic_sums() {
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = crate::telemetry::metrics::Metrics::new();
         metrics.event("exec");
         metrics.set_processes(3);
         let request = metrics_request(&resource(&[]), &metrics.snapshot(), 10, 20);
