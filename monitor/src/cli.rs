@@ -1,15 +1,14 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{glob::Glob, reload::ConfigSource},
-    daemon::Plan,
-    kernel::sensor::SensorOptions,
+    daemon::{CommonArgs, Plan},
     output::sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
-    pipeline::{Mode, PipelineOptions, WatchSelectors},
+    pipeline::{Mode, WatchSelectors},
 };
 
 /// eBPF runtime security monitor for AI inference hosts.
@@ -114,73 +113,6 @@ pub struct TraceArgs {
     pub protect_suffixes: Vec<String>,
     #[command(flatten)]
     pub common: CommonArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct CommonArgs {
-    /// Ring buffer size in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
-    pub ring_size: u32,
-    /// How often the reader drains the ring buffer.
-    #[arg(long, default_value_t = 10, value_name = "MS")]
-    pub drain_interval_ms: u64,
-    /// Wake the reader early once this many bytes wait in the ring buffer.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    pub wakeup_bytes: u64,
-    /// Create this file (containing the pid) once all programs are attached and /proc is
-    /// scanned; removed at exit.
-    #[arg(long, value_name = "PATH")]
-    pub ready_file: Option<PathBuf>,
-    /// The cgroup (v2) whose processes the device hook sees (default: the cgroup v2 root,
-    /// i.e. the whole host).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
-    /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
-    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::host::devices::parse_accel_major)]
-    pub accel_majors: Vec<(u32, crate::event::DeviceClass)>,
-    /// How often per-process GPU ioctl counts are reported.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    pub ioctl_summary_secs: u64,
-    /// Container metadata from the runtime's API, and the node name.
-    #[command(flatten)]
-    pub workload: crate::host::workload::WorkloadArgs,
-    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
-    /// hold what the configuration wrote (and repairs them).
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    pub self_check_secs: u64,
-}
-
-impl CommonArgs {
-    pub fn sensor_options(&self, watch_all: bool) -> SensorOptions {
-        let mut accel_majors = crate::host::devices::AccelMajors::detect();
-        for &(major, class) in &self.accel_majors {
-            accel_majors.insert(major, class);
-        }
-        SensorOptions {
-            ring_size: self.ring_size,
-            wakeup_bytes: self.wakeup_bytes,
-            watch_all,
-            protect_dirs: Vec::new(),
-            protect_suffixes: Vec::new(),
-            protect_always: false,
-            exec_candidates: Vec::new(),
-            exec_candidates_expected: 0,
-            accel_majors,
-            cgroup: self.cgroup.clone(),
-            dry_run: false,
-        }
-    }
-
-    pub fn pipeline_options(&self) -> PipelineOptions {
-        PipelineOptions {
-            drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
-            ready_file: self.ready_file.clone(),
-            ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
-            workload: self.workload.options(),
-            self_check: Duration::from_secs(self.self_check_secs.max(1)),
-            ..PipelineOptions::default()
-        }
-    }
 }
 
 impl TraceArgs {

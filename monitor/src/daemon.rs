@@ -3,7 +3,7 @@
 //! Order matters for "no blind spot at start-up": load the programs, start the reader, fill
 //! the kernel's policy maps, attach, scan /proc, then process what arrived meanwhile.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{io::Write, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
@@ -200,7 +200,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let workload = crate::host::workload::Registry::start(&pipeline_options.workload);
     processor.table.containers = Some(workload.clone());
     processor.pauses.names = object_names;
-    crate::tamper::file_own_threads(&mut processor);
+    crate::pipeline::tamper::file_own_threads(&mut processor);
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {
@@ -238,15 +238,15 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 processor.govern_running();
             }
             _ = self_check.tick(), if mode == Mode::Run => {
-                let outcome = crate::tamper::self_check(&mut sensor, &mut policy);
-                if let Some(alert) = crate::tamper::check_alert(&clock, &outcome) {
+                let outcome = crate::pipeline::tamper::self_check(&mut sensor, &mut policy);
+                if let Some(alert) = crate::pipeline::tamper::check_alert(&clock, &outcome) {
                     processor.raise(&alert);
                     processor.flush_alerts();
                 }
                 if let Ok(names) = sensor.register(&mut objects) {
                     processor.pauses.names = names;
                 }
-                crate::tamper::file_own_threads(&mut processor);
+                crate::pipeline::tamper::file_own_threads(&mut processor);
             }
             _ = ioctl_summary.tick() => {
                 processor.report_ioctls(None).context("failed to write output")?;
@@ -628,6 +628,75 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// The daemon's knobs that `monitor run`, `trace` and `learn` share: the options of the
+/// sensors and of the pipeline.
+#[derive(clap::Args, Debug)]
+pub struct CommonArgs {
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    pub ring_size: u32,
+    /// How often the reader drains the ring buffer.
+    #[arg(long, default_value_t = 10, value_name = "MS")]
+    pub drain_interval_ms: u64,
+    /// Wake the reader early once this many bytes wait in the ring buffer.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub wakeup_bytes: u64,
+    /// Create this file (containing the pid) once all programs are attached and /proc is
+    /// scanned; removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// The cgroup (v2) whose processes the device hook sees (default: the cgroup v2 root,
+    /// i.e. the whole host).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
+    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::host::devices::parse_accel_major)]
+    pub accel_majors: Vec<(u32, crate::event::DeviceClass)>,
+    /// How often per-process GPU ioctl counts are reported.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub ioctl_summary_secs: u64,
+    /// Container metadata from the runtime's API, and the node name.
+    #[command(flatten)]
+    pub workload: crate::host::workload::WorkloadArgs,
+    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
+    /// hold what the configuration wrote (and repairs them).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub self_check_secs: u64,
+}
+
+impl CommonArgs {
+    pub fn sensor_options(&self, watch_all: bool) -> SensorOptions {
+        let mut accel_majors = crate::host::devices::AccelMajors::detect();
+        for &(major, class) in &self.accel_majors {
+            accel_majors.insert(major, class);
+        }
+        SensorOptions {
+            ring_size: self.ring_size,
+            wakeup_bytes: self.wakeup_bytes,
+            watch_all,
+            protect_dirs: Vec::new(),
+            protect_suffixes: Vec::new(),
+            protect_always: false,
+            exec_candidates: Vec::new(),
+            exec_candidates_expected: 0,
+            accel_majors,
+            cgroup: self.cgroup.clone(),
+            dry_run: false,
+        }
+    }
+
+    pub fn pipeline_options(&self) -> PipelineOptions {
+        PipelineOptions {
+            drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
+            ready_file: self.ready_file.clone(),
+            ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
+            workload: self.workload.options(),
+            self_check: Duration::from_secs(self.self_check_secs.max(1)),
+            ..PipelineOptions::default()
         }
     }
 }

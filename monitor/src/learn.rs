@@ -45,12 +45,11 @@ use clap::Args;
 use tracing::{info, warn};
 
 use crate::{
-    cli::CommonArgs,
     config::{
         glob::Glob,
         profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
     },
-    daemon::Plan,
+    daemon::{CommonArgs, Plan},
     event::{
         alert::Alert,
         classify::{file_use, is_probe, net_use, FileUse, NetUse},

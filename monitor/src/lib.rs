@@ -9,5 +9,4 @@ pub mod learn;
 pub mod output;
 pub mod pipeline;
 pub mod rules;
-pub mod tamper;
 pub mod telemetry;

@@ -250,7 +250,7 @@ pub(crate) fn monitor_memory(event: &MemoryAccess) -> Finding {
 }
 
 /// A deed against the monitor. A stop (and the SIGCONT that ends it) is reported once it is
-/// over, as `monitor-paused`, by [`crate::tamper::Pauses`]; SIGCONT alone is no alert.
+/// over, as `monitor-paused`, by [`crate::pipeline::tamper::Pauses`]; SIGCONT alone is no alert.
 pub(crate) fn tamper(event: &crate::event::Tamper) -> Option<Finding> {
     use crate::event::TamperOp;
     match event.op {

@@ -6,6 +6,11 @@
 //! ```
 //!
 //! The reader never blocks: when the queue is full it drops the batch and counts it by kind.
+//!
+//! The pipeline layer sits on everything below it (event, host, config, kernel, telemetry,
+//! output, rules); [`tamper`] is its part that watches attacks on the monitor itself.
+
+pub mod tamper;
 
 use std::{
     io::Write,
@@ -282,8 +287,8 @@ pub struct Processor<W: Write> {
     pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
     pub watched_threads: Option<HashMap<MapData, u32, u32>>,
-    /// Stops of the monitor, and its objects' names (see [`crate::tamper`]).
-    pub pauses: crate::tamper::Pauses,
+    /// Stops of the monitor, and its objects' names (see [`crate::pipeline::tamper`]).
+    pub pauses: crate::pipeline::tamper::Pauses,
     /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
     pub gates: Option<aya::maps::Array<MapData, u32>>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
@@ -329,7 +334,7 @@ impl<W: Write> Processor<W> {
             metrics: None,
             known: None,
             watched_threads: None,
-            pauses: crate::tamper::Pauses::default(),
+            pauses: crate::pipeline::tamper::Pauses::default(),
             gates: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
@@ -1008,7 +1013,7 @@ impl Default for PipelineOptions {
             ready_file: None,
             ioctl_summary: Duration::from_secs(5),
             workload: crate::host::workload::WorkloadOptions::default(),
-            self_check: crate::tamper::SELF_CHECK_INTERVAL,
+            self_check: crate::pipeline::tamper::SELF_CHECK_INTERVAL,
         }
     }
 }
