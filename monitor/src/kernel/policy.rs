@@ -1,9 +1,15 @@
 //! What the kernel needs to know of a configuration: the executables that may start a
 //! governed process (watched from their exec on) and each profile's enforcement. Protected
 //! paths are not here: the fanotify guards ([`crate::kernel::guard`]) hold them. Kept in sync on
-//! reload: new entries go in before stale ones go out.
+//! reload: new entries go in before stale ones go out. The maps' keys are encoded here too
+//! ([`class_id`], [`kernel_dev`], [`inode_key`]); the loader ([`crate::kernel::sensor`]) uses
+//! them, so the encoding is in one place and this module does not reach into the loader.
 
-use std::{collections::HashSet, path::PathBuf};
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 
@@ -23,7 +29,7 @@ use crate::{
         profile::Mode,
         Config,
     },
-    kernel::sensor::inode_key,
+    event::DeviceClass,
 };
 
 /// Directory entries a selector glob's walk may visit, per glob.
@@ -392,9 +398,11 @@ impl KernelPolicy {
                     flags |= POLICY_DRY_RUN;
                 }
             }
-            let devices = profile.allow.devices.iter().fold(0u32, |bits, class| {
-                bits | (1 << crate::kernel::sensor::class_id(*class))
-            });
+            let devices = profile
+                .allow
+                .devices
+                .iter()
+                .fold(0u32, |bits, class| bits | (1 << class_id(*class)));
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }
         for key in &exec_keys {
@@ -675,6 +683,34 @@ fn sync(
         let _ = map.remove(&key);
     }
     Ok(())
+}
+
+pub fn class_id(class: DeviceClass) -> u32 {
+    use monitor_common::DeviceClassId as Id;
+    (match class {
+        DeviceClass::Nvidia => Id::Nvidia,
+        DeviceClass::NvidiaUvm => Id::NvidiaUvm,
+        DeviceClass::NvidiaCaps => Id::NvidiaCaps,
+        DeviceClass::Dri => Id::Dri,
+        DeviceClass::Kfd => Id::Kfd,
+        DeviceClass::Accel => Id::Accel,
+    }) as u32
+}
+
+/// The kernel's `dev_t` (12-bit major, 20-bit minor) of a user-space `st_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    (major << 20) | (minor & 0xfffff)
+}
+
+/// The kernel's key for a file or directory (following symlinks), if it exists.
+pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
+    let meta = std::fs::metadata(path)?;
+    Ok(InodeKey {
+        dev: kernel_dev(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    })
 }
 
 #[cfg(test)]

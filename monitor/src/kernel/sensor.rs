@@ -20,7 +20,10 @@ use monitor_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{event::DeviceClass, host::devices::AccelMajors};
+use crate::{
+    host::devices::AccelMajors,
+    kernel::policy::{class_id, kernel_dev},
+};
 
 /// The kernel object built by `build.rs`, embedded so that `monitor` is one file to install.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -801,34 +804,6 @@ fn close_in_parallel(links: impl Iterator<Item = Box<dyn Send>>) {
             }
         }
     });
-}
-
-pub fn class_id(class: DeviceClass) -> u32 {
-    use monitor_common::DeviceClassId as Id;
-    (match class {
-        DeviceClass::Nvidia => Id::Nvidia,
-        DeviceClass::NvidiaUvm => Id::NvidiaUvm,
-        DeviceClass::NvidiaCaps => Id::NvidiaCaps,
-        DeviceClass::Dri => Id::Dri,
-        DeviceClass::Kfd => Id::Kfd,
-        DeviceClass::Accel => Id::Accel,
-    }) as u32
-}
-
-/// The kernel's `dev_t` (12-bit major, 20-bit minor) of a user-space `st_dev`.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
-    (major << 20) | (minor & 0xfffff)
-}
-
-/// The kernel's key for a file or directory (following symlinks), if it exists.
-pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
-    let meta = std::fs::metadata(path)?;
-    Ok(InodeKey {
-        dev: kernel_dev(meta.dev()),
-        _pad: 0,
-        ino: meta.ino(),
-    })
 }
 
 /// Inodes of the protected directories that exist.
