@@ -86,10 +86,10 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
         addr[11] = 0xff;
         addr[12..16].copy_from_slice(&sa.user_ip4.to_ne_bytes());
     }
-    let direction = if op == NetOpCode::Bind {
-        Direction::Listen
-    } else {
-        Direction::Connect
+    let direction = match op {
+        NetOpCode::Bind => Direction::Listen,
+        NetOpCode::Connect if sa.type_ == SOCK_DGRAM => Direction::UdpConnect,
+        _ => Direction::Connect,
     };
     let decision = judge(&addr, u16::from_be(port_be), direction);
     // The syscall's exit (when there is one: not for io_uring) must not report it again.

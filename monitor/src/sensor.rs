@@ -231,6 +231,8 @@ pub struct SensorMaps {
     pub priority: RingBuf<MapData>,
     /// Switches the hot hooks test first ([`monitor_common::gate`]).
     pub gates: Array<MapData, u32>,
+    /// Governed processes' resolved `allow.exec` templates, for the kernel's exec check.
+    pub resolved_exec: crate::policy::ResolvedExec,
 }
 
 /// [`maps::MONITOR_OBJECTS`]: the ids of the monitor's programs, maps and links.
@@ -458,6 +460,8 @@ impl Sensor {
                 net_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_CONNECT)?)?,
                 net_listen: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_LISTEN)?)?,
                 exec_allowed: HashMap::try_from(take_map(&mut ebpf, maps::EXEC_ALLOWED)?)?,
+                net_udp_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_UDP_CONNECT)?)?,
+                shells: HashMap::try_from(take_map(&mut ebpf, maps::SHELLS)?)?,
                 gpu_allowed: HashMap::try_from(take_map(&mut ebpf, maps::GPU_ALLOWED)?)?,
                 guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
                 exec_candidates_capacity: exec_capacity,
@@ -465,6 +469,10 @@ impl Sensor {
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
             watched_threads: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED_THREADS)?)?,
             gates: Array::try_from(take_map(&mut ebpf, maps::GATES)?)?,
+            resolved_exec: crate::policy::ResolvedExec::new(
+                HashMap::try_from(take_map(&mut ebpf, maps::EXEC_INSTANCE)?)?,
+                HashMap::try_from(take_map(&mut ebpf, maps::EXEC_RESOLVED)?)?,
+            ),
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((

@@ -42,7 +42,7 @@ pub(crate) fn exec(profile: &Profile, path: &str) -> Option<Finding> {
 }
 
 /// Shells whose `-c` command is judged by the programs it runs rather than by the shell.
-const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
+pub(crate) const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
 
 /// Whether an exec runs a shell on a command string (`/bin/sh -c CMD`, as `system(3)`,
 /// `popen(3)` and Python's `subprocess(..., shell=True)` do): a shell in the options
