@@ -671,7 +671,13 @@ impl Engine {
                 let finding = self
                     .profile_of(state)
                     .filter(|_| prior.is_some())
-                    .and_then(|profile| checks::exec(profile, &exec.path));
+                    .and_then(|profile| checks::exec(profile, &exec.path))
+                    // The kernel judges the file, not its name (a link made in an allowed
+                    // directory after the globs were expanded): its kill is reported too.
+                    .or_else(|| {
+                        (prior.is_some() && (exec.killed || exec.would_kill))
+                            .then(|| checks::exec_refused(&exec.path))
+                    });
                 // A shell the kernel killed (or would have, in a dry run) ran nothing: the
                 // kill is the fact to report, not deferred to what the shell would have run.
                 let deferred = finding.is_some()
