@@ -124,6 +124,8 @@ pub mod programs {
     pub const SENDMSG6: &str = "sendmsg6";
     pub const BIND4: &str = "bind4";
     pub const BIND6: &str = "bind6";
+    /// `cgroup_skb/egress`: datagrams of connected UDP sockets, which no sendmsg program sees.
+    pub const UDP_EGRESS: &str = "udp_egress";
     pub const LSM_PROBE: &str = "lsm_probe";
     /// Exit of the open syscalls: files an accelerator fd the device hook saw for ioctl counting.
     pub const SYS_EXIT_OPEN_DEVICE: &str = "sys_exit_open_device";

@@ -10,7 +10,8 @@ use anyhow::{bail, Context as _};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType,
+        CgroupSockAddr, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -407,6 +408,13 @@ impl Sensor {
                 .load()
                 .with_context(|| format!("failed to load program {name} ({attach})"))?;
         }
+        let egress: &mut CgroupSkb = ebpf
+            .program_mut(programs::UDP_EGRESS)
+            .context("program udp_egress missing from the object")?
+            .try_into()?;
+        egress
+            .load()
+            .context("failed to load program udp_egress (cgroup_skb/egress)")?;
 
         let mut majors: HashMap<_, u32, u32> = HashMap::try_from(
             ebpf.map_mut(maps::ACCEL_MAJORS)
@@ -615,8 +623,33 @@ impl Sensor {
             });
             debug!(program = name, hook = attach, "attached");
         }
+        let egress: &mut CgroupSkb = self
+            .ebpf
+            .program_mut(programs::UDP_EGRESS)
+            .context("program udp_egress missing from the object")?
+            .try_into()?;
+        let id = egress
+            .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .with_context(|| {
+                format!(
+                    "failed to attach udp_egress to cgroup {}",
+                    self.cgroup.display()
+                )
+            })?;
+        let link = egress.take_link(id)?;
+        let id = self.newest_link(programs::UDP_EGRESS);
+        self.cgroup_links.push(CgroupLink {
+            program: programs::UDP_EGRESS,
+            link: Box::new(link),
+            id,
+        });
+        debug!(
+            program = programs::UDP_EGRESS,
+            hook = "cgroup_skb/egress",
+            "attached (datagrams of connected UDP sockets of enforce-mode profiles)"
+        );
         info!(
-            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6",
+            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6,cgroup_skb/egress",
             cgroup = %self.cgroup.display(),
             "network sensor and enforcement attached: connects, binds and datagrams of watched processes in this cgroup are reported from the kernel's copy of the address (io_uring and sendmmsg included); the syscall tracepoints report unix sockets, listen, accept and processes outside it (flagged monitor.unverified)"
         );
@@ -729,6 +762,14 @@ impl Sensor {
                 .try_into()?;
             let id = device.attach(&cgroup, CgroupAttachMode::Single)?;
             Box::new(device.take_link(id)?) as Box<dyn Send>
+        } else if program == programs::UDP_EGRESS {
+            let egress: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(program)
+                .context("program udp_egress missing from the object")?
+                .try_into()?;
+            let id = egress.attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)?;
+            Box::new(egress.take_link(id)?) as Box<dyn Send>
         } else {
             let sock: &mut CgroupSockAddr = self
                 .ebpf

@@ -392,7 +392,7 @@ allow:
 }
 
 const UDP_SERVER: &str = r#"
-import ctypes, json, socket, struct, sys
+import ctypes, json, os, socket, struct, sys
 allowed, other = int(sys.argv[1]), int(sys.argv[2])
 out = {}
 def attempt(name, fn):
@@ -403,7 +403,12 @@ def attempt(name, fn):
         out[name] = {1: "EPERM", 111: "ECONNREFUSED"}.get(e.errno, str(e.errno))
 def udp():
     return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-attempt("udp_connect_allowed", lambda: udp().connect(("127.0.0.1", allowed)))
+connected = udp()
+attempt("udp_connect_allowed", lambda: connected.connect(("127.0.0.1", allowed)))
+# A connected socket's datagrams carry no address: no sendmsg program sees them, the egress
+# program does (send, and sendmmsg without an address).
+attempt("connected_send", lambda: connected.send(b"x"))
+attempt("connected_write", lambda: os.write(connected.fileno(), b"x"))
 attempt("udp_connect_other", lambda: udp().connect(("127.0.0.1", other)))
 attempt("udp6_connect_other", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).connect(("::1", other)))
 # udp_connect allows a connect, which sends nothing; a datagram with an address is judged
@@ -479,6 +484,8 @@ allow:
     );
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
+    assert_eq!(report["connected_send"], "EPERM", "{report}");
+    assert_eq!(report["connected_write"], "EPERM", "{report}");
     assert_eq!(report["udp_connect_other"], "EPERM", "{report}");
     assert_eq!(report["udp6_connect_other"], "EPERM", "{report}");
     assert_eq!(report["sendto"], "EPERM", "{report}");
@@ -497,6 +504,13 @@ allow:
             && v["network.peer.port"] == other_port
     });
     assert_eq!(denied["monitor.enforcement.mechanism"], "cgroup-sock-addr");
+    let send = monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
+        v["security_rule.name"] == "connect-not-allowed"
+            && v["monitor.action"] == "denied"
+            && v["monitor.network.operation"] == "send"
+            && v["network.peer.port"] == allowed
+    });
+    assert_eq!(send["network.transport"], "udp", "{send}");
     let lines = monitor.stop();
     assert!(
         !lines.iter().any(|v| v["security_rule.name"] == "connect-not-allowed"
