@@ -867,6 +867,15 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn the_kernel_knows_this_hosts_shells_by_inode() {
+        let shells = shell_inodes();
+        let sh = inode_key(Path::new("/bin/sh")).unwrap();
+        assert!(shells.contains(&sh), "/bin/sh is a shell");
+        let python = inode_key(Path::new("/usr/bin/python3")).unwrap();
+        assert!(!shells.contains(&python));
+    }
+
+    #[test]
     fn digests_ignore_order_and_see_a_change() {
         let a = digest_pairs(&[(1u32, 2u32), (3, 4)]);
         assert_eq!(a, digest_pairs(&[(3u32, 4u32), (1, 2)]));
