@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::{cgroup_sock_addr, cgroup_skb, raw_tracepoint},
+    macros::{cgroup_skb, cgroup_sock_addr, raw_tracepoint},
     programs::{RawTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{

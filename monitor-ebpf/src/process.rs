@@ -10,13 +10,13 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
 use monitor_common::{
     gate, EventHeader, EventKind, ExecEvent, ExecKey, ExitEvent, ForkEvent, InodeKey, Stat,
     WatchEntry, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME,
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
     WATCH_INHERITED,
 };
+use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
 
 use crate::{
     config_self_tgid, count, is_watched,

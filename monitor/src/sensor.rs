@@ -629,7 +629,11 @@ impl Sensor {
             .context("program udp_egress missing from the object")?
             .try_into()?;
         let id = egress
-            .attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
             .with_context(|| {
                 format!(
                     "failed to attach udp_egress to cgroup {}",
@@ -768,7 +772,11 @@ impl Sensor {
                 .program_mut(program)
                 .context("program udp_egress missing from the object")?
                 .try_into()?;
-            let id = egress.attach(&cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)?;
+            let id = egress.attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )?;
             Box::new(egress.take_link(id)?) as Box<dyn Send>
         } else {
             let sock: &mut CgroupSockAddr = self

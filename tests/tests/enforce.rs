@@ -205,7 +205,10 @@ fn enforce_mode_refuses_in_the_kernel() {
     );
     assert!(!site.root.join("MARKER").exists(), "touch never ran");
     let killed = alert(&monitor, "exec-not-allowed", "killed");
-    assert_eq!(killed["process.executable.path"], real_path("/usr/bin/touch"));
+    assert_eq!(
+        killed["process.executable.path"],
+        real_path("/usr/bin/touch")
+    );
 
     let (report, code) = site.run(&monitor, "write", true);
     assert_eq!(code, Some(0));
@@ -292,11 +295,15 @@ fn report_of(monitor: &Monitor, program: &str, args: &[&str]) -> (Value, Option<
 
 /// An exec-not-allowed alert with this action about this executable.
 fn exec_alert(monitor: &Monitor, action: &'static str, path: String) -> Value {
-    monitor.wait_for(&format!("exec-not-allowed ({action}) of {path}"), WAIT, move |v| {
-        v["security_rule.name"] == "exec-not-allowed"
-            && v["monitor.action"] == action
-            && v["process.executable.path"] == path.as_str()
-    })
+    monitor.wait_for(
+        &format!("exec-not-allowed ({action}) of {path}"),
+        WAIT,
+        move |v| {
+            v["security_rule.name"] == "exec-not-allowed"
+                && v["monitor.action"] == action
+                && v["process.executable.path"] == path.as_str()
+        },
+    )
 }
 
 const VENV_SERVER: &str = r#"
@@ -370,8 +377,14 @@ allow:
         ],
     );
     assert_eq!(code, Some(0), "{report}");
-    assert_eq!(report["venv_python"], 0, "the venv's own python runs: {report}");
-    assert_eq!(report["venv_python_nested"], 0, "also from a child: {report}");
+    assert_eq!(
+        report["venv_python"], 0,
+        "the venv's own python runs: {report}"
+    );
+    assert_eq!(
+        report["venv_python_nested"], 0,
+        "also from a child: {report}"
+    );
     assert_eq!(report["id"], -9, "{report}");
     assert_eq!(report["symlink"], -9, "a symlink made later: {report}");
     assert_eq!(report["hardlink"], -9, "a hard link made later: {report}");
@@ -385,8 +398,10 @@ allow:
     let lines = monitor.stop();
     let python = python.to_string_lossy().into_owned();
     assert!(
-        !lines.iter().any(|v| v["security_rule.name"] == "exec-not-allowed"
-            && v["process.executable.path"] == python.as_str()),
+        !lines
+            .iter()
+            .any(|v| v["security_rule.name"] == "exec-not-allowed"
+                && v["process.executable.path"] == python.as_str()),
         "the venv's python is allowed"
     );
 }
@@ -513,10 +528,12 @@ allow:
     assert_eq!(send["network.transport"], "udp", "{send}");
     let lines = monitor.stop();
     assert!(
-        !lines.iter().any(|v| v["security_rule.name"] == "connect-not-allowed"
-            && v["network.peer.port"] == allowed
-            && v["monitor.network.operation"] == "connect"
-            && v["network.transport"] == "udp"),
+        !lines
+            .iter()
+            .any(|v| v["security_rule.name"] == "connect-not-allowed"
+                && v["network.peer.port"] == allowed
+                && v["monitor.network.operation"] == "connect"
+                && v["network.transport"] == "udp"),
         "the allowed UDP connect raised nothing"
     );
 }
@@ -588,7 +605,13 @@ allow:
     for step in ["sh_c_id", "sh_c_exec_id", "bash_c_id", "sh_ec_id"] {
         assert!(killed(&report[step]), "{step}: {report}");
     }
-    for step in ["sh_c_id", "sh_c_id_forked", "sh_c_exec_id", "bash_c_id", "sh_ec_id"] {
+    for step in [
+        "sh_c_id",
+        "sh_c_id_forked",
+        "sh_c_exec_id",
+        "bash_c_id",
+        "sh_ec_id",
+    ] {
         assert_eq!(report[format!("{step}_ran_id")], false, "{step}: {report}");
     }
     // `id; true`: the shell goes on after its child was killed.
@@ -606,7 +629,11 @@ allow:
     let id = real_path("/usr/bin/id");
     exec_alert(&monitor, "killed", id);
     exec_alert(&monitor, "killed", real_path("/usr/bin/env"));
-    exec_alert(&monitor, "killed", dir.0.join("mysh").to_string_lossy().into_owned());
+    exec_alert(
+        &monitor,
+        "killed",
+        dir.0.join("mysh").to_string_lossy().into_owned(),
+    );
     exec_alert(&monitor, "alert", real_path("/bin/sh"));
     monitor.wait_for("bash's /dev/tcp connect refused", WAIT, move |v| {
         v["security_rule.name"] == "connect-not-allowed"
@@ -629,8 +656,12 @@ allow:
                 && (v["process.executable.path"] == lscpu.as_str()
                     || v["monitor.action"] == "killed"
                         && tests::has_arg(v, "-c")
-                        && [real_path("/bin/sh"), real_path("/bin/bash")]
-                            .contains(&v["process.executable.path"].as_str().unwrap_or("").to_owned()))
+                        && [real_path("/bin/sh"), real_path("/bin/bash")].contains(
+                            &v["process.executable.path"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_owned(),
+                        ))
         })
         .collect();
     assert!(

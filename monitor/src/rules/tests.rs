@@ -1324,7 +1324,12 @@ fn resolved_exec_globs_for_the_kernel() {
     };
     let mut world = World::with(config_with(&profile("enforce"), Duration::from_secs(10)));
     world.fork(101, start(2), 1, start(0));
-    world.exec(101, start(2), "/opt/py/bin/python3.12", &["/opt/py/bin/python3.12"]);
+    world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &["/opt/py/bin/python3.12"],
+    );
     let want = Some((SERVER, vec!["/opt/py/bin/python3*".to_owned()]));
     assert_eq!(world.engine.resolved_exec(101, start(2)), want);
     world.fork(102, start(3), 101, start(2));
@@ -1335,7 +1340,12 @@ fn resolved_exec_globs_for_the_kernel() {
 
     let mut world = World::with(config_with(&profile("alert"), Duration::from_secs(10)));
     world.fork(101, start(2), 1, start(0));
-    world.exec(101, start(2), "/opt/py/bin/python3.12", &["/opt/py/bin/python3.12"]);
+    world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &["/opt/py/bin/python3.12"],
+    );
     assert_eq!(world.engine.resolved_exec(101, start(2)), None);
 }
 
