@@ -456,6 +456,20 @@ impl<W: Write> Processor<W> {
         if let Some(resolved) = &mut self.resolved_exec {
             resolved.reassign(engine.resolved_execs());
         }
+        // A profile's id is its place in the configuration: one added before it moves it.
+        // The kernel must judge a process by the id its profile has now.
+        let moved: Vec<(u32, u32)> = engine
+            .governed()
+            .into_iter()
+            .filter(|governed| {
+                before
+                    .iter()
+                    .any(|(tgid, id)| *tgid == governed.0 && *id != governed.1)
+            })
+            .collect();
+        for (tgid, id) in moved {
+            self.watch_profile(tgid, id);
+        }
         self.govern_running();
         let Some(engine) = &self.engine else {
             return;

@@ -669,3 +669,102 @@ allow:
         "neither lscpu nor a `sh -c` shell was refused: {refused:?}"
     );
 }
+
+/// A governed venv server that runs, for each line on its stdin, that program and prints its
+/// exit status.
+const VENV_LOOP_SERVER: &str = r#"
+import subprocess, sys
+print("ready", flush=True)
+for line in sys.stdin:
+    print(subprocess.run(line.split()).returncode, flush=True)
+"#;
+
+/// A reload expands the templated globs anew (a program installed since is allowed), and
+/// the kernel judges a running server by its profile's new id when a profile added before
+/// it moved it.
+#[test]
+fn a_reload_expands_templated_exec_globs_anew() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = TempDir::new("venv-reload");
+    let venv = make_venv(&dir.0);
+    std::fs::write(dir.0.join("fake_venv_loop.py"), VENV_LOOP_SERVER).unwrap();
+    std::fs::write(
+        dir.0.join("other.yaml"),
+        "name: other\nselector:\n  executables: [\"/nonexistent/bin/other\"]\nallow:\n  exec: [\"/**\"]\n",
+    )
+    .unwrap();
+    let monitor = start_with_profile(
+        &dir.0,
+        &format!(
+            r#"name: venvserver
+selector:
+  executables: ["{venv}/bin/python3"]
+  args: ["*fake_venv_loop*"]
+mode: enforce
+allow:
+  exec: ["${{python.prefix}}/bin/python*"]
+  files:
+    read: ["/**"]
+"#,
+            venv = venv.display()
+        ),
+    );
+    let python = venv.join("bin/python3").to_string_lossy().into_owned();
+    let mut server = monitor
+        .cgroup
+        .command(&python)
+        .arg("-B")
+        .arg(dir.0.join("fake_venv_loop.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = server.stdin.take().unwrap();
+    let mut output = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Selected and resolved by user space a few milliseconds after its exec.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut run = |command: &str| -> String {
+        writeln!(input, "{command}").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    };
+    let new_python = venv.join("bin/python3-new");
+    assert_eq!(run(&format!("{python} -c pass")), "0");
+    std::fs::copy(&python, &new_python).unwrap();
+    let new_python = new_python.to_string_lossy().into_owned();
+    assert_eq!(
+        run(&format!("{new_python} -c pass")),
+        "-9",
+        "installed after the expansion"
+    );
+
+    // `other` first: `venvserver` moves from id 1 to id 2.
+    std::fs::write(
+        dir.0.join("config.yaml"),
+        format!(
+            "profiles: [\"{}\", \"{}\"]\n",
+            dir.0.join("other.yaml").display(),
+            dir.0.join("profile.yaml").display()
+        ),
+    )
+    .unwrap();
+    monitor.signal(libc::SIGHUP);
+    monitor.wait_for("the reload", Duration::from_secs(15), |v| {
+        v["security_rule.name"] == "config-changed"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(run(&format!("{python} -c pass")), "0");
+    assert_eq!(run(&format!("{new_python} -c pass")), "0", "expanded anew");
+    assert_eq!(
+        run("/usr/bin/id"),
+        "-9",
+        "still enforced, by its own profile"
+    );
+    drop(input);
+    let _ = server.wait();
+    exec_alert(&monitor, "killed", real_path("/usr/bin/id"));
+}
