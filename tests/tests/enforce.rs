@@ -424,6 +424,9 @@ attempt("udp_connect_allowed", lambda: connected.connect(("127.0.0.1", allowed))
 # program does (send, and sendmmsg without an address).
 attempt("connected_send", lambda: connected.send(b"x"))
 attempt("connected_write", lambda: os.write(connected.fileno(), b"x"))
+connected6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("udp6_connect_allowed", lambda: connected6.connect(("::1", allowed)))
+attempt("connected6_send", lambda: connected6.send(b"x"))
 attempt("udp_connect_other", lambda: udp().connect(("127.0.0.1", other)))
 attempt("udp6_connect_other", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).connect(("::1", other)))
 # udp_connect allows a connect, which sends nothing; a datagram with an address is judged
@@ -482,7 +485,7 @@ allow:
   files:
     read: ["/**"]
   network:
-    udp_connect: ["127.0.0.1:{allowed}"]
+    udp_connect: ["127.0.0.1:{allowed}", "[::1]:{allowed}"]
 "#
         ),
     );
@@ -501,6 +504,8 @@ allow:
     assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
     assert_eq!(report["connected_send"], "EPERM", "{report}");
     assert_eq!(report["connected_write"], "EPERM", "{report}");
+    assert_eq!(report["udp6_connect_allowed"], "ok", "{report}");
+    assert_eq!(report["connected6_send"], "EPERM", "{report}");
     assert_eq!(report["udp_connect_other"], "EPERM", "{report}");
     assert_eq!(report["udp6_connect_other"], "EPERM", "{report}");
     assert_eq!(report["sendto"], "EPERM", "{report}");
