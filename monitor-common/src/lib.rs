@@ -76,6 +76,17 @@ pub mod maps {
     /// `bpf()` calls aimed at the monitor's objects, from entry to exit: pid_tgid ->
     /// [`super::TamperEvent`] (LRU).
     pub const BPF_PENDING: &str = "BPF_PENDING";
+    /// Allowed UDP connect destinations (`allow.network.udp_connect`), besides
+    /// [`NET_CONNECT`]: LPM trie of [`super::NetKey`] -> [`super::PortRanges`].
+    pub const NET_UDP_CONNECT: &str = "NET_UDP_CONNECT";
+    /// Shells whose `-c` command is judged by what it runs: [`super::InodeKey`] -> 1.
+    pub const SHELLS: &str = "SHELLS";
+    /// The resolved-profile instance of a governed process whose profile names `${variables}`
+    /// in `allow.exec`: tgid -> [`super::ExecInstance`]. Inherited at fork, dropped at exit.
+    pub const EXEC_INSTANCE: &str = "EXEC_INSTANCE";
+    /// Executables the templated `allow.exec` globs of an instance resolve to:
+    /// [`super::ResolvedExecKey`] -> 1.
+    pub const EXEC_RESOLVED: &str = "EXEC_RESOLVED";
 }
 
 /// Slots of [`maps::GUARDS`].
@@ -113,6 +124,8 @@ pub mod programs {
     pub const SENDMSG6: &str = "sendmsg6";
     pub const BIND4: &str = "bind4";
     pub const BIND6: &str = "bind6";
+    /// `cgroup_skb/egress`: datagrams of connected UDP sockets, which no sendmsg program sees.
+    pub const UDP_EGRESS: &str = "udp_egress";
     pub const LSM_PROBE: &str = "lsm_probe";
     /// Exit of the open syscalls: files an accelerator fd the device hook saw for ioctl counting.
     pub const SYS_EXIT_OPEN_DEVICE: &str = "sys_exit_open_device";
@@ -711,6 +724,39 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
+/// A governed process's resolved-profile instance ([`maps::EXEC_INSTANCE`]): its templated
+/// `allow.exec` globs made concrete with its facts, by user space, under `instance` in
+/// [`maps::EXEC_RESOLVED`]. `profile` and `start_time` must be the process's own for the
+/// entry to count: a profile switch or a reused pid does not inherit what it allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecInstance {
+    pub instance: u32,
+    pub profile: u32,
+    /// The process's start time (`CLOCK_BOOTTIME` ns, as in [`EventHeader::start_time`]).
+    pub start_time: u64,
+}
+
+/// Key of [`maps::EXEC_RESOLVED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResolvedExecKey {
+    pub instance: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// How far a process's start time may be from [`ExecInstance::start_time`]: a process
+/// found by the `/proc` scan has its start time in clock ticks (10 ms at 100 Hz), one tick
+/// off at most. A pid reused this soon after its first process started cannot happen short
+/// of a tiny `pid_max`.
+pub const EXEC_INSTANCE_START_SLACK_NS: u64 = 20_000_000;
+
+/// Entries of [`maps::EXEC_RESOLVED`].
+pub const EXEC_RESOLVED_MAX: u32 = 65536;
+/// Entries of [`maps::SHELLS`].
+pub const SHELLS_MAX: u32 = 64;
+
 // `FileEvent::flags` 16 and 32 were "killed at open entry" and its dry run: no program has
 // set them since guards moved to fanotify, and user space no longer decodes them. Not to be
 // reused before a record format change.
@@ -885,6 +931,8 @@ const _: () = assert!(core::mem::size_of::<SendKey>() == 24);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortRanges>() == 36);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ExecInstance>() == 16);
+const _: () = assert!(core::mem::size_of::<ResolvedExecKey>() == 16);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
 
 /// How a process reached another's memory, as [`MemoryAccessEvent::op`].
@@ -1243,6 +1291,8 @@ mod user {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::PortRanges {}
     unsafe impl aya::Pod for super::ExecKey {}
+    unsafe impl aya::Pod for super::ExecInstance {}
+    unsafe impl aya::Pod for super::ResolvedExecKey {}
     unsafe impl aya::Pod for super::KnownKey {}
     unsafe impl aya::Pod for super::DeviceOpen {}
     unsafe impl aya::Pod for super::IoUringKey {}

@@ -28,6 +28,7 @@ use monitor_common::{
     IoctlKey, KernelOffsets, KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat,
     Suffix, TamperEvent, WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
+use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_RESOLVED_MAX, SHELLS_MAX};
 
 /// Settings written by the loader before the programs are loaded.
 #[no_mangle]
@@ -123,6 +124,22 @@ static NET_LISTEN: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(4096,
 
 #[map(name = "EXEC_ALLOWED")]
 static EXEC_ALLOWED: HashMap<ExecKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// UDP connect destinations (`allow.network.udp_connect`; see `enforce::judge`).
+#[map(name = "NET_UDP_CONNECT")]
+static NET_UDP_CONNECT: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(4096, 0);
+
+/// Shells let through with `-c` (see `process::exec_verdict`).
+#[map(name = "SHELLS")]
+static SHELLS: HashMap<InodeKey, u32> = HashMap::with_max_entries(SHELLS_MAX, 0);
+
+/// Resolved-profile instances of governed processes (see `process::exec_verdict`).
+#[map(name = "EXEC_INSTANCE")]
+static EXEC_INSTANCE: HashMap<u32, ExecInstance> = HashMap::with_max_entries(WATCHED_MAX, 0);
+
+#[map(name = "EXEC_RESOLVED")]
+static EXEC_RESOLVED: HashMap<ResolvedExecKey, u32> =
+    HashMap::with_max_entries(EXEC_RESOLVED_MAX, 0);
 
 #[map(name = "GPU_ALLOWED")]
 static GPU_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);

@@ -16,6 +16,7 @@ use monitor_common::{
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
     WATCH_INHERITED,
 };
+use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
 
 use crate::{
     config_self_tgid, count, is_watched,
@@ -23,6 +24,7 @@ use crate::{
     path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED,
     WATCHED_THREADS,
 };
+use crate::{EXEC_INSTANCE, EXEC_RESOLVED, SHELLS};
 
 #[inline(always)]
 pub(crate) fn header(
@@ -105,7 +107,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // ring when it reports enforcement, which must not be lost in a flood of bulk events);
     // only then the kill is sent, so a kill is never without its report's room being
     // asked for, and a kill whose report finds no room is still counted as a loss.
-    let verdict = exec_verdict(bprm);
+    let verdict = exec_verdict(bprm, task, tgid, start_time);
     let priority = verdict != 0;
     let reserved = crate::ring(priority).reserve::<ExecEvent>(0);
     if verdict == EXEC_KILLED {
@@ -193,7 +195,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// new program runs a single instruction: it is delivered on the way back to user space), or
 /// would be in a dry run. Returns the `EXEC_*` verdict flag; sends nothing itself.
 #[inline(always)]
-fn exec_verdict(bprm: *const u8) -> u32 {
+fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 {
     let Some((profile, policy)) = crate::enforce::enforced_policy() else {
         return 0;
     };
@@ -209,10 +211,104 @@ fn exec_verdict(bprm: *const u8) -> u32 {
     if unsafe { EXEC_ALLOWED.get(key).is_some() } {
         return 0;
     }
+    // ... or what its templated `allow.exec` globs (`${python.prefix}/bin/python*`) resolved
+    // to for this process's facts.
+    if resolved_allows(tgid, profile, start_time, dev, ino) {
+        return 0;
+    }
+    // `sh -c CMD` is judged by what the shell runs: the shell keeps this process's profile,
+    // so every program it (or a subshell) execs comes back here.
+    if is_shell_command(task, dev, ino) {
+        return 0;
+    }
     if crate::enforce::refuse(&policy) == 1 {
         return EXEC_WOULD_KILL;
     }
     EXEC_KILLED
+}
+
+/// Whether the process's resolved-profile instance ([`EXEC_INSTANCE`], written by user space
+/// when it resolved the process's facts, or inherited at fork) allows the executable.
+#[inline(always)]
+fn resolved_allows(tgid: u32, profile: u32, start_time: u64, dev: u32, ino: u64) -> bool {
+    let Some(instance) = (unsafe { EXEC_INSTANCE.get(tgid) }) else {
+        return false;
+    };
+    // Another profile's instance (a transition), or one of an earlier process with this pid.
+    if instance.profile != profile
+        || instance.start_time.abs_diff(start_time) > EXEC_INSTANCE_START_SLACK_NS
+    {
+        return false;
+    }
+    let key = ResolvedExecKey {
+        instance: instance.instance,
+        dev,
+        ino,
+    };
+    unsafe { EXEC_RESOLVED.get(key).is_some() }
+}
+
+/// Bytes of the new program's argv read to find a shell's `-c`: argv[0] and the options
+/// before the command. A longer argv[0] (or options) is not seen as `sh -c`: refused as any
+/// other program.
+const SHELL_ARGS_PEEK: usize = 128;
+
+/// Whether the executable is a shell ([`SHELLS`]) run on a command string: options before
+/// the command (`-c`, `-ec`, `-xc`), one of which holds `c`, and an argument after them (as
+/// `is_shell_command` in user space decides).
+#[inline(always)]
+fn is_shell_command(task: Task, dev: u32, ino: u64) -> bool {
+    let key = InodeKey { dev, _pad: 0, ino };
+    if unsafe { SHELLS.get(key).is_none() } {
+        return false;
+    }
+    let Ok(mm) = task.mm() else {
+        return false;
+    };
+    let (Ok(start), Ok(end)) = (unsafe { read::<u64>(mm, off!(mm_arg_start)) }, unsafe {
+        read::<u64>(mm, off!(mm_arg_end))
+    }) else {
+        return false;
+    };
+    let len = end.saturating_sub(start) as usize;
+    let len = if len > SHELL_ARGS_PEEK {
+        SHELL_ARGS_PEEK
+    } else {
+        len
+    };
+    let mut buf = [0u8; SHELL_ARGS_PEEK];
+    if unsafe { bpf_probe_read_user_buf(start as *const u8, &mut buf[..len]) }.is_err() {
+        return false;
+    }
+    // argv[0], then each option: '-' and flags (not "-", not "--..."); a flag 'c' ends the
+    // options, and the command must follow.
+    const ARG0: u8 = 0;
+    const OPTION: u8 = 1;
+    const DASH: u8 = 2;
+    const FLAGS: u8 = 3;
+    const COMMAND_FLAG: u8 = 4;
+    const COMMAND: u8 = 5;
+    let mut state = ARG0;
+    for (i, &byte) in buf.iter().enumerate() {
+        if i >= len {
+            break;
+        }
+        state = match (state, byte) {
+            (ARG0, 0) => OPTION,
+            (ARG0, _) => ARG0,
+            (OPTION, b'-') => DASH,
+            (OPTION, _) => return false,
+            (DASH, 0 | b'-') => return false,
+            (DASH | FLAGS, b'c') => COMMAND_FLAG,
+            (FLAGS, 0) => OPTION,
+            (DASH | FLAGS, _) => FLAGS,
+            (COMMAND_FLAG, 0) => COMMAND,
+            (COMMAND_FLAG, _) => COMMAND_FLAG,
+            // A byte after the option that holds `c`: the command is there.
+            _ => return true,
+        };
+    }
+    false
 }
 
 #[inline(always)]
@@ -316,6 +412,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
             // A fresh generation: judgments of an earlier process that had this pid (the
             // kernel's cache keys on pid and generation) are not the child's.
             new_generation(child_tgid, |_| fresh_generation());
+            inherit_instance(parent, parent_tgid, child, child_tgid);
         } else {
             count(Stat::MapFull, EventKind::Fork as u32);
         }
@@ -342,6 +439,28 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     count(Stat::Emitted, kind);
     entry.submit(submit_flags());
     Ok(())
+}
+
+/// A child keeps its parent's resolved-profile instance (the facts are passed down by fork,
+/// as in user space), if that entry is the parent's own.
+#[inline(always)]
+fn inherit_instance(parent: Task, parent_tgid: u32, child: Task, child_tgid: u32) {
+    let Some(instance) = (unsafe { EXEC_INSTANCE.get(parent_tgid).copied() }) else {
+        return;
+    };
+    let Ok(parent_start) = parent.process_start_time() else {
+        return;
+    };
+    if instance.start_time.abs_diff(parent_start) > EXEC_INSTANCE_START_SLACK_NS {
+        return;
+    }
+    let entry = ExecInstance {
+        start_time: child.start_time().unwrap_or(0),
+        ..instance
+    };
+    if EXEC_INSTANCE.insert(child_tgid, entry, 0).is_err() {
+        count(Stat::MapFull, EventKind::Fork as u32);
+    }
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`: one per thread; we report the last.
@@ -371,6 +490,7 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         // Absent keys are not errors here: only a watched process has entries to drop.
         let _ = WATCHED.remove(tgid);
         let _ = EXEC_GENERATION.remove(tgid);
+        let _ = EXEC_INSTANCE.remove(tgid);
     }
     let kind = EventKind::Exit as u32;
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {

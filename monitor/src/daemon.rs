@@ -189,6 +189,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         processor.known = Some(maps.known);
         processor.watched_threads = Some(maps.watched_threads);
         processor.gates = Some(maps.gates);
+        processor.resolved_exec = Some(maps.resolved_exec);
         // The monitor's own memory is guarded from the start (ptrace, process_vm_*,
         // /proc/PID/mem of the monitor are `monitor-tampered`): the gate opens now, not
         // when the first server is governed.

@@ -45,6 +45,9 @@ use crate::{
     output::event_record,
 };
 use checks::Finding;
+/// Shells whose `-c` command is judged by the programs it runs (the kernel's list of them
+/// is filled from these names).
+pub(crate) use checks::SHELLS as SHELL_NAMES;
 use dedup::{Dedup, Key};
 
 const fn rule(id: &'static str, severity: Severity) -> Rule {
@@ -257,6 +260,43 @@ impl Engine {
             .collect();
         governed.sort_unstable();
         governed
+    }
+
+    /// The templated `allow.exec` globs of a process's enforce-mode profile made concrete
+    /// with its facts: `(profile id, globs)`, for the kernel's exec check
+    /// ([`crate::policy::ResolvedExec`]). `None` when its profile names no such glob.
+    pub fn resolved_exec(&self, tgid: u32, start_time_ns: u64) -> Option<(u32, Vec<String>)> {
+        let state = self.state(tgid, start_time_ns)?;
+        self.resolved_exec_of(state)
+    }
+
+    /// [`Engine::resolved_exec`] of every governed process: `(tgid, start time, profile id,
+    /// globs)`.
+    pub fn resolved_execs(&self) -> Vec<(u32, u64, u32, Vec<String>)> {
+        self.processes
+            .iter()
+            .filter_map(|(tgid, state)| {
+                let (id, globs) = self.resolved_exec_of(state)?;
+                Some((*tgid, state.start_time_ns, id, globs))
+            })
+            .collect()
+    }
+
+    fn resolved_exec_of(&self, state: &ProcessState) -> Option<(u32, Vec<String>)> {
+        let id = state.profile?;
+        let resolved = state.resolved.as_ref().filter(|r| r.profile.id == id)?;
+        let profile = self.config.profile(id)?;
+        if profile.mode != crate::profile::Mode::Enforce {
+            return None;
+        }
+        let globs: Vec<String> = profile
+            .allow
+            .templates
+            .iter()
+            .filter(|(list, _)| *list == crate::profile::TemplateList::Exec)
+            .filter_map(|(_, template)| template.resolve(&resolved.facts))
+            .collect();
+        (!globs.is_empty()).then_some((id, globs))
     }
 
     /// Governs the processes found by the `/proc` scan: each live process that the engine
@@ -628,7 +668,13 @@ impl Engine {
                 let finding = self
                     .profile_of(state)
                     .filter(|_| prior.is_some())
-                    .and_then(|profile| checks::exec(profile, &exec.path));
+                    .and_then(|profile| checks::exec(profile, &exec.path))
+                    // The kernel judges the file, not its name (a link made in an allowed
+                    // directory after the globs were expanded): its kill is reported too.
+                    .or_else(|| {
+                        (prior.is_some() && (exec.killed || exec.would_kill))
+                            .then(|| checks::exec_refused(&exec.path))
+                    });
                 // A shell the kernel killed (or would have, in a dry run) ran nothing: the
                 // kill is the fact to report, not deferred to what the shell would have run.
                 let deferred = finding.is_some()

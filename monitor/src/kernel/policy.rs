@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
+use monitor_common::{ExecInstance, ResolvedExecKey};
 use monitor_common::{
     ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix, POLICY_DRY_RUN, POLICY_ENFORCE,
     PORT_RANGES_MAX,
@@ -167,6 +168,10 @@ pub struct PolicyMaps {
     pub net_connect: LpmTrie<MapData, NetKey, PortRanges>,
     pub net_listen: LpmTrie<MapData, NetKey, PortRanges>,
     pub exec_allowed: HashMap<MapData, ExecKey, u32>,
+    /// `allow.network.udp_connect`, by profile.
+    pub net_udp_connect: LpmTrie<MapData, NetKey, PortRanges>,
+    /// The shells whose `-c` an enforce-mode profile lets through to judge what they run.
+    pub shells: HashMap<MapData, InodeKey, u32>,
     pub gpu_allowed: HashMap<MapData, u32, u32>,
     pub guards: Array<MapData, u32>,
     /// Entries `exec_candidates` was created with (sized from the configuration at start-up).
@@ -355,6 +360,7 @@ impl KernelPolicy {
     fn apply_enforcement(&mut self, config: &Config) -> anyhow::Result<()> {
         let mut connect_keys = Vec::new();
         let mut listen_keys = Vec::new();
+        let mut udp_connect_keys = Vec::new();
         let mut exec_keys = HashSet::new();
         let mut policies = std::collections::HashMap::new();
         for profile in &config.profiles {
@@ -365,6 +371,10 @@ impl KernelPolicy {
             for (key, value) in net_entries(profile.id, &profile.allow.listen) {
                 self.maps.net_listen.insert(&key, value, 0)?;
                 listen_keys.push((key.prefix_len(), key.data()));
+            }
+            for (key, value) in net_entries(profile.id, &profile.allow.udp_connect) {
+                self.maps.net_udp_connect.insert(&key, value, 0)?;
+                udp_connect_keys.push((key.prefix_len(), key.data()));
             }
             if profile.mode == Mode::Enforce {
                 // An exec into a profile this one may transition to is not killed: user
@@ -435,6 +445,7 @@ impl KernelPolicy {
         for (trie, wanted) in [
             (&mut self.maps.net_connect, &connect_keys),
             (&mut self.maps.net_listen, &listen_keys),
+            (&mut self.maps.net_udp_connect, &udp_connect_keys),
         ] {
             let stale: Vec<Key<NetKey>> = trie
                 .keys()
@@ -445,6 +456,9 @@ impl KernelPolicy {
                 let _ = trie.remove(&key);
             }
         }
+        // The shells on this host (a shell installed since is refused until the next reload).
+        let shells = shell_inodes();
+        sync(&mut self.maps.shells, &shells)?;
         // The GPU guard.
         let mut allowed = HashSet::new();
         let mut guard = 0;
@@ -479,6 +493,170 @@ impl KernelPolicy {
     }
 }
 
+/// Directories where the shells of [`crate::rules::SHELL_NAMES`] are looked for.
+const SHELL_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin"];
+
+/// The inodes of the shells on this host whose `-c` command is judged by what it runs: the
+/// kernel lets a governed process's `sh -c` through under `mode: enforce`, and judges each
+/// program the shell runs instead (a copy of a shell elsewhere is no shell to it).
+fn shell_inodes() -> HashSet<InodeKey> {
+    SHELL_DIRS
+        .iter()
+        .flat_map(|dir| {
+            crate::rules::SHELL_NAMES
+                .iter()
+                .map(move |name| std::path::Path::new(dir).join(name))
+        })
+        .filter_map(|path| inode_key(&path).ok())
+        .take(monitor_common::SHELLS_MAX as usize)
+        .collect()
+}
+
+/// Governed processes' templated `allow.exec` globs (`${python.prefix}/bin/python*`) made
+/// concrete with their facts, for the kernel's exec check under `mode: enforce`: the globs of
+/// each (profile, resolved globs) pair are expanded once to the executables on disk, under an
+/// instance id ([`monitor_common::maps::EXEC_RESOLVED`]), and each process that has them is
+/// given that instance ([`monitor_common::maps::EXEC_INSTANCE`]; its children inherit it in
+/// the kernel, which drops it at exit and ignores it for another profile or a reused pid).
+pub struct ResolvedExec {
+    processes: HashMap<MapData, u32, ExecInstance>,
+    executables: HashMap<MapData, ResolvedExecKey, u32>,
+    instances: std::collections::HashMap<(u32, Vec<String>), Instance>,
+    next: u32,
+    /// Executables an instance allows that the kernel map had no room for (refused there).
+    pub lost: u64,
+}
+
+struct Instance {
+    id: u32,
+    keys: Vec<ResolvedExecKey>,
+    /// Sweeps since a governed process last had it.
+    idle_sweeps: u32,
+}
+
+impl ResolvedExec {
+    pub fn new(
+        processes: HashMap<MapData, u32, ExecInstance>,
+        executables: HashMap<MapData, ResolvedExecKey, u32>,
+    ) -> ResolvedExec {
+        ResolvedExec {
+            processes,
+            executables,
+            instances: std::collections::HashMap::new(),
+            next: 1,
+            lost: 0,
+        }
+    }
+
+    /// Gives a process (by its start time, as the kernel reports it) the instance of its
+    /// profile and resolved exec globs, made (its executables expanded and written) on first
+    /// use.
+    pub fn assign(&mut self, tgid: u32, start_time_ns: u64, profile: u32, globs: Vec<String>) {
+        let key = (profile, globs);
+        if !self.instances.contains_key(&key) {
+            let id = self.next;
+            self.next = self.next.wrapping_add(1).max(1);
+            let mut keys: Vec<ResolvedExecKey> = key
+                .1
+                .iter()
+                .filter_map(|glob| Glob::new(glob).ok())
+                .flat_map(|glob| expand_executables(&glob, EXPAND_BUDGET).files)
+                .filter_map(|path| inode_key(&path).ok())
+                .map(|inode| ResolvedExecKey {
+                    instance: id,
+                    dev: inode.dev,
+                    ino: inode.ino,
+                })
+                .collect();
+            keys.sort_unstable_by_key(|k| (k.dev, k.ino));
+            keys.dedup();
+            let mut written = Vec::with_capacity(keys.len());
+            for k in keys {
+                match self.executables.insert(k, 1, 0) {
+                    Ok(()) => written.push(k),
+                    Err(err) => {
+                        self.lost += 1;
+                        warn!(
+                            "failed to allow an executable of profile {profile}'s resolved exec globs {:?} in the kernel: {err}; the kernel refuses it (too many distinct installs governed at once: {} executables at most)",
+                            key.1,
+                            monitor_common::EXEC_RESOLVED_MAX
+                        );
+                    }
+                }
+            }
+            debug!(profile, globs = ?key.1, instance = id, executables = written.len(), "resolved exec globs expanded");
+            self.instances.insert(
+                key.clone(),
+                Instance {
+                    id,
+                    keys: written,
+                    idle_sweeps: 0,
+                },
+            );
+        }
+        let Some(instance) = self.instances.get_mut(&key) else {
+            return;
+        };
+        instance.idle_sweeps = 0;
+        let entry = ExecInstance {
+            instance: instance.id,
+            profile,
+            start_time: start_time_ns,
+        };
+        if let Err(err) = self.processes.insert(tgid, entry, 0) {
+            self.lost += 1;
+            warn!("failed to give pid {tgid} its resolved exec globs in the kernel: {err}; under `mode: enforce` the kernel refuses what only they allow");
+        }
+    }
+
+    /// Whether no instance is in the kernel.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// Drops the instances that no governed process (`live`: their profile and globs) had for
+    /// two sweeps in a row: a child the kernel gave an instance at fork, whose fork user space
+    /// has not seen yet, keeps it meanwhile.
+    pub fn sweep(&mut self, live: &HashSet<(u32, Vec<String>)>) {
+        let mut gone = Vec::new();
+        for (key, instance) in &mut self.instances {
+            if live.contains(key) {
+                instance.idle_sweeps = 0;
+            } else {
+                instance.idle_sweeps += 1;
+                if instance.idle_sweeps > 2 {
+                    gone.push(key.clone());
+                }
+            }
+        }
+        for key in gone {
+            if let Some(instance) = self.instances.remove(&key) {
+                self.remove_keys(&instance.keys);
+            }
+        }
+    }
+
+    /// After a reload (profiles have new ids, globs may differ): every process's instance
+    /// made anew before the old ones go.
+    pub fn reassign(&mut self, live: Vec<(u32, u64, u32, Vec<String>)>) {
+        let old = std::mem::take(&mut self.instances);
+        for (tgid, start_time_ns, profile, globs) in live {
+            self.assign(tgid, start_time_ns, profile, globs);
+        }
+        for instance in old.values() {
+            self.remove_keys(&instance.keys);
+        }
+    }
+
+    fn remove_keys(&mut self, keys: &[ResolvedExecKey]) {
+        for key in keys {
+            if let Err(err) = self.executables.remove(key) {
+                debug!("failed to remove a resolved executable from the kernel: {err}");
+            }
+        }
+    }
+}
+
 /// Removes the keys that are not wanted.
 fn remove_stale<V: aya::Pod>(
     map: &mut HashMap<MapData, InodeKey, V>,
@@ -506,6 +684,8 @@ struct Snapshot {
     exec_allowed: Vec<(ExecKey, u32)>,
     gpu_allowed: Vec<(u32, u32)>,
     guards: Vec<u32>,
+    net_udp_connect: Vec<(Key<NetKey>, PortRanges)>,
+    shells: Vec<(InodeKey, u32)>,
 }
 
 impl Snapshot {
@@ -520,6 +700,8 @@ impl Snapshot {
             exec_allowed: save_hash(&maps.exec_allowed)?,
             gpu_allowed: save_hash(&maps.gpu_allowed)?,
             guards: save_array(&maps.guards)?,
+            net_udp_connect: save_trie(&maps.net_udp_connect)?,
+            shells: save_hash(&maps.shells)?,
         })
     }
 
@@ -532,6 +714,8 @@ impl Snapshot {
         restore_trie(&mut maps.net_connect, &self.net_connect)?;
         restore_trie(&mut maps.net_listen, &self.net_listen)?;
         restore_hash(&mut maps.exec_allowed, &self.exec_allowed)?;
+        restore_trie(&mut maps.net_udp_connect, &self.net_udp_connect)?;
+        restore_hash(&mut maps.shells, &self.shells)?;
         restore_hash(&mut maps.gpu_allowed, &self.gpu_allowed)?;
         restore_hash(&mut maps.policy, &self.policy)?;
         restore_array(&mut maps.guards, &self.guards)?;
@@ -541,7 +725,7 @@ impl Snapshot {
 
 impl Snapshot {
     /// Per map, its name and a digest of its entries that does not depend on their order.
-    fn digests(&self) -> [(&'static str, u64); 9] {
+    fn digests(&self) -> [(&'static str, u64); 11] {
         use monitor_common::maps;
         let trie = |entries: &[(Key<NetKey>, PortRanges)]| {
             digest(
@@ -567,6 +751,8 @@ impl Snapshot {
             (maps::NET_LISTEN, trie(&self.net_listen)),
             (maps::EXEC_ALLOWED, digest_pairs(&self.exec_allowed)),
             (maps::GPU_ALLOWED, digest_pairs(&self.gpu_allowed)),
+            (maps::NET_UDP_CONNECT, trie(&self.net_udp_connect)),
+            (maps::SHELLS, digest_pairs(&self.shells)),
             (
                 maps::GUARDS,
                 digest(
@@ -717,6 +903,15 @@ pub fn inode_key(path: &Path) -> std::io::Result<InodeKey> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_kernel_knows_this_hosts_shells_by_inode() {
+        let shells = shell_inodes();
+        let sh = inode_key(Path::new("/bin/sh")).unwrap();
+        assert!(shells.contains(&sh), "/bin/sh is a shell");
+        let python = inode_key(Path::new("/usr/bin/python3")).unwrap();
+        assert!(!shells.contains(&python));
+    }
 
     #[test]
     fn digests_ignore_order_and_see_a_change() {

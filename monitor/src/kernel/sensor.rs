@@ -10,7 +10,8 @@ use anyhow::{bail, Context as _};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSockAddr, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType,
+        CgroupSockAddr, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -234,6 +235,8 @@ pub struct SensorMaps {
     pub priority: RingBuf<MapData>,
     /// Switches the hot hooks test first ([`monitor_common::gate`]).
     pub gates: Array<MapData, u32>,
+    /// Governed processes' resolved `allow.exec` templates, for the kernel's exec check.
+    pub resolved_exec: crate::policy::ResolvedExec,
 }
 
 /// [`maps::MONITOR_OBJECTS`]: the ids of the monitor's programs, maps and links.
@@ -408,6 +411,13 @@ impl Sensor {
                 .load()
                 .with_context(|| format!("failed to load program {name} ({attach})"))?;
         }
+        let egress: &mut CgroupSkb = ebpf
+            .program_mut(programs::UDP_EGRESS)
+            .context("program udp_egress missing from the object")?
+            .try_into()?;
+        egress
+            .load()
+            .context("failed to load program udp_egress (cgroup_skb/egress)")?;
 
         let mut majors: HashMap<_, u32, u32> = HashMap::try_from(
             ebpf.map_mut(maps::ACCEL_MAJORS)
@@ -461,6 +471,8 @@ impl Sensor {
                 net_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_CONNECT)?)?,
                 net_listen: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_LISTEN)?)?,
                 exec_allowed: HashMap::try_from(take_map(&mut ebpf, maps::EXEC_ALLOWED)?)?,
+                net_udp_connect: LpmTrie::try_from(take_map(&mut ebpf, maps::NET_UDP_CONNECT)?)?,
+                shells: HashMap::try_from(take_map(&mut ebpf, maps::SHELLS)?)?,
                 gpu_allowed: HashMap::try_from(take_map(&mut ebpf, maps::GPU_ALLOWED)?)?,
                 guards: Array::try_from(take_map(&mut ebpf, maps::GUARDS)?)?,
                 exec_candidates_capacity: exec_capacity,
@@ -468,6 +480,10 @@ impl Sensor {
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
             watched_threads: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED_THREADS)?)?,
             gates: Array::try_from(take_map(&mut ebpf, maps::GATES)?)?,
+            resolved_exec: crate::policy::ResolvedExec::new(
+                HashMap::try_from(take_map(&mut ebpf, maps::EXEC_INSTANCE)?)?,
+                HashMap::try_from(take_map(&mut ebpf, maps::EXEC_RESOLVED)?)?,
+            ),
         };
         debug!(elapsed = ?started.elapsed(), "kernel programs loaded");
         Ok((
@@ -610,8 +626,37 @@ impl Sensor {
             });
             debug!(program = name, hook = attach, "attached");
         }
+        let egress: &mut CgroupSkb = self
+            .ebpf
+            .program_mut(programs::UDP_EGRESS)
+            .context("program udp_egress missing from the object")?
+            .try_into()?;
+        let id = egress
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .with_context(|| {
+                format!(
+                    "failed to attach udp_egress to cgroup {}",
+                    self.cgroup.display()
+                )
+            })?;
+        let link = egress.take_link(id)?;
+        let id = self.newest_link(programs::UDP_EGRESS);
+        self.cgroup_links.push(CgroupLink {
+            program: programs::UDP_EGRESS,
+            link: Box::new(link),
+            id,
+        });
+        debug!(
+            program = programs::UDP_EGRESS,
+            hook = "cgroup_skb/egress",
+            "attached (datagrams of connected UDP sockets of enforce-mode profiles)"
+        );
         info!(
-            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6",
+            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6,cgroup_skb/egress",
             cgroup = %self.cgroup.display(),
             "network sensor and enforcement attached: connects, binds and datagrams of watched processes in this cgroup are reported from the kernel's copy of the address (io_uring and sendmmsg included); the syscall tracepoints report unix sockets, listen, accept and processes outside it (flagged monitor.unverified)"
         );
@@ -724,6 +769,18 @@ impl Sensor {
                 .try_into()?;
             let id = device.attach(&cgroup, CgroupAttachMode::Single)?;
             Box::new(device.take_link(id)?) as Box<dyn Send>
+        } else if program == programs::UDP_EGRESS {
+            let egress: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(program)
+                .context("program udp_egress missing from the object")?
+                .try_into()?;
+            let id = egress.attach(
+                &cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )?;
+            Box::new(egress.take_link(id)?) as Box<dyn Send>
         } else {
             let sock: &mut CgroupSockAddr = self
                 .ebpf

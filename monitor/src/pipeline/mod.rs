@@ -291,6 +291,8 @@ pub struct Processor<W: Write> {
     pub pauses: crate::pipeline::tamper::Pauses,
     /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
     pub gates: Option<aya::maps::Array<MapData, u32>>,
+    /// Governed processes' resolved `allow.exec` templates in the kernel (`monitor run`).
+    pub resolved_exec: Option<crate::policy::ResolvedExec>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -336,6 +338,7 @@ impl<W: Write> Processor<W> {
             watched_threads: None,
             pauses: crate::pipeline::tamper::Pauses::default(),
             gates: None,
+            resolved_exec: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
@@ -388,6 +391,18 @@ impl<W: Write> Processor<W> {
         for (tgid, profile) in engine.seed(&self.table) {
             self.watch_profile(tgid, profile);
         }
+        self.give_resolved_execs();
+    }
+
+    /// Gives every governed process whose profile resolved templated `allow.exec` globs its
+    /// instance in the kernel ([`crate::policy::ResolvedExec`]).
+    fn give_resolved_execs(&mut self) {
+        let (Some(engine), Some(resolved)) = (&self.engine, &mut self.resolved_exec) else {
+            return;
+        };
+        for (tgid, start_time_ns, profile, globs) in engine.resolved_execs() {
+            resolved.assign(tgid, start_time_ns, profile, globs);
+        }
     }
 
     /// Opens the kernel's gate in front of the memory sensor's host-wide checks
@@ -436,6 +451,24 @@ impl<W: Write> Processor<W> {
         };
         let before: Vec<(u32, u32)> = engine.governed();
         engine.reload(config);
+        // New profile ids, maybe new globs, and executables installed since: expanded anew.
+        if let Some(resolved) = &mut self.resolved_exec {
+            resolved.reassign(engine.resolved_execs());
+        }
+        // A profile's id is its place in the configuration: one added before it moves it.
+        // The kernel must judge a process by the id its profile has now.
+        let moved: Vec<(u32, u32)> = engine
+            .governed()
+            .into_iter()
+            .filter(|governed| {
+                before
+                    .iter()
+                    .any(|(tgid, id)| *tgid == governed.0 && *id != governed.1)
+            })
+            .collect();
+        for (tgid, id) in moved {
+            self.watch_profile(tgid, id);
+        }
         self.govern_running();
         let Some(engine) = &self.engine else {
             return;
@@ -459,6 +492,14 @@ impl<W: Write> Processor<W> {
         };
         let alerts = engine.flush(BootClock::boot_now_ns(), &self.clock);
         engine.sweep(&self.table);
+        if let Some(resolved) = self.resolved_exec.as_mut().filter(|r| !r.is_empty()) {
+            let live = engine
+                .resolved_execs()
+                .into_iter()
+                .map(|(_, _, profile, globs)| (profile, globs))
+                .collect();
+            resolved.sweep(&live);
+        }
         for alert in alerts {
             self.raise(&alert);
         }
@@ -533,6 +574,14 @@ impl<W: Write> Processor<W> {
         }
         for alert in &alerts {
             self.raise(alert);
+        }
+        if let (Some(Some(_)), Some(engine), Some(resolved)) =
+            (governed, &self.engine, &mut self.resolved_exec)
+        {
+            if let Some((profile, globs)) = engine.resolved_exec(header.tgid, header.start_time_ns)
+            {
+                resolved.assign(header.tgid, header.start_time_ns, profile, globs);
+            }
         }
         match governed {
             Some(Some(profile)) => self.watch_profile(header.tgid, profile),

@@ -40,8 +40,14 @@ pub(crate) fn exec(profile: &Profile, path: &str) -> Option<Finding> {
     (!profile.allow.exec(path)).then(|| finding(EXEC_NOT_ALLOWED, path))
 }
 
+/// An exec the kernel killed (or would have) although its path matches `allow.exec`: the
+/// kernel judged the file by its inode, which no expanded glob named.
+pub(crate) fn exec_refused(path: &str) -> Finding {
+    finding(EXEC_NOT_ALLOWED, path)
+}
+
 /// Shells whose `-c` command is judged by the programs it runs rather than by the shell.
-const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
+pub(crate) const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
 
 /// Whether an exec runs a shell on a command string (`/bin/sh -c CMD`, as `system(3)`,
 /// `popen(3)` and Python's `subprocess(..., shell=True)` do): a shell in the options

@@ -1313,6 +1313,43 @@ allow:
     );
 }
 
+/// Under `mode: enforce`, the templated `allow.exec` globs resolved for a process (and
+/// passed down to its children) are what the kernel's exec check is given; a profile that
+/// only alerts gives the kernel nothing.
+#[test]
+fn resolved_exec_globs_for_the_kernel() {
+    let profile = |mode: &str| {
+        format!(
+            "name: server\nselector: {{executables: [\"**/bin/python3*\"]}}\nmode: {mode}\nallow:\n  exec: [\"${{python.prefix}}/bin/python3*\", \"/usr/bin/lscpu\"]\n"
+        )
+    };
+    let mut world = World::with(config_with(&profile("enforce"), Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &["/opt/py/bin/python3.12"],
+    );
+    let want = Some((SERVER, vec!["/opt/py/bin/python3*".to_owned()]));
+    assert_eq!(world.engine.resolved_exec(101, start(2)), want);
+    world.fork(102, start(3), 101, start(2));
+    assert_eq!(world.engine.resolved_exec(102, start(3)), want);
+    assert_eq!(world.engine.resolved_execs().len(), 2);
+    // Another process with the same pid is not the one the globs were resolved for.
+    assert_eq!(world.engine.resolved_exec(101, start(9)), None);
+
+    let mut world = World::with(config_with(&profile("alert"), Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &["/opt/py/bin/python3.12"],
+    );
+    assert_eq!(world.engine.resolved_exec(101, start(2)), None);
+}
+
 /// `io_uring: [setup]` allows creating a ring (libuv does at start-up), not requests on it.
 #[test]
 fn io_uring_operations_list() {
