@@ -45,9 +45,6 @@ use crate::{
     output::event_record,
 };
 use checks::Finding;
-/// Shells whose `-c` command is judged by the programs it runs (the kernel's list of them
-/// is filled from these names).
-pub(crate) use checks::SHELLS as SHELL_NAMES;
 use dedup::{Dedup, Key};
 
 const fn rule(id: &'static str, severity: Severity) -> Rule {
@@ -264,7 +261,7 @@ impl Engine {
 
     /// The templated `allow.exec` globs of a process's enforce-mode profile made concrete
     /// with its facts: `(profile id, globs)`, for the kernel's exec check
-    /// ([`crate::policy::ResolvedExec`]). `None` when its profile names no such glob.
+    /// ([`crate::kernel::policy::ResolvedExec`]). `None` when its profile names no such glob.
     pub fn resolved_exec(&self, tgid: u32, start_time_ns: u64) -> Option<(u32, Vec<String>)> {
         let state = self.state(tgid, start_time_ns)?;
         self.resolved_exec_of(state)
@@ -286,14 +283,14 @@ impl Engine {
         let id = state.profile?;
         let resolved = state.resolved.as_ref().filter(|r| r.profile.id == id)?;
         let profile = self.config.profile(id)?;
-        if profile.mode != crate::profile::Mode::Enforce {
+        if profile.mode != crate::config::profile::Mode::Enforce {
             return None;
         }
         let globs: Vec<String> = profile
             .allow
             .templates
             .iter()
-            .filter(|(list, _)| *list == crate::profile::TemplateList::Exec)
+            .filter(|(list, _)| *list == crate::config::profile::TemplateList::Exec)
             .filter_map(|(_, template)| template.resolve(&resolved.facts))
             .collect();
         (!globs.is_empty()).then_some((id, globs))

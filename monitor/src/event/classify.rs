@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use crate::event::{File, FileOp, Net, NetOp, Transport};
 
 /// `ENOENT`: no such file or directory.
+/// Shells whose `-c` command is judged by the programs it runs rather than by the shell
+/// (the rules judge what they run; the kernel's list of shells is filled from these names).
+pub const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
+
 pub const ENOENT: i64 = 2;
 /// `ENOTDIR`: a component of the path is not a directory.
 pub const ENOTDIR: i64 = 20;

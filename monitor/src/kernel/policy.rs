@@ -493,7 +493,7 @@ impl KernelPolicy {
     }
 }
 
-/// Directories where the shells of [`crate::rules::SHELL_NAMES`] are looked for.
+/// Directories where the shells of [`crate::event::classify::SHELLS`] are looked for.
 const SHELL_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin"];
 
 /// The inodes of the shells on this host whose `-c` command is judged by what it runs: the
@@ -503,7 +503,7 @@ fn shell_inodes() -> HashSet<InodeKey> {
     SHELL_DIRS
         .iter()
         .flat_map(|dir| {
-            crate::rules::SHELL_NAMES
+            crate::event::classify::SHELLS
                 .iter()
                 .map(move |name| std::path::Path::new(dir).join(name))
         })

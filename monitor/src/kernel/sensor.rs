@@ -236,7 +236,7 @@ pub struct SensorMaps {
     /// Switches the hot hooks test first ([`monitor_common::gate`]).
     pub gates: Array<MapData, u32>,
     /// Governed processes' resolved `allow.exec` templates, for the kernel's exec check.
-    pub resolved_exec: crate::policy::ResolvedExec,
+    pub resolved_exec: crate::kernel::policy::ResolvedExec,
 }
 
 /// [`maps::MONITOR_OBJECTS`]: the ids of the monitor's programs, maps and links.
@@ -480,7 +480,7 @@ impl Sensor {
             known: HashMap::try_from(take_map(&mut ebpf, maps::KNOWN)?)?,
             watched_threads: HashMap::try_from(take_map(&mut ebpf, maps::WATCHED_THREADS)?)?,
             gates: Array::try_from(take_map(&mut ebpf, maps::GATES)?)?,
-            resolved_exec: crate::policy::ResolvedExec::new(
+            resolved_exec: crate::kernel::policy::ResolvedExec::new(
                 HashMap::try_from(take_map(&mut ebpf, maps::EXEC_INSTANCE)?)?,
                 HashMap::try_from(take_map(&mut ebpf, maps::EXEC_RESOLVED)?)?,
             ),

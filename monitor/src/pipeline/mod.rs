@@ -292,7 +292,7 @@ pub struct Processor<W: Write> {
     /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
     pub gates: Option<aya::maps::Array<MapData, u32>>,
     /// Governed processes' resolved `allow.exec` templates in the kernel (`monitor run`).
-    pub resolved_exec: Option<crate::policy::ResolvedExec>,
+    pub resolved_exec: Option<crate::kernel::policy::ResolvedExec>,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -395,7 +395,7 @@ impl<W: Write> Processor<W> {
     }
 
     /// Gives every governed process whose profile resolved templated `allow.exec` globs its
-    /// instance in the kernel ([`crate::policy::ResolvedExec`]).
+    /// instance in the kernel ([`crate::kernel::policy::ResolvedExec`]).
     fn give_resolved_execs(&mut self) {
         let (Some(engine), Some(resolved)) = (&self.engine, &mut self.resolved_exec) else {
             return;

@@ -8,7 +8,7 @@ use crate::{
     event::{Device, File, IoUring, MemoryAccess, Net, NetOp, Transport},
 };
 
-use crate::event::classify::{file_use, is_probe, net_use, FileUse, NetUse};
+use crate::event::classify::{file_use, is_probe, net_use, FileUse, NetUse, SHELLS};
 
 use super::{
     Rule, CONNECT_NOT_ALLOWED, DEVICE_NOT_ALLOWED, EXEC_NOT_ALLOWED, FILE_READ_NOT_ALLOWED,
@@ -45,9 +45,6 @@ pub(crate) fn exec(profile: &Profile, path: &str) -> Option<Finding> {
 pub(crate) fn exec_refused(path: &str) -> Finding {
     finding(EXEC_NOT_ALLOWED, path)
 }
-
-/// Shells whose `-c` command is judged by the programs it runs rather than by the shell.
-pub(crate) const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
 
 /// Whether an exec runs a shell on a command string (`/bin/sh -c CMD`, as `system(3)`,
 /// `popen(3)` and Python's `subprocess(..., shell=True)` do): a shell in the options
