@@ -230,10 +230,30 @@ pub enum Stat {
     /// Events (or what an event needed later: a syscall's arguments for its exit, an
     /// accelerator fd for ioctl counting) lost because a kernel map insert failed (full).
     MapFull = 4,
+    /// Events not sent because a kernel read the hook needed failed (a `try_*` gave up on a
+    /// `bpf_probe_read` error or a missing kernel object): lost, unlike [`Stat::ReadFailed`].
+    ReadDropped = 5,
+}
+
+impl Stat {
+    /// The families that count lost events, each its own reason.
+    pub const LOSSES: [Stat; 3] = [Stat::LostRingFull, Stat::MapFull, Stat::ReadDropped];
+
+    /// The reason of a loss, as the `events-lost` alert and the loss metric name it.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Stat::Emitted => "emitted",
+            Stat::LostRingFull => "ring-buffer-full",
+            Stat::ReadFailed => "incomplete",
+            Stat::Known => "known",
+            Stat::MapFull => "map-full",
+            Stat::ReadDropped => "read-failed",
+        }
+    }
 }
 
 /// Number of counter families.
-pub const STAT_FAMILIES: u32 = 5;
+pub const STAT_FAMILIES: u32 = 6;
 
 /// Index of a counter in [`maps::STATS`].
 pub const fn stats_slot(stat: Stat, kind: u32) -> u32 {
@@ -1008,6 +1028,11 @@ pub struct IoUringKey {
 
 /// [`IoUringKey::opcode`] of a ring creation.
 pub const IO_URING_KEY_CREATE: u32 = 0x100;
+
+/// `IORING_OP_OPENAT`: an io_uring open (its completion's `res` is the new fd).
+pub const IORING_OP_OPENAT: u32 = 18;
+/// `IORING_OP_OPENAT2`, likewise.
+pub const IORING_OP_OPENAT2: u32 = 28;
 
 /// `IORING_OP_*` whose use is reported: those that open, change or remove files, reach the
 /// network or install fds, i.e. what the syscall sensors would have seen (bit `1 << opcode`).

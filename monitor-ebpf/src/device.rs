@@ -99,11 +99,9 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
             count(Stat::MapFull, EventKind::GpuIoctls as u32);
         }
     }
-    let kind = EventKind::Device as u32;
     // A refusal is enforcement: it must not be lost in a flood of bulk events.
     let priority = matches!(decision, Decision::Denied | Decision::WouldDeny);
-    let Some(mut entry) = crate::ring(priority).reserve::<DeviceEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<DeviceEvent>(EventKind::Device, priority) else {
         return;
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
@@ -142,8 +140,7 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
             }
         }
     }
-    count(Stat::Emitted, kind);
-    entry.submit(crate::ring_flags(priority));
+    entry.submit();
 }
 
 /// Exit of open, openat, openat2 and creat: an accelerator fd the device hook let through is

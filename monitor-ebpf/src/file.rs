@@ -25,8 +25,8 @@ use crate::{
     known, known_key,
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ProtKey, EVENTS, GUARDS, OPEN_ARGS, PENDING,
-    PROTECTED_DIRS, PROTECTED_SEEN, PROTECTED_SUFFIXES,
+    syscall_arg, syscall_ret, ProtKey, GUARDS, OPEN_ARGS, PENDING, PROTECTED_DIRS, PROTECTED_SEEN,
+    PROTECTED_SUFFIXES,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -257,7 +257,7 @@ pub fn sys_enter_fchmod(ctx: RawTracePointContext) -> u32 {
 /// Run by `syscalls::sys_exit_opens`.
 #[inline(always)]
 pub fn sys_exit_open(ctx: RawTracePointContext) -> u32 {
-    let _ = try_exit_open(&ctx);
+    crate::emit::gave_up(try_exit_open(&ctx), EventKind::File);
     0
 }
 
@@ -341,7 +341,7 @@ fn open_key(pid_tgid: u64, file: *const u8, open_flags: u32) -> Option<KnownKey>
 /// Exit of rename*, unlink*, rmdir, truncate, ftruncate, chmod, fchmod, fchmodat*.
 #[raw_tracepoint]
 pub fn sys_exit_file(ctx: RawTracePointContext) -> u32 {
-    let _ = try_exit_file(&ctx);
+    crate::emit::gave_up(try_exit_file(&ctx), EventKind::File);
     0
 }
 
@@ -356,11 +356,14 @@ fn try_exit_file(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let ret = syscall_ret(ctx);
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
-    let op = match pending.op {
-        2 => FileOpCode::Rename,
-        4 => FileOpCode::Unlink,
-        5 => FileOpCode::Truncate,
-        6 => FileOpCode::Chmod,
+    // The ops the entry hooks file for this exit; an open has its own exit.
+    let op = match FileOpCode::try_from(pending.op) {
+        Ok(
+            op @ (FileOpCode::Rename
+            | FileOpCode::Unlink
+            | FileOpCode::Truncate
+            | FileOpCode::Chmod),
+        ) => op,
         _ => return Ok(()),
     };
     // fd-based calls (ftruncate, fchmod): the file's own path.
@@ -420,9 +423,7 @@ fn emit_file(
     watched: bool,
     known: KnownKey,
 ) -> Result<(), i64> {
-    let kind = EventKind::File as u32;
-    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<FileEvent>(EventKind::File, false) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -451,10 +452,9 @@ fn emit_file(
         unsafe { &mut (*event).flags },
     );
     if !complete {
-        count(Stat::ReadFailed, kind);
+        entry.incomplete();
     }
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit();
     Ok(())
 }
 
@@ -550,7 +550,12 @@ fn is_protected(file: *const u8) -> Result<bool, i64> {
         return Ok(cached != 0);
     }
     let protected = walk_protected(vfsmount, dentry)?;
-    let _ = PROTECTED_SEEN.insert(key, u32::from(protected), 0);
+    // A failed insert only means the walk is done again next time (LRU: it evicts rather
+    // than fails; counted all the same).
+    crate::emit::inserted(
+        PROTECTED_SEEN.insert(key, u32::from(protected), 0),
+        EventKind::File,
+    );
     Ok(protected)
 }
 

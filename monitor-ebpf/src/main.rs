@@ -7,6 +7,7 @@
 #![no_main]
 
 mod device;
+mod emit;
 mod enforce;
 mod file;
 mod io_uring;
@@ -186,7 +187,7 @@ fn known_key(tgid: u32, kind: u32, aux: u32, a: u64, b: u64) -> Option<KnownKey>
         return None;
     }
     let epoch = GUARDS.get(guard_slot::EPOCH).copied().unwrap_or(0);
-    let generation = unsafe { EXEC_GENERATION.get(tgid) }.copied().unwrap_or(0);
+    let generation = exec_generation(tgid);
     Some(KnownKey {
         tgid,
         generation,
@@ -195,6 +196,15 @@ fn known_key(tgid: u32, kind: u32, aux: u32, a: u64, b: u64) -> Option<KnownKey>
         a,
         b,
     })
+}
+
+/// A watched process's program generation ([`EXEC_GENERATION`], which only the kernel
+/// writes; `WatchEntry::generation` is always 0).
+#[inline(always)]
+fn exec_generation(tgid: u32) -> u32 {
+    // SAFETY: a map value read by copy; the kernel may change it meanwhile, which only makes
+    // the key that of the next program (a judgement not found, sent again).
+    unsafe { EXEC_GENERATION.get(tgid) }.copied().unwrap_or(0)
 }
 
 /// Whether user space already judged this behaviour allowed; counts it when so.

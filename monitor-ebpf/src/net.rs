@@ -16,19 +16,19 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext},
 };
 use monitor_common::{
-    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET, AF_INET6,
+    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, AF_INET, AF_INET6,
     AF_UNIX, EPERM, KNOWN_NET, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED, SOCKADDR_CAP,
     SOCK_DGRAM,
 };
 
 use crate::{
-    config_self_tgid, count,
+    config_self_tgid,
     enforce::{judge, verdict, Direction, ALLOW},
     is_watched,
     kernel::{file_socket, off, read, Task},
     known, known_key,
     process::header,
-    submit_flags, syscall_arg, syscall_ret, EVENTS, PENDING, SENT,
+    syscall_arg, syscall_ret, PENDING, SENT,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -120,11 +120,9 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
             return ALLOW;
         }
     }
-    let kind = EventKind::Net as u32;
     // A refusal is enforcement: it must not be lost in a flood of bulk events.
     let priority = matches!(decision, Decision::Denied | Decision::WouldDeny);
-    let Some(mut entry) = crate::ring(priority).reserve::<NetEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<NetEvent>(EventKind::Net, priority) else {
         return verdict(decision);
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
@@ -164,11 +162,11 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
             (*event).addr_len = 16;
         }
     }
-    count(Stat::Emitted, kind);
-    entry.submit(crate::ring_flags(priority));
+    entry.submit();
     if op == NetOpCode::Send && decision == Decision::Allowed {
-        // Reported: later datagrams to this destination are not (LRU, per process).
-        let _ = SENT.insert(sent, 1, 0);
+        // Reported: later datagrams to this destination are not (LRU, per process). A failed
+        // insert only means the next one is reported again; counted all the same.
+        crate::emit::inserted(SENT.insert(sent, 1, 0), EventKind::Net);
     }
     verdict(decision)
 }
@@ -188,9 +186,8 @@ fn record(op: NetOpCode, fd: u64, addr: u64, addr_len: u32) {
         addr_len,
         ..Pending::default()
     };
-    if PENDING.insert(pid_tgid, pending, 0).is_err() {
-        count(Stat::LostRingFull, EventKind::Net as u32);
-    }
+    // A full map loses this syscall's event at its exit: not a full ring.
+    crate::emit::inserted(PENDING.insert(pid_tgid, pending, 0), EventKind::Net);
 }
 
 /// `connect(fd, uservaddr, addrlen)`
@@ -260,7 +257,7 @@ pub fn sys_enter_sendmsg(ctx: RawTracePointContext) -> u32 {
 /// Exit of connect, bind, listen, accept, accept4, sendto, sendmsg.
 #[raw_tracepoint]
 pub fn sys_exit_net(ctx: RawTracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
+    crate::emit::gave_up(try_exit(&ctx), EventKind::Net);
     0
 }
 
@@ -314,9 +311,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if known(&key, EventKind::Net as u32) {
         return Ok(());
     }
-    let kind = EventKind::Net as u32;
-    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<NetEvent>(EventKind::Net, false) else {
         return Ok(());
     };
     let event = entry.as_mut_ptr();
@@ -348,8 +343,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         NetOpCode::Listen => sock.map_or(0, |s| sock_addr(addr, s, false)),
     };
     unsafe { (*event).addr_len = len };
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit();
     Ok(())
 }
 
@@ -467,6 +461,6 @@ fn first_send(pid_tgid: u64, addr: u64, len: u32) -> bool {
     if unsafe { SENT.get(key).is_some() } {
         return false;
     }
-    let _ = SENT.insert(key, 1, 0);
+    crate::emit::inserted(SENT.insert(key, 1, 0), EventKind::Net);
     true
 }
