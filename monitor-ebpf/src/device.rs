@@ -61,7 +61,7 @@ fn decide(tgid: u32, class: u32) -> Decision {
         return Decision::Allowed;
     }
     if let Some((_, policy)) = enforced_policy() {
-        if policy.devices & (1 << (class & 31)) == 0 {
+        if policy.devices & monitor_common::device_policy_bit(class) == 0 {
             return refusal(policy.flags);
         }
     }

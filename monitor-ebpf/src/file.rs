@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     guard_slot, EventKind, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
-    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, PATH_CAP,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, O_ACCMODE, O_CREAT, O_TRUNC, O_WRONLY, PATH_CAP,
     PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
 };
 
@@ -30,9 +30,6 @@ use crate::{
 };
 
 const AT_FDCWD: i32 = -100;
-const O_WRONLY: u32 = 0o1;
-const O_CREAT: u32 = 0o100;
-const O_TRUNC: u32 = 0o1000;
 
 /// Remembers the name of every open on this CPU (a per-CPU slot: no hashing, no locking), so
 /// that a device open by an unwatched process, seen by the device hook, can still be named
@@ -334,7 +331,7 @@ fn open_key(pid_tgid: u64, file: *const u8, open_flags: u32) -> Option<KnownKey>
     let ino: u64 = unsafe { read(inode, off!(inode_ino)) }.ok()?;
     let sb: *const u8 = unsafe { read(inode, off!(inode_sb)) }.ok()?;
     let dev: u32 = unsafe { read(sb, off!(sb_dev)) }.ok()?;
-    let access = open_flags & (0o3 | O_CREAT | O_TRUNC);
+    let access = open_flags & (O_ACCMODE | O_CREAT | O_TRUNC);
     known_key((pid_tgid >> 32) as u32, KNOWN_OPEN, access, ino, dev as u64)
 }
 

@@ -191,7 +191,7 @@ fn known_key(tgid: u32, kind: u32, aux: u32, a: u64, b: u64) -> Option<KnownKey>
     Some(KnownKey {
         tgid,
         generation,
-        kind: kind | (epoch << 4),
+        kind: monitor_common::known_kind(kind, epoch),
         aux,
         a,
         b,

@@ -448,8 +448,11 @@ fn decision_keys(map: &mut Map<String, Value>, decision: Decision, result: i64, 
 /// Where a loss happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossStage {
-    /// The kernel could not reserve room in the ring buffer.
-    Kernel,
+    /// Lost in the kernel, for the reason of the counter family that counted it: a full
+    /// ring, a full map, a kernel read that failed (`monitor_common::Stat::LOSSES`).
+    Kernel(monitor_common::Stat),
+    /// The kernel's fanotify queue overflowed (the guards' events).
+    GuardOverflow,
     /// The reader's queue to the processing stage was full.
     User,
 }
@@ -457,14 +460,15 @@ pub enum LossStage {
 impl LossStage {
     pub fn name(self) -> &'static str {
         match self {
-            LossStage::Kernel => "kernel",
+            LossStage::Kernel(_) | LossStage::GuardOverflow => "kernel",
             LossStage::User => "user",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            LossStage::Kernel => "ring-buffer-full",
+            LossStage::Kernel(stat) => stat.reason(),
+            LossStage::GuardOverflow => "fanotify-overflow",
             LossStage::User => "queue-full",
         }
     }
@@ -526,11 +530,33 @@ mod tests {
     #[test]
     fn loss_alert_has_rule_and_count() {
         let clock = BootClock::new();
-        let alert = loss_alert(&clock, 1, LossStage::Kernel, "exec", 12).to_json();
+        let stage = LossStage::Kernel(monitor_common::Stat::LostRingFull);
+        let alert = loss_alert(&clock, 1, stage, "exec", 12).to_json();
         assert_eq!(alert["security_rule.name"], "events-lost");
         assert_eq!(alert["monitor.loss.count"], 12);
         assert_eq!(alert["monitor.loss.stage"], "kernel");
+        assert_eq!(alert["monitor.loss.reason"], "ring-buffer-full");
         assert_eq!(alert["event.kind"], "loss");
+    }
+
+    /// Each kernel loss family is its own reason: a full map (a syscall's arguments not
+    /// kept for its exit) is not a full ring, and a failed read is neither.
+    #[test]
+    fn kernel_losses_name_their_reason() {
+        use monitor_common::Stat;
+        let clock = BootClock::new();
+        let reasons: Vec<String> = Stat::LOSSES
+            .into_iter()
+            .map(|stat| {
+                let alert = loss_alert(&clock, 1, LossStage::Kernel(stat), "network", 1).to_json();
+                assert_eq!(alert["monitor.loss.stage"], "kernel");
+                alert["monitor.loss.reason"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(reasons, ["ring-buffer-full", "map-full", "read-failed"]);
+        let user = loss_record(&clock, 1, LossStage::User, "file", 3);
+        assert_eq!(user["monitor.loss.reason"], "queue-full");
+        assert_eq!(user["monitor.loss.stage"], "user");
     }
 
     #[test]

@@ -334,7 +334,9 @@ impl KernelPolicy {
         // A new configuration: every judgment the kernel cached is forgotten.
         let slot = monitor_common::guard_slot::EPOCH;
         let epoch = self.maps.guards.get(&slot, 0).unwrap_or(0);
-        self.maps.guards.set(slot, (epoch + 1) & 0x0fff_ffff, 0)?;
+        self.maps
+            .guards
+            .set(slot, (epoch + 1) & monitor_common::EPOCH_MASK, 0)?;
         debug!(candidates = candidates.len(), "kernel policy applied");
         Ok(())
     }
@@ -391,7 +393,7 @@ impl KernelPolicy {
                 }
             }
             let devices = profile.allow.devices.iter().fold(0u32, |bits, class| {
-                bits | (1 << crate::sensor::class_id(*class))
+                bits | class.policy_bit()
             });
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }

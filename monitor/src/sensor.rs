@@ -20,7 +20,7 @@ use monitor_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{devices::AccelMajors, events::DeviceClass};
+use crate::devices::AccelMajors;
 
 /// The kernel object built by `build.rs`, embedded so that `monitor` is one file to install.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -411,7 +411,7 @@ impl Sensor {
                 .context("map ACCEL_MAJORS missing")?,
         )?;
         for (major, class) in options.accel_majors.iter() {
-            majors.insert(major, class_id(class), 0)?;
+            majors.insert(major, class as u32, 0)?;
         }
         let mut protected_dirs: HashMap<_, InodeKey, u32> =
             HashMap::try_from(take_map(&mut ebpf, maps::PROTECTED_DIRS)?)?;
@@ -801,18 +801,6 @@ fn close_in_parallel(links: impl Iterator<Item = Box<dyn Send>>) {
             }
         }
     });
-}
-
-pub fn class_id(class: DeviceClass) -> u32 {
-    use monitor_common::DeviceClassId as Id;
-    (match class {
-        DeviceClass::Nvidia => Id::Nvidia,
-        DeviceClass::NvidiaUvm => Id::NvidiaUvm,
-        DeviceClass::NvidiaCaps => Id::NvidiaCaps,
-        DeviceClass::Dri => Id::Dri,
-        DeviceClass::Kfd => Id::Kfd,
-        DeviceClass::Accel => Id::Accel,
-    }) as u32
 }
 
 /// The kernel's `dev_t` (12-bit major, 20-bit minor) of a user-space `st_dev`.
