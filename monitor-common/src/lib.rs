@@ -131,6 +131,11 @@ pub mod programs {
     pub const SIGNAL_GENERATE: &str = "signal_generate";
 }
 
+/// The `log` target of the kernel programs' own messages (`aya-log`): why a hook or a path
+/// walk gave up. Off unless the log filter enables it, e.g. `--log monitor::kernel=debug`;
+/// the loader writes the level into the programs, which test it before anything else.
+pub const KERNEL_LOG_TARGET: &str = "monitor::kernel";
+
 /// Names of the global variables the loader sets before the programs are loaded.
 pub mod globals {
     /// [`super::Config`]

@@ -34,6 +34,7 @@ const ACC_READ_WRITE: u32 = 2 | 4;
 /// processes off /dev/null.
 #[cgroup_device]
 pub fn device_access(ctx: DeviceContext) -> i32 {
+    // SAFETY: the kernel's `bpf_cgroup_dev_ctx` for this call, valid while the program runs.
     let dev = unsafe { &*ctx.device };
     // The cheapest tests first: a read or write of a character device of an accelerator class.
     let dev_type = dev.access_type & 0xffff;
@@ -81,6 +82,8 @@ fn decide(tgid: u32, class: u32) -> Decision {
 fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision) {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: a map value of this thread's syscall, valid for the program's run; only
+        // this thread's hooks write it, and they run one after another.
         unsafe {
             if (*pending).flags & PENDING_FILE != 0 && (*pending).op == FileOpCode::Open as u32 {
                 (*pending).flags = 0;
@@ -105,6 +108,8 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
         return;
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     unsafe {
         (*event).header = header(
@@ -199,6 +204,7 @@ pub fn sys_enter_ioctl(ctx: RawTracePointContext) -> u32 {
 fn count_ioctl(key: &IoctlKey) {
     // Per-CPU values: no other writer, so no atomics; user space sums the CPUs.
     if let Some(counter) = IOCTL_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's copy of a per-CPU map value, valid for the program's run.
         unsafe { *counter += 1 };
     } else {
         if IOCTL_COUNTS.insert(key, 1, 0).is_err() {

@@ -15,7 +15,7 @@ use core::{
 };
 
 use aya_ebpf::maps::ring_buf::RingBufEntry;
-use monitor_common::{EventKind, Stat};
+use monitor_common::{EventKind, Stat, KERNEL_LOG_TARGET};
 
 use crate::{count, ring, ring_flags};
 
@@ -105,7 +105,18 @@ pub fn kill_current() {
 pub fn gave_up(result: Result<(), i64>, kind: EventKind) {
     const EBADF: i64 = 9;
     match result {
-        Err(error) if error != -EBADF => count(Stat::ReadDropped, kind as u32),
+        Err(error) if error != -EBADF => {
+            count(Stat::ReadDropped, kind as u32);
+            // Off unless `--log monitor::kernel=debug`: the loader writes the level, and with
+            // logging off the verifier drops this branch (the level is a read-only global).
+            aya_log_ebpf::debug!(
+                &(),
+                target: KERNEL_LOG_TARGET,
+                "{} hook gave up: a kernel read failed ({}); counted as lost (read-failed)",
+                kind.name(),
+                error
+            );
+        }
         _ => {}
     }
 }

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     guard_slot, EventKind, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
-    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, O_ACCMODE, O_CREAT, O_TRUNC, O_WRONLY, PATH_CAP,
-    PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, O_ACCMODE,
+    O_CREAT, O_TRUNC, O_WRONLY, PATH_CAP, PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
 };
 
 use crate::{
@@ -37,6 +37,8 @@ const AT_FDCWD: i32 = -100;
 #[inline(always)]
 fn stash_open(dfd: i32, name: u64) {
     if let Some(slot) = OPEN_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; no other
+        // writer while the program runs on this CPU.
         unsafe {
             (*slot).pid_tgid = bpf_get_current_pid_tgid();
             (*slot).dfd = dfd as i64;
@@ -423,6 +425,8 @@ fn emit_file(
     let Some(mut entry) = crate::emit::reserve::<FileEvent>(EventKind::File, false) else {
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     let tgid = (pid_tgid >> 32) as u32;
     let start_time = task.process_start_time().unwrap_or(0);

@@ -72,6 +72,7 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
     if tgid == config_self_tgid() || !is_watched(tgid) {
         return ALLOW;
     }
+    // SAFETY: the kernel's `bpf_sock_addr` for this call, valid while the program runs.
     let sa = unsafe { &*ctx.sock_addr };
     // user_port holds the port in network byte order in its low 16 bits.
     let port_be = sa.user_port as u16;
@@ -94,6 +95,8 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
     let decision = judge(&addr, u16::from_be(port_be), direction);
     // The syscall's exit (when there is one: not for io_uring) must not report it again.
     if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: a map value of this thread's syscall, valid for the program's run; only
+        // this thread's hooks write it, and they run one after another.
         unsafe {
             if (*pending).flags & PENDING_NET != 0 {
                 (*pending).flags |= PENDING_NET_JUDGED;
@@ -126,6 +129,8 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
         return verdict(decision);
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     unsafe {
         (*event).header = header(
@@ -314,6 +319,8 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let Some(mut entry) = crate::emit::reserve::<NetEvent>(EventKind::Net, false) else {
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     unsafe {
         (*event).header = header(

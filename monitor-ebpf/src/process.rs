@@ -48,6 +48,8 @@ pub(crate) fn header(
 #[inline(always)]
 fn new_generation(tgid: u32, next: impl Fn(u32) -> u32) {
     if let Some(generation) = EXEC_GENERATION.get_ptr_mut(tgid) {
+        // SAFETY: a map value valid for the program's run. Only the kernel writes this map
+        // (user space never does), and a process's exec and fork hooks do not race.
         unsafe { *generation = next(*generation) };
     } else if EXEC_GENERATION.insert(tgid, fresh_generation(), 0).is_err() {
         count(Stat::MapFull, EventKind::Exec as u32);
@@ -114,6 +116,8 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let Some(mut entry) = reserved else {
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {

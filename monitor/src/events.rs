@@ -6,13 +6,13 @@
 
 pub use monitor_common::Decision;
 use monitor_common::{
-    io_uring_op_name, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
-    FileEvent, FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent,
-    MemoryOpCode, NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED,
-    EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
+    io_uring_op_name, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent,
+    FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent, MemoryOpCode,
+    NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS,
+    EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
     FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, HEADER_WATCHED,
-    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_UNVERIFIED, O_ACCMODE, O_CREAT,
-    O_RDONLY, O_TRUNC, O_WRONLY, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
+    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_UNVERIFIED, O_ACCMODE, O_CREAT, O_RDONLY,
+    O_TRUNC, O_WRONLY, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// An event from the kernel, owned and checked.
@@ -694,8 +694,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::File => {
             let raw: FileEvent = read(bytes, raw_kind)?;
-            let op =
-                decode_field::<FileOpCode>(kind, "op", raw.op)?;
+            let op = decode_field::<FileOpCode>(kind, "op", raw.op)?;
             let (path_bytes, path_truncated) =
                 file_path_bytes(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
             let (path, path_bytes) = name_text(&path_bytes);
@@ -746,8 +745,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::Net => {
             let raw: NetEvent = read(bytes, raw_kind)?;
-            let op = match decode_field::<NetOpCode>(kind, "op", raw.op)?
-            {
+            let op = match decode_field::<NetOpCode>(kind, "op", raw.op)? {
                 NetOpCode::Connect => NetOp::Connect,
                 NetOpCode::Accept => NetOp::Accept,
                 NetOpCode::Bind => NetOp::Bind,
@@ -762,8 +760,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 (_, SOCK_DGRAM) => Transport::Udp,
                 (_, _) => Transport::Other,
             };
-            let decision =
-                decode_field::<Decision>(kind, "decision", raw.decision)?;
+            let decision = decode_field::<Decision>(kind, "decision", raw.decision)?;
             let (ip, unix_path) = match address {
                 SockAddr::Ip(addr) => (Some(addr), None),
                 SockAddr::Unix(path) => (None, Some(path)),
@@ -787,8 +784,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let raw: DeviceEvent = read(bytes, raw_kind)?;
             let (path, _) = file_path(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
             let class = decode_field::<DeviceClass>(kind, "class", raw.class)?;
-            let decision =
-                decode_field::<Decision>(kind, "decision", raw.decision)?;
+            let decision = decode_field::<Decision>(kind, "decision", raw.decision)?;
             Ok(Event::Device(Device {
                 header: header(&raw.header, kind),
                 path,
@@ -803,8 +799,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::GpuIoctls => Err(DecodeError::UnknownKind(raw_kind)),
         EventKind::MemoryAccess => {
             let raw: MemoryAccessEvent = read(bytes, raw_kind)?;
-            let op = match decode_field::<MemoryOpCode>(kind, "op", raw.op)?
-            {
+            let op = match decode_field::<MemoryOpCode>(kind, "op", raw.op)? {
                 MemoryOpCode::ProcessVmReadv => MemoryOp::ProcessVmReadv,
                 MemoryOpCode::ProcessVmWritev => MemoryOp::ProcessVmWritev,
                 MemoryOpCode::Ptrace => MemoryOp::Ptrace(raw.arg as u64),
@@ -827,11 +822,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Tamper => {
             use monitor_common::{TamperEvent, TamperOpCode, TAMPER_READ_ONLY, TAMPER_RESULT};
             let raw: TamperEvent = read(bytes, raw_kind)?;
-            let op = match decode_field::<TamperOpCode>(kind, "op", raw.op)?
-            {
+            let op = match decode_field::<TamperOpCode>(kind, "op", raw.op)? {
                 TamperOpCode::Bpf => TamperOp::Bpf {
                     cmd: raw.cmd,
-                    object: decode_field::<monitor_common::BpfObjectKind>(kind, "object_kind", raw.object_kind)?,
+                    object: decode_field::<monitor_common::BpfObjectKind>(
+                        kind,
+                        "object_kind",
+                        raw.object_kind,
+                    )?,
                     id: raw.object_id,
                     unverified: raw.flags & monitor_common::TAMPER_UNVERIFIED != 0,
                     read_only: raw.flags & TAMPER_READ_ONLY != 0,
@@ -849,8 +847,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::IoUring => {
             let raw: IoUringEvent = read(bytes, raw_kind)?;
-            let op = match decode_field::<IoUringOpCode>(kind, "op", raw.op)?
-            {
+            let op = match decode_field::<IoUringOpCode>(kind, "op", raw.op)? {
                 IoUringOpCode::Create => IoUringOp::Create,
                 IoUringOpCode::Submit => IoUringOp::Submit(raw.opcode),
             };
@@ -1240,14 +1237,20 @@ mod tests {
                 value: 42
             }
         );
-        assert!(err.to_string().contains("network record with unknown op 42"));
+        assert!(err
+            .to_string()
+            .contains("network record with unknown op 42"));
 
         let mut file: FileEvent = unsafe { std::mem::zeroed() };
         file.header = raw_header(EventKind::File);
         file.op = 0;
         assert!(matches!(
             decode(&bytes_of(&file)),
-            Err(DecodeError::UnknownValue { kind: EventKind::File, field: "op", value: 0 })
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::File,
+                field: "op",
+                value: 0
+            })
         ));
         file.op = FileOpCode::Chmod as u32;
         assert!(matches!(decode(&bytes_of(&file)), Ok(Event::File(_))));
@@ -1257,7 +1260,11 @@ mod tests {
         memory.op = 77;
         assert!(matches!(
             decode(&bytes_of(&memory)),
-            Err(DecodeError::UnknownValue { field: "op", value: 77, .. })
+            Err(DecodeError::UnknownValue {
+                field: "op",
+                value: 77,
+                ..
+            })
         ));
 
         let mut tamper: monitor_common::TamperEvent = unsafe { std::mem::zeroed() };
@@ -1266,7 +1273,11 @@ mod tests {
         tamper.object_kind = 12;
         assert!(matches!(
             decode(&bytes_of(&tamper)),
-            Err(DecodeError::UnknownValue { kind: EventKind::Tamper, field: "object_kind", value: 12 })
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::Tamper,
+                field: "object_kind",
+                value: 12
+            })
         ));
 
         let mut io_uring: IoUringEvent = unsafe { std::mem::zeroed() };
@@ -1274,10 +1285,17 @@ mod tests {
         io_uring.op = 3;
         assert!(matches!(
             decode(&bytes_of(&io_uring)),
-            Err(DecodeError::UnknownValue { kind: EventKind::IoUring, field: "op", value: 3 })
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::IoUring,
+                field: "op",
+                value: 3
+            })
         ));
         io_uring.op = IoUringOpCode::Create as u32;
-        assert!(matches!(decode(&bytes_of(&io_uring)), Ok(Event::IoUring(_))));
+        assert!(matches!(
+            decode(&bytes_of(&io_uring)),
+            Ok(Event::IoUring(_))
+        ));
     }
 
     /// A device class has one spelling: the kernel's number, the profile's and the alert's
@@ -1289,7 +1307,10 @@ mod tests {
             assert_eq!(DeviceClass::from_name(class.name()), Some(class));
             assert_eq!(class.policy_bit(), 1 << class as u32);
         }
-        assert_eq!(DeviceClass::from_name("nvidia-uvm"), Some(DeviceClass::NvidiaUvm));
+        assert_eq!(
+            DeviceClass::from_name("nvidia-uvm"),
+            Some(DeviceClass::NvidiaUvm)
+        );
         assert_eq!(DeviceClass::from_name("gpu"), None);
         assert_eq!(DeviceClass::try_from(0), Err(0));
     }
@@ -1320,7 +1341,11 @@ mod tests {
         raw.class = 99;
         assert!(matches!(
             decode(&bytes_of(&raw)),
-            Err(DecodeError::UnknownValue { field: "class", value: 99, .. })
+            Err(DecodeError::UnknownValue {
+                field: "class",
+                value: 99,
+                ..
+            })
         ));
     }
 

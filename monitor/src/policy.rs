@@ -392,9 +392,11 @@ impl KernelPolicy {
                     flags |= POLICY_DRY_RUN;
                 }
             }
-            let devices = profile.allow.devices.iter().fold(0u32, |bits, class| {
-                bits | class.policy_bit()
-            });
+            let devices = profile
+                .allow
+                .devices
+                .iter()
+                .fold(0u32, |bits, class| bits | class.policy_bit());
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }
         for key in &exec_keys {

@@ -18,6 +18,7 @@ mod checks;
 pub mod classify;
 mod dedup;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::{
     collections::HashMap,
     sync::{
@@ -421,7 +422,7 @@ impl Engine {
         for finding in findings {
             let mut attributes = attributes.clone();
             if let Some(path) = finding.file_path {
-                attributes.insert("file.path".into(), Value::from(path));
+                attributes.insert(semconv::FILE_PATH.into(), Value::from(path));
             }
             let alert = Alert {
                 rule: finding.rule.id.to_owned(),

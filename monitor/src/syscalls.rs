@@ -127,7 +127,12 @@ const fn exit(
 pub const HANDLERS: &[Handler] = &[
     enter(syscalls::ENTER_OPEN, &[], legacy::OPEN, &[ia32::OPEN]),
     enter(syscalls::ENTER_OPENAT, &[SYS_openat], &[], &[ia32::OPENAT]),
-    enter(syscalls::ENTER_OPENAT2, &[SYS_openat2], &[], &[ia32::OPENAT2]),
+    enter(
+        syscalls::ENTER_OPENAT2,
+        &[SYS_openat2],
+        &[],
+        &[ia32::OPENAT2],
+    ),
     enter(syscalls::ENTER_CREAT, &[], legacy::CREAT, &[ia32::CREAT]),
     exit(
         monitor_common::syscalls::EXIT_OPENS,
@@ -205,7 +210,12 @@ pub const HANDLERS: &[Handler] = &[
             ia32::FCHMOD,
         ],
     ),
-    enter(syscalls::ENTER_CONNECT, &[SYS_connect], &[], &[ia32::CONNECT]),
+    enter(
+        syscalls::ENTER_CONNECT,
+        &[SYS_connect],
+        &[],
+        &[ia32::CONNECT],
+    ),
     enter(syscalls::ENTER_BIND, &[SYS_bind], &[], &[ia32::BIND]),
     enter(syscalls::ENTER_LISTEN, &[SYS_listen], &[], &[ia32::LISTEN]),
     // ia32 has no accept of its own (only through socketcall).
