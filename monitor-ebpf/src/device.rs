@@ -166,6 +166,8 @@ pub fn sys_exit_open_device(ctx: RawTracePointContext) -> u32 {
     // The hook may have seen another access by this thread (access(2), say): only file the
     // fd of that very device.
     let Ok((major, minor)) = task.file(ret).and_then(file_inode).and_then(inode_rdev) else {
+        // A successful open whose file could not be read: its ioctls go uncounted.
+        count(Stat::ReadDropped, EventKind::GpuIoctls as u32);
         return 0;
     };
     if major == open.major && minor == open.minor {

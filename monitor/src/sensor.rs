@@ -25,7 +25,9 @@ use crate::devices::AccelMajors;
 /// The level the kernel programs log at (`aya-log`): the most verbose one the log filter
 /// enables for [`monitor_common::KERNEL_LOG_TARGET`], e.g. `--log monitor::kernel=debug`;
 /// 0 (off) by default. The programs test it before anything else, and as it is a read-only
-/// global the verifier drops their log statements altogether when it is 0.
+/// global the verifier drops their log statements altogether when it is 0: measured with
+/// `bpftool prog dump xlated`, no instruction of any loaded program refers to the log ring
+/// when it is off (`sched_process_exec` translates to 8,992 bytes off, 21,360 on).
 fn kernel_log_level() -> u8 {
     use aya_log::Level as Kernel;
     use tracing::Level;
