@@ -19,10 +19,11 @@ use monitor_common::{
 use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
 
 use crate::{
-    config_self_tgid, count, is_watched,
+    config_self_tgid, count,
+    emit::{emit, gave_up, inserted, kill_current},
+    is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED,
-    WATCHED_THREADS,
+    path, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED, WATCHED_THREADS,
 };
 use crate::{EXEC_INSTANCE, EXEC_RESOLVED, SHELLS};
 
@@ -49,6 +50,8 @@ pub(crate) fn header(
 #[inline(always)]
 fn new_generation(tgid: u32, next: impl Fn(u32) -> u32) {
     if let Some(generation) = EXEC_GENERATION.get_ptr_mut(tgid) {
+        // SAFETY: a map value valid for the program's run. Only the kernel writes this map
+        // (user space never does), and a process's exec and fork hooks do not race.
         unsafe { *generation = next(*generation) };
     } else if EXEC_GENERATION.insert(tgid, fresh_generation(), 0).is_err() {
         count(Stat::MapFull, EventKind::Exec as u32);
@@ -64,7 +67,7 @@ fn fresh_generation() -> u32 {
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_exec(&ctx);
+    gave_up(try_exec(&ctx), EventKind::Exec);
     0
 }
 
@@ -102,21 +105,21 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
 
-    let kind = EventKind::Exec as u32;
     // The verdict first, with no side effect; then the record is reserved (in the priority
     // ring when it reports enforcement, which must not be lost in a flood of bulk events);
     // only then the kill is sent, so a kill is never without its report's room being
     // asked for, and a kill whose report finds no room is still counted as a loss.
     let verdict = exec_verdict(bprm, task, tgid, start_time);
     let priority = verdict != 0;
-    let reserved = crate::ring(priority).reserve::<ExecEvent>(0);
+    let reserved = crate::emit::reserve::<ExecEvent>(EventKind::Exec, priority);
     if verdict == EXEC_KILLED {
-        unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
+        kill_current();
     }
     let Some(mut entry) = reserved else {
-        count(Stat::LostRingFull, kind);
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {
@@ -182,11 +185,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
     if !complete {
-        count(Stat::ReadFailed, kind);
+        entry.incomplete();
     }
     unsafe { (*event).flags |= verdict };
-    count(Stat::Emitted, kind);
-    entry.submit(crate::ring_flags(priority));
+    entry.submit();
     Ok(())
 }
 
@@ -377,7 +379,7 @@ fn exec_path(bprm: *const u8, out: &mut [u8; PATH_CAP]) -> Result<(u32, bool), i
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_fork(&ctx);
+    gave_up(try_fork(&ctx), EventKind::Fork);
     0
 }
 
@@ -390,7 +392,11 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let child_pid = child.pid()?;
     if child_pid != child_tgid {
         if unsafe { WATCHED.get(child_tgid).is_some() } {
-            let _ = WATCHED_THREADS.insert(child_pid, child_tgid, 0);
+            // A full map loses the thread's memory accesses (their target is not found).
+            inserted(
+                WATCHED_THREADS.insert(child_pid, child_tgid, 0),
+                EventKind::MemoryAccess,
+            );
         }
         return Ok(());
     }
@@ -417,11 +423,6 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
             count(Stat::MapFull, EventKind::Fork as u32);
         }
     }
-    let kind = EventKind::Fork as u32;
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return Ok(());
-    };
     let watched = inherited.is_some() || is_watched(child_tgid);
     let event = ForkEvent {
         header: header(
@@ -435,9 +436,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         _pad: 0,
         parent_start_time: parent.process_start_time().unwrap_or(0),
     };
-    entry.write(event);
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    emit(EventKind::Fork, false, event);
     Ok(())
 }
 
@@ -466,7 +465,7 @@ fn inherit_instance(parent: Task, parent_tgid: u32, child: Task, child_tgid: u32
 /// `sched_process_exit(struct task_struct *p, ...)`: one per thread; we report the last.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
+    gave_up(try_exit(&ctx), EventKind::Exit);
     0
 }
 
@@ -492,11 +491,6 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let _ = EXEC_GENERATION.remove(tgid);
         let _ = EXEC_INSTANCE.remove(tgid);
     }
-    let kind = EventKind::Exit as u32;
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return Ok(());
-    };
     let event = ExitEvent {
         header: header(
             EventKind::Exit,
@@ -508,8 +502,6 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         exit_code: task.exit_code().unwrap_or(0),
         flags: 0,
     };
-    entry.write(event);
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    emit(EventKind::Exit, false, event);
     Ok(())
 }

@@ -15,7 +15,8 @@ use crate::{
 #[derive(Parser, Debug)]
 #[command(name = "monitor", version, about)]
 pub struct Cli {
-    /// Log filter (also RUST_LOG), e.g. `info`, `monitor=debug`.
+    /// Log filter (also RUST_LOG), e.g. `info`, `monitor=debug`; `monitor::kernel=debug` turns
+    /// on the kernel programs' own messages (why a hook or a path walk gave up), off by default.
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
     #[command(subcommand)]

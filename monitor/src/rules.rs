@@ -17,6 +17,7 @@
 mod checks;
 mod dedup;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::{
     collections::HashMap,
     sync::{
@@ -455,7 +456,7 @@ impl Engine {
         for finding in findings {
             let mut attributes = attributes.clone();
             if let Some(path) = finding.file_path {
-                attributes.insert("file.path".into(), Value::from(path));
+                attributes.insert(semconv::FILE_PATH.into(), Value::from(path));
             }
             let alert = Alert {
                 rule: finding.rule.id.to_owned(),

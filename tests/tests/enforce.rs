@@ -29,6 +29,21 @@ if step == "net":
 elif step == "exec":
     r = subprocess.run(["/bin/sh", "-c", "touch " + os.path.join(root, "MARKER")])
     out["exec_returncode"] = r.returncode
+elif step == "flood":
+    # Governed once a connect is refused; then, on the test's word (the monitor stopped), a
+    # flood of refused connects (each a record in the priority ring) and a forbidden exec.
+    attempt("first", lambda: socket.create_connection(("127.0.0.1", other)).close())
+    print(out["first"], flush=True)
+    sys.stdin.readline()
+    refused = 0
+    for _ in range(4000):
+        try:
+            socket.create_connection(("127.0.0.1", other)).close()
+        except OSError:
+            refused += 1
+    out["refused"] = refused
+    r = subprocess.run(["/bin/sh", "-c", "touch " + os.path.join(root, "MARKER")])
+    out["exec_returncode"] = r.returncode
 elif step == "write":
     # In-place poisoning: open for writing (no O_TRUNC) and overwrite; then a truncating
     # open. The guard refuses both opens (fanotify, EPERM) before a byte changes.
@@ -772,4 +787,76 @@ allow:
     drop(input);
     let _ = server.wait();
     exec_alert(&monitor, "killed", real_path("/usr/bin/id"));
+}
+
+/// Reserve before kill: with the priority ring full (the monitor stopped, 4000 refused
+/// connects, each a priority record), a forbidden exec is still killed before the program
+/// runs, and its report, which found no room, is counted in the kernel and raised as an
+/// `events-lost` alert (exec, `ring-buffer-full`) once the monitor reads again.
+#[test]
+fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    let site = Site::new("ringfull");
+    let monitor = site.start(false);
+    let other = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = monitor
+        .cgroup
+        .command(PYTHON)
+        .arg("-B")
+        .arg(site.root.join("fake_enforced_server.py"))
+        .arg(&site.root)
+        .args([
+            site.port().to_string(),
+            site.port6().to_string(),
+            other.to_string(),
+        ])
+        .arg("flood")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    /// Kills the flooding process and lets the monitor go on, also when the test panics.
+    struct Guard(std::process::Child, i32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            // SAFETY: a signal to the monitor this test started.
+            unsafe { libc::kill(self.1, libc::SIGCONT) };
+        }
+    }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let guard = Guard(child, monitor.pid() as i32);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "EPERM", "governed: its connects are refused");
+
+    // SAFETY: a signal to the monitor this test started (the guard resumes it).
+    assert_eq!(unsafe { libc::kill(guard.1, libc::SIGSTOP) }, 0);
+    writeln!(stdin, "go").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(guard.1, libc::SIGCONT) };
+    let report: Value = serde_json::from_str(rest.trim()).unwrap_or(Value::Null);
+    assert_eq!(report["refused"], 4000, "{report}");
+    assert_eq!(
+        report["exec_returncode"], -9,
+        "killed although its report found no room: {report}"
+    );
+    assert!(!site.root.join("MARKER").exists(), "the shell never ran");
+    let lost = monitor.wait_for("events-lost (exec, ring-buffer-full)", WAIT, |v| {
+        v["security_rule.name"] == "events-lost"
+            && v["monitor.loss.event_kind"] == "exec"
+            && v["monitor.loss.reason"] == "ring-buffer-full"
+    });
+    assert!(lost["monitor.loss.count"].as_u64().unwrap() >= 1, "{lost}");
+    assert_eq!(lost["monitor.loss.stage"], "kernel");
+    drop(guard);
 }

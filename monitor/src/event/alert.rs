@@ -4,6 +4,7 @@
 //! semantic-convention attributes (`process.*`, `file.path`, `network.peer.*`, `device.*`,
 //! `container.id`, `security_rule.name`, `monitor.*`) plus a severity and two timestamps.
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -118,12 +119,20 @@ impl Alert {
             "observed_time".into(),
             Value::from(crate::event::clock::rfc3339(self.observed_unix_ns)),
         );
+        // A literal: semantic conventions deprecate the `event.name` attribute (OTLP records
+        // carry it as their event name too), and collectors keyed on it must not break.
         map.insert("event.name".into(), Value::from("monitor.alert"));
-        map.insert("security_rule.name".into(), Value::from(self.rule.clone()));
+        map.insert(
+            semconv::SECURITY_RULE_NAME.into(),
+            Value::from(self.rule.clone()),
+        );
         map.insert("severity".into(), Value::from(self.severity.name()));
         map.insert("monitor.action".into(), Value::from(self.action.name()));
         map.insert("monitor.count".into(), Value::from(self.count));
-        map.insert("log.record.uid".into(), Value::from(self.uid.clone()));
+        map.insert(
+            semconv::LOG_RECORD_UID.into(),
+            Value::from(self.uid.clone()),
+        );
         if let Some(profile) = &self.profile {
             map.insert("monitor.profile".into(), Value::from(profile.clone()));
         }

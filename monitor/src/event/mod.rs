@@ -17,13 +17,13 @@ pub mod clock;
 
 pub use monitor_common::Decision;
 use monitor_common::{
-    io_uring_op_name, DeviceClassId, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
-    FileEvent, FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent,
-    MemoryOpCode, NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED,
-    EXEC_FILELESS, EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
+    io_uring_op_name, DeviceEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent,
+    FileOpCode, ForkEvent, IoUringEvent, IoUringOpCode, KnownKey, MemoryAccessEvent, MemoryOpCode,
+    NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS,
+    EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
     FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, HEADER_WATCHED,
-    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_UNVERIFIED, PATH_CAP, SOCKADDR_CAP,
-    SOCK_DGRAM, SOCK_STREAM,
+    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_UNVERIFIED, O_ACCMODE, O_CREAT, O_RDONLY,
+    O_TRUNC, O_WRONLY, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// An event from the kernel, owned and checked.
@@ -110,15 +110,19 @@ impl MemoryOp {
         let MemoryOp::Ptrace(request) = self else {
             return None;
         };
+        use monitor_common::{
+            PTRACE_ATTACH, PTRACE_PEEKDATA, PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA,
+            PTRACE_POKETEXT, PTRACE_POKEUSR, PTRACE_SEIZE,
+        };
         Some(match request {
-            1 => "PTRACE_PEEKTEXT",
-            2 => "PTRACE_PEEKDATA",
-            3 => "PTRACE_PEEKUSER",
-            4 => "PTRACE_POKETEXT",
-            5 => "PTRACE_POKEDATA",
-            6 => "PTRACE_POKEUSER",
-            16 => "PTRACE_ATTACH",
-            0x4206 => "PTRACE_SEIZE",
+            PTRACE_PEEKTEXT => "PTRACE_PEEKTEXT",
+            PTRACE_PEEKDATA => "PTRACE_PEEKDATA",
+            PTRACE_PEEKUSR => "PTRACE_PEEKUSER",
+            PTRACE_POKETEXT => "PTRACE_POKETEXT",
+            PTRACE_POKEDATA => "PTRACE_POKEDATA",
+            PTRACE_POKEUSR => "PTRACE_POKEUSER",
+            PTRACE_ATTACH => "PTRACE_ATTACH",
+            PTRACE_SEIZE => "PTRACE_SEIZE",
             _ => "other",
         })
     }
@@ -361,42 +365,8 @@ pub struct Net {
     pub known: Option<KnownKey>,
 }
 
-/// Accelerator device classes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DeviceClass {
-    Nvidia,
-    NvidiaUvm,
-    NvidiaCaps,
-    Dri,
-    Kfd,
-    Accel,
-}
-
-impl DeviceClass {
-    pub const ALL: [DeviceClass; 6] = [
-        DeviceClass::Nvidia,
-        DeviceClass::NvidiaUvm,
-        DeviceClass::NvidiaCaps,
-        DeviceClass::Dri,
-        DeviceClass::Kfd,
-        DeviceClass::Accel,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceClass::Nvidia => "nvidia",
-            DeviceClass::NvidiaUvm => "nvidia-uvm",
-            DeviceClass::NvidiaCaps => "nvidia-caps",
-            DeviceClass::Dri => "dri",
-            DeviceClass::Kfd => "kfd",
-            DeviceClass::Accel => "accel",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<DeviceClass> {
-        DeviceClass::ALL.into_iter().find(|c| c.name() == name)
-    }
-}
+/// Accelerator device classes: the kernel's own type, decoded with `TryFrom<u32>`.
+pub use monitor_common::DeviceClassId as DeviceClass;
 
 /// An open of an accelerator device node (host-wide), failed ones included.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -587,11 +557,31 @@ impl Event {
     }
 }
 
-/// Why a record could not be decoded.
+/// Why a record could not be decoded. The reader counts it (`monitor.undecodable` in the
+/// summary) and goes on: a record from a newer kernel program is never a panic.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    TooShort { kind: u32, len: usize },
+    TooShort {
+        kind: u32,
+        len: usize,
+    },
     UnknownKind(u32),
+    /// A field (an op, a class, a decision) holds a value its `monitor-common` type does not
+    /// know.
+    UnknownValue {
+        kind: EventKind,
+        field: &'static str,
+        value: u32,
+    },
+}
+
+/// Decodes one field of a record of `kind` through its `monitor-common` type.
+fn decode_field<T: TryFrom<u32, Error = u32>>(
+    kind: EventKind,
+    field: &'static str,
+    value: u32,
+) -> Result<T, DecodeError> {
+    T::try_from(value).map_err(|value| DecodeError::UnknownValue { kind, field, value })
 }
 
 impl std::fmt::Display for DecodeError {
@@ -601,6 +591,12 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "record of kind {kind} is too short ({len} bytes)")
             }
             DecodeError::UnknownKind(kind) => write!(f, "record of unknown kind {kind}"),
+            DecodeError::UnknownValue { kind, field, value } => write!(
+                f,
+                "{} record with unknown {field} {value} (a kernel program newer than this \
+                 daemon? rebuild both from one tree)",
+                kind.name()
+            ),
         }
     }
 }
@@ -709,16 +705,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::File => {
             let raw: FileEvent = read(bytes, raw_kind)?;
-            let op =
-                FileOpCode::try_from(raw.op).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
+            let op = decode_field::<FileOpCode>(kind, "op", raw.op)?;
             let (path_bytes, path_truncated) =
                 file_path_bytes(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
             let (path, path_bytes) = name_text(&path_bytes);
             let access = Access {
-                read: raw.open_flags & 0o3 != 1,
-                write: raw.open_flags & 0o3 != 0,
-                create: raw.open_flags & 0o100 != 0,
-                truncate: raw.open_flags & 0o1000 != 0,
+                read: raw.open_flags & O_ACCMODE != O_WRONLY,
+                write: raw.open_flags & O_ACCMODE != O_RDONLY,
+                create: raw.open_flags & O_CREAT != 0,
+                truncate: raw.open_flags & O_TRUNC != 0,
             };
             let header = header(&raw.header, kind);
             let (op, target) = match op {
@@ -761,9 +756,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::Net => {
             let raw: NetEvent = read(bytes, raw_kind)?;
-            let op = match NetOpCode::try_from(raw.op)
-                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
-            {
+            let op = match decode_field::<NetOpCode>(kind, "op", raw.op)? {
                 NetOpCode::Connect => NetOp::Connect,
                 NetOpCode::Accept => NetOp::Accept,
                 NetOpCode::Bind => NetOp::Bind,
@@ -778,8 +771,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 (_, SOCK_DGRAM) => Transport::Udp,
                 (_, _) => Transport::Other,
             };
-            let decision =
-                Decision::try_from(raw.decision).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
+            let decision = decode_field::<Decision>(kind, "decision", raw.decision)?;
             let (ip, unix_path) = match address {
                 SockAddr::Ip(addr) => (Some(addr), None),
                 SockAddr::Unix(path) => (None, Some(path)),
@@ -802,18 +794,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Device => {
             let raw: DeviceEvent = read(bytes, raw_kind)?;
             let (path, _) = file_path(raw.flags, &raw.path, raw.path_len, &raw.raw, raw.raw_len);
-            let class = match DeviceClassId::try_from(raw.class)
-                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
-            {
-                DeviceClassId::Nvidia => DeviceClass::Nvidia,
-                DeviceClassId::NvidiaUvm => DeviceClass::NvidiaUvm,
-                DeviceClassId::NvidiaCaps => DeviceClass::NvidiaCaps,
-                DeviceClassId::Dri => DeviceClass::Dri,
-                DeviceClassId::Kfd => DeviceClass::Kfd,
-                DeviceClassId::Accel => DeviceClass::Accel,
-            };
-            let decision =
-                Decision::try_from(raw.decision).map_err(|_| DecodeError::UnknownKind(raw_kind))?;
+            let class = decode_field::<DeviceClass>(kind, "class", raw.class)?;
+            let decision = decode_field::<Decision>(kind, "decision", raw.decision)?;
             Ok(Event::Device(Device {
                 header: header(&raw.header, kind),
                 path,
@@ -828,9 +810,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::GpuIoctls => Err(DecodeError::UnknownKind(raw_kind)),
         EventKind::MemoryAccess => {
             let raw: MemoryAccessEvent = read(bytes, raw_kind)?;
-            let op = match MemoryOpCode::try_from(raw.op)
-                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
-            {
+            let op = match decode_field::<MemoryOpCode>(kind, "op", raw.op)? {
                 MemoryOpCode::ProcessVmReadv => MemoryOp::ProcessVmReadv,
                 MemoryOpCode::ProcessVmWritev => MemoryOp::ProcessVmWritev,
                 MemoryOpCode::Ptrace => MemoryOp::Ptrace(raw.arg as u64),
@@ -853,13 +833,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Tamper => {
             use monitor_common::{TamperEvent, TamperOpCode, TAMPER_READ_ONLY, TAMPER_RESULT};
             let raw: TamperEvent = read(bytes, raw_kind)?;
-            let op = match TamperOpCode::try_from(raw.op)
-                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
-            {
+            let op = match decode_field::<TamperOpCode>(kind, "op", raw.op)? {
                 TamperOpCode::Bpf => TamperOp::Bpf {
                     cmd: raw.cmd,
-                    object: monitor_common::BpfObjectKind::try_from(raw.object_kind)
-                        .map_err(|_| DecodeError::UnknownKind(raw_kind))?,
+                    object: decode_field::<monitor_common::BpfObjectKind>(
+                        kind,
+                        "object_kind",
+                        raw.object_kind,
+                    )?,
                     id: raw.object_id,
                     unverified: raw.flags & monitor_common::TAMPER_UNVERIFIED != 0,
                     read_only: raw.flags & TAMPER_READ_ONLY != 0,
@@ -877,9 +858,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::IoUring => {
             let raw: IoUringEvent = read(bytes, raw_kind)?;
-            let op = match IoUringOpCode::try_from(raw.op)
-                .map_err(|_| DecodeError::UnknownKind(raw_kind))?
-            {
+            let op = match decode_field::<IoUringOpCode>(kind, "op", raw.op)? {
                 IoUringOpCode::Create => IoUringOp::Create,
                 IoUringOpCode::Submit => IoUringOp::Submit(raw.opcode),
             };
@@ -1283,15 +1262,113 @@ mod tests {
         unknown.decision = 9;
         assert_eq!(
             decode(&bytes_of(&unknown)),
-            Err(DecodeError::UnknownKind(EventKind::Net as u32))
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::Net,
+                field: "decision",
+                value: 9
+            })
         );
+    }
+
+    /// Every op field goes through its `monitor-common` type: a value this build does not
+    /// know is an error that names the kind, the field and the value (the reader counts it),
+    /// never a panic and never a guess.
+    #[test]
+    fn unknown_ops_are_errors_naming_the_field() {
+        let mut net = raw_net(Decision::Observed, 0, &[]);
+        net.op = 42;
+        let err = decode(&bytes_of(&net)).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::UnknownValue {
+                kind: EventKind::Net,
+                field: "op",
+                value: 42
+            }
+        );
+        assert!(err
+            .to_string()
+            .contains("network record with unknown op 42"));
+
+        let mut file: FileEvent = unsafe { std::mem::zeroed() };
+        file.header = raw_header(EventKind::File);
+        file.op = 0;
+        assert!(matches!(
+            decode(&bytes_of(&file)),
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::File,
+                field: "op",
+                value: 0
+            })
+        ));
+        file.op = FileOpCode::Chmod as u32;
+        assert!(matches!(decode(&bytes_of(&file)), Ok(Event::File(_))));
+
+        let mut memory: MemoryAccessEvent = unsafe { std::mem::zeroed() };
+        memory.header = raw_header(EventKind::MemoryAccess);
+        memory.op = 77;
+        assert!(matches!(
+            decode(&bytes_of(&memory)),
+            Err(DecodeError::UnknownValue {
+                field: "op",
+                value: 77,
+                ..
+            })
+        ));
+
+        let mut tamper: monitor_common::TamperEvent = unsafe { std::mem::zeroed() };
+        tamper.header = raw_header(EventKind::Tamper);
+        tamper.op = monitor_common::TamperOpCode::Bpf as u32;
+        tamper.object_kind = 12;
+        assert!(matches!(
+            decode(&bytes_of(&tamper)),
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::Tamper,
+                field: "object_kind",
+                value: 12
+            })
+        ));
+
+        let mut io_uring: IoUringEvent = unsafe { std::mem::zeroed() };
+        io_uring.header = raw_header(EventKind::IoUring);
+        io_uring.op = 3;
+        assert!(matches!(
+            decode(&bytes_of(&io_uring)),
+            Err(DecodeError::UnknownValue {
+                kind: EventKind::IoUring,
+                field: "op",
+                value: 3
+            })
+        ));
+        io_uring.op = IoUringOpCode::Create as u32;
+        assert!(matches!(
+            decode(&bytes_of(&io_uring)),
+            Ok(Event::IoUring(_))
+        ));
+    }
+
+    /// A device class has one spelling: the kernel's number, the profile's and the alert's
+    /// name are the same `monitor-common` type.
+    #[test]
+    fn device_classes_are_spelled_once() {
+        for class in DeviceClass::ALL {
+            assert_eq!(DeviceClass::try_from(class as u32), Ok(class));
+            assert_eq!(DeviceClass::from_name(class.name()), Some(class));
+            assert_eq!(class.policy_bit(), 1 << class as u32);
+        }
+        assert_eq!(
+            DeviceClass::from_name("nvidia-uvm"),
+            Some(DeviceClass::NvidiaUvm)
+        );
+        assert_eq!(DeviceClass::from_name("gpu"), None);
+        assert_eq!(DeviceClass::try_from(0), Err(0));
     }
 
     #[test]
     fn decodes_device_classes_and_decisions() {
         let mut raw = DeviceEvent {
             header: raw_header(EventKind::Device),
-            class: DeviceClassId::Nvidia as u32,
+            class: DeviceClass::Nvidia as u32,
             major: 195,
             minor: 0,
             flags: 0,
@@ -1311,7 +1388,14 @@ mod tests {
         assert_eq!(device.decision, Decision::WouldDeny);
         assert_eq!(device.path, "/dev/nvidia0");
         raw.class = 99;
-        assert!(decode(&bytes_of(&raw)).is_err());
+        assert!(matches!(
+            decode(&bytes_of(&raw)),
+            Err(DecodeError::UnknownValue {
+                field: "class",
+                value: 99,
+                ..
+            })
+        ));
     }
 
     #[test]

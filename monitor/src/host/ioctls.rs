@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
-use monitor_common::{DeviceClassId, FdKey, IoctlKey};
+use monitor_common::{FdKey, IoctlKey};
 
 use crate::event::{DeviceClass, IoctlCount};
 
@@ -20,18 +20,6 @@ pub struct IoctlTracker {
     /// at each exit on the host, three walks took half of the daemon's CPU (profiled with
     /// `perf record` during the fork+exec benchmark; see BENCHMARKS.md).
     holders: HashSet<u32>,
-}
-
-fn class_of(id: u32) -> Option<DeviceClass> {
-    Some(match id {
-        x if x == DeviceClassId::Nvidia as u32 => DeviceClass::Nvidia,
-        x if x == DeviceClassId::NvidiaUvm as u32 => DeviceClass::NvidiaUvm,
-        x if x == DeviceClassId::NvidiaCaps as u32 => DeviceClass::NvidiaCaps,
-        x if x == DeviceClassId::Dri as u32 => DeviceClass::Dri,
-        x if x == DeviceClassId::Kfd as u32 => DeviceClass::Kfd,
-        x if x == DeviceClassId::Accel as u32 => DeviceClass::Accel,
-        _ => return None,
-    })
 }
 
 impl IoctlTracker {
@@ -74,7 +62,7 @@ impl IoctlTracker {
         for (key, total) in entries {
             self.holders.insert(key.tgid);
             let before = self.reported.insert(key, total).unwrap_or(0);
-            let Some(class) = class_of(key.class) else {
+            let Ok(class) = DeviceClass::try_from(key.class) else {
                 continue;
             };
             if total > before {

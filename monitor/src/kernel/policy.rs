@@ -2,7 +2,7 @@
 //! governed process (watched from their exec on) and each profile's enforcement. Protected
 //! paths are not here: the fanotify guards ([`crate::kernel::guard`]) hold them. Kept in sync on
 //! reload: new entries go in before stale ones go out. The maps' keys are encoded here too
-//! ([`class_id`], [`kernel_dev`], [`inode_key`]); the loader ([`crate::kernel::sensor`]) uses
+//! ([`kernel_dev`], [`inode_key`]); the loader ([`crate::kernel::sensor`]) uses
 //! them, so the encoding is in one place and this module does not reach into the loader.
 
 use std::{
@@ -347,7 +347,9 @@ impl KernelPolicy {
         // A new configuration: every judgment the kernel cached is forgotten.
         let slot = monitor_common::guard_slot::EPOCH;
         let epoch = self.maps.guards.get(&slot, 0).unwrap_or(0);
-        self.maps.guards.set(slot, (epoch + 1) & 0x0fff_ffff, 0)?;
+        self.maps
+            .guards
+            .set(slot, (epoch + 1) & monitor_common::EPOCH_MASK, 0)?;
         debug!(candidates = candidates.len(), "kernel policy applied");
         Ok(())
     }
@@ -412,7 +414,7 @@ impl KernelPolicy {
                 .allow
                 .devices
                 .iter()
-                .fold(0u32, |bits, class| bits | (1 << class_id(*class)));
+                .fold(0u32, |bits, class| bits | class.policy_bit());
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }
         for key in &exec_keys {
@@ -869,18 +871,6 @@ fn sync(
         let _ = map.remove(&key);
     }
     Ok(())
-}
-
-pub fn class_id(class: DeviceClass) -> u32 {
-    use monitor_common::DeviceClassId as Id;
-    (match class {
-        DeviceClass::Nvidia => Id::Nvidia,
-        DeviceClass::NvidiaUvm => Id::NvidiaUvm,
-        DeviceClass::NvidiaCaps => Id::NvidiaCaps,
-        DeviceClass::Dri => Id::Dri,
-        DeviceClass::Kfd => Id::Kfd,
-        DeviceClass::Accel => Id::Accel,
-    }) as u32
 }
 
 /// The kernel's `dev_t` (12-bit major, 20-bit minor) of a user-space `st_dev`.

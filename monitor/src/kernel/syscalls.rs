@@ -11,7 +11,7 @@
 //! bit 30 and have no slot.
 
 use anyhow::Context as _;
-use monitor_common::{programs, SyscallAbi};
+use monitor_common::{programs, syscalls, SyscallAbi};
 
 /// A handler program and the syscall numbers it serves, per ABI.
 pub struct Handler {
@@ -125,58 +125,63 @@ const fn exit(
 
 /// Every syscall handler. A number has one slot per ABI and direction (the unit tests check).
 pub const HANDLERS: &[Handler] = &[
-    enter("sys_enter_open", &[], legacy::OPEN, &[ia32::OPEN]),
-    enter("sys_enter_openat", &[SYS_openat], &[], &[ia32::OPENAT]),
-    enter("sys_enter_openat2", &[SYS_openat2], &[], &[ia32::OPENAT2]),
-    enter("sys_enter_creat", &[], legacy::CREAT, &[ia32::CREAT]),
+    enter(syscalls::ENTER_OPEN, &[], legacy::OPEN, &[ia32::OPEN]),
+    enter(syscalls::ENTER_OPENAT, &[SYS_openat], &[], &[ia32::OPENAT]),
+    enter(
+        syscalls::ENTER_OPENAT2,
+        &[SYS_openat2],
+        &[],
+        &[ia32::OPENAT2],
+    ),
+    enter(syscalls::ENTER_CREAT, &[], legacy::CREAT, &[ia32::CREAT]),
     exit(
         monitor_common::syscalls::EXIT_OPENS,
         &[SYS_openat, SYS_openat2],
         legacy::OPEN_EXIT,
         &[ia32::OPEN, ia32::OPENAT, ia32::OPENAT2, ia32::CREAT],
     ),
-    enter("sys_enter_rename", &[], legacy::RENAME, &[ia32::RENAME]),
+    enter(syscalls::ENTER_RENAME, &[], legacy::RENAME, &[ia32::RENAME]),
     enter(
-        "sys_enter_renameat",
+        syscalls::ENTER_RENAMEAT,
         &[SYS_renameat, SYS_renameat2],
         &[],
         &[ia32::RENAMEAT, ia32::RENAMEAT2],
     ),
     enter(
-        "sys_enter_unlink",
+        syscalls::ENTER_UNLINK,
         &[],
         legacy::UNLINK,
         &[ia32::UNLINK, ia32::RMDIR],
     ),
     enter(
-        "sys_enter_unlinkat",
+        syscalls::ENTER_UNLINKAT,
         &[SYS_unlinkat],
         &[],
         &[ia32::UNLINKAT],
     ),
     // truncate64/ftruncate64 split the length over two registers; the path or fd is first.
     enter(
-        "sys_enter_truncate",
+        syscalls::ENTER_TRUNCATE,
         &[SYS_truncate],
         &[],
         &[ia32::TRUNCATE, ia32::TRUNCATE64],
     ),
     enter(
-        "sys_enter_ftruncate",
+        syscalls::ENTER_FTRUNCATE,
         &[SYS_ftruncate],
         &[],
         &[ia32::FTRUNCATE, ia32::FTRUNCATE64],
     ),
-    enter("sys_enter_chmod", &[], legacy::CHMOD, &[ia32::CHMOD]),
+    enter(syscalls::ENTER_CHMOD, &[], legacy::CHMOD, &[ia32::CHMOD]),
     enter(
-        "sys_enter_fchmodat",
+        syscalls::ENTER_FCHMODAT,
         &[SYS_fchmodat, SYS_fchmodat2],
         &[],
         &[ia32::FCHMODAT, ia32::FCHMODAT2],
     ),
-    enter("sys_enter_fchmod", &[SYS_fchmod], &[], &[ia32::FCHMOD]),
+    enter(syscalls::ENTER_FCHMOD, &[SYS_fchmod], &[], &[ia32::FCHMOD]),
     exit(
-        "sys_exit_file",
+        syscalls::EXIT_FILE,
         &[
             SYS_renameat,
             SYS_renameat2,
@@ -205,21 +210,26 @@ pub const HANDLERS: &[Handler] = &[
             ia32::FCHMOD,
         ],
     ),
-    enter("sys_enter_connect", &[SYS_connect], &[], &[ia32::CONNECT]),
-    enter("sys_enter_bind", &[SYS_bind], &[], &[ia32::BIND]),
-    enter("sys_enter_listen", &[SYS_listen], &[], &[ia32::LISTEN]),
+    enter(
+        syscalls::ENTER_CONNECT,
+        &[SYS_connect],
+        &[],
+        &[ia32::CONNECT],
+    ),
+    enter(syscalls::ENTER_BIND, &[SYS_bind], &[], &[ia32::BIND]),
+    enter(syscalls::ENTER_LISTEN, &[SYS_listen], &[], &[ia32::LISTEN]),
     // ia32 has no accept of its own (only through socketcall).
     enter(
-        "sys_enter_accept",
+        syscalls::ENTER_ACCEPT,
         &[SYS_accept, SYS_accept4],
         &[],
         &[ia32::ACCEPT4],
     ),
-    enter("sys_enter_sendto", &[SYS_sendto], &[], &[ia32::SENDTO]),
+    enter(syscalls::ENTER_SENDTO, &[SYS_sendto], &[], &[ia32::SENDTO]),
     // Not in ia32: the compat msghdr has another layout than the one the handler reads.
-    enter("sys_enter_sendmsg", &[SYS_sendmsg], &[], &[]),
+    enter(syscalls::ENTER_SENDMSG, &[SYS_sendmsg], &[], &[]),
     exit(
-        "sys_exit_net",
+        syscalls::EXIT_NET,
         &[
             SYS_connect,
             SYS_bind,
@@ -238,8 +248,8 @@ pub const HANDLERS: &[Handler] = &[
             ia32::SENDTO,
         ],
     ),
-    enter("sys_enter_ioctl", &[SYS_ioctl], &[], &[ia32::IOCTL]),
-    enter("sys_enter_close", &[SYS_close], &[], &[ia32::CLOSE]),
+    enter(syscalls::ENTER_IOCTL, &[SYS_ioctl], &[], &[ia32::IOCTL]),
+    enter(syscalls::ENTER_CLOSE, &[SYS_close], &[], &[ia32::CLOSE]),
     enter(
         programs::PROCESS_VM_ENTER,
         &[SYS_process_vm_readv, SYS_process_vm_writev],
@@ -401,8 +411,8 @@ mod tests {
         };
         let (native_exits, compat_exits) = (exits(false), exits(true));
         let no_exit = [
-            "sys_enter_ioctl",
-            "sys_enter_close",
+            syscalls::ENTER_IOCTL,
+            syscalls::ENTER_CLOSE,
             programs::PROCESS_VM_ENTER,
             programs::PTRACE_ENTER,
             programs::PIDFD_GETFD_ENTER,

@@ -12,6 +12,7 @@ pub mod sink;
 pub mod spool;
 pub mod trace_out;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -69,34 +70,36 @@ fn base(clock: &BootClock, kind: &str, time_ns: u64) -> Map<String, Value> {
 
 /// `process.*` keys of a process from the table.
 fn process_keys(map: &mut Map<String, Value>, clock: &BootClock, process: &Process) {
-    map.insert("process.pid".into(), json!(process.tgid));
-    map.insert("process.parent_pid".into(), json!(process.ppid));
+    map.insert(semconv::PROCESS_PID.into(), json!(process.tgid));
+    map.insert(semconv::PROCESS_PARENT_PID.into(), json!(process.ppid));
     map.insert(
-        "process.creation.time".into(),
+        semconv::PROCESS_CREATION_TIME.into(),
         json!(clock.rfc3339(process.start_time_ns)),
     );
     if let Some(exe) = &process.exe {
-        map.insert("process.executable.path".into(), json!(exe));
+        map.insert(semconv::PROCESS_EXECUTABLE_PATH.into(), json!(exe));
         if let Some(name) = exe.rsplit('/').next() {
-            map.insert("process.executable.name".into(), json!(name));
+            map.insert(semconv::PROCESS_EXECUTABLE_NAME.into(), json!(name));
         }
     }
-    map.insert("process.command_args".into(), json!(process.args));
+    map.insert(semconv::PROCESS_COMMAND_ARGS.into(), json!(process.args));
     map.insert(
-        "process.args_count".into(),
+        semconv::PROCESS_ARGS_COUNT.into(),
         json!(process.args_count.unwrap_or(process.args.len())),
     );
     if process.args_truncated {
         map.insert("process.command_args.truncated".into(), json!(true));
     }
     if let Some(uid) = process.uid {
-        map.insert("user.id".into(), json!(uid));
+        map.insert(semconv::USER_ID.into(), json!(uid));
     }
     if let Some(cgroup) = &process.cgroup_path {
-        map.insert("process.linux.cgroup".into(), json!(cgroup));
+        map.insert(semconv::PROCESS_LINUX_CGROUP.into(), json!(cgroup));
     }
     if let Some(container) = &process.container {
-        map.insert("container.id".into(), json!(container.id));
+        map.insert(semconv::CONTAINER_ID.into(), json!(container.id));
+        // A literal: semantic conventions renamed it `container.runtime.name`; the emitted key
+        // does not change under collectors' rules.
         map.insert("container.runtime".into(), json!(container.runtime));
         // Known once the runtime's API answered (`crate::host::workload`): name, image, pod.
         if let Some(meta) = container.metadata.get() {
@@ -127,7 +130,7 @@ pub fn event_record(
         process_keys(&mut map, clock, process);
         parent_keys(&mut map, table, process);
     } else {
-        map.insert("process.pid".into(), json!(header.tgid));
+        map.insert(semconv::PROCESS_PID.into(), json!(header.tgid));
     }
     match event {
         Event::Exec(Exec {
@@ -139,7 +142,7 @@ pub fn event_record(
             raw,
             ..
         }) => {
-            map.insert("process.executable.path".into(), json!(path));
+            map.insert(semconv::PROCESS_EXECUTABLE_PATH.into(), json!(path));
             if *fileless {
                 map.insert("monitor.exec.fileless".into(), json!(true));
             }
@@ -155,7 +158,7 @@ pub fn event_record(
             raw_name_keys(&mut map, raw);
         }
         Event::Fork(Fork { parent_tgid, .. }) => {
-            map.insert("process.parent_pid".into(), json!(parent_tgid));
+            map.insert(semconv::PROCESS_PARENT_PID.into(), json!(parent_tgid));
         }
         Event::Exit(Exit {
             code,
@@ -164,7 +167,7 @@ pub fn event_record(
             ..
         }) => {
             if let Some(code) = code {
-                map.insert("process.exit.code".into(), json!(code));
+                map.insert(semconv::PROCESS_EXIT_CODE.into(), json!(code));
             }
             if let Some(signal) = signal {
                 map.insert("process.exit.signal".into(), json!(signal));
@@ -180,7 +183,7 @@ pub fn event_record(
         Event::Net(net) => net_keys(&mut map, net),
         Event::Device(device) => {
             if !device.path.is_empty() {
-                map.insert("file.path".into(), json!(device.path));
+                map.insert(semconv::FILE_PATH.into(), json!(device.path));
             }
             map.insert("device.class".into(), json!(device.class.name()));
             map.insert("device.major".into(), json!(device.major));
@@ -322,16 +325,16 @@ fn tamper_keys(map: &mut Map<String, Value>, tamper: &crate::event::Tamper) {
 /// `error.type` for a failure, or the success value under `ok_key`.
 fn result_keys(map: &mut Map<String, Value>, result: i64, ok_key: &str) {
     if result < 0 {
-        map.insert("error.type".into(), json!(errno_name(-result)));
+        map.insert(semconv::ERROR_TYPE.into(), json!(errno_name(-result)));
     } else {
         map.insert(ok_key.into(), json!(result));
     }
 }
 
 fn file_keys(map: &mut Map<String, Value>, file: &File) {
-    map.insert("file.path".into(), json!(file.path));
+    map.insert(semconv::FILE_PATH.into(), json!(file.path));
     if let Some(name) = file.path.rsplit('/').next().filter(|n| !n.is_empty()) {
-        map.insert("file.name".into(), json!(name));
+        map.insert(semconv::FILE_NAME.into(), json!(name));
     }
     if file.path_truncated {
         map.insert("file.path.truncated".into(), json!(true));
@@ -387,7 +390,7 @@ fn raw_name_keys(map: &mut Map<String, Value>, raw: &RawNames) {
     }
     if let Some(args) = &raw.args {
         let escaped: Vec<String> = args.iter().map(|a| escape_bytes(a)).collect();
-        map.insert(bytes_key("process.command_args"), json!(escaped));
+        map.insert(bytes_key(semconv::PROCESS_COMMAND_ARGS), json!(escaped));
     }
 }
 
@@ -412,20 +415,23 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 
 fn net_keys(map: &mut Map<String, Value>, net: &Net) {
     map.insert("monitor.network.operation".into(), json!(net.op.name()));
-    map.insert("network.transport".into(), json!(net.transport.name()));
+    map.insert(
+        semconv::NETWORK_TRANSPORT.into(),
+        json!(net.transport.name()),
+    );
     for (prefix, addr) in [("network.peer", net.peer), ("network.local", net.local)] {
         if let Some(addr) = addr {
             map.insert(format!("{prefix}.address"), json!(addr.ip().to_string()));
             map.insert(format!("{prefix}.port"), json!(addr.port()));
             let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
-            map.insert("network.type".into(), json!(family));
+            map.insert(semconv::NETWORK_TYPE.into(), json!(family));
         }
     }
     if let Some(path) = &net.unix_path {
         let key = if matches!(net.op, NetOp::Bind | NetOp::Listen) {
-            "network.local.address"
+            semconv::NETWORK_LOCAL_ADDRESS
         } else {
-            "network.peer.address"
+            semconv::NETWORK_PEER_ADDRESS
         };
         map.insert(key.into(), json!(path));
     }
@@ -458,8 +464,11 @@ fn decision_keys(map: &mut Map<String, Value>, decision: Decision, result: i64, 
 /// Where a loss happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossStage {
-    /// The kernel could not reserve room in the ring buffer.
-    Kernel,
+    /// Lost in the kernel, for the reason of the counter family that counted it: a full
+    /// ring, a full map, a kernel read that failed (`monitor_common::Stat::LOSSES`).
+    Kernel(monitor_common::Stat),
+    /// The kernel's fanotify queue overflowed (the guards' events).
+    GuardOverflow,
     /// The reader's queue to the processing stage was full.
     User,
 }
@@ -467,14 +476,15 @@ pub enum LossStage {
 impl LossStage {
     pub fn name(self) -> &'static str {
         match self {
-            LossStage::Kernel => "kernel",
+            LossStage::Kernel(_) | LossStage::GuardOverflow => "kernel",
             LossStage::User => "user",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            LossStage::Kernel => "ring-buffer-full",
+            LossStage::Kernel(stat) => stat.reason(),
+            LossStage::GuardOverflow => "fanotify-overflow",
             LossStage::User => "queue-full",
         }
     }
@@ -526,6 +536,41 @@ pub fn loss_alert(
 mod tests {
     use super::*;
 
+    /// The keys taken from `opentelemetry-semantic-conventions` are the ones the alerts always
+    /// carried: a crate upgrade that renamed one would change what collectors receive.
+    #[test]
+    fn semantic_convention_keys_are_the_emitted_ones() {
+        use opentelemetry_semantic_conventions::attribute as semconv;
+        for (key, emitted) in [
+            (semconv::CONTAINER_ID, "container.id"),
+            (semconv::ERROR_TYPE, "error.type"),
+            (semconv::FILE_NAME, "file.name"),
+            (semconv::FILE_PATH, "file.path"),
+            (semconv::HOST_ID, "host.id"),
+            (semconv::HOST_NAME, "host.name"),
+            (semconv::LOG_RECORD_UID, "log.record.uid"),
+            (semconv::NETWORK_LOCAL_ADDRESS, "network.local.address"),
+            (semconv::NETWORK_PEER_ADDRESS, "network.peer.address"),
+            (semconv::NETWORK_TRANSPORT, "network.transport"),
+            (semconv::NETWORK_TYPE, "network.type"),
+            (semconv::PROCESS_ARGS_COUNT, "process.args_count"),
+            (semconv::PROCESS_COMMAND_ARGS, "process.command_args"),
+            (semconv::PROCESS_CREATION_TIME, "process.creation.time"),
+            (semconv::PROCESS_EXECUTABLE_NAME, "process.executable.name"),
+            (semconv::PROCESS_EXECUTABLE_PATH, "process.executable.path"),
+            (semconv::PROCESS_EXIT_CODE, "process.exit.code"),
+            (semconv::PROCESS_LINUX_CGROUP, "process.linux.cgroup"),
+            (semconv::PROCESS_PARENT_PID, "process.parent_pid"),
+            (semconv::PROCESS_PID, "process.pid"),
+            (semconv::SECURITY_RULE_NAME, "security_rule.name"),
+            (semconv::SERVICE_NAME, "service.name"),
+            (semconv::SERVICE_VERSION, "service.version"),
+            (semconv::USER_ID, "user.id"),
+        ] {
+            assert_eq!(key, emitted);
+        }
+    }
+
     #[test]
     fn names_signals() {
         assert_eq!(signal_name(9), Some("SIGKILL"));
@@ -536,11 +581,33 @@ mod tests {
     #[test]
     fn loss_alert_has_rule_and_count() {
         let clock = BootClock::new();
-        let alert = loss_alert(&clock, 1, LossStage::Kernel, "exec", 12).to_json();
+        let stage = LossStage::Kernel(monitor_common::Stat::LostRingFull);
+        let alert = loss_alert(&clock, 1, stage, "exec", 12).to_json();
         assert_eq!(alert["security_rule.name"], "events-lost");
         assert_eq!(alert["monitor.loss.count"], 12);
         assert_eq!(alert["monitor.loss.stage"], "kernel");
+        assert_eq!(alert["monitor.loss.reason"], "ring-buffer-full");
         assert_eq!(alert["event.kind"], "loss");
+    }
+
+    /// Each kernel loss family is its own reason: a full map (a syscall's arguments not
+    /// kept for its exit) is not a full ring, and a failed read is neither.
+    #[test]
+    fn kernel_losses_name_their_reason() {
+        use monitor_common::Stat;
+        let clock = BootClock::new();
+        let reasons: Vec<String> = Stat::LOSSES
+            .into_iter()
+            .map(|stat| {
+                let alert = loss_alert(&clock, 1, LossStage::Kernel(stat), "network", 1).to_json();
+                assert_eq!(alert["monitor.loss.stage"], "kernel");
+                alert["monitor.loss.reason"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(reasons, ["ring-buffer-full", "map-full", "read-failed"]);
+        let user = loss_record(&clock, 1, LossStage::User, "file", 3);
+        assert_eq!(user["monitor.loss.reason"], "queue-full");
+        assert_eq!(user["monitor.loss.stage"], "user");
     }
 
     #[test]

@@ -247,8 +247,21 @@ pub enum Mode {
 /// Loss counters already reported, to report only what is new.
 #[derive(Default)]
 struct Reported {
-    kernel: [u64; KIND_SLOTS as usize],
+    /// By kernel counter family ([`Stat`]) and kind.
+    kernel: [[u64; KIND_SLOTS as usize]; monitor_common::STAT_FAMILIES as usize],
+    guard_overflow: u64,
     user: [u64; KIND_SLOTS as usize],
+}
+
+impl Reported {
+    /// The count of `stage` for the kind in `slot` already reported.
+    fn of(&mut self, stage: LossStage, slot: usize) -> &mut u64 {
+        match stage {
+            LossStage::Kernel(stat) => &mut self.kernel[stat as usize][slot],
+            LossStage::GuardOverflow => &mut self.guard_overflow,
+            LossStage::User => &mut self.user[slot],
+        }
+    }
 }
 
 /// Totals for the summary at exit.
@@ -828,24 +841,32 @@ impl<W: Write> Processor<W> {
         let mut pending = Vec::new();
         for kind in EventKind::ALL {
             let slot = kind_slot(kind);
-            // A full ring and a full map (an event's arguments or fd that could not be kept
-            // for it) both lose the event in the kernel; each is counted under its own reason
-            // there.
-            let kernel: u64 = [Stat::LostRingFull, Stat::MapFull]
+            // A full ring, a full map (an event's arguments or fd that could not be kept for
+            // it) and a failed kernel read each lose the event in the kernel, each counted
+            // and reported under its own reason.
+            let mut losses: Vec<(LossStage, u64)> = Stat::LOSSES
                 .into_iter()
-                .filter_map(|stat| self.stats.get(&stats_slot(stat, kind as u32), 0).ok())
-                .map(|values| values.iter().sum::<u64>())
-                .sum();
+                .map(|stat| {
+                    let total = self
+                        .stats
+                        .get(&stats_slot(stat, kind as u32), 0)
+                        .map_or(0, |values| values.iter().sum::<u64>());
+                    (LossStage::Kernel(stat), total)
+                })
+                .collect();
             let mut user = self.counters.user_lost[slot].load(Ordering::Relaxed);
-            let mut kernel = kernel;
             if kind == EventKind::File {
-                kernel += self.counters.guard.overflow.load(Ordering::Relaxed);
+                let overflow = self.counters.guard.overflow.load(Ordering::Relaxed);
+                losses.push((LossStage::GuardOverflow, overflow));
                 user += self.counters.guard.queue_full.load(Ordering::Relaxed);
             }
-            for (stage, total, reported) in [
-                (LossStage::Kernel, kernel, &mut self.reported.kernel[slot]),
-                (LossStage::User, user, &mut self.reported.user[slot]),
-            ] {
+            losses.push((LossStage::User, user));
+            let mut kernel_lost = 0;
+            for (stage, total) in losses {
+                let reported = self.reported.of(stage, slot);
+                if stage != LossStage::User {
+                    kernel_lost += total.max(*reported);
+                }
                 if total > *reported {
                     let count = total - *reported;
                     *reported = total;
@@ -880,7 +901,7 @@ impl<W: Write> Processor<W> {
                     }
                 }
             }
-            self.summary.kernel_lost[slot] = self.reported.kernel[slot];
+            self.summary.kernel_lost[slot] = kernel_lost;
             self.summary.user_lost[slot] = self.reported.user[slot];
         }
         for alert in pending {

@@ -6,6 +6,7 @@
 //!
 //! Heartbeats are not spooled: a late one says nothing about the time it was due.
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::{sync::Arc, time::Duration};
 
 use opentelemetry_proto::tonic::{
@@ -49,7 +50,7 @@ pub fn record(now_ns: u64, started_ns: u64, beat_ns: u64, interval: Duration) ->
     let (number, text) = if up { (9, "INFO") } else { (13, "WARN") };
     let mut attributes = vec![
         attribute(
-            "event.name",
+            "event.name", // deprecated in semantic conventions; kept, see alert.rs
             any_value::Value::StringValue(HEARTBEAT_EVENT_NAME.into()),
         ),
         attribute("monitor.up", any_value::Value::IntValue(i64::from(up))),
@@ -62,7 +63,7 @@ pub fn record(now_ns: u64, started_ns: u64, beat_ns: u64, interval: Duration) ->
             any_value::Value::IntValue((now_ns.saturating_sub(started_ns) / 1_000_000_000) as i64),
         ),
         attribute(
-            "process.pid",
+            semconv::PROCESS_PID,
             any_value::Value::IntValue(i64::from(std::process::id())),
         ),
     ];

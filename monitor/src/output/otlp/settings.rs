@@ -2,6 +2,7 @@
 //! `OTEL_*` environment variables
 //! (<https://opentelemetry.io/docs/specs/otel/protocol/exporter/>).
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
@@ -302,14 +303,17 @@ fn host_id() -> Option<String> {
 /// override them), then OTEL_SERVICE_NAME.
 fn resource(env: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut attributes: Vec<(String, String)> = vec![
-        ("service.name".into(), "monitor".into()),
-        ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
+        (semconv::SERVICE_NAME.into(), "monitor".into()),
+        (
+            semconv::SERVICE_VERSION.into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ),
     ];
     if let Some(name) = host_name() {
-        attributes.push(("host.name".into(), name));
+        attributes.push((semconv::HOST_NAME.into(), name));
     }
     if let Some(id) = host_id() {
-        attributes.push(("host.id".into(), id));
+        attributes.push((semconv::HOST_ID.into(), id));
     }
     let mut set = |key: String, value: String| {
         if let Some(slot) = attributes.iter_mut().find(|(k, _)| *k == key) {
@@ -324,7 +328,7 @@ fn resource(env: &HashMap<String, String>) -> Vec<(String, String)> {
         }
     }
     if let Some(name) = non_empty(env.get("OTEL_SERVICE_NAME")) {
-        set("service.name".into(), name.to_string());
+        set(semconv::SERVICE_NAME.into(), name.to_string());
     }
     attributes
 }
