@@ -846,11 +846,11 @@ fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
     unsafe { libc::kill(guard.1, libc::SIGCONT) };
     let report: Value = serde_json::from_str(rest.trim()).unwrap_or(Value::Null);
     assert_eq!(report["refused"], 4000, "{report}");
-    assert_eq!(
-        report["exec_returncode"], -9,
-        "killed although its report found no room: {report}"
+    assert!(
+        killed(&report["exec_returncode"]),
+        "killed although its report found no room (the shell itself, or `touch` under it): {report}"
     );
-    assert!(!site.root.join("MARKER").exists(), "the shell never ran");
+    assert!(!site.root.join("MARKER").exists(), "touch never ran");
     let lost = monitor.wait_for("events-lost (exec, ring-buffer-full)", WAIT, |v| {
         v["security_rule.name"] == "events-lost"
             && v["monitor.loss.event_kind"] == "exec"
