@@ -23,14 +23,11 @@ use monitor_common::{
 };
 use tracing::{debug, warn};
 
-use crate::{
-    config::{
-        cidr::{AddrRule, Ports},
-        glob::{expand_executables, Glob},
-        profile::Mode,
-        Config,
-    },
-    event::DeviceClass,
+use crate::config::{
+    cidr::{AddrRule, Ports},
+    glob::{expand_executables, Glob},
+    profile::Mode,
+    Config,
 };
 
 /// Directory entries a selector glob's walk may visit, per glob.
