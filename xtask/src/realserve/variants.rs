@@ -227,7 +227,11 @@ impl Container {
             .env("CONTAINERS_CONF", &self.conf)
             .args(["--runtime", "runc", "run", "--rm", "--replace", "--name"])
             .arg(CONTAINER_NAME)
-            .args(["--network", "host", "-w", "/root", "-e", "HOME=/root"]);
+            .args(["--network", "host", "-w", "/root", "-e", "HOME=/root"])
+            // vLLM's engine and workers share tensors through /dev/shm (160 MiB here): podman's
+            // default 64 MiB fails its start ("Insufficient space in /dev/shm"); vLLM's docs
+            // say `--shm-size` or `--ipc=host`.
+            .args(["--shm-size", "1g"]);
         if let Some(parent) = cgroup2_root()
             .ok()
             .and_then(|root| cgroup.strip_prefix(root).ok().map(Path::to_owned))
