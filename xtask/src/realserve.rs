@@ -267,11 +267,7 @@ fn install_vllm(cache: &Path) -> Result<Install> {
         &model,
         model.join("model.safetensors"),
         site,
-        vec![
-            PathBuf::from(".cache"),
-            PathBuf::from(".triton"),
-            PathBuf::from("/tmp/torchinductor_root"),
-        ],
+        variants::cold_caches(),
     ))
 }
 

@@ -37,8 +37,9 @@ const CONSTRAINTS: &str = include_str!("../../realserve/vllm-constraints.txt");
 
 /// Every variant, selectable by name.
 pub(super) const VARIANTS: &[&str] = &["vllm-uv", "vllm-system", "vllm-container"];
-/// Those `cargo xtask realserve` runs without a name (CI).
-pub(super) const BY_DEFAULT: &[&str] = &["vllm-uv", "vllm-system", "vllm-container"];
+/// Those `cargo xtask realserve` runs without a name (CI): about 4 minutes each unloaded.
+/// `vllm-system` resolves the same `/usr` prefixes as the container: by name only.
+pub(super) const BY_DEFAULT: &[&str] = &["vllm-uv", "vllm-container"];
 
 /// The interpreter the variants use: Debian's.
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
@@ -120,8 +121,8 @@ impl Uv {
     }
 }
 
-/// The cold caches of a vLLM server whose home is `home` (relative to it) and /tmp.
-fn cold_caches() -> Vec<PathBuf> {
+/// The caches a cold start of vLLM removes (relative to its home, and in /tmp).
+pub(super) fn cold_caches() -> Vec<PathBuf> {
     vec![
         PathBuf::from(".cache"),
         PathBuf::from(".triton"),

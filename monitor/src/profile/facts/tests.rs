@@ -205,7 +205,10 @@ fn uv_venv_and_container_layouts() {
         "--model",
         "/mnt/models/tiny-llama",
     ]);
-    let env = ["HOME=/root", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"];
+    let env = [
+        "HOME=/root",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+    ];
     let facts = resolve(&view(&tree, "/usr/bin/python3.11", &argv, &env));
     assert_eq!(facts.get("python.prefix"), Some("/usr"));
     assert_eq!(facts.get("python.base_prefix"), Some("/usr"));
