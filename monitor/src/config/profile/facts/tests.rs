@@ -163,6 +163,59 @@ fn no_venv_prefix_is_above_bin() {
     assert_eq!(facts.get("model"), Some("/srv/m/tiny.gguf"));
 }
 
+/// The layouts `cargo xtask realserve vllm-uv` and `vllm-container` ran vLLM from (0 false
+/// alerts measured): a uv venv on Debian's interpreter (uv 0.13.9's own `pyvenv.cfg` keys,
+/// `lib64` a link to `lib`, `bin/python` a link to `/usr/bin/python3.11`), and Debian's
+/// interpreter in a container whose files are read through the process's root.
+#[test]
+fn uv_venv_and_container_layouts() {
+    let tree = Tree::new("uv");
+    tree.file("/usr/bin/python3.11", "");
+    tree.link("/usr/bin/python3", "python3.11");
+    tree.file(
+        "/srv/uv/venv/pyvenv.cfg",
+        "home = /usr/bin\nimplementation = CPython\nuv = 0.13.9\nversion_info = 3.11.2\n\
+         include-system-site-packages = false\n",
+    );
+    tree.link("/srv/uv/venv/bin/python", "/usr/bin/python3.11");
+    tree.link("/srv/uv/venv/bin/python3", "python");
+    tree.link("/srv/uv/venv/lib64", "lib");
+    let argv = args(&[
+        "/srv/uv/venv/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/opt/models/tiny-llama",
+    ]);
+    let facts = resolve(&view(&tree, "/usr/bin/python3.11", &argv, &[]));
+    assert_eq!(facts.get("python.prefix"), Some("/srv/uv/venv"));
+    assert_eq!(facts.get("python.base_prefix"), Some("/usr"));
+    // The same venv activated: `python3` found in PATH.
+    let argv = args(&["python3", "-m", "vllm.entrypoints.openai.api_server"]);
+    let env = ["PATH=/srv/uv/venv/bin:/usr/bin"];
+    let facts = resolve(&view(&tree, "/usr/bin/python3.11", &argv, &env));
+    assert_eq!(facts.get("python.prefix"), Some("/srv/uv/venv"));
+
+    // In the container: `podman run … /usr/bin/python3 -m … --model /mnt/models/tiny-llama`
+    // with HOME=/root; every path is the container's, read under its root (this tree).
+    let argv = args(&[
+        "/usr/bin/python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/mnt/models/tiny-llama",
+    ]);
+    let env = [
+        "HOME=/root",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+    ];
+    let facts = resolve(&view(&tree, "/usr/bin/python3.11", &argv, &env));
+    assert_eq!(facts.get("python.prefix"), Some("/usr"));
+    assert_eq!(facts.get("python.base_prefix"), Some("/usr"));
+    assert_eq!(facts.get("cache"), Some("/root/.cache"));
+    assert_eq!(facts.get("model"), Some("/mnt/models/tiny-llama"));
+}
+
 #[test]
 fn model_from_argv() {
     let cases: &[(&[&str], bool, Option<&str>)] = &[
