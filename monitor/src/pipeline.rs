@@ -20,8 +20,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::{
-    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE, WATCH_PID,
-    WATCH_PROFILE,
+    stats_slot, EventKind, KnownKey, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE,
+    WATCH_PID, WATCH_PROFILE,
 };
 use serde_json::Value;
 use tokio::{
@@ -261,37 +261,186 @@ pub struct Summary {
     pub user_lost: [u64; KIND_SLOTS as usize],
 }
 
-/// The processing stage: owns the process table and the output.
-pub struct Processor<W: Write> {
-    pub mode: Mode,
-    pub clock: BootClock,
-    pub table: ProcessTable,
-    pub cgroups: Option<CgroupResolver>,
-    pub selectors: WatchSelectors,
+/// The kernel maps the processor changes as events go by (the watched set, the allowed
+/// behaviour the kernel need not send again, the threads of governed processes, the gates)
+/// and the kernel's counters it reads. Behind a handle so that the pipeline core holds no
+/// kernel map: the daemon gives it [`KernelMaps`]; unit tests and the pipeline benchmark
+/// give it [`MemoryKernel`], and run without root.
+pub trait KernelHandle: Send {
+    /// The process's entry in the kernel's watched set.
+    fn watched(&self, tgid: u32) -> Option<WatchEntry>;
+    /// Puts a process in the watched set (its entry replaced).
+    fn watch(&mut self, tgid: u32, entry: WatchEntry) -> anyhow::Result<()>;
+    /// Takes a process out of the watched set.
+    fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()>;
+    /// Tells the kernel not to send this behaviour again (nothing where it cannot be told).
+    fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()>;
+    /// Whether threads of governed processes are filed under their process (`monitor run`).
+    fn files_threads(&self) -> bool;
+    /// Files a thread under its process, for the memory sensor.
+    fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()>;
+    /// Opens a gate ([`monitor_common::gate`]) (nothing where there are none).
+    fn open_gate(&mut self, gate: u32) -> anyhow::Result<()>;
+    /// A kernel counter of `kind`, summed over CPUs; 0 when it cannot be read.
+    fn stat(&self, stat: Stat, kind: EventKind) -> u64;
+}
+
+/// The daemon's kernel maps.
+pub struct KernelMaps {
     pub watched: HashMap<MapData, u32, WatchEntry>,
     pub stats: PerCpuArray<MapData, u64>,
-    pub counters: Arc<Counters>,
-    pub out: W,
-    /// Where alerts go (`monitor run`).
-    pub sinks: Vec<Box<dyn AlertSink>>,
-    /// GPU ioctl counters, when the sensor has them.
-    pub ioctls: Option<IoctlTracker>,
-    /// Profiles, guards and rules (`monitor run`).
-    pub engine: Option<Engine>,
-    /// `monitor learn`.
-    pub observer: Option<Box<dyn Observer>>,
-    /// `--dry-run`: enforce decisions are reported as `would-*`.
-    pub dry_run: bool,
-    /// Counters exported over OTLP (`monitor run`).
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
-    pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
+    pub known: Option<HashMap<MapData, KnownKey, u32>>,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
-    pub watched_threads: Option<HashMap<MapData, u32, u32>>,
-    /// Stops of the monitor, and its objects' names (see [`crate::tamper`]).
-    pub pauses: crate::tamper::Pauses,
+    pub threads: Option<HashMap<MapData, u32, u32>>,
     /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
     pub gates: Option<aya::maps::Array<MapData, u32>>,
+}
+
+impl KernelMaps {
+    pub fn new(
+        watched: HashMap<MapData, u32, WatchEntry>,
+        stats: PerCpuArray<MapData, u64>,
+    ) -> KernelMaps {
+        KernelMaps {
+            watched,
+            stats,
+            known: None,
+            threads: None,
+            gates: None,
+        }
+    }
+}
+
+impl KernelHandle for KernelMaps {
+    fn watched(&self, tgid: u32) -> Option<WatchEntry> {
+        self.watched.get(&tgid, 0).ok()
+    }
+
+    fn watch(&mut self, tgid: u32, entry: WatchEntry) -> anyhow::Result<()> {
+        Ok(self.watched.insert(tgid, entry, 0)?)
+    }
+
+    fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()> {
+        Ok(self.watched.remove(&tgid)?)
+    }
+
+    fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()> {
+        match &mut self.known {
+            Some(known) => Ok(known.insert(key, 1, 0)?),
+            None => Ok(()),
+        }
+    }
+
+    fn files_threads(&self) -> bool {
+        self.threads.is_some()
+    }
+
+    fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()> {
+        match &mut self.threads {
+            Some(threads) => Ok(threads.insert(tid, tgid, 0)?),
+            None => Ok(()),
+        }
+    }
+
+    fn open_gate(&mut self, gate: u32) -> anyhow::Result<()> {
+        match &mut self.gates {
+            Some(gates) => Ok(gates.set(gate, 1, 0)?),
+            None => Ok(()),
+        }
+    }
+
+    fn stat(&self, stat: Stat, kind: EventKind) -> u64 {
+        self.stats
+            .get(&stats_slot(stat, kind as u32), 0)
+            .map_or(0, |values| values.iter().sum())
+    }
+}
+
+/// The kernel maps as plain memory: for unit tests and the pipeline benchmark, which run the
+/// pipeline core without a kernel.
+#[derive(Debug, Default)]
+pub struct MemoryKernel {
+    pub watched: std::collections::HashMap<u32, WatchEntry>,
+    pub known: std::collections::HashSet<KnownKey>,
+    pub threads: std::collections::HashMap<u32, u32>,
+    pub gates: std::collections::HashSet<u32>,
+    /// Counters by (stat, kind) slot.
+    pub stats: std::collections::HashMap<u32, u64>,
+}
+
+impl KernelHandle for MemoryKernel {
+    fn watched(&self, tgid: u32) -> Option<WatchEntry> {
+        self.watched.get(&tgid).copied()
+    }
+
+    fn watch(&mut self, tgid: u32, entry: WatchEntry) -> anyhow::Result<()> {
+        self.watched.insert(tgid, entry);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()> {
+        self.watched
+            .remove(&tgid)
+            .map(|_| ())
+            .ok_or_else(|| anyhow::anyhow!("pid {tgid} is not watched"))
+    }
+
+    fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()> {
+        self.known.insert(key);
+        Ok(())
+    }
+
+    fn files_threads(&self) -> bool {
+        true
+    }
+
+    fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()> {
+        self.threads.insert(tid, tgid);
+        Ok(())
+    }
+
+    fn open_gate(&mut self, gate: u32) -> anyhow::Result<()> {
+        self.gates.insert(gate);
+        Ok(())
+    }
+
+    fn stat(&self, stat: Stat, kind: EventKind) -> u64 {
+        self.stats
+            .get(&stats_slot(stat, kind as u32))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The processing stage. Its core (`apply`) completes each event, applies it to the process
+/// table and keeps the kernel's watched set to the watch selectors; then each consumer sees
+/// the applied event in turn: the trace output (`monitor trace`), the rules and the alert
+/// sinks (`monitor run`), the learner (`monitor learn`). Kernel maps are reached only
+/// through the [`KernelHandle`].
+pub struct Processor<W: Write, K: KernelHandle = KernelMaps> {
+    mode: Mode,
+    pub(crate) clock: BootClock,
+    pub(crate) table: ProcessTable,
+    cgroups: Option<CgroupResolver>,
+    selectors: WatchSelectors,
+    kernel: K,
+    counters: Arc<Counters>,
+    out: W,
+    /// Where alerts go (`monitor run`).
+    pub(crate) sinks: Vec<Box<dyn AlertSink>>,
+    /// GPU ioctl counters, when the sensor has them.
+    pub(crate) ioctls: Option<IoctlTracker>,
+    /// Profiles, guards and rules (`monitor run`).
+    pub(crate) engine: Option<Engine>,
+    /// `monitor learn`.
+    pub(crate) observer: Option<Box<dyn Observer>>,
+    /// `--dry-run`: enforce decisions are reported as `would-*`.
+    pub(crate) dry_run: bool,
+    /// Counters exported over OTLP (`monitor run`).
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Stops of the monitor, and its objects' names (see [`crate::tamper`]).
+    pub(crate) pauses: crate::tamper::Pauses,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
@@ -302,16 +451,11 @@ pub struct Processor<W: Write> {
     watching: std::collections::HashSet<u32>,
 }
 
-impl<W: Write> Processor<W> {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "wires the stage once at start-up"
-    )]
+impl<W: Write, K: KernelHandle> Processor<W, K> {
     pub fn new(
         mode: Mode,
         selectors: WatchSelectors,
-        watched: HashMap<MapData, u32, WatchEntry>,
-        stats: PerCpuArray<MapData, u64>,
+        kernel: K,
         counters: Arc<Counters>,
         cgroups: Option<CgroupResolver>,
         clock: BootClock,
@@ -323,8 +467,7 @@ impl<W: Write> Processor<W> {
             table: ProcessTable::new(),
             cgroups,
             selectors,
-            watched,
-            stats,
+            kernel,
             counters,
             out,
             sinks: Vec::new(),
@@ -333,15 +476,42 @@ impl<W: Write> Processor<W> {
             observer: None,
             dry_run: false,
             metrics: None,
-            known: None,
-            watched_threads: None,
             pauses: crate::tamper::Pauses::default(),
-            gates: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
             watching: std::collections::HashSet::new(),
         }
+    }
+
+    /// The kernel maps (the daemon's reload hands the watched set to the guards).
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The kernel maps, to change.
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The process table.
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    /// The process table, to seed (the pipeline benchmark, tests) or to give container look-ups.
+    pub fn table_mut(&mut self) -> &mut ProcessTable {
+        &mut self.table
+    }
+
+    /// Profiles, guards and rules judge each event (`monitor run`).
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.engine = Some(engine);
+    }
+
+    /// Alerts go to `sink` too.
+    pub fn add_sink(&mut self, sink: Box<dyn AlertSink>) {
+        self.sinks.push(sink);
     }
 
     /// Seeds the table from /proc (after the programs are attached, so nothing falls between)
@@ -394,12 +564,8 @@ impl<W: Write> Processor<W> {
     /// Opens the kernel's gate in front of the memory sensor's host-wide checks
     /// ([`monitor_common::gate::GOVERNED`]): some process's memory is guarded now.
     pub fn open_governed_gate(&mut self) {
-        if let Some(gates) = &mut self.gates {
-            if let Err(err) = gates.set(monitor_common::gate::GOVERNED, 1, 0) {
-                warn!(
-                    "failed to open the governed gate: {err}; the memory sensor may miss accesses"
-                );
-            }
+        if let Err(err) = self.kernel.open_gate(monitor_common::gate::GOVERNED) {
+            warn!("failed to open the governed gate: {err}; the memory sensor may miss accesses");
         }
     }
 
@@ -413,17 +579,17 @@ impl<W: Write> Processor<W> {
             generation: 0,
             _pad: 0,
         };
-        if let Err(err) = self.watched.insert(tgid, entry, 0) {
+        if let Err(err) = self.kernel.watch(tgid, entry) {
             warn!("failed to watch pid {tgid}: {err}");
         }
         // Threads it started before it was governed: the kernel records only later ones.
-        if let Some(threads) = &mut self.watched_threads {
+        if self.kernel.files_threads() {
             let tids = std::fs::read_dir(format!("/proc/{tgid}/task"))
                 .into_iter()
                 .flatten()
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
             for tid in tids.filter(|&tid| tid != tgid) {
-                if let Err(err) = threads.insert(tid, tgid, 0) {
+                if let Err(err) = self.kernel.file_thread(tid, tgid) {
                     debug!("failed to record thread {tid} of pid {tgid}: {err}");
                 }
             }
@@ -448,7 +614,8 @@ impl<W: Write> Processor<W> {
             .collect();
         for (tgid, _) in before {
             if !now.contains(&tgid) && !self.watching.contains(&tgid) {
-                let _ = self.watched.remove(&tgid);
+                // Already gone when the process exited meanwhile.
+                let _ = self.kernel.unwatch(tgid);
             }
         }
     }
@@ -539,7 +706,9 @@ impl<W: Write> Processor<W> {
             Some(Some(profile)) => self.watch_profile(header.tgid, profile),
             // An exec that left the profiles (or a candidate the selectors did not take).
             Some(None) if header.watched && !self.watching.contains(&header.tgid) => {
-                let _ = self.watched.remove(&header.tgid);
+                if let Err(err) = self.kernel.unwatch(header.tgid) {
+                    debug!("failed to stop watching pid {}: {err}", header.tgid);
+                }
             }
             _ => {}
         }
@@ -556,8 +725,8 @@ impl<W: Write> Processor<W> {
             Event::Net(net) if !net.unverified => net.known,
             _ => None,
         };
-        if let (Some(key), Some(known)) = (key, &mut self.known) {
-            if let Err(err) = known.insert(key, 1, 0) {
+        if let Some(key) = key {
+            if let Err(err) = self.kernel.remember_allowed(key) {
                 debug!("failed to remember allowed behaviour: {err}");
             }
         }
@@ -576,9 +745,9 @@ impl<W: Write> Processor<W> {
     /// executable (`WATCH_CANDIDATE`, neither inherited nor watched before: the kernel bumps
     /// the generation of an entry that existed at exec).
     fn fresh_candidate(&self, tgid: u32) -> bool {
-        self.watched
-            .get(&tgid, 0)
-            .is_ok_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
+        self.kernel
+            .watched(tgid)
+            .is_some_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
     }
 
     /// Puts a process in the kernel's watched set.
@@ -589,7 +758,7 @@ impl<W: Write> Processor<W> {
             generation: 0,
             _pad: 0,
         };
-        match self.watched.insert(tgid, entry, 0) {
+        match self.kernel.watch(tgid, entry) {
             Ok(()) => {
                 self.watching.insert(tgid);
             }
@@ -606,7 +775,21 @@ impl<W: Write> Processor<W> {
         self.out.flush()
     }
 
+    /// One event: the core applies it, then each consumer sees it applied.
     fn handle(&mut self, event: Event) -> std::io::Result<()> {
+        let mut event = event;
+        let watched = self.apply(&mut event)?;
+        self.trace(&event, watched)?;
+        self.judge(&event);
+        self.learn(&event);
+        Ok(())
+    }
+
+    /// The core: counts the event, completes what the kernel could not know (a guard event's
+    /// exact start time, a device's node), applies it to the process table, and keeps the
+    /// kernel's watched set to the watch selectors. Returns whether the event is one of the
+    /// watched (or host-wide) ones that `monitor trace` prints.
+    fn apply(&mut self, event: &mut Event) -> std::io::Result<bool> {
         let kind = event.header().kind;
         self.summary.events[kind_slot(kind)] += 1;
         if let Some(metrics) = &self.metrics {
@@ -614,12 +797,11 @@ impl<W: Write> Processor<W> {
         }
         self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
         let tgid = event.header().tgid;
-        let mut event = event;
         // A guard event of a process that was gone before /proc could be read: the table
         // still knows it (exited processes are kept a while).
         // Otherwise the table's exact start time replaces /proc's tick-grained one, so that
         // the alerts of one process have one identity (deduplication keys on it).
-        if let Event::File(file) = &mut event {
+        if let Event::File(file) = &mut *event {
             if file.guard.is_some() {
                 let start = file.header.start_time_ns;
                 let known = if start == 0 {
@@ -633,7 +815,7 @@ impl<W: Write> Processor<W> {
             }
         }
         // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
-        let host_wide = match &mut event {
+        let host_wide = match &mut *event {
             Event::Device(device) => {
                 if let Some(ioctls) = &mut self.ioctls {
                     ioctls.note(tgid);
@@ -657,25 +839,19 @@ impl<W: Write> Processor<W> {
             Event::File(file) => file.protected,
             _ => false,
         };
-        if let Event::Exit(_) = event {
+        if let Event::Exit(_) = *event {
             // The last ioctl counts of the process come before its exit.
             self.report_ioctls(Some(tgid))?;
         }
-        // The JSON record is built only when it is printed (`monitor trace`): in `monitor run`
-        // it was built, with a parent lookup, for every governed or host-wide event and
-        // thrown away.
-        let tracing = self.mode == Mode::Trace;
         let mut print = self.selectors.all
             || host_wide
             || event.header().watched
             || self.watching.contains(&tgid);
-        // The core: the process table applies the event; every consumer below (trace output,
-        // rules and sinks, the learner) sees it applied.
         let cgroups = &mut self.cgroups;
-        self.table.apply(&event, |id| {
+        self.table.apply(event, |id| {
             cgroups.as_mut().and_then(|resolver| resolver.path(id))
         });
-        match &event {
+        match &*event {
             Event::Exec(exec) => {
                 let selected = self.selectors.exes.iter().any(|g| g.matches(&exec.path));
                 if !print && selected {
@@ -687,7 +863,7 @@ impl<W: Write> Processor<W> {
                 if print && !selected && candidates && self.fresh_candidate(tgid) {
                     // The kernel watched it at this exec for its executable's inode, which
                     // `--exe` matched under another name (a hard link): not traced.
-                    if let Err(err) = self.watched.remove(&tgid) {
+                    if let Err(err) = self.kernel.unwatch(tgid) {
                         debug!("failed to stop watching pid {tgid}: {err}");
                     }
                     print = self.selectors.all;
@@ -714,24 +890,33 @@ impl<W: Write> Processor<W> {
             | Event::IoUring(_)
             | Event::Tamper(_) => {}
         }
-        let record = (print && tracing).then(|| {
-            let process = match &event {
-                // Exited now: found by its identity among the exited.
-                Event::Exit(exit) => self.table.get(tgid, exit.header.start_time_ns),
-                _ => self.table.get_by_tgid(tgid),
-            };
-            output::event_record(&self.clock, &self.table, &event, process)
-        });
-        self.judge(&event);
-        if let Some(observer) = &mut self.observer {
-            for tgid in observer.observe(&event, &self.table) {
-                self.watch(tgid, WATCH_EXE);
-            }
+        Ok(print)
+    }
+
+    /// The trace consumer (`monitor trace`): a watched event as a JSON line. The record (with
+    /// a parent look-up) is built only here, when it is printed.
+    fn trace(&mut self, event: &Event, watched: bool) -> std::io::Result<()> {
+        if self.mode != Mode::Trace || !watched {
+            return Ok(());
         }
-        if let (Mode::Trace, Some(record)) = (self.mode, record) {
-            self.emit(&record)?;
+        let tgid = event.header().tgid;
+        let process = match event {
+            // Exited now: found by its identity among the exited.
+            Event::Exit(exit) => self.table.get(tgid, exit.header.start_time_ns),
+            _ => self.table.get_by_tgid(tgid),
+        };
+        let record = output::event_record(&self.clock, &self.table, event, process);
+        self.emit(&record)
+    }
+
+    /// The learner consumer (`monitor learn`): sees every event, names processes to watch.
+    fn learn(&mut self, event: &Event) {
+        let Some(observer) = &mut self.observer else {
+            return;
+        };
+        for tgid in observer.observe(event, &self.table) {
+            self.watch(tgid, WATCH_EXE);
         }
-        Ok(())
     }
 
     /// Reports GPU ioctls counted since the last report (of one process, or all).
@@ -785,8 +970,7 @@ impl<W: Write> Processor<W> {
             // there.
             let kernel: u64 = [Stat::LostRingFull, Stat::MapFull]
                 .into_iter()
-                .filter_map(|stat| self.stats.get(&stats_slot(stat, kind as u32), 0).ok())
-                .map(|values| values.iter().sum::<u64>())
+                .map(|stat| self.kernel.stat(stat, kind))
                 .sum();
             let mut user = self.counters.user_lost[slot].load(Ordering::Relaxed);
             let mut kernel = kernel;
@@ -887,12 +1071,7 @@ impl<W: Write> Processor<W> {
         // Events the kernel did not send because user space had judged the same behaviour.
         let known: u64 = EventKind::ALL
             .iter()
-            .filter_map(|kind| {
-                self.stats
-                    .get(&stats_slot(Stat::Known, *kind as u32), 0)
-                    .ok()
-            })
-            .map(|values| values.iter().sum::<u64>())
+            .map(|&kind| self.kernel.stat(Stat::Known, kind))
             .sum();
         info!(
             events = ?events,
@@ -1078,5 +1257,339 @@ mod enforcement_tests {
             enforcement_mechanism(&denied, Action::Denied),
             Some("cgroup-sock-addr")
         );
+    }
+}
+
+#[cfg(test)]
+mod core_tests {
+    //! The pipeline core and its consumers, without a kernel: [`MemoryKernel`] stands for the
+    //! kernel's maps.
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::events::{Access, Exec, Exit, Fork, Header, RawNames};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn header(kind: EventKind, tgid: u32, start: u64, watched: bool) -> Header {
+        Header {
+            kind,
+            time_ns: start + 1_000,
+            tgid,
+            pid: tgid,
+            start_time_ns: start,
+            watched,
+        }
+    }
+
+    fn fork(tgid: u32, start: u64, parent: u32, parent_start: u64, watched: bool) -> Event {
+        Event::Fork(Fork {
+            header: header(EventKind::Fork, tgid, start, watched),
+            parent_tgid: parent,
+            parent_start_time_ns: parent_start,
+        })
+    }
+
+    fn exec(tgid: u32, start: u64, ppid: u32, argv: &[&str], watched: bool) -> Event {
+        Event::Exec(Exec {
+            header: header(EventKind::Exec, tgid, start, watched),
+            ppid,
+            parent_start_time_ns: 0,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            path: argv[0].to_owned(),
+            path_truncated: false,
+            path_from_filename: false,
+            args: argv.iter().map(|a| (*a).to_owned()).collect(),
+            args_truncated: false,
+            args_count: argv.len(),
+            fileless: false,
+            killed: false,
+            would_kill: false,
+            raw: RawNames::default(),
+        })
+    }
+
+    fn exit(tgid: u32, start: u64, watched: bool) -> Event {
+        Event::Exit(Exit {
+            header: header(EventKind::Exit, tgid, start, watched),
+            code: Some(0),
+            signal: None,
+            core_dumped: false,
+        })
+    }
+
+    fn open(tgid: u32, start: u64, path: &str, known: Option<KnownKey>) -> Event {
+        Event::File(File {
+            header: header(EventKind::File, tgid, start, true),
+            op: crate::events::FileOp::Open,
+            path: path.to_owned(),
+            path_truncated: false,
+            target: None,
+            access: Access {
+                read: true,
+                ..Access::default()
+            },
+            result: 3,
+            protected: false,
+            known,
+            raw: RawNames::default(),
+            guard: None,
+            unverified: false,
+        })
+    }
+
+    fn processor(mode: Mode, selectors: WatchSelectors) -> Processor<Vec<u8>, MemoryKernel> {
+        Processor::new(
+            mode,
+            selectors,
+            MemoryKernel::default(),
+            Arc::new(Counters::default()),
+            None,
+            BootClock::new(),
+            Vec::new(),
+        )
+    }
+
+    /// The JSON lines `monitor trace` printed.
+    fn printed(processor: &Processor<Vec<u8>, MemoryKernel>) -> Vec<Value> {
+        String::from_utf8(processor.out.clone())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_table_follows_fork_exec_and_exit() {
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.handle_batch(vec![
+            fork(10, SECOND, 1, 0, false),
+            exec(10, SECOND, 1, &["/usr/bin/env", "true"], false),
+        ])
+        .unwrap();
+        let process = p.table().get_by_tgid(10).unwrap();
+        assert_eq!(process.exe.as_deref(), Some("/usr/bin/env"));
+        assert_eq!(process.args, ["/usr/bin/env", "true"]);
+        assert!(process.exited.is_none());
+        p.handle_batch(vec![exit(10, SECOND, false)]).unwrap();
+        let gone = p.table().get(10, SECOND).unwrap();
+        assert_eq!(gone.exited.map(|e| e.code), Some(Some(0)));
+        assert_eq!(p.summary.events[kind_slot(EventKind::Exec)], 1);
+        assert_eq!(
+            p.counters.received[kind_slot(EventKind::Exit)].load(Ordering::Relaxed),
+            1
+        );
+        // `monitor run` prints no event records.
+        assert!(p.out.is_empty());
+    }
+
+    #[test]
+    fn a_reused_pid_is_another_process() {
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.handle_batch(vec![
+            fork(20, SECOND, 1, 0, false),
+            exec(20, SECOND, 1, &["/usr/bin/python3", "serve.py"], false),
+            exit(20, SECOND, false),
+            // The same pid, a later start: a child of another process, which has not exec'd.
+            exec(30, SECOND / 2, 1, &["/usr/bin/bash"], false),
+            fork(20, 5 * SECOND, 30, SECOND / 2, false),
+        ])
+        .unwrap();
+        let now = p.table().get_by_tgid(20).unwrap();
+        assert_eq!(now.start_time_ns, 5 * SECOND);
+        assert_eq!(now.ppid, 30);
+        // Its parent's image, never the previous holder's.
+        assert_eq!(now.exe.as_deref(), Some("/usr/bin/bash"));
+        let before = p.table().get(20, SECOND).unwrap();
+        assert_eq!(before.exe.as_deref(), Some("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn an_exe_selector_watches_the_process_and_its_children() {
+        let selectors = WatchSelectors {
+            exes: vec![crate::glob::Glob::new("/opt/app/*").unwrap()],
+            ..WatchSelectors::default()
+        };
+        let mut p = processor(Mode::Trace, selectors);
+        p.handle_batch(vec![
+            exec(40, SECOND, 1, &["/usr/bin/bash"], false),
+            exec(41, SECOND, 1, &["/opt/app/server"], false),
+        ])
+        .unwrap();
+        // Not selected: neither watched nor printed.
+        assert!(p.kernel().watched(40).is_none());
+        let entry = p.kernel().watched(41).unwrap();
+        assert_eq!(entry.reason, WATCH_EXE);
+        // Forked before the kernel saw the entry: not flagged, watched by user space.
+        p.handle_batch(vec![
+            fork(42, 2 * SECOND, 41, SECOND, false),
+            exit(42, 2 * SECOND, false),
+        ])
+        .unwrap();
+        assert_eq!(p.kernel().watched(42).map(|e| e.reason), Some(WATCH_EXE));
+        let kinds: Vec<(String, u64)> = printed(&p)
+            .iter()
+            .map(|r| {
+                (
+                    r["event.kind"].as_str().unwrap_or_default().to_owned(),
+                    r["process.pid"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("exec".to_owned(), 41),
+                ("fork".to_owned(), 42),
+                ("exit".to_owned(), 42)
+            ],
+            "{kinds:?}"
+        );
+        assert!(!p.watching.contains(&42), "forgotten at its exit");
+    }
+
+    #[test]
+    fn a_kernel_candidate_the_selector_did_not_name_is_dropped() {
+        let selectors = WatchSelectors {
+            exes: vec![crate::glob::Glob::new("/opt/app/server").unwrap()],
+            ..WatchSelectors::default()
+        };
+        let mut p = processor(Mode::Trace, selectors);
+        // The kernel watched it at exec for the inode `--exe` named, under another name
+        // (a hard link).
+        p.kernel_mut()
+            .watch(
+                50,
+                WatchEntry {
+                    reason: WATCH_CANDIDATE,
+                    profile: 0,
+                    generation: 0,
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        p.handle_batch(vec![exec(50, SECOND, 1, &["/tmp/link"], true)])
+            .unwrap();
+        assert!(p.kernel().watched(50).is_none());
+        assert!(printed(&p).is_empty());
+    }
+
+    /// Alerts a sink received.
+    struct Captured(Arc<Mutex<Vec<Alert>>>);
+
+    impl AlertSink for Captured {
+        fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push(alert.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_rules_consumer_governs_judges_and_remembers() {
+        let dir = std::env::temp_dir().join(format!("pipeline-core-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let profile = dir.join("app.yaml");
+        std::fs::write(
+            &profile,
+            r#"name: app
+description: a test server
+selector:
+  executables: ["/opt/app/server"]
+mode: alert
+allow:
+  exec: []
+  files:
+    read: ["/srv/app/**"]
+    write: []
+  network:
+    connect: []
+    listen: []
+  devices: []
+"#,
+        )
+        .unwrap();
+        let config = crate::config::Config::builtin()
+            .with_extra_profiles(&[profile])
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.set_engine(Engine::new(Arc::new(config)));
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        p.add_sink(Box::new(Captured(alerts.clone())));
+        p.handle_batch(vec![exec(60, SECOND, 1, &["/opt/app/server"], false)])
+            .unwrap();
+        // Governed: in the watched set under its profile, and the memory gate is open.
+        let entry = p.kernel().watched(60).unwrap();
+        assert_eq!(entry.reason, WATCH_PROFILE);
+        assert!(p.kernel().gates.contains(&monitor_common::gate::GOVERNED));
+        let key = KnownKey {
+            tgid: 60,
+            ..KnownKey::default()
+        };
+        p.handle_batch(vec![
+            open(60, SECOND, "/srv/app/model.bin", Some(key)),
+            open(60, SECOND, "/etc/shadow", None),
+        ])
+        .unwrap();
+        // Allowed: the kernel is told not to send it again.
+        assert!(p.kernel().known.contains(&key));
+        let alerts = alerts.lock().unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].profile.as_deref(), Some("app"));
+        assert_eq!(
+            alerts[0]
+                .attributes
+                .get("file.path")
+                .and_then(Value::as_str),
+            Some("/etc/shadow")
+        );
+    }
+
+    /// Names every process whose executable it is told to, and counts what it saw.
+    struct Learner {
+        exe: &'static str,
+        seen: u64,
+    }
+
+    impl Observer for Learner {
+        fn seed(&mut self, _: &ProcessTable) -> Vec<u32> {
+            Vec::new()
+        }
+        fn observe(&mut self, event: &Event, table: &ProcessTable) -> Vec<u32> {
+            self.seen += 1;
+            let tgid = event.header().tgid;
+            match event {
+                Event::Exec(_)
+                    if table.get_by_tgid(tgid).and_then(|p| p.exe.as_deref()) == Some(self.exe) =>
+                {
+                    vec![tgid]
+                }
+                _ => Vec::new(),
+            }
+        }
+        fn events(&self) -> u64 {
+            self.seen
+        }
+    }
+
+    #[test]
+    fn the_learner_sees_every_event_applied_and_names_whom_to_watch() {
+        let mut p = processor(Mode::Observe, WatchSelectors::default());
+        p.observer = Some(Box::new(Learner {
+            exe: "/opt/app/server",
+            seen: 0,
+        }));
+        p.handle_batch(vec![
+            fork(70, SECOND, 1, 0, false),
+            exec(70, SECOND, 1, &["/opt/app/server"], false),
+            exec(71, SECOND, 1, &["/usr/bin/ls"], false),
+        ])
+        .unwrap();
+        assert_eq!(p.observer.as_ref().unwrap().events(), 3);
+        assert_eq!(p.kernel().watched(70).map(|e| e.reason), Some(WATCH_EXE));
+        assert!(p.kernel().watched(71).is_none());
+        assert!(p.out.is_empty(), "learning prints no event records");
     }
 }
