@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::{
     stats_slot, EventKind, KnownKey, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE,
-    WATCH_PID, WATCH_PROFILE,
+    WATCH_INHERITED, WATCH_PID, WATCH_PROFILE,
 };
 use serde_json::Value;
 use tokio::{
@@ -364,6 +364,8 @@ pub struct MemoryKernel {
     pub watched: std::collections::HashMap<u32, WatchEntry>,
     pub known: std::collections::HashSet<KnownKey>,
     pub threads: std::collections::HashMap<u32, u32>,
+    /// Whether threads are filed (off by default: filing scans /proc/PID/task).
+    pub files_threads: bool,
     pub gates: std::collections::HashSet<u32>,
     /// Counters by (stat, kind) slot.
     pub stats: std::collections::HashMap<u32, u64>,
@@ -392,7 +394,7 @@ impl KernelHandle for MemoryKernel {
     }
 
     fn files_threads(&self) -> bool {
-        true
+        self.files_threads
     }
 
     fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()> {
@@ -445,6 +447,8 @@ pub struct Processor<W: Write, K: KernelHandle = KernelMaps> {
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
     summary: Summary,
+    /// The governed gate is open (see [`Processor::open_governed_gate`]).
+    gate_open: bool,
     /// Processes user space put in the kernel's watched set. Between an exec that matches a
     /// selector and the map update, the kernel does not flag the process's events yet; this
     /// set covers that window for its fork and exit events.
@@ -480,6 +484,7 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
+            gate_open: false,
             watching: std::collections::HashSet::new(),
         }
     }
@@ -563,15 +568,33 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
 
     /// Opens the kernel's gate in front of the memory sensor's host-wide checks
     /// ([`monitor_common::gate::GOVERNED`]): some process's memory is guarded now.
+    /// Once: nothing closes it, and each governed fork and exec came here (a `bpf()` call).
     pub fn open_governed_gate(&mut self) {
-        if let Err(err) = self.kernel.open_gate(monitor_common::gate::GOVERNED) {
-            warn!("failed to open the governed gate: {err}; the memory sensor may miss accesses");
+        if self.gate_open {
+            return;
+        }
+        match self.kernel.open_gate(monitor_common::gate::GOVERNED) {
+            Ok(()) => self.gate_open = true,
+            Err(err) => {
+                warn!(
+                    "failed to open the governed gate: {err}; the memory sensor may miss accesses"
+                )
+            }
         }
     }
 
     fn watch_profile(&mut self, tgid: u32, profile: u32) {
         // Before the entry: the memory hooks must not skip a process already governed.
         self.open_governed_gate();
+        // Already governed by this profile in the kernel (a child the kernel made watched at
+        // its fork, an exec of the same profile's program): nothing to write, and no thread
+        // to file (the kernel records the threads of a watched process). This was a map
+        // update and a /proc/PID/task scan at every governed fork and exec.
+        if self.kernel.watched(tgid).is_some_and(|entry| {
+            entry.reason & !WATCH_INHERITED == WATCH_PROFILE && entry.profile == profile
+        }) {
+            return;
+        }
         // The generation is the kernel's own (`EXEC_GENERATION`): not read, not written here.
         let entry = WatchEntry {
             reason: WATCH_PROFILE,
@@ -1533,6 +1556,25 @@ allow:
             open(60, SECOND, "/etc/shadow", None),
         ])
         .unwrap();
+        // A child the kernel made watched at its fork, with the profile: left as it is (no
+        // second write, the kernel's inherited entry kept).
+        let inherited = WatchEntry {
+            reason: WATCH_PROFILE | WATCH_INHERITED,
+            profile: entry.profile,
+            generation: 9,
+            _pad: 0,
+        };
+        p.kernel_mut().watch(61, inherited).unwrap();
+        p.handle_batch(vec![fork(61, 2 * SECOND, 60, SECOND, true)])
+            .unwrap();
+        assert_eq!(p.kernel().watched(61), Some(inherited));
+        // One the kernel did not make watched (forked before the parent was governed).
+        p.handle_batch(vec![fork(62, 2 * SECOND, 60, SECOND, false)])
+            .unwrap();
+        assert_eq!(
+            p.kernel().watched(62).map(|e| (e.reason, e.profile)),
+            Some((WATCH_PROFILE, entry.profile))
+        );
         // Allowed: the kernel is told not to send it again.
         assert!(p.kernel().known.contains(&key));
         let alerts = alerts.lock().unwrap();
