@@ -419,7 +419,10 @@ impl Pipeline {
     pub fn run(&mut self, records: &[Vec<u8>], stage: Stage) -> u64 {
         let mut handled = 0;
         for chunk in records.chunks(BATCH) {
-            let batch: Vec<Event> = chunk.iter().filter_map(|r| decode(r).ok()).collect();
+            // Sized up front, as the reader does: grown one push at a time, the batch's
+            // reallocations were a tenth of the pass.
+            let mut batch: Vec<Event> = Vec::with_capacity(chunk.len());
+            batch.extend(chunk.iter().filter_map(|r| decode(r).ok()));
             handled += batch.len() as u64;
             let result = match stage {
                 Stage::Decode => {

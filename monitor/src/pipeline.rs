@@ -99,6 +99,9 @@ pub async fn read_ring(
     let mut tick = tokio::time::interval(drain_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renames = RenameJoiner::default();
+    // The last batch's size: a batch grown one push at a time from empty reallocates (and
+    // moves every event) about log2(n) times; a drain is usually the size of the last one.
+    let mut batch_hint = 64;
     loop {
         let stopping = tokio::select! {
             guard = priority.readable_mut() => {
@@ -139,7 +142,7 @@ pub async fn read_ring(
             guarded.append(&mut first);
             guarded.sort_by_key(|e| e.header().time_ns);
         }
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(batch_hint);
         let buffer = ring.get_mut();
         while let Some(record) = buffer.next() {
             match decode(&record) {
@@ -165,6 +168,7 @@ pub async fn read_ring(
             merged.extend(ring_events);
             batch = merged;
         }
+        batch_hint = batch.len().clamp(64, 1 << 16);
         if !batch.is_empty() {
             if let Err(
                 mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
