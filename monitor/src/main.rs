@@ -7,7 +7,8 @@ fn main() -> std::process::ExitCode {
     // handed from one to the other wakes nobody (on a multi-threaded runtime each batch
     // woke a parked worker: a third of the daemon's CPU per fork+exec went to the scheduler).
     // What may block has threads of its own: the OTLP exporter, the stdout writers, the
-    // fanotify guards, the container look-ups' blocking pool.
+    // fanotify guards, the liveness file (blocking pool). Container look-ups are async tasks
+    // of this thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
