@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! kernel ring buffer --(drain on timer / byte threshold)--> reader --(bounded queue)-->
-//!     processor: process table, watch selectors, output
+//!     processor: core (process table, watch selectors)
+//!                -> consumers: trace output | rules + alert sinks | learner
 //! ```
 //!
-//! The reader never blocks: when the queue is full it drops the batch and counts it by kind.
+//! The reader and the processor are tasks of one thread (the daemon's runtime is
+//! single-threaded): handing a batch over wakes no other thread. The reader never blocks:
+//! when the queue is full it drops the batch and counts it by kind. The processor reaches
+//! kernel maps only through a [`KernelHandle`], so its core runs in unit tests and in the
+//! pipeline benchmark without a kernel.
 
 use std::{
     io::Write,
