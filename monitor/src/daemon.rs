@@ -26,7 +26,9 @@ use crate::{
         sensor::{Sensor, SensorOptions},
     },
     output::sink::AlertSink,
-    pipeline::{self, Counters, Mode, Observer, PipelineOptions, Processor, WatchSelectors},
+    pipeline::{
+        self, Counters, KernelMaps, Mode, Observer, PipelineOptions, Processor, WatchSelectors,
+    },
     rules::{Engine, CONFIG_RELOAD_FAILED},
     telemetry::metrics::Metrics,
 };
@@ -170,26 +172,20 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         }
     };
     let clock = BootClock::new();
-    let mut processor = Processor::new(
-        mode,
-        selectors,
-        maps.watched,
-        maps.stats,
-        counters,
-        cgroups,
-        clock,
-        out,
-    );
+    let mut kernel = KernelMaps::new(maps.watched, maps.stats);
+    if mode == Mode::Run {
+        kernel.known = Some(maps.known);
+        kernel.threads = Some(maps.watched_threads);
+        kernel.gates = Some(maps.gates);
+        kernel.resolved_exec = Some(maps.resolved_exec);
+    }
+    let mut processor = Processor::new(mode, selectors, kernel, counters, cgroups, clock, out);
     processor.sinks = sinks;
     processor.engine = engine;
     processor.observer = observer;
     processor.dry_run = sensor_options.dry_run;
     processor.metrics = metrics;
     if mode == Mode::Run {
-        processor.known = Some(maps.known);
-        processor.watched_threads = Some(maps.watched_threads);
-        processor.gates = Some(maps.gates);
-        processor.resolved_exec = Some(maps.resolved_exec);
         // The monitor's own memory is guarded from the start (ptrace, process_vm_*,
         // /proc/PID/mem of the monitor are `monitor-tampered`): the gate opens now, not
         // when the first server is governed.
@@ -453,7 +449,7 @@ fn reload<W: Write>(
     }
     let profiles = config.profiles.len();
     let config = Arc::new(config);
-    if let Err(err) = guards.apply(config.clone(), &processor.watched) {
+    if let Err(err) = guards.apply(config.clone(), &processor.kernel().watched) {
         // The guards keep their marks; put the kernel back on the configuration in force too.
         let old = processor.engine.as_ref().map(|e| e.config().clone());
         if let Some(old) = old {

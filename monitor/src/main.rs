@@ -3,8 +3,13 @@ use clap::Parser as _;
 fn main() -> std::process::ExitCode {
     let cli = monitor::cli::Cli::parse();
     monitor::telemetry::logging::init(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the ring reader and the processor are tasks of the same thread, so a batch
+    // handed from one to the other wakes nobody (on a multi-threaded runtime each batch
+    // woke a parked worker: a third of the daemon's CPU per fork+exec went to the scheduler).
+    // What may block has threads of its own: the OTLP exporter, the stdout writers, the
+    // fanotify guards, the liveness file (blocking pool). Container look-ups are async tasks
+    // of this thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

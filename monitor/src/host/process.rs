@@ -102,6 +102,19 @@ impl Process {
     }
 
     /// Takes what a child inherits at fork: the image, the user and the cgroup.
+    /// [`Process::inherit`] from an image of the parent made for this child: moved, not
+    /// copied again (a fork is the table's most frequent change).
+    fn inherit_owned(&mut self, parent: Process) {
+        self.exe = parent.exe;
+        self.args = parent.args;
+        self.args_truncated = parent.args_truncated;
+        self.args_count = parent.args_count;
+        self.uid = parent.uid;
+        self.cgroup_id = parent.cgroup_id;
+        self.cgroup_path = parent.cgroup_path;
+        self.container = parent.container;
+    }
+
     fn inherit(&mut self, parent: &Process) {
         self.exe.clone_from(&parent.exe);
         self.args.clone_from(&parent.args);
@@ -329,7 +342,7 @@ impl ProcessTable {
         // A child already known (its exec or exit came first, or the scan saw it)
         // keeps its own image.
         if let Some(parent_image) = parent_image {
-            process.inherit(&parent_image);
+            process.inherit_owned(parent_image);
         }
         process.ppid = parent;
         process.parent_start_time_ns = parent_start;

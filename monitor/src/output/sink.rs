@@ -215,29 +215,6 @@ impl AlertSink for Outputs {
     }
 }
 
-/// Alerts as JSON lines on a writer.
-pub struct JsonLines<W: Write + Send> {
-    out: W,
-}
-
-impl<W: Write + Send> JsonLines<W> {
-    pub fn new(out: W) -> Self {
-        JsonLines { out }
-    }
-}
-
-impl<W: Write + Send> AlertSink for JsonLines<W> {
-    fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
-        self.out.write_all(&line(alert))?;
-        Ok(())
-    }
-
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.out.flush()?;
-        Ok(())
-    }
-}
-
 /// One alert as one JSON line, newline included.
 fn line(alert: &Alert) -> Vec<u8> {
     let mut buf = serde_json::to_vec(&alert.to_json()).expect("an alert serializes to JSON");

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! kernel ring buffer --(drain on timer / byte threshold)--> reader --(bounded queue)-->
-//!     processor: process table, watch selectors, output
+//!     processor: core (process table, watch selectors)
+//!                -> consumers: trace output | rules + alert sinks | learner
 //! ```
 //!
-//! The reader never blocks: when the queue is full it drops the batch and counts it by kind.
+//! The reader and the processor are tasks of one thread (the daemon's runtime is
+//! single-threaded): handing a batch over wakes no other thread. The reader never blocks:
+//! when the queue is full it drops the batch and counts it by kind. The processor reaches
+//! kernel maps only through a [`KernelHandle`], so its core runs in unit tests and in the
+//! pipeline benchmark without a kernel.
 //!
 //! The pipeline layer sits on everything below it (event, host, config, kernel, telemetry,
 //! output, rules); [`tamper`] is its part that watches attacks on the monitor itself.
@@ -25,8 +30,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::{
-    stats_slot, EventKind, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE, WATCH_PID,
-    WATCH_PROFILE,
+    stats_slot, EventKind, KnownKey, Stat, WatchEntry, KIND_SLOTS, WATCH_CANDIDATE, WATCH_EXE,
+    WATCH_INHERITED, WATCH_PID, WATCH_PROFILE,
 };
 use serde_json::Value;
 use tokio::{
@@ -98,6 +103,9 @@ pub async fn read_ring(
     let mut tick = tokio::time::interval(drain_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renames = RenameJoiner::default();
+    // The last batch's size: a batch grown one push at a time from empty reallocates (and
+    // moves every event) about log2(n) times; a drain is usually the size of the last one.
+    let mut batch_hint = 64;
     loop {
         let stopping = tokio::select! {
             guard = priority.readable_mut() => {
@@ -138,7 +146,7 @@ pub async fn read_ring(
             guarded.append(&mut first);
             guarded.sort_by_key(|e| e.header().time_ns);
         }
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(batch_hint);
         let buffer = ring.get_mut();
         while let Some(record) = buffer.next() {
             match decode(&record) {
@@ -164,6 +172,7 @@ pub async fn read_ring(
             merged.extend(ring_events);
             batch = merged;
         }
+        batch_hint = batch.len().clamp(64, 1 << 16);
         if !batch.is_empty() {
             if let Err(
                 mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
@@ -273,59 +282,217 @@ pub struct Summary {
     pub user_lost: [u64; KIND_SLOTS as usize],
 }
 
-/// The processing stage: owns the process table and the output.
-pub struct Processor<W: Write> {
-    pub mode: Mode,
-    pub clock: BootClock,
-    pub table: ProcessTable,
-    pub cgroups: Option<CgroupResolver>,
-    pub selectors: WatchSelectors,
+/// The kernel maps the processor changes as events go by (the watched set, the allowed
+/// behaviour the kernel need not send again, the threads of governed processes, the gates)
+/// and the kernel's counters it reads. Behind a handle so that the pipeline core holds no
+/// kernel map: the daemon gives it [`KernelMaps`]; unit tests and the pipeline benchmark
+/// give it [`MemoryKernel`], and run without root.
+pub trait KernelHandle: Send {
+    /// The process's entry in the kernel's watched set.
+    fn watched(&self, tgid: u32) -> Option<WatchEntry>;
+    /// Puts a process in the watched set (its entry replaced).
+    fn watch(&mut self, tgid: u32, entry: WatchEntry) -> anyhow::Result<()>;
+    /// Takes a process out of the watched set.
+    fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()>;
+    /// Tells the kernel not to send this behaviour again (nothing where it cannot be told).
+    fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()>;
+    /// Whether threads of governed processes are filed under their process (`monitor run`).
+    fn files_threads(&self) -> bool;
+    /// Files a thread under its process, for the memory sensor.
+    fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()>;
+    /// Opens a gate ([`monitor_common::gate`]) (nothing where there are none).
+    fn open_gate(&mut self, gate: u32) -> anyhow::Result<()>;
+    /// The governed processes' resolved `allow.exec` templates in the kernel (`monitor run`
+    /// on a kernel that has the maps; none elsewhere).
+    fn resolved_exec(&mut self) -> Option<&mut crate::kernel::policy::ResolvedExec> {
+        None
+    }
+    /// A kernel counter of `kind`, summed over CPUs; 0 when it cannot be read.
+    fn stat(&self, stat: Stat, kind: EventKind) -> u64;
+}
+
+/// The daemon's kernel maps.
+pub struct KernelMaps {
     pub watched: HashMap<MapData, u32, WatchEntry>,
     pub stats: PerCpuArray<MapData, u64>,
-    pub counters: Arc<Counters>,
-    pub out: W,
-    /// Where alerts go (`monitor run`).
-    pub sinks: Vec<Box<dyn AlertSink>>,
-    /// GPU ioctl counters, when the sensor has them.
-    pub ioctls: Option<IoctlTracker>,
-    /// Profiles, guards and rules (`monitor run`).
-    pub engine: Option<Engine>,
-    /// `monitor learn`.
-    pub observer: Option<Box<dyn Observer>>,
-    /// `--dry-run`: enforce decisions are reported as `would-*`.
-    pub dry_run: bool,
-    /// Counters exported over OTLP (`monitor run`).
-    pub metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
     /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
-    pub known: Option<HashMap<MapData, monitor_common::KnownKey, u32>>,
+    pub known: Option<HashMap<MapData, KnownKey, u32>>,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
-    pub watched_threads: Option<HashMap<MapData, u32, u32>>,
-    /// Stops of the monitor, and its objects' names (see [`crate::pipeline::tamper`]).
-    pub pauses: crate::pipeline::tamper::Pauses,
+    pub threads: Option<HashMap<MapData, u32, u32>>,
     /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
     pub gates: Option<aya::maps::Array<MapData, u32>>,
     /// Governed processes' resolved `allow.exec` templates in the kernel (`monitor run`).
     pub resolved_exec: Option<crate::kernel::policy::ResolvedExec>,
+}
+
+impl KernelMaps {
+    pub fn new(
+        watched: HashMap<MapData, u32, WatchEntry>,
+        stats: PerCpuArray<MapData, u64>,
+    ) -> KernelMaps {
+        KernelMaps {
+            watched,
+            stats,
+            known: None,
+            threads: None,
+            gates: None,
+            resolved_exec: None,
+        }
+    }
+}
+
+impl KernelHandle for KernelMaps {
+    fn watched(&self, tgid: u32) -> Option<WatchEntry> {
+        self.watched.get(&tgid, 0).ok()
+    }
+
+    fn watch(&mut self, tgid: u32, entry: WatchEntry) -> anyhow::Result<()> {
+        Ok(self.watched.insert(tgid, entry, 0)?)
+    }
+
+    fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()> {
+        Ok(self.watched.remove(&tgid)?)
+    }
+
+    fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()> {
+        match &mut self.known {
+            Some(known) => Ok(known.insert(key, 1, 0)?),
+            None => Ok(()),
+        }
+    }
+
+    fn files_threads(&self) -> bool {
+        self.threads.is_some()
+    }
+
+    fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()> {
+        match &mut self.threads {
+            Some(threads) => Ok(threads.insert(tid, tgid, 0)?),
+            None => Ok(()),
+        }
+    }
+
+    fn open_gate(&mut self, gate: u32) -> anyhow::Result<()> {
+        match &mut self.gates {
+            Some(gates) => Ok(gates.set(gate, 1, 0)?),
+            None => Ok(()),
+        }
+    }
+
+    fn resolved_exec(&mut self) -> Option<&mut crate::kernel::policy::ResolvedExec> {
+        self.resolved_exec.as_mut()
+    }
+
+    fn stat(&self, stat: Stat, kind: EventKind) -> u64 {
+        self.stats
+            .get(&stats_slot(stat, kind as u32), 0)
+            .map_or(0, |values| values.iter().sum())
+    }
+}
+
+/// The kernel maps as plain memory: for unit tests and the pipeline benchmark, which run the
+/// pipeline core without a kernel.
+#[derive(Debug, Default)]
+pub struct MemoryKernel {
+    pub watched: std::collections::HashMap<u32, WatchEntry>,
+    pub known: std::collections::HashSet<KnownKey>,
+    pub threads: std::collections::HashMap<u32, u32>,
+    /// Whether threads are filed (off by default: filing scans /proc/PID/task).
+    pub files_threads: bool,
+    pub gates: std::collections::HashSet<u32>,
+    /// Counters by (stat, kind) slot.
+    pub stats: std::collections::HashMap<u32, u64>,
+}
+
+impl KernelHandle for MemoryKernel {
+    fn watched(&self, tgid: u32) -> Option<WatchEntry> {
+        self.watched.get(&tgid).copied()
+    }
+
+    fn watch(&mut self, tgid: u32, entry: WatchEntry) -> anyhow::Result<()> {
+        self.watched.insert(tgid, entry);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()> {
+        self.watched
+            .remove(&tgid)
+            .map(|_| ())
+            .ok_or_else(|| anyhow::anyhow!("pid {tgid} is not watched"))
+    }
+
+    fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()> {
+        self.known.insert(key);
+        Ok(())
+    }
+
+    fn files_threads(&self) -> bool {
+        self.files_threads
+    }
+
+    fn file_thread(&mut self, tid: u32, tgid: u32) -> anyhow::Result<()> {
+        self.threads.insert(tid, tgid);
+        Ok(())
+    }
+
+    fn open_gate(&mut self, gate: u32) -> anyhow::Result<()> {
+        self.gates.insert(gate);
+        Ok(())
+    }
+
+    fn stat(&self, stat: Stat, kind: EventKind) -> u64 {
+        self.stats
+            .get(&stats_slot(stat, kind as u32))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The processing stage. Its core (`apply`) completes each event, applies it to the process
+/// table and keeps the kernel's watched set to the watch selectors; then each consumer sees
+/// the applied event in turn: the trace output (`monitor trace`), the rules and the alert
+/// sinks (`monitor run`), the learner (`monitor learn`). Kernel maps are reached only
+/// through the [`KernelHandle`].
+pub struct Processor<W: Write, K: KernelHandle = KernelMaps> {
+    mode: Mode,
+    pub(crate) clock: BootClock,
+    pub(crate) table: ProcessTable,
+    cgroups: Option<CgroupResolver>,
+    selectors: WatchSelectors,
+    kernel: K,
+    counters: Arc<Counters>,
+    out: W,
+    /// Where alerts go (`monitor run`).
+    pub(crate) sinks: Vec<Box<dyn AlertSink>>,
+    /// GPU ioctl counters, when the sensor has them.
+    pub(crate) ioctls: Option<IoctlTracker>,
+    /// Profiles, guards and rules (`monitor run`).
+    pub(crate) engine: Option<Engine>,
+    /// `monitor learn`.
+    pub(crate) observer: Option<Box<dyn Observer>>,
+    /// `--dry-run`: enforce decisions are reported as `would-*`.
+    pub(crate) dry_run: bool,
+    /// Counters exported over OTLP (`monitor run`).
+    pub(crate) metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
+    /// Stops of the monitor, and its objects' names (see [`crate::pipeline::tamper`]).
+    pub(crate) pauses: crate::pipeline::tamper::Pauses,
     /// /dev node names by (major, minor), for device opens the kernel could not name.
     device_nodes: std::collections::HashMap<(u32, u32), Option<String>>,
     reported: Reported,
     summary: Summary,
+    /// The governed gate is open (see [`Processor::open_governed_gate`]).
+    gate_open: bool,
     /// Processes user space put in the kernel's watched set. Between an exec that matches a
     /// selector and the map update, the kernel does not flag the process's events yet; this
     /// set covers that window for its fork and exit events.
     watching: std::collections::HashSet<u32>,
 }
 
-impl<W: Write> Processor<W> {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "wires the stage once at start-up"
-    )]
+impl<W: Write, K: KernelHandle> Processor<W, K> {
     pub fn new(
         mode: Mode,
         selectors: WatchSelectors,
-        watched: HashMap<MapData, u32, WatchEntry>,
-        stats: PerCpuArray<MapData, u64>,
+        kernel: K,
         counters: Arc<Counters>,
         cgroups: Option<CgroupResolver>,
         clock: BootClock,
@@ -337,8 +504,7 @@ impl<W: Write> Processor<W> {
             table: ProcessTable::new(),
             cgroups,
             selectors,
-            watched,
-            stats,
+            kernel,
             counters,
             out,
             sinks: Vec::new(),
@@ -347,16 +513,43 @@ impl<W: Write> Processor<W> {
             observer: None,
             dry_run: false,
             metrics: None,
-            known: None,
-            watched_threads: None,
             pauses: crate::pipeline::tamper::Pauses::default(),
-            gates: None,
-            resolved_exec: None,
             device_nodes: std::collections::HashMap::new(),
             reported: Reported::default(),
             summary: Summary::default(),
+            gate_open: false,
             watching: std::collections::HashSet::new(),
         }
+    }
+
+    /// The kernel maps (the daemon's reload hands the watched set to the guards).
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The kernel maps, to change.
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The process table.
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    /// The process table, to seed (the pipeline benchmark, tests) or to give container look-ups.
+    pub fn table_mut(&mut self) -> &mut ProcessTable {
+        &mut self.table
+    }
+
+    /// Profiles, guards and rules judge each event (`monitor run`).
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.engine = Some(engine);
+    }
+
+    /// Alerts go to `sink` too.
+    pub fn add_sink(&mut self, sink: Box<dyn AlertSink>) {
+        self.sinks.push(sink);
     }
 
     /// Seeds the table from /proc (after the programs are attached, so nothing falls between)
@@ -410,7 +603,7 @@ impl<W: Write> Processor<W> {
     /// Gives every governed process whose profile resolved templated `allow.exec` globs its
     /// instance in the kernel ([`crate::kernel::policy::ResolvedExec`]).
     fn give_resolved_execs(&mut self) {
-        let (Some(engine), Some(resolved)) = (&self.engine, &mut self.resolved_exec) else {
+        let (Some(engine), Some(resolved)) = (&self.engine, self.kernel.resolved_exec()) else {
             return;
         };
         for (tgid, start_time_ns, profile, globs) in engine.resolved_execs() {
@@ -420,12 +613,17 @@ impl<W: Write> Processor<W> {
 
     /// Opens the kernel's gate in front of the memory sensor's host-wide checks
     /// ([`monitor_common::gate::GOVERNED`]): some process's memory is guarded now.
+    /// Once: nothing closes it, and each governed fork and exec came here (a `bpf()` call).
     pub fn open_governed_gate(&mut self) {
-        if let Some(gates) = &mut self.gates {
-            if let Err(err) = gates.set(monitor_common::gate::GOVERNED, 1, 0) {
+        if self.gate_open {
+            return;
+        }
+        match self.kernel.open_gate(monitor_common::gate::GOVERNED) {
+            Ok(()) => self.gate_open = true,
+            Err(err) => {
                 warn!(
                     "failed to open the governed gate: {err}; the memory sensor may miss accesses"
-                );
+                )
             }
         }
     }
@@ -433,6 +631,15 @@ impl<W: Write> Processor<W> {
     fn watch_profile(&mut self, tgid: u32, profile: u32) {
         // Before the entry: the memory hooks must not skip a process already governed.
         self.open_governed_gate();
+        // Already governed by this profile in the kernel (a child the kernel made watched at
+        // its fork, an exec of the same profile's program): nothing to write, and no thread
+        // to file (the kernel records the threads of a watched process). This was a map
+        // update and a /proc/PID/task scan at every governed fork and exec.
+        if self.kernel.watched(tgid).is_some_and(|entry| {
+            entry.reason & !WATCH_INHERITED == WATCH_PROFILE && entry.profile == profile
+        }) {
+            return;
+        }
         // The generation is the kernel's own (`EXEC_GENERATION`): not read, not written here.
         let entry = WatchEntry {
             reason: WATCH_PROFILE,
@@ -440,17 +647,17 @@ impl<W: Write> Processor<W> {
             generation: 0,
             _pad: 0,
         };
-        if let Err(err) = self.watched.insert(tgid, entry, 0) {
+        if let Err(err) = self.kernel.watch(tgid, entry) {
             warn!("failed to watch pid {tgid}: {err}");
         }
         // Threads it started before it was governed: the kernel records only later ones.
-        if let Some(threads) = &mut self.watched_threads {
+        if self.kernel.files_threads() {
             let tids = std::fs::read_dir(format!("/proc/{tgid}/task"))
                 .into_iter()
                 .flatten()
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
             for tid in tids.filter(|&tid| tid != tgid) {
-                if let Err(err) = threads.insert(tid, tgid, 0) {
+                if let Err(err) = self.kernel.file_thread(tid, tgid) {
                     debug!("failed to record thread {tid} of pid {tgid}: {err}");
                 }
             }
@@ -465,7 +672,7 @@ impl<W: Write> Processor<W> {
         let before: Vec<(u32, u32)> = engine.governed();
         engine.reload(config);
         // New profile ids, maybe new globs, and executables installed since: expanded anew.
-        if let Some(resolved) = &mut self.resolved_exec {
+        if let Some(resolved) = self.kernel.resolved_exec() {
             resolved.reassign(engine.resolved_execs());
         }
         // A profile's id is its place in the configuration: one added before it moves it.
@@ -493,7 +700,8 @@ impl<W: Write> Processor<W> {
             .collect();
         for (tgid, _) in before {
             if !now.contains(&tgid) && !self.watching.contains(&tgid) {
-                let _ = self.watched.remove(&tgid);
+                // Already gone when the process exited meanwhile.
+                let _ = self.kernel.unwatch(tgid);
             }
         }
     }
@@ -505,7 +713,7 @@ impl<W: Write> Processor<W> {
         };
         let alerts = engine.flush(BootClock::boot_now_ns(), &self.clock);
         engine.sweep(&self.table);
-        if let Some(resolved) = self.resolved_exec.as_mut().filter(|r| !r.is_empty()) {
+        if let Some(resolved) = self.kernel.resolved_exec().filter(|r| !r.is_empty()) {
             let live = engine
                 .resolved_execs()
                 .into_iter()
@@ -589,7 +797,7 @@ impl<W: Write> Processor<W> {
             self.raise(alert);
         }
         if let (Some(Some(_)), Some(engine), Some(resolved)) =
-            (governed, &self.engine, &mut self.resolved_exec)
+            (governed, &self.engine, self.kernel.resolved_exec())
         {
             if let Some((profile, globs)) = engine.resolved_exec(header.tgid, header.start_time_ns)
             {
@@ -600,7 +808,9 @@ impl<W: Write> Processor<W> {
             Some(Some(profile)) => self.watch_profile(header.tgid, profile),
             // An exec that left the profiles (or a candidate the selectors did not take).
             Some(None) if header.watched && !self.watching.contains(&header.tgid) => {
-                let _ = self.watched.remove(&header.tgid);
+                if let Err(err) = self.kernel.unwatch(header.tgid) {
+                    debug!("failed to stop watching pid {}: {err}", header.tgid);
+                }
             }
             _ => {}
         }
@@ -617,8 +827,8 @@ impl<W: Write> Processor<W> {
             Event::Net(net) if !net.unverified => net.known,
             _ => None,
         };
-        if let (Some(key), Some(known)) = (key, &mut self.known) {
-            if let Err(err) = known.insert(key, 1, 0) {
+        if let Some(key) = key {
+            if let Err(err) = self.kernel.remember_allowed(key) {
                 debug!("failed to remember allowed behaviour: {err}");
             }
         }
@@ -637,9 +847,9 @@ impl<W: Write> Processor<W> {
     /// executable (`WATCH_CANDIDATE`, neither inherited nor watched before: the kernel bumps
     /// the generation of an entry that existed at exec).
     fn fresh_candidate(&self, tgid: u32) -> bool {
-        self.watched
-            .get(&tgid, 0)
-            .is_ok_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
+        self.kernel
+            .watched(tgid)
+            .is_some_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
     }
 
     /// Puts a process in the kernel's watched set.
@@ -650,7 +860,7 @@ impl<W: Write> Processor<W> {
             generation: 0,
             _pad: 0,
         };
-        match self.watched.insert(tgid, entry, 0) {
+        match self.kernel.watch(tgid, entry) {
             Ok(()) => {
                 self.watching.insert(tgid);
             }
@@ -667,7 +877,21 @@ impl<W: Write> Processor<W> {
         self.out.flush()
     }
 
+    /// One event: the core applies it, then each consumer sees it applied.
     fn handle(&mut self, event: Event) -> std::io::Result<()> {
+        let mut event = event;
+        let watched = self.apply(&mut event)?;
+        self.trace(&event, watched)?;
+        self.judge(&event);
+        self.learn(&event);
+        Ok(())
+    }
+
+    /// The core: counts the event, completes what the kernel could not know (a guard event's
+    /// exact start time, a device's node), applies it to the process table, and keeps the
+    /// kernel's watched set to the watch selectors. Returns whether the event is one of the
+    /// watched (or host-wide) ones that `monitor trace` prints.
+    fn apply(&mut self, event: &mut Event) -> std::io::Result<bool> {
         let kind = event.header().kind;
         self.summary.events[kind_slot(kind)] += 1;
         if let Some(metrics) = &self.metrics {
@@ -675,12 +899,11 @@ impl<W: Write> Processor<W> {
         }
         self.counters.received[kind_slot(kind)].fetch_add(1, Ordering::Relaxed);
         let tgid = event.header().tgid;
-        let mut event = event;
         // A guard event of a process that was gone before /proc could be read: the table
         // still knows it (exited processes are kept a while).
         // Otherwise the table's exact start time replaces /proc's tick-grained one, so that
         // the alerts of one process have one identity (deduplication keys on it).
-        if let Event::File(file) = &mut event {
+        if let Event::File(file) = &mut *event {
             if file.guard.is_some() {
                 let start = file.header.start_time_ns;
                 let known = if start == 0 {
@@ -694,7 +917,7 @@ impl<W: Write> Processor<W> {
             }
         }
         // Host-wide sensors: device opens, GPU ioctls and protected files, whoever does them.
-        let host_wide = match &mut event {
+        let host_wide = match &mut *event {
             Event::Device(device) => {
                 if let Some(ioctls) = &mut self.ioctls {
                     ioctls.note(tgid);
@@ -718,25 +941,19 @@ impl<W: Write> Processor<W> {
             Event::File(file) => file.protected,
             _ => false,
         };
-        if let Event::Exit(_) = event {
+        if let Event::Exit(_) = *event {
             // The last ioctl counts of the process come before its exit.
             self.report_ioctls(Some(tgid))?;
         }
-        // The JSON record is built only when it is printed (`monitor trace`): in `monitor run`
-        // it was built, with a parent lookup, for every governed or host-wide event and
-        // thrown away.
-        let tracing = self.mode == Mode::Trace;
         let mut print = self.selectors.all
             || host_wide
             || event.header().watched
             || self.watching.contains(&tgid);
-        // The core: the process table applies the event; every consumer below (trace output,
-        // rules and sinks, the learner) sees it applied.
         let cgroups = &mut self.cgroups;
-        self.table.apply(&event, |id| {
+        self.table.apply(event, |id| {
             cgroups.as_mut().and_then(|resolver| resolver.path(id))
         });
-        match &event {
+        match &*event {
             Event::Exec(exec) => {
                 let selected = self.selectors.exes.iter().any(|g| g.matches(&exec.path));
                 if !print && selected {
@@ -748,7 +965,7 @@ impl<W: Write> Processor<W> {
                 if print && !selected && candidates && self.fresh_candidate(tgid) {
                     // The kernel watched it at this exec for its executable's inode, which
                     // `--exe` matched under another name (a hard link): not traced.
-                    if let Err(err) = self.watched.remove(&tgid) {
+                    if let Err(err) = self.kernel.unwatch(tgid) {
                         debug!("failed to stop watching pid {tgid}: {err}");
                     }
                     print = self.selectors.all;
@@ -775,24 +992,33 @@ impl<W: Write> Processor<W> {
             | Event::IoUring(_)
             | Event::Tamper(_) => {}
         }
-        let record = (print && tracing).then(|| {
-            let process = match &event {
-                // Exited now: found by its identity among the exited.
-                Event::Exit(exit) => self.table.get(tgid, exit.header.start_time_ns),
-                _ => self.table.get_by_tgid(tgid),
-            };
-            output::event_record(&self.clock, &self.table, &event, process)
-        });
-        self.judge(&event);
-        if let Some(observer) = &mut self.observer {
-            for tgid in observer.observe(&event, &self.table) {
-                self.watch(tgid, WATCH_EXE);
-            }
+        Ok(print)
+    }
+
+    /// The trace consumer (`monitor trace`): a watched event as a JSON line. The record (with
+    /// a parent look-up) is built only here, when it is printed.
+    fn trace(&mut self, event: &Event, watched: bool) -> std::io::Result<()> {
+        if self.mode != Mode::Trace || !watched {
+            return Ok(());
         }
-        if let (Mode::Trace, Some(record)) = (self.mode, record) {
-            self.emit(&record)?;
+        let tgid = event.header().tgid;
+        let process = match event {
+            // Exited now: found by its identity among the exited.
+            Event::Exit(exit) => self.table.get(tgid, exit.header.start_time_ns),
+            _ => self.table.get_by_tgid(tgid),
+        };
+        let record = output::event_record(&self.clock, &self.table, event, process);
+        self.emit(&record)
+    }
+
+    /// The learner consumer (`monitor learn`): sees every event, names processes to watch.
+    fn learn(&mut self, event: &Event) {
+        let Some(observer) = &mut self.observer else {
+            return;
+        };
+        for tgid in observer.observe(event, &self.table) {
+            self.watch(tgid, WATCH_EXE);
         }
-        Ok(())
     }
 
     /// Reports GPU ioctls counted since the last report (of one process, or all).
@@ -846,13 +1072,7 @@ impl<W: Write> Processor<W> {
             // and reported under its own reason.
             let mut losses: Vec<(LossStage, u64)> = Stat::LOSSES
                 .into_iter()
-                .map(|stat| {
-                    let total = self
-                        .stats
-                        .get(&stats_slot(stat, kind as u32), 0)
-                        .map_or(0, |values| values.iter().sum::<u64>());
-                    (LossStage::Kernel(stat), total)
-                })
+                .map(|stat| (LossStage::Kernel(stat), self.kernel.stat(stat, kind)))
                 .collect();
             let mut user = self.counters.user_lost[slot].load(Ordering::Relaxed);
             if kind == EventKind::File {
@@ -956,12 +1176,7 @@ impl<W: Write> Processor<W> {
         // Events the kernel did not send because user space had judged the same behaviour.
         let known: u64 = EventKind::ALL
             .iter()
-            .filter_map(|kind| {
-                self.stats
-                    .get(&stats_slot(Stat::Known, *kind as u32), 0)
-                    .ok()
-            })
-            .map(|values| values.iter().sum::<u64>())
+            .map(|&kind| self.kernel.stat(Stat::Known, kind))
             .sum();
         info!(
             events = ?events,
@@ -1147,5 +1362,358 @@ mod enforcement_tests {
             enforcement_mechanism(&denied, Action::Denied),
             Some("cgroup-sock-addr")
         );
+    }
+}
+
+#[cfg(test)]
+mod core_tests {
+    //! The pipeline core and its consumers, without a kernel: [`MemoryKernel`] stands for the
+    //! kernel's maps.
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::event::{Access, Exec, Exit, Fork, Header, RawNames};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn header(kind: EventKind, tgid: u32, start: u64, watched: bool) -> Header {
+        Header {
+            kind,
+            time_ns: start + 1_000,
+            tgid,
+            pid: tgid,
+            start_time_ns: start,
+            watched,
+        }
+    }
+
+    fn fork(tgid: u32, start: u64, parent: u32, parent_start: u64, watched: bool) -> Event {
+        Event::Fork(Fork {
+            header: header(EventKind::Fork, tgid, start, watched),
+            parent_tgid: parent,
+            parent_start_time_ns: parent_start,
+        })
+    }
+
+    fn exec(tgid: u32, start: u64, ppid: u32, argv: &[&str], watched: bool) -> Event {
+        Event::Exec(Exec {
+            header: header(EventKind::Exec, tgid, start, watched),
+            ppid,
+            parent_start_time_ns: 0,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            path: argv[0].to_owned(),
+            path_truncated: false,
+            path_from_filename: false,
+            args: argv.iter().map(|a| (*a).to_owned()).collect(),
+            args_truncated: false,
+            args_count: argv.len(),
+            fileless: false,
+            killed: false,
+            would_kill: false,
+            raw: RawNames::default(),
+        })
+    }
+
+    fn exit(tgid: u32, start: u64, watched: bool) -> Event {
+        Event::Exit(Exit {
+            header: header(EventKind::Exit, tgid, start, watched),
+            code: Some(0),
+            signal: None,
+            core_dumped: false,
+        })
+    }
+
+    fn open(tgid: u32, start: u64, path: &str, known: Option<KnownKey>) -> Event {
+        Event::File(File {
+            header: header(EventKind::File, tgid, start, true),
+            op: crate::event::FileOp::Open,
+            path: path.to_owned(),
+            path_truncated: false,
+            target: None,
+            access: Access {
+                read: true,
+                ..Access::default()
+            },
+            result: 3,
+            protected: false,
+            known,
+            raw: RawNames::default(),
+            guard: None,
+            unverified: false,
+        })
+    }
+
+    fn processor(mode: Mode, selectors: WatchSelectors) -> Processor<Vec<u8>, MemoryKernel> {
+        Processor::new(
+            mode,
+            selectors,
+            MemoryKernel::default(),
+            Arc::new(Counters::default()),
+            None,
+            BootClock::new(),
+            Vec::new(),
+        )
+    }
+
+    /// The JSON lines `monitor trace` printed.
+    fn printed(processor: &Processor<Vec<u8>, MemoryKernel>) -> Vec<Value> {
+        String::from_utf8(processor.out.clone())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_table_follows_fork_exec_and_exit() {
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.handle_batch(vec![
+            fork(10, SECOND, 1, 0, false),
+            exec(10, SECOND, 1, &["/usr/bin/env", "true"], false),
+        ])
+        .unwrap();
+        let process = p.table().get_by_tgid(10).unwrap();
+        assert_eq!(process.exe.as_deref(), Some("/usr/bin/env"));
+        assert_eq!(process.args, ["/usr/bin/env", "true"]);
+        assert!(process.exited.is_none());
+        p.handle_batch(vec![exit(10, SECOND, false)]).unwrap();
+        let gone = p.table().get(10, SECOND).unwrap();
+        assert_eq!(gone.exited.map(|e| e.code), Some(Some(0)));
+        assert_eq!(p.summary.events[kind_slot(EventKind::Exec)], 1);
+        assert_eq!(
+            p.counters.received[kind_slot(EventKind::Exit)].load(Ordering::Relaxed),
+            1
+        );
+        // `monitor run` prints no event records.
+        assert!(p.out.is_empty());
+    }
+
+    #[test]
+    fn a_reused_pid_is_another_process() {
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.handle_batch(vec![
+            fork(20, SECOND, 1, 0, false),
+            exec(20, SECOND, 1, &["/usr/bin/python3", "serve.py"], false),
+            exit(20, SECOND, false),
+            // The same pid, a later start: a child of another process, which has not exec'd.
+            exec(30, SECOND / 2, 1, &["/usr/bin/bash"], false),
+            fork(20, 5 * SECOND, 30, SECOND / 2, false),
+        ])
+        .unwrap();
+        let now = p.table().get_by_tgid(20).unwrap();
+        assert_eq!(now.start_time_ns, 5 * SECOND);
+        assert_eq!(now.ppid, 30);
+        // Its parent's image, never the previous holder's.
+        assert_eq!(now.exe.as_deref(), Some("/usr/bin/bash"));
+        let before = p.table().get(20, SECOND).unwrap();
+        assert_eq!(before.exe.as_deref(), Some("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn an_exe_selector_watches_the_process_and_its_children() {
+        let selectors = WatchSelectors {
+            exes: vec![crate::config::glob::Glob::new("/opt/app/*").unwrap()],
+            ..WatchSelectors::default()
+        };
+        let mut p = processor(Mode::Trace, selectors);
+        p.handle_batch(vec![
+            exec(40, SECOND, 1, &["/usr/bin/bash"], false),
+            exec(41, SECOND, 1, &["/opt/app/server"], false),
+        ])
+        .unwrap();
+        // Not selected: neither watched nor printed.
+        assert!(p.kernel().watched(40).is_none());
+        let entry = p.kernel().watched(41).unwrap();
+        assert_eq!(entry.reason, WATCH_EXE);
+        // Forked before the kernel saw the entry: not flagged, watched by user space.
+        p.handle_batch(vec![
+            fork(42, 2 * SECOND, 41, SECOND, false),
+            exit(42, 2 * SECOND, false),
+        ])
+        .unwrap();
+        assert_eq!(p.kernel().watched(42).map(|e| e.reason), Some(WATCH_EXE));
+        let kinds: Vec<(String, u64)> = printed(&p)
+            .iter()
+            .map(|r| {
+                (
+                    r["event.kind"].as_str().unwrap_or_default().to_owned(),
+                    r["process.pid"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("exec".to_owned(), 41),
+                ("fork".to_owned(), 42),
+                ("exit".to_owned(), 42)
+            ],
+            "{kinds:?}"
+        );
+        assert!(!p.watching.contains(&42), "forgotten at its exit");
+    }
+
+    #[test]
+    fn a_kernel_candidate_the_selector_did_not_name_is_dropped() {
+        let selectors = WatchSelectors {
+            exes: vec![crate::config::glob::Glob::new("/opt/app/server").unwrap()],
+            ..WatchSelectors::default()
+        };
+        let mut p = processor(Mode::Trace, selectors);
+        // The kernel watched it at exec for the inode `--exe` named, under another name
+        // (a hard link).
+        p.kernel_mut()
+            .watch(
+                50,
+                WatchEntry {
+                    reason: WATCH_CANDIDATE,
+                    profile: 0,
+                    generation: 0,
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        p.handle_batch(vec![exec(50, SECOND, 1, &["/tmp/link"], true)])
+            .unwrap();
+        assert!(p.kernel().watched(50).is_none());
+        assert!(printed(&p).is_empty());
+    }
+
+    /// Alerts a sink received.
+    struct Captured(Arc<Mutex<Vec<Alert>>>);
+
+    impl AlertSink for Captured {
+        fn send(&mut self, alert: &Alert) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push(alert.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_rules_consumer_governs_judges_and_remembers() {
+        let dir = std::env::temp_dir().join(format!("pipeline-core-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let profile = dir.join("app.yaml");
+        std::fs::write(
+            &profile,
+            r#"name: app
+description: a test server
+selector:
+  executables: ["/opt/app/server"]
+mode: alert
+allow:
+  exec: []
+  files:
+    read: ["/srv/app/**"]
+    write: []
+  network:
+    connect: []
+    listen: []
+  devices: []
+"#,
+        )
+        .unwrap();
+        let config = crate::config::Config::builtin()
+            .with_extra_profiles(&[profile])
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.set_engine(Engine::new(Arc::new(config)));
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        p.add_sink(Box::new(Captured(alerts.clone())));
+        p.handle_batch(vec![exec(60, SECOND, 1, &["/opt/app/server"], false)])
+            .unwrap();
+        // Governed: in the watched set under its profile, and the memory gate is open.
+        let entry = p.kernel().watched(60).unwrap();
+        assert_eq!(entry.reason, WATCH_PROFILE);
+        assert!(p.kernel().gates.contains(&monitor_common::gate::GOVERNED));
+        let key = KnownKey {
+            tgid: 60,
+            ..KnownKey::default()
+        };
+        p.handle_batch(vec![
+            open(60, SECOND, "/srv/app/model.bin", Some(key)),
+            open(60, SECOND, "/etc/shadow", None),
+        ])
+        .unwrap();
+        // A child the kernel made watched at its fork, with the profile: left as it is (no
+        // second write, the kernel's inherited entry kept).
+        let inherited = WatchEntry {
+            reason: WATCH_PROFILE | WATCH_INHERITED,
+            profile: entry.profile,
+            generation: 9,
+            _pad: 0,
+        };
+        p.kernel_mut().watch(61, inherited).unwrap();
+        p.handle_batch(vec![fork(61, 2 * SECOND, 60, SECOND, true)])
+            .unwrap();
+        assert_eq!(p.kernel().watched(61), Some(inherited));
+        // One the kernel did not make watched (forked before the parent was governed).
+        p.handle_batch(vec![fork(62, 2 * SECOND, 60, SECOND, false)])
+            .unwrap();
+        assert_eq!(
+            p.kernel().watched(62).map(|e| (e.reason, e.profile)),
+            Some((WATCH_PROFILE, entry.profile))
+        );
+        // Allowed: the kernel is told not to send it again.
+        assert!(p.kernel().known.contains(&key));
+        let alerts = alerts.lock().unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].profile.as_deref(), Some("app"));
+        assert_eq!(
+            alerts[0]
+                .attributes
+                .get("file.path")
+                .and_then(Value::as_str),
+            Some("/etc/shadow")
+        );
+    }
+
+    /// Names every process whose executable it is told to, and counts what it saw.
+    struct Learner {
+        exe: &'static str,
+        seen: u64,
+    }
+
+    impl Observer for Learner {
+        fn seed(&mut self, _: &ProcessTable) -> Vec<u32> {
+            Vec::new()
+        }
+        fn observe(&mut self, event: &Event, table: &ProcessTable) -> Vec<u32> {
+            self.seen += 1;
+            let tgid = event.header().tgid;
+            match event {
+                Event::Exec(_)
+                    if table.get_by_tgid(tgid).and_then(|p| p.exe.as_deref()) == Some(self.exe) =>
+                {
+                    vec![tgid]
+                }
+                _ => Vec::new(),
+            }
+        }
+        fn events(&self) -> u64 {
+            self.seen
+        }
+    }
+
+    #[test]
+    fn the_learner_sees_every_event_applied_and_names_whom_to_watch() {
+        let mut p = processor(Mode::Observe, WatchSelectors::default());
+        p.observer = Some(Box::new(Learner {
+            exe: "/opt/app/server",
+            seen: 0,
+        }));
+        p.handle_batch(vec![
+            fork(70, SECOND, 1, 0, false),
+            exec(70, SECOND, 1, &["/opt/app/server"], false),
+            exec(71, SECOND, 1, &["/usr/bin/ls"], false),
+        ])
+        .unwrap();
+        assert_eq!(p.observer.as_ref().unwrap().events(), 3);
+        assert_eq!(p.kernel().watched(70).map(|e| e.reason), Some(WATCH_EXE));
+        assert!(p.kernel().watched(71).is_none());
+        assert!(p.out.is_empty(), "learning prints no event records");
     }
 }

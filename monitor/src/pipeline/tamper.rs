@@ -25,7 +25,7 @@ use crate::{
         Event, Tamper, TamperOp,
     },
     kernel::{policy::KernelPolicy, sensor::Sensor},
-    pipeline::Processor,
+    pipeline::{KernelHandle, Processor},
     rules::{MONITOR_PAUSED, MONITOR_TAMPERED},
 };
 
@@ -90,7 +90,7 @@ fn pause_alert(
     }
 }
 
-impl<W: Write> Processor<W> {
+impl<W: Write, K: KernelHandle> Processor<W, K> {
     /// Called for every event before the rules judge it: stops and resumptions of the
     /// monitor, and the names of its objects in the alerts about them.
     pub fn note_tamper(&mut self, event: &Event) {
@@ -294,10 +294,10 @@ pub fn self_check(sensor: &mut Sensor, policy: &mut KernelPolicy) -> CheckOutcom
 /// Files the monitor's threads under its tgid in the kernel's thread map, so that a ptrace
 /// or process_vm_readv naming any of its threads is seen as aimed at the monitor. Again at
 /// every self-check: threads come later (a detach, a blocking task), and the map is LRU.
-pub fn file_own_threads<W: Write>(processor: &mut Processor<W>) {
-    let Some(threads) = &mut processor.watched_threads else {
+pub fn file_own_threads<W: Write, K: KernelHandle>(processor: &mut Processor<W, K>) {
+    if !processor.kernel().files_threads() {
         return;
-    };
+    }
     let tgid = std::process::id();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
@@ -307,7 +307,9 @@ pub fn file_own_threads<W: Write>(processor: &mut Processor<W>) {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
     {
         if tid != tgid {
-            let _ = threads.insert(tid, tgid, 0);
+            if let Err(err) = processor.kernel_mut().file_thread(tid, tgid) {
+                tracing::debug!("failed to file the monitor's thread {tid}: {err}");
+            }
         }
     }
 }
