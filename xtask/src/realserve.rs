@@ -100,6 +100,7 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
         "realserve cache: {} (MONITOR_REALSERVE_CACHE)",
         cache.display()
     );
+    let _lock = variants::lock_cache(&cache)?;
 
     let step = Step::start("build the monitor (release)");
     ws.cargo()

@@ -20,6 +20,8 @@
 //! hardlinked from it) the versions `realserve vllm` installed (`vllm-constraints.txt`).
 
 use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -370,4 +372,29 @@ fn container(cache: &Path, uv: &Uv) -> Result<Install> {
         conf,
     });
     Ok(install)
+}
+
+/// Holds the cache for one run at a time: two runs on one host (from two work trees) share
+/// its models, homes, attack shim, ready file and port 8000, and broke each other (a
+/// server's preloaded shim rebuilt or removed under it: SIGSEGV at start).
+pub(super) fn lock_cache(cache: &Path) -> Result<File> {
+    let path = cache.join("realserve.lock");
+    let file = File::create(&path)
+        .with_context(|| format!("failed to create {}: see the error", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own, kept open as long as the returned File.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        println!(
+            "    another realserve run holds {}: waiting for it to end",
+            path.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "failed to lock {}: {}; run one realserve at a time",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(file)
 }
