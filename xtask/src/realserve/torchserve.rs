@@ -229,6 +229,28 @@ pub(super) fn wait_healthy(
     }
 }
 
+/// One request of the load; the key (inference or management) follows from the port.
+struct Call<'a> {
+    port: u16,
+    method: &'static str,
+    path: String,
+    body: Option<&'a str>,
+}
+
+fn call<'a>(
+    port: u16,
+    method: &'static str,
+    path: impl Into<String>,
+    body: Option<&'a str>,
+) -> Call<'a> {
+    Call {
+        port,
+        method,
+        path: path.into(),
+        body,
+    }
+}
+
 /// What clients, an operator and Prometheus do: health, the management API's model list and
 /// description, predictions, a metrics scrape, and (once) the same archive registered under
 /// a second name, used and unregistered.
@@ -239,105 +261,89 @@ pub(super) fn drive_load(home: &Path) -> Result<()> {
             home.display()
         )
     })?;
-    let call = |port: u16, method: &str, path: &str, body: Option<&str>, key: Option<&str>| {
-        let (status, text) = http_auth(port, method, path, body, key)?;
+    let send = |call: &Call| {
+        let key = match call.port {
+            INFERENCE_PORT => Some(inference.as_str()),
+            MANAGEMENT_PORT => Some(management.as_str()),
+            _ => None,
+        };
+        let (method, port, path) = (call.method, call.port, &call.path);
+        let (status, text) = http_auth(port, method, path, call.body, key)?;
         if status != 200 {
             bail!(
                 "failed {method} :{port}{path}: HTTP {status}: {}",
                 text.chars().take(300).collect::<String>()
             );
         }
+        if path.starts_with("/predictions") && !text.contains("scores") {
+            bail!("failed {method} :{port}{path}: no scores in the answer: {text}");
+        }
         Ok(text)
     };
     let predict = r#"{"inputs": [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]}"#;
+    let requests = [
+        call(INFERENCE_PORT, "GET", "/ping", None),
+        call(MANAGEMENT_PORT, "GET", "/models", None),
+        call(MANAGEMENT_PORT, "GET", format!("/models/{MODEL}"), None),
+        call(
+            INFERENCE_PORT,
+            "POST",
+            format!("/predictions/{MODEL}"),
+            Some(predict),
+        ),
+        call(
+            INFERENCE_PORT,
+            "POST",
+            format!("/predictions/{MODEL}/1.0"),
+            Some(predict),
+        ),
+        call(
+            INFERENCE_PORT,
+            "POST",
+            format!("/predictions/{MODEL}"),
+            Some(predict),
+        ),
+        call(METRICS_PORT, "GET", "/metrics", None),
+    ];
     for round in 0..3 {
-        let requests: [(u16, &str, String, Option<&str>, Option<&str>); 7] = [
-            (
-                INFERENCE_PORT,
-                "GET",
-                "/ping".into(),
-                None,
-                Some(&inference),
-            ),
-            (
-                MANAGEMENT_PORT,
-                "GET",
-                "/models".into(),
-                None,
-                Some(&management),
-            ),
-            (
-                MANAGEMENT_PORT,
-                "GET",
-                format!("/models/{MODEL}"),
-                None,
-                Some(&management),
-            ),
-            (
-                INFERENCE_PORT,
-                "POST",
-                format!("/predictions/{MODEL}"),
-                Some(predict),
-                Some(&inference),
-            ),
-            (
-                INFERENCE_PORT,
-                "POST",
-                format!("/predictions/{MODEL}/1.0"),
-                Some(predict),
-                Some(&inference),
-            ),
-            (
-                INFERENCE_PORT,
-                "POST",
-                format!("/predictions/{MODEL}"),
-                Some(predict),
-                Some(&inference),
-            ),
-            (METRICS_PORT, "GET", "/metrics".into(), None, None),
-        ];
-        for (port, method, path, body, key) in &requests {
-            let text = call(*port, method, path, *body, *key)?;
-            if path.starts_with("/predictions") && !text.contains("scores") {
-                bail!("failed {method} {path}: no scores in the answer: {text}");
-            }
+        for request in &requests {
+            let text = send(request)?;
             if round == 0 {
-                println!("    {method} :{port}{path}: 200 ({} bytes)", text.len());
+                println!(
+                    "    {} :{}{}: 200 ({} bytes)",
+                    request.method,
+                    request.port,
+                    request.path,
+                    text.len()
+                );
             }
         }
     }
     // Register the archive again under a second name (the frontend unpacks it again and
-    // starts a second worker), predict with it, unregister it.
-    // As a JSON body (a JSON request with the parameters in the query string is refused).
+    // starts a second worker), predict with it, unregister it. The parameters go in a JSON
+    // body (a JSON request with them in the query string is refused).
     let register = format!(
         r#"{{"url": "{MODEL}.mar", "model_name": "{SECOND}", "initial_workers": 1, "synchronous": true}}"#
     );
-    let steps: [(u16, &str, String, Option<&str>, Option<&str>); 3] = [
-        (
-            MANAGEMENT_PORT,
-            "POST",
-            "/models".into(),
-            Some(&register),
-            Some(&management),
-        ),
-        (
+    let steps = [
+        call(MANAGEMENT_PORT, "POST", "/models", Some(&register)),
+        call(
             INFERENCE_PORT,
             "POST",
             format!("/predictions/{SECOND}"),
             Some(predict),
-            Some(&inference),
         ),
-        (
-            MANAGEMENT_PORT,
-            "DELETE",
-            format!("/models/{SECOND}"),
-            None,
-            Some(&management),
-        ),
+        call(MANAGEMENT_PORT, "DELETE", format!("/models/{SECOND}"), None),
     ];
-    for (port, method, path, body, key) in &steps {
-        let text = call(*port, method, path, *body, *key)?;
-        println!("    {method} :{port}{path}: 200 ({} bytes)", text.len());
+    for request in &steps {
+        let text = send(request)?;
+        println!(
+            "    {} :{}{}: 200 ({} bytes)",
+            request.method,
+            request.port,
+            request.path,
+            text.len()
+        );
     }
     Ok(())
 }
