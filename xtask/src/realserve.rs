@@ -887,7 +887,10 @@ fn run_server(
     std::fs::create_dir_all(&attack_dir)?;
     // The shim sits where the server loads its own libraries from (a venv's site-packages,
     // the directory of llama-server), as injected code would.
-    let shim = install.inject_dir.join("realserve-inject.so");
+    // Named for the server: servers that share a venv (vLLM, TorchServe) each have their own.
+    let shim = install
+        .inject_dir
+        .join(format!("realserve-inject-{}.so", install.name));
     std::fs::copy(inject, &shim)?;
     let result = phases(install, &home, &attack_dir, &shim, monitor, report);
     let _ = std::fs::remove_file(&shim);
