@@ -2,7 +2,10 @@
  * (LD_PRELOAD), a thread in the server's own process waits for trigger files in
  * $REALSERVE_ATTACK_DIR and performs the attack named by each, as code injected into the
  * server would. Only the first process gets it: the constructor takes LD_PRELOAD and the
- * directory out of the environment, so the server's children run clean. */
+ * directory out of the environment, so the server's children run clean. With
+ * $REALSERVE_ATTACK_IN set, the process whose command line contains it gets it instead (a
+ * worker that a server's frontend starts with its own environment: TorchServe's Python
+ * backend); the processes before it keep the environment for their children. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -58,9 +61,26 @@ static void *watch(void *unused) {
     return NULL;
 }
 
+/* Whether this process's command line (its arguments joined by spaces) contains `what`. */
+static int cmdline_has(const char *what) {
+    char buf[8192];
+    int fd = open("/proc/self/cmdline", O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    for (ssize_t i = 0; i < n; i++)
+        if (buf[i] == '\0') buf[i] = ' ';
+    buf[n] = '\0';
+    return strstr(buf, what) != NULL;
+}
+
 __attribute__((constructor)) static void start(void) {
     const char *d = getenv("REALSERVE_ATTACK_DIR");
     if (!d) return;
+    const char *in = getenv("REALSERVE_ATTACK_IN");
+    if (in && *in && !cmdline_has(in)) return;
+    unsetenv("REALSERVE_ATTACK_IN");
     snprintf(dir, sizeof dir, "%s", d);
     unsetenv("REALSERVE_ATTACK_DIR");
     unsetenv("LD_PRELOAD");

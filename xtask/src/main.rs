@@ -59,13 +59,13 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Run the real inference servers (vLLM CPU build, llama.cpp llama-server) under the
+    /// Run the real inference servers (vLLM CPU build, llama.cpp llama-server, TorchServe) under the
     /// release monitor's built-in profiles (as root): installs them into a cache outside the
     /// repository ($MONITOR_REALSERVE_CACHE, default /var/cache/monitor-realserve), drives a
     /// realistic load cold and warm, reports false alerts, and checks planted attacks are caught
     Realserve {
-        /// Only this server: vllm, llama-cpp, or vLLM installed another way: vllm-uv,
-        /// vllm-system, vllm-container
+        /// Only this server: vllm, llama-cpp, torchserve, or vLLM installed another way:
+        /// vllm-uv, vllm-system, vllm-container
         name: Option<String>,
     },
 }

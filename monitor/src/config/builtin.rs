@@ -48,6 +48,7 @@ guards:
         - /usr/share/ollama/.ollama/models/**
         - "**/*.safetensors"
         - "**/*.gguf"
+        - "**/*.mar"
       read: [vllm, triton, torchserve, llama-cpp, ollama, tgi]
       write: []
   gpu:

@@ -72,6 +72,7 @@ fn builtin_config_loads_without_diagnostics() {
         "/root/.ollama/models/blobs/sha256-1",
         "/usr/share/ollama/.ollama/models/manifests/x",
         "/srv/anything.gguf",
+        "/home/model-server/model-store/resnet-18.mar",
     ] {
         assert!(protected.covers(path), "{path}");
     }
@@ -148,6 +149,21 @@ fn builtin_profiles_select_their_servers_and_not_others() {
             "python /home/venv/lib/python3.9/site-packages/ts/model_service_worker.py --sock-type unix"
         ),
         Some("torchserve")
+    );
+    // TorchServe's launcher (a console script: the kernel runs its `#!` interpreter).
+    assert_eq!(
+        select(
+            "/usr/bin/python3.11",
+            "/opt/venv/bin/python3 /opt/venv/bin/torchserve --start --ncs --model-store /models"
+        ),
+        Some("torchserve")
+    );
+    assert_eq!(
+        select(
+            "/usr/bin/python3.11",
+            "/usr/bin/python3 -m pip install torchserve torch-model-archiver"
+        ),
+        None
     );
     assert_eq!(
         select("/app/llama-server", "/app/llama-server -m /models/x.gguf"),
