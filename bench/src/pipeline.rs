@@ -1,4 +1,4 @@
-//! The user-space pipeline benchmark: the daemon's own decode (`monitor::events::decode`) and
+//! The user-space pipeline benchmark: the daemon's own decode (`monitor::event::decode`) and
 //! processor (`monitor::pipeline::Processor`: its core, the process table and the watched
 //! set, then the rules and an alert sink) over a recorded stream of raw ring-buffer records,
 //! in batches as the ring reader hands them over, on one thread. The kernel's maps are
@@ -23,15 +23,12 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use monitor::{
-    alert::Alert,
-    clock::BootClock,
     config::Config,
-    events::{decode, Event},
+    event::{alert::Alert, clock::BootClock, decode, Event},
+    host::{process::ProcessTable, procfs::ProcSnapshot},
+    output::sink::AlertSink,
     pipeline::{Counters, MemoryKernel, Mode, Processor, WatchSelectors},
-    process::ProcessTable,
-    procfs::ProcSnapshot,
     rules::Engine,
-    sink::AlertSink,
 };
 use monitor_common::{
     EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOpCode, ForkEvent, NetEvent,

@@ -76,6 +76,17 @@ pub mod maps {
     /// `bpf()` calls aimed at the monitor's objects, from entry to exit: pid_tgid ->
     /// [`super::TamperEvent`] (LRU).
     pub const BPF_PENDING: &str = "BPF_PENDING";
+    /// Allowed UDP connect destinations (`allow.network.udp_connect`), besides
+    /// [`NET_CONNECT`]: LPM trie of [`super::NetKey`] -> [`super::PortRanges`].
+    pub const NET_UDP_CONNECT: &str = "NET_UDP_CONNECT";
+    /// Shells whose `-c` command is judged by what it runs: [`super::InodeKey`] -> 1.
+    pub const SHELLS: &str = "SHELLS";
+    /// The resolved-profile instance of a governed process whose profile names `${variables}`
+    /// in `allow.exec`: tgid -> [`super::ExecInstance`]. Inherited at fork, dropped at exit.
+    pub const EXEC_INSTANCE: &str = "EXEC_INSTANCE";
+    /// Executables the templated `allow.exec` globs of an instance resolve to:
+    /// [`super::ResolvedExecKey`] -> 1.
+    pub const EXEC_RESOLVED: &str = "EXEC_RESOLVED";
 }
 
 /// Slots of [`maps::GUARDS`].
@@ -113,6 +124,8 @@ pub mod programs {
     pub const SENDMSG6: &str = "sendmsg6";
     pub const BIND4: &str = "bind4";
     pub const BIND6: &str = "bind6";
+    /// `cgroup_skb/egress`: datagrams of connected UDP sockets, which no sendmsg program sees.
+    pub const UDP_EGRESS: &str = "udp_egress";
     pub const LSM_PROBE: &str = "lsm_probe";
     /// Exit of the open syscalls: files an accelerator fd the device hook saw for ioctl counting.
     pub const SYS_EXIT_OPEN_DEVICE: &str = "sys_exit_open_device";
@@ -130,6 +143,11 @@ pub mod programs {
     /// `tp_btf/signal_generate`: signals sent to the monitor.
     pub const SIGNAL_GENERATE: &str = "signal_generate";
 }
+
+/// The `log` target of the kernel programs' own messages (`aya-log`): why a hook or a path
+/// walk gave up. Off unless the log filter enables it, e.g. `--log monitor::kernel=debug`;
+/// the loader writes the level into the programs, which test it before anything else.
+pub const KERNEL_LOG_TARGET: &str = "monitor::kernel";
 
 /// Names of the global variables the loader sets before the programs are loaded.
 pub mod globals {
@@ -230,10 +248,30 @@ pub enum Stat {
     /// Events (or what an event needed later: a syscall's arguments for its exit, an
     /// accelerator fd for ioctl counting) lost because a kernel map insert failed (full).
     MapFull = 4,
+    /// Events not sent because a kernel read the hook needed failed (a `try_*` gave up on a
+    /// `bpf_probe_read` error or a missing kernel object): lost, unlike [`Stat::ReadFailed`].
+    ReadDropped = 5,
+}
+
+impl Stat {
+    /// The families that count lost events, each its own reason.
+    pub const LOSSES: [Stat; 3] = [Stat::LostRingFull, Stat::MapFull, Stat::ReadDropped];
+
+    /// The reason of a loss, as the `events-lost` alert and the loss metric name it.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Stat::Emitted => "emitted",
+            Stat::LostRingFull => "ring-buffer-full",
+            Stat::ReadFailed => "incomplete",
+            Stat::Known => "known",
+            Stat::MapFull => "map-full",
+            Stat::ReadDropped => "read-failed",
+        }
+    }
 }
 
 /// Number of counter families.
-pub const STAT_FAMILIES: u32 = 5;
+pub const STAT_FAMILIES: u32 = 6;
 
 /// Index of a counter in [`maps::STATS`].
 pub const fn stats_slot(stat: Stat, kind: u32) -> u32 {
@@ -416,6 +454,14 @@ impl TryFrom<u32> for FileOpCode {
     }
 }
 
+/// Open flags as [`FileEvent::open_flags`] carries them (the generic Linux values, which
+/// x86_64 and aarch64 share), decoded the same way on both sides.
+pub const O_ACCMODE: u32 = 0o3;
+pub const O_RDONLY: u32 = 0o0;
+pub const O_WRONLY: u32 = 0o1;
+pub const O_CREAT: u32 = 0o100;
+pub const O_TRUNC: u32 = 0o1000;
+
 /// [`FileEvent::flags`]: `path` is the file's own path (else: base directory + `raw`).
 pub const FILE_RESOLVED: u32 = 1;
 /// [`FileEvent::flags`]: `path` was cut at a component boundary.
@@ -523,9 +569,10 @@ impl TryFrom<u32> for NetOpCode {
     }
 }
 
-/// Accelerator classes as the kernel stores them (`ACCEL_MAJORS` values).
+/// Accelerator device classes, as the kernel stores them (`ACCEL_MAJORS` values) and as
+/// profiles and alerts name them ([`DeviceClassId::name`]): the one spelling of a class.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeviceClassId {
     Nvidia = 1,
     NvidiaUvm = 2,
@@ -533,6 +580,45 @@ pub enum DeviceClassId {
     Dri = 4,
     Kfd = 5,
     Accel = 6,
+}
+
+impl DeviceClassId {
+    pub const ALL: [DeviceClassId; 6] = [
+        DeviceClassId::Nvidia,
+        DeviceClassId::NvidiaUvm,
+        DeviceClassId::NvidiaCaps,
+        DeviceClassId::Dri,
+        DeviceClassId::Kfd,
+        DeviceClassId::Accel,
+    ];
+
+    /// The class as profiles (`devices:`) and alerts (`device.class`) name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceClassId::Nvidia => "nvidia",
+            DeviceClassId::NvidiaUvm => "nvidia-uvm",
+            DeviceClassId::NvidiaCaps => "nvidia-caps",
+            DeviceClassId::Dri => "dri",
+            DeviceClassId::Kfd => "kfd",
+            DeviceClassId::Accel => "accel",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DeviceClassId> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i].name().as_bytes() == name.as_bytes() {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The bit of this class in [`ProfilePolicy::devices`].
+    pub const fn policy_bit(self) -> u32 {
+        device_policy_bit(self as u32)
+    }
 }
 
 impl TryFrom<u32> for DeviceClassId {
@@ -549,6 +635,12 @@ impl TryFrom<u32> for DeviceClassId {
             other => return Err(other),
         })
     }
+}
+
+/// The bit of a class ([`DeviceClassId`] as u32, as `ACCEL_MAJORS` holds it) in
+/// [`ProfilePolicy::devices`].
+pub const fn device_policy_bit(class: u32) -> u32 {
+    1 << (class & 31)
 }
 
 /// An open of an accelerator device node.
@@ -711,6 +803,39 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
+/// A governed process's resolved-profile instance ([`maps::EXEC_INSTANCE`]): its templated
+/// `allow.exec` globs made concrete with its facts, by user space, under `instance` in
+/// [`maps::EXEC_RESOLVED`]. `profile` and `start_time` must be the process's own for the
+/// entry to count: a profile switch or a reused pid does not inherit what it allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecInstance {
+    pub instance: u32,
+    pub profile: u32,
+    /// The process's start time (`CLOCK_BOOTTIME` ns, as in [`EventHeader::start_time`]).
+    pub start_time: u64,
+}
+
+/// Key of [`maps::EXEC_RESOLVED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResolvedExecKey {
+    pub instance: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// How far a process's start time may be from [`ExecInstance::start_time`]: a process
+/// found by the `/proc` scan has its start time in clock ticks (10 ms at 100 Hz), one tick
+/// off at most. A pid reused this soon after its first process started cannot happen short
+/// of a tiny `pid_max`.
+pub const EXEC_INSTANCE_START_SLACK_NS: u64 = 20_000_000;
+
+/// Entries of [`maps::EXEC_RESOLVED`].
+pub const EXEC_RESOLVED_MAX: u32 = 65536;
+/// Entries of [`maps::SHELLS`].
+pub const SHELLS_MAX: u32 = 64;
+
 // `FileEvent::flags` 16 and 32 were "killed at open entry" and its dry run: no program has
 // set them since guards moved to fanotify, and user space no longer decodes them. Not to be
 // reused before a record format change.
@@ -734,6 +859,15 @@ pub struct KnownKey {
 
 pub const KNOWN_OPEN: u32 = 1;
 pub const KNOWN_NET: u32 = 2;
+/// Bits of [`KnownKey::kind`] that hold the `KNOWN_*` kind; the epoch is above them.
+pub const KNOWN_KIND_BITS: u32 = 4;
+/// The configuration epoch ([`guard_slot::EPOCH`]) wraps within what fits above the kind.
+pub const EPOCH_MASK: u32 = u32::MAX >> KNOWN_KIND_BITS;
+
+/// [`KnownKey::kind`] of a `KNOWN_*` kind under a configuration epoch.
+pub const fn known_kind(kind: u32, epoch: u32) -> u32 {
+    kind | (epoch << KNOWN_KIND_BITS)
+}
 
 /// [`ExecEvent::flags`]: the kernel killed the process before the new program ran.
 pub const EXEC_KILLED: u32 = 8;
@@ -885,6 +1019,8 @@ const _: () = assert!(core::mem::size_of::<SendKey>() == 24);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortRanges>() == 36);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ExecInstance>() == 16);
+const _: () = assert!(core::mem::size_of::<ResolvedExecKey>() == 16);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
 
 /// How a process reached another's memory, as [`MemoryAccessEvent::op`].
@@ -1008,6 +1144,11 @@ pub struct IoUringKey {
 
 /// [`IoUringKey::opcode`] of a ring creation.
 pub const IO_URING_KEY_CREATE: u32 = 0x100;
+
+/// `IORING_OP_OPENAT`: an io_uring open (its completion's `res` is the new fd).
+pub const IORING_OP_OPENAT: u32 = 18;
+/// `IORING_OP_OPENAT2`, likewise.
+pub const IORING_OP_OPENAT2: u32 = 28;
 
 /// `IORING_OP_*` whose use is reported: those that open, change or remove files, reach the
 /// network or install fds, i.e. what the syscall sensors would have seen (bit `1 << opcode`).
@@ -1243,6 +1384,8 @@ mod user {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::PortRanges {}
     unsafe impl aya::Pod for super::ExecKey {}
+    unsafe impl aya::Pod for super::ExecInstance {}
+    unsafe impl aya::Pod for super::ResolvedExecKey {}
     unsafe impl aya::Pod for super::KnownKey {}
     unsafe impl aya::Pod for super::DeviceOpen {}
     unsafe impl aya::Pod for super::IoUringKey {}
@@ -1266,6 +1409,31 @@ pub mod syscalls {
     /// Exit of the open syscalls: the file, device and /proc/PID/mem checks in one program
     /// (a syscall number has one slot).
     pub const EXIT_OPENS: &str = "sys_exit_opens";
+    /// Handlers, tail-called by syscall number (each the name of its function in
+    /// `monitor-ebpf`, which the `raw_tracepoint` macro makes the program's name).
+    pub const ENTER_OPEN: &str = "sys_enter_open";
+    pub const ENTER_OPENAT: &str = "sys_enter_openat";
+    pub const ENTER_OPENAT2: &str = "sys_enter_openat2";
+    pub const ENTER_CREAT: &str = "sys_enter_creat";
+    pub const ENTER_RENAME: &str = "sys_enter_rename";
+    pub const ENTER_RENAMEAT: &str = "sys_enter_renameat";
+    pub const ENTER_UNLINK: &str = "sys_enter_unlink";
+    pub const ENTER_UNLINKAT: &str = "sys_enter_unlinkat";
+    pub const ENTER_TRUNCATE: &str = "sys_enter_truncate";
+    pub const ENTER_FTRUNCATE: &str = "sys_enter_ftruncate";
+    pub const ENTER_CHMOD: &str = "sys_enter_chmod";
+    pub const ENTER_FCHMODAT: &str = "sys_enter_fchmodat";
+    pub const ENTER_FCHMOD: &str = "sys_enter_fchmod";
+    pub const EXIT_FILE: &str = "sys_exit_file";
+    pub const ENTER_CONNECT: &str = "sys_enter_connect";
+    pub const ENTER_BIND: &str = "sys_enter_bind";
+    pub const ENTER_LISTEN: &str = "sys_enter_listen";
+    pub const ENTER_ACCEPT: &str = "sys_enter_accept";
+    pub const ENTER_SENDTO: &str = "sys_enter_sendto";
+    pub const ENTER_SENDMSG: &str = "sys_enter_sendmsg";
+    pub const EXIT_NET: &str = "sys_exit_net";
+    pub const ENTER_IOCTL: &str = "sys_enter_ioctl";
+    pub const ENTER_CLOSE: &str = "sys_enter_close";
     /// Program arrays: syscall number -> route program, where either ABI has a handler.
     pub const ENTER_ROUTES: &str = "SYS_ENTER_ROUTES";
     pub const EXIT_ROUTES: &str = "SYS_EXIT_ROUTES";

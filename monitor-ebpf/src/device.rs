@@ -34,6 +34,7 @@ const ACC_READ_WRITE: u32 = 2 | 4;
 /// processes off /dev/null.
 #[cgroup_device]
 pub fn device_access(ctx: DeviceContext) -> i32 {
+    // SAFETY: the kernel's `bpf_cgroup_dev_ctx` for this call, valid while the program runs.
     let dev = unsafe { &*ctx.device };
     // The cheapest tests first: a read or write of a character device of an accelerator class.
     let dev_type = dev.access_type & 0xffff;
@@ -61,7 +62,7 @@ fn decide(tgid: u32, class: u32) -> Decision {
         return Decision::Allowed;
     }
     if let Some((_, policy)) = enforced_policy() {
-        if policy.devices & (1 << (class & 31)) == 0 {
+        if policy.devices & monitor_common::device_policy_bit(class) == 0 {
             return refusal(policy.flags);
         }
     }
@@ -81,6 +82,8 @@ fn decide(tgid: u32, class: u32) -> Decision {
 fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision) {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: a map value of this thread's syscall, valid for the program's run; only
+        // this thread's hooks write it, and they run one after another.
         unsafe {
             if (*pending).flags & PENDING_FILE != 0 && (*pending).op == FileOpCode::Open as u32 {
                 (*pending).flags = 0;
@@ -99,14 +102,14 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
             count(Stat::MapFull, EventKind::GpuIoctls as u32);
         }
     }
-    let kind = EventKind::Device as u32;
     // A refusal is enforcement: it must not be lost in a flood of bulk events.
     let priority = matches!(decision, Decision::Denied | Decision::WouldDeny);
-    let Some(mut entry) = crate::ring(priority).reserve::<DeviceEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<DeviceEvent>(EventKind::Device, priority) else {
         return;
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     unsafe {
         (*event).header = header(
@@ -142,8 +145,7 @@ fn report(pid_tgid: u64, major: u32, minor: u32, class: u32, decision: Decision)
             }
         }
     }
-    count(Stat::Emitted, kind);
-    entry.submit(crate::ring_flags(priority));
+    entry.submit();
 }
 
 /// Exit of open, openat, openat2 and creat: an accelerator fd the device hook let through is
@@ -164,6 +166,8 @@ pub fn sys_exit_open_device(ctx: RawTracePointContext) -> u32 {
     // The hook may have seen another access by this thread (access(2), say): only file the
     // fd of that very device.
     let Ok((major, minor)) = task.file(ret).and_then(file_inode).and_then(inode_rdev) else {
+        // A successful open whose file could not be read: its ioctls go uncounted.
+        count(Stat::ReadDropped, EventKind::GpuIoctls as u32);
         return 0;
     };
     if major == open.major && minor == open.minor {
@@ -202,6 +206,7 @@ pub fn sys_enter_ioctl(ctx: RawTracePointContext) -> u32 {
 fn count_ioctl(key: &IoctlKey) {
     // Per-CPU values: no other writer, so no atomics; user space sums the CPUs.
     if let Some(counter) = IOCTL_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's copy of a per-CPU map value, valid for the program's run.
         unsafe { *counter += 1 };
     } else {
         if IOCTL_COUNTS.insert(key, 1, 0).is_err() {

@@ -4,12 +4,15 @@
 //! with their sensors (device.rs, process.rs). The monitor itself and PID 1 are never
 //! enforced on.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    maps::{lpm_trie::Key, LpmTrie},
+};
 use monitor_common::{
-    Decision, NetKey, ProfilePolicy, POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX,
+    Decision, NetKey, PortRanges, ProfilePolicy, POLICY_DRY_RUN, POLICY_ENFORCE, PORT_RANGES_MAX,
 };
 
-use crate::{config_self_tgid, NET_CONNECT, NET_LISTEN, POLICY, WATCHED};
+use crate::{config_self_tgid, NET_CONNECT, NET_LISTEN, NET_UDP_CONNECT, POLICY, WATCHED};
 
 /// What a cgroup program returns to let the operation through.
 pub const ALLOW: i32 = 1;
@@ -60,6 +63,9 @@ pub fn verdict(decision: Decision) -> i32 {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Connect,
+    /// A connect of a UDP socket: it sends nothing, so `allow.network.udp_connect` allows it
+    /// too. (A datagram sent with an address is a `Connect`: the `sendmsg4/6` programs.)
+    UdpConnect,
     Listen,
 }
 
@@ -82,20 +88,33 @@ pub fn judge(addr: &[u8; 16], port: u16, direction: Direction) -> Decision {
         },
     );
     let trie = match direction {
-        Direction::Connect => &NET_CONNECT,
+        Direction::Connect | Direction::UdpConnect => &NET_CONNECT,
         Direction::Listen => &NET_LISTEN,
     };
-    if let Some(ports) = trie.get(&key) {
-        for i in 0..PORT_RANGES_MAX {
-            if (i as u32) < ports.count {
-                let [lo, hi] = ports.ranges[i];
-                if lo <= port && port <= hi {
-                    return Decision::Allowed;
-                }
+    if allows(trie, &key, port) {
+        return Decision::Allowed;
+    }
+    if direction == Direction::UdpConnect && allows(&NET_UDP_CONNECT, &key, port) {
+        return Decision::Allowed;
+    }
+    refusal(policy.flags)
+}
+
+/// Whether the longest prefix of `key` in `trie` lists `port`.
+#[inline(always)]
+fn allows(trie: &LpmTrie<NetKey, PortRanges>, key: &Key<NetKey>, port: u16) -> bool {
+    let Some(ports) = trie.get(key) else {
+        return false;
+    };
+    for i in 0..PORT_RANGES_MAX {
+        if (i as u32) < ports.count {
+            let [lo, hi] = ports.ranges[i];
+            if lo <= port && port <= hi {
+                return true;
             }
         }
     }
-    refusal(policy.flags)
+    false
 }
 
 /// Loaded (never attached) at start-up to learn whether this host allows BPF-LSM programs:

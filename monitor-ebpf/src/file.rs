@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     guard_slot, EventKind, FileEvent, FileOpCode, InodeKey, KnownKey, Pending, Stat,
-    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, PATH_CAP,
-    PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
+    FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, KNOWN_OPEN, O_ACCMODE,
+    O_CREAT, O_TRUNC, O_WRONLY, PATH_CAP, PENDING_FILE, SUFFIXES_MAX, SUFFIX_CAP,
 };
 
 use crate::{
@@ -25,14 +25,11 @@ use crate::{
     known, known_key,
     path::{write_path, write_user_str},
     process::header,
-    submit_flags, syscall_arg, syscall_ret, ProtKey, EVENTS, GUARDS, OPEN_ARGS, PENDING,
-    PROTECTED_DIRS, PROTECTED_SEEN, PROTECTED_SUFFIXES,
+    syscall_arg, syscall_ret, ProtKey, GUARDS, OPEN_ARGS, PENDING, PROTECTED_DIRS, PROTECTED_SEEN,
+    PROTECTED_SUFFIXES,
 };
 
 const AT_FDCWD: i32 = -100;
-const O_WRONLY: u32 = 0o1;
-const O_CREAT: u32 = 0o100;
-const O_TRUNC: u32 = 0o1000;
 
 /// Remembers the name of every open on this CPU (a per-CPU slot: no hashing, no locking), so
 /// that a device open by an unwatched process, seen by the device hook, can still be named
@@ -40,6 +37,8 @@ const O_TRUNC: u32 = 0o1000;
 #[inline(always)]
 fn stash_open(dfd: i32, name: u64) {
     if let Some(slot) = OPEN_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; no other
+        // writer while the program runs on this CPU.
         unsafe {
             (*slot).pid_tgid = bpf_get_current_pid_tgid();
             (*slot).dfd = dfd as i64;
@@ -257,7 +256,7 @@ pub fn sys_enter_fchmod(ctx: RawTracePointContext) -> u32 {
 /// Run by `syscalls::sys_exit_opens`.
 #[inline(always)]
 pub fn sys_exit_open(ctx: RawTracePointContext) -> u32 {
-    let _ = try_exit_open(&ctx);
+    crate::emit::gave_up(try_exit_open(&ctx), EventKind::File);
     0
 }
 
@@ -334,14 +333,14 @@ fn open_key(pid_tgid: u64, file: *const u8, open_flags: u32) -> Option<KnownKey>
     let ino: u64 = unsafe { read(inode, off!(inode_ino)) }.ok()?;
     let sb: *const u8 = unsafe { read(inode, off!(inode_sb)) }.ok()?;
     let dev: u32 = unsafe { read(sb, off!(sb_dev)) }.ok()?;
-    let access = open_flags & (0o3 | O_CREAT | O_TRUNC);
+    let access = open_flags & (O_ACCMODE | O_CREAT | O_TRUNC);
     known_key((pid_tgid >> 32) as u32, KNOWN_OPEN, access, ino, dev as u64)
 }
 
 /// Exit of rename*, unlink*, rmdir, truncate, ftruncate, chmod, fchmod, fchmodat*.
 #[raw_tracepoint]
 pub fn sys_exit_file(ctx: RawTracePointContext) -> u32 {
-    let _ = try_exit_file(&ctx);
+    crate::emit::gave_up(try_exit_file(&ctx), EventKind::File);
     0
 }
 
@@ -356,11 +355,14 @@ fn try_exit_file(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let ret = syscall_ret(ctx);
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
-    let op = match pending.op {
-        2 => FileOpCode::Rename,
-        4 => FileOpCode::Unlink,
-        5 => FileOpCode::Truncate,
-        6 => FileOpCode::Chmod,
+    // The ops the entry hooks file for this exit; an open has its own exit.
+    let op = match FileOpCode::try_from(pending.op) {
+        Ok(
+            op @ (FileOpCode::Rename
+            | FileOpCode::Unlink
+            | FileOpCode::Truncate
+            | FileOpCode::Chmod),
+        ) => op,
         _ => return Ok(()),
     };
     // fd-based calls (ftruncate, fchmod): the file's own path.
@@ -420,11 +422,11 @@ fn emit_file(
     watched: bool,
     known: KnownKey,
 ) -> Result<(), i64> {
-    let kind = EventKind::File as u32;
-    let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<FileEvent>(EventKind::File, false) else {
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     let tgid = (pid_tgid >> 32) as u32;
     let start_time = task.process_start_time().unwrap_or(0);
@@ -451,10 +453,9 @@ fn emit_file(
         unsafe { &mut (*event).flags },
     );
     if !complete {
-        count(Stat::ReadFailed, kind);
+        entry.incomplete();
     }
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit();
     Ok(())
 }
 
@@ -550,7 +551,12 @@ fn is_protected(file: *const u8) -> Result<bool, i64> {
         return Ok(cached != 0);
     }
     let protected = walk_protected(vfsmount, dentry)?;
-    let _ = PROTECTED_SEEN.insert(key, u32::from(protected), 0);
+    // A failed insert only means the walk is done again next time (LRU: it evicts rather
+    // than fails; counted all the same).
+    crate::emit::inserted(
+        PROTECTED_SEEN.insert(key, u32::from(protected), 0),
+        EventKind::File,
+    );
     Ok(protected)
 }
 

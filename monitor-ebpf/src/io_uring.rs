@@ -10,13 +10,17 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use monitor_common::{
-    EventKind, IoUringEvent, IoUringKey, IoUringOpCode, Stat, WatchEntry, IO_URING_KEY_CREATE,
-    IO_URING_REPORTED_OPS, WATCH_CANDIDATE, WATCH_EXE, WATCH_PID,
+    EventKind, IoUringEvent, IoUringKey, IoUringOpCode, Stat, WatchEntry, IORING_OP_OPENAT,
+    IORING_OP_OPENAT2, IO_URING_KEY_CREATE, IO_URING_REPORTED_OPS, WATCH_CANDIDATE, WATCH_EXE,
+    WATCH_PID,
 };
 
 use crate::{
-    config_self_tgid, count, kernel::Task, process::header, submit_flags, CONFIG, EVENTS,
-    IO_URING_RINGS, IO_URING_SEEN, WATCHED,
+    config_self_tgid, count,
+    emit::{gave_up, inserted, reserve},
+    kernel::Task,
+    process::header,
+    CONFIG, IO_URING_RINGS, IO_URING_SEEN, WATCHED,
 };
 
 /// Governed, or about to be: a process that just exec'd a profile's executable is watched
@@ -53,7 +57,7 @@ unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
 pub fn io_uring_create(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let ring: u64 = unsafe { field(&ctx, 16) };
-    let Some(entry) = governed(tgid) else {
+    if governed(tgid).is_none() {
         // A ring at an address a governed process's ring once had is not its.
         let _ = IO_URING_RINGS.remove(&ring);
         return 0;
@@ -68,10 +72,11 @@ pub fn io_uring_create(ctx: TracePointContext) -> u32 {
         _pad: 0,
         start_time,
     };
-    let _ = IO_URING_RINGS.insert(&ring, &owner, 0);
+    // A full map loses the ring's SQPOLL submissions (their owner is not found).
+    inserted(IO_URING_RINGS.insert(&ring, &owner, 0), EventKind::IoUring);
     emit(
         owner,
-        entry.generation,
+        crate::exec_generation(tgid),
         IoUringRecord {
             op: IoUringOpCode::Create,
             opcode: 0,
@@ -110,12 +115,12 @@ pub fn io_uring_submit(ctx: TracePointContext) -> u32 {
             start_time: task.process_start_time().unwrap_or(0),
         }
     };
-    let Some(entry) = governed(owner.tgid) else {
+    if governed(owner.tgid).is_none() {
         return 0;
-    };
+    }
     emit(
         owner,
-        entry.generation,
+        crate::exec_generation(owner.tgid),
         IoUringRecord {
             op: IoUringOpCode::Submit,
             opcode,
@@ -142,12 +147,17 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
     }
     let req: *const u8 = unsafe { field(&ctx, 16) };
     let Ok(opcode) = (unsafe { crate::kernel::read::<u8>(req, offset) }) else {
+        // Whether it was an open of a `/proc/PID/mem` is not known.
+        count(Stat::ReadDropped, EventKind::MemoryAccess as u32);
         return 0;
     };
-    // IORING_OP_OPENAT, IORING_OP_OPENAT2: `res` is the new fd (0 for a fixed-file slot,
-    // which no read can use without the ring: checked as fd 0, harmlessly).
-    if opcode == 18 || opcode == 28 {
-        let _ = crate::memory::check_proc_mem_fd(res as i64);
+    // An open: `res` is the new fd (0 for a fixed-file slot, which no read can use without
+    // the ring: checked as fd 0, harmlessly).
+    if u32::from(opcode) == IORING_OP_OPENAT || u32::from(opcode) == IORING_OP_OPENAT2 {
+        gave_up(
+            crate::memory::check_proc_mem_fd(res as i64),
+            EventKind::MemoryAccess,
+        );
     }
     0
 }
@@ -180,11 +190,12 @@ fn emit(owner: RingOwner, generation: u32, record: IoUringRecord) {
         count(Stat::Known, kind);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<IoUringEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = reserve::<IoUringEvent>(EventKind::IoUring, false) else {
         return;
     };
-    let _ = IO_URING_SEEN.insert(&key, &1, 0);
+    // A full map only means the next use of this opcode is reported again (LRU: it evicts
+    // rather than fails; a failure is counted all the same).
+    inserted(IO_URING_SEEN.insert(&key, &1, 0), EventKind::IoUring);
     let event = IoUringEvent {
         header: header(
             EventKind::IoUring,
@@ -200,6 +211,5 @@ fn emit(owner: RingOwner, generation: u32, record: IoUringRecord) {
         flags: record.flags,
     };
     entry.write(event);
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit();
 }

@@ -19,6 +19,11 @@ pub fn loaded(value: &u32) -> usize {
 }
 
 /// Reads a `T` at `base + offset` from kernel memory.
+///
+/// # Safety
+///
+/// `T` must be valid for any bytes (plain integers and pointers). The address itself may be
+/// anything: `bpf_probe_read_kernel` returns an error instead of faulting.
 #[inline(always)]
 pub unsafe fn read<T>(base: *const u8, offset: usize) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T).map_err(|e| e as i64) }

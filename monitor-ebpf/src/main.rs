@@ -3,10 +3,27 @@
 //! Every hook is thin: it does the cheapest test that lets it return first, reads kernel
 //! structs through offsets the loader took from the running kernel's BTF (rustc emits no CO-RE
 //! relocations), and reserves its record in the ring buffer without waking the reader.
+//!
+//! # `unsafe` here
+//!
+//! Four uses are routine and carry no comment of their own:
+//! - `bpf_probe_read_*` (and `kernel::read`, built on it): the helper checks the address and
+//!   returns an error on a fault; the program never dereferences a kernel or user pointer.
+//! - Map lookups (`get`): aya marks them unsafe because another CPU may change the value; every
+//!   caller copies it at once and tolerates a stale one.
+//! - `read_volatile` of a global the loader wrote before load (`CONFIG`, `SYSCALL_ABI`):
+//!   read-only after load, volatile only so that the compiler does not fold the zero it was
+//!   built with.
+//! - Helpers with no pointer argument (`bpf_get_current_task`, `bpf_ktime_get_boot_ns`...).
+//!
+//! Every other `unsafe` (a write through a map value or a ring reservation, a dereference of
+//! a context pointer, a tail call, pointer arithmetic in a buffer) says why it holds in a
+//! `// SAFETY:` comment.
 #![no_std]
 #![no_main]
 
 mod device;
+mod emit;
 mod enforce;
 mod file;
 mod io_uring;
@@ -28,6 +45,7 @@ use monitor_common::{
     IoctlKey, KernelOffsets, KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat,
     Suffix, TamperEvent, WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
+use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_RESOLVED_MAX, SHELLS_MAX};
 
 /// Settings written by the loader before the programs are loaded.
 #[no_mangle]
@@ -124,6 +142,22 @@ static NET_LISTEN: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(4096,
 #[map(name = "EXEC_ALLOWED")]
 static EXEC_ALLOWED: HashMap<ExecKey, u32> = HashMap::with_max_entries(65536, 0);
 
+/// UDP connect destinations (`allow.network.udp_connect`; see `enforce::judge`).
+#[map(name = "NET_UDP_CONNECT")]
+static NET_UDP_CONNECT: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(4096, 0);
+
+/// Shells let through with `-c` (see `process::exec_verdict`).
+#[map(name = "SHELLS")]
+static SHELLS: HashMap<InodeKey, u32> = HashMap::with_max_entries(SHELLS_MAX, 0);
+
+/// Resolved-profile instances of governed processes (see `process::exec_verdict`).
+#[map(name = "EXEC_INSTANCE")]
+static EXEC_INSTANCE: HashMap<u32, ExecInstance> = HashMap::with_max_entries(WATCHED_MAX, 0);
+
+#[map(name = "EXEC_RESOLVED")]
+static EXEC_RESOLVED: HashMap<ResolvedExecKey, u32> =
+    HashMap::with_max_entries(EXEC_RESOLVED_MAX, 0);
+
 #[map(name = "GPU_ALLOWED")]
 static GPU_ALLOWED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
@@ -146,6 +180,8 @@ fn gate_open(slot: u32) -> bool {
 #[inline(always)]
 fn open_gate(slot: u32) {
     if let Some(value) = GATES.get_ptr_mut(slot) {
+        // SAFETY: a pointer to an element of an array map, valid for the program's run; a
+        // racing writer writes the same 1.
         unsafe { *value = 1 };
     }
 }
@@ -186,15 +222,24 @@ fn known_key(tgid: u32, kind: u32, aux: u32, a: u64, b: u64) -> Option<KnownKey>
         return None;
     }
     let epoch = GUARDS.get(guard_slot::EPOCH).copied().unwrap_or(0);
-    let generation = unsafe { EXEC_GENERATION.get(tgid) }.copied().unwrap_or(0);
+    let generation = exec_generation(tgid);
     Some(KnownKey {
         tgid,
         generation,
-        kind: kind | (epoch << 4),
+        kind: monitor_common::known_kind(kind, epoch),
         aux,
         a,
         b,
     })
+}
+
+/// A watched process's program generation ([`EXEC_GENERATION`], which only the kernel
+/// writes; `WatchEntry::generation` is always 0).
+#[inline(always)]
+fn exec_generation(tgid: u32) -> u32 {
+    // SAFETY: a map value read by copy; the kernel may change it meanwhile, which only makes
+    // the key that of the next program (a judgement not found, sent again).
+    unsafe { EXEC_GENERATION.get(tgid) }.copied().unwrap_or(0)
 }
 
 /// Whether user space already judged this behaviour allowed; counts it when so.
@@ -267,7 +312,8 @@ fn ring_flags(priority: bool) -> u64 {
 #[inline(always)]
 fn count(stat: Stat, kind: u32) {
     if let Some(counter) = STATS.get_ptr_mut(stats_slot(stat, kind)) {
-        // Per-CPU slot: no other writer.
+        // SAFETY: a pointer to this CPU's slot of a per-CPU array, valid for the program's run;
+        // a program is not preempted on its CPU, so there is no other writer.
         unsafe { *counter += 1 };
     }
 }

@@ -8,22 +8,23 @@
 //! (for an open: at its exit, before the fd reaches user space).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use monitor_common::{
-    gate, EventKind, MemoryAccessEvent, MemoryOpCode, Stat, WatchEntry, MEMORY_AT_EXIT,
-    MEMORY_KILLED, MEMORY_TARGET_MONITOR, MEMORY_WOULD_KILL, POLICY_DRY_RUN, POLICY_ENFORCE,
-    PTRACE_ATTACH, PTRACE_PEEKDATA, PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA,
-    PTRACE_POKETEXT, PTRACE_POKEUSR, PTRACE_SEIZE, WATCH_CANDIDATE,
+    gate, EventKind, MemoryAccessEvent, MemoryOpCode, WatchEntry, MEMORY_AT_EXIT, MEMORY_KILLED,
+    MEMORY_TARGET_MONITOR, MEMORY_WOULD_KILL, POLICY_DRY_RUN, POLICY_ENFORCE, PTRACE_ATTACH,
+    PTRACE_PEEKDATA, PTRACE_PEEKTEXT, PTRACE_PEEKUSR, PTRACE_POKEDATA, PTRACE_POKETEXT,
+    PTRACE_POKEUSR, PTRACE_SEIZE, WATCH_CANDIDATE,
 };
 
 use crate::{
-    config_self_tgid, count,
+    config_self_tgid,
+    emit::{gave_up, kill_current, reserve},
     kernel::{off, read, Task},
     process::header,
-    ring, ring_flags, syscall_arg, syscall_ret, CONFIG, POLICY, WATCHED, WATCHED_THREADS,
+    syscall_arg, syscall_ret, CONFIG, POLICY, WATCHED, WATCHED_THREADS,
 };
 
 /// The process whose memory is reached.
@@ -118,15 +119,13 @@ fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
             };
         }
     }
-    let kind = EventKind::MemoryAccess as u32;
     // The record is reserved before the kill: a full ring still counts the loss, and the
     // kill never waits on user space.
-    let entry = ring(true).reserve::<MemoryAccessEvent>(0);
+    let entry = reserve::<MemoryAccessEvent>(EventKind::MemoryAccess, true);
     if flags & MEMORY_KILLED != 0 {
-        unsafe { bpf_send_signal(9) };
+        kill_current();
     }
     let Some(mut entry) = entry else {
-        count(Stat::LostRingFull, kind);
         return;
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
@@ -146,8 +145,7 @@ fn report(op: MemoryOpCode, target: Target, arg: i64, at_exit: bool) {
         arg,
     };
     entry.write(event);
-    count(Stat::Emitted, kind);
-    entry.submit(ring_flags(true));
+    entry.submit();
 }
 
 /// `process_vm_readv(pid, ...)` and `process_vm_writev(pid, ...)`.
@@ -196,7 +194,7 @@ pub fn ptrace_enter(ctx: RawTracePointContext) -> u32 {
 /// `i_private` on pidfs (6.9+), the file's `private_data` before.
 #[raw_tracepoint]
 pub fn pidfd_getfd_enter(ctx: RawTracePointContext) -> u32 {
-    let _ = try_pidfd_getfd(&ctx);
+    gave_up(try_pidfd_getfd(&ctx), EventKind::MemoryAccess);
     0
 }
 
@@ -243,7 +241,7 @@ pub fn proc_mem_open_exit(ctx: RawTracePointContext) -> u32 {
     if fd < 0 {
         return 0;
     }
-    let _ = check_proc_mem_fd(fd);
+    gave_up(check_proc_mem_fd(fd), EventKind::MemoryAccess);
     0
 }
 

@@ -12,23 +12,23 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::{cgroup_sock_addr, raw_tracepoint},
-    programs::{RawTracePointContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock_addr, raw_tracepoint},
+    programs::{RawTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
-    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, Stat, AF_INET, AF_INET6,
+    Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, AF_INET, AF_INET6,
     AF_UNIX, EPERM, KNOWN_NET, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED, SOCKADDR_CAP,
     SOCK_DGRAM,
 };
 
 use crate::{
-    config_self_tgid, count,
+    config_self_tgid,
     enforce::{judge, verdict, Direction, ALLOW},
     is_watched,
     kernel::{file_socket, off, read, Task},
     known, known_key,
     process::header,
-    submit_flags, syscall_arg, syscall_ret, EVENTS, PENDING, SENT,
+    syscall_arg, syscall_ret, PENDING, SENT,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -72,6 +72,7 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
     if tgid == config_self_tgid() || !is_watched(tgid) {
         return ALLOW;
     }
+    // SAFETY: the kernel's `bpf_sock_addr` for this call, valid while the program runs.
     let sa = unsafe { &*ctx.sock_addr };
     // user_port holds the port in network byte order in its low 16 bits.
     let port_be = sa.user_port as u16;
@@ -86,14 +87,16 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
         addr[11] = 0xff;
         addr[12..16].copy_from_slice(&sa.user_ip4.to_ne_bytes());
     }
-    let direction = if op == NetOpCode::Bind {
-        Direction::Listen
-    } else {
-        Direction::Connect
+    let direction = match op {
+        NetOpCode::Bind => Direction::Listen,
+        NetOpCode::Connect if sa.type_ == SOCK_DGRAM => Direction::UdpConnect,
+        _ => Direction::Connect,
     };
     let decision = judge(&addr, u16::from_be(port_be), direction);
     // The syscall's exit (when there is one: not for io_uring) must not report it again.
     if let Some(pending) = PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: a map value of this thread's syscall, valid for the program's run; only
+        // this thread's hooks write it, and they run one after another.
         unsafe {
             if (*pending).flags & PENDING_NET != 0 {
                 (*pending).flags |= PENDING_NET_JUDGED;
@@ -120,14 +123,14 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
             return ALLOW;
         }
     }
-    let kind = EventKind::Net as u32;
     // A refusal is enforcement: it must not be lost in a flood of bulk events.
     let priority = matches!(decision, Decision::Denied | Decision::WouldDeny);
-    let Some(mut entry) = crate::ring(priority).reserve::<NetEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<NetEvent>(EventKind::Net, priority) else {
         return verdict(decision);
     };
     let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     unsafe {
         (*event).header = header(
@@ -164,13 +167,115 @@ fn judge_and_report(ctx: &SockAddrContext, v6: bool, op: NetOpCode) -> i32 {
             (*event).addr_len = 16;
         }
     }
-    count(Stat::Emitted, kind);
-    entry.submit(crate::ring_flags(priority));
+    entry.submit();
     if op == NetOpCode::Send && decision == Decision::Allowed {
-        // Reported: later datagrams to this destination are not (LRU, per process).
-        let _ = SENT.insert(sent, 1, 0);
+        // Reported: later datagrams to this destination are not (LRU, per process). A failed
+        // insert only means the next one is reported again; counted all the same.
+        crate::emit::inserted(SENT.insert(sent, 1, 0), EventKind::Net);
     }
     verdict(decision)
+}
+
+/// A datagram of a connected UDP socket (`send`, `write`, `sendmmsg` without an address,
+/// io_uring): the kernel runs the `sendmsg4/6` programs only for a datagram sent with an
+/// address, and a socket connected under `allow.network.udp_connect` (a connect sends
+/// nothing) must not carry datagrams to a destination `connect` does not allow. Judged here
+/// against `connect`, on the packet's own header; refused with `EPERM` (the egress drop).
+/// UDP is sent in the sender's context, so the current process is the sender.
+#[cgroup_skb(egress)]
+pub fn udp_egress(ctx: SkBuffContext) -> i32 {
+    try_udp_egress(&ctx).unwrap_or(ALLOW)
+}
+
+/// `ETH_P_IP`, `ETH_P_IPV6`, as `__sk_buff.protocol` holds them (network order).
+const ETH_P_IP_BE: u32 = 0x0800u16.to_be() as u32;
+const ETH_P_IPV6_BE: u32 = 0x86ddu16.to_be() as u32;
+const IPPROTO_UDP: u8 = 17;
+
+#[inline(always)]
+fn try_udp_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The cheapest test first: only a watched process's datagrams are judged.
+    if tgid == config_self_tgid() || !is_watched(tgid) {
+        return Ok(ALLOW);
+    }
+    let protocol = unsafe { (*ctx.skb.skb).protocol };
+    let mut addr = [0u8; 16];
+    // The data starts at the network header.
+    let udp_offset = if protocol == ETH_P_IP_BE {
+        let version_ihl: u8 = ctx.load(0)?;
+        if ctx.load::<u8>(9)? != IPPROTO_UDP {
+            return Ok(ALLOW);
+        }
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..16].copy_from_slice(&ctx.load::<[u8; 4]>(16)?);
+        ((version_ihl & 0x0f) as usize) * 4
+    } else if protocol == ETH_P_IPV6_BE {
+        // A UDP datagram behind extension headers is not judged here.
+        if ctx.load::<u8>(6)? != IPPROTO_UDP {
+            return Ok(ALLOW);
+        }
+        addr = ctx.load::<[u8; 16]>(24)?;
+        40
+    } else {
+        return Ok(ALLOW);
+    };
+    let port_be: u16 = ctx.load(udp_offset + 2)?;
+    let decision = judge(&addr, u16::from_be(port_be), Direction::Connect);
+    if decision == Decision::Allowed {
+        return Ok(ALLOW);
+    }
+    report_datagram(tgid, &addr, protocol == ETH_P_IPV6_BE, port_be, decision);
+    Ok(verdict(decision))
+}
+
+/// Reports a refused datagram of a connected UDP socket (always: it is enforcement).
+#[inline(always)]
+fn report_datagram(tgid: u32, addr: &[u8; 16], v6: bool, port_be: u16, decision: Decision) {
+    let Some(mut entry) = crate::emit::reserve::<NetEvent>(EventKind::Net, true) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = Task(unsafe { bpf_get_current_task() } as *const u8);
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).header = header(
+            EventKind::Net,
+            tgid,
+            pid_tgid as u32,
+            task.process_start_time().unwrap_or(0),
+            true,
+        );
+        (*event).op = NetOpCode::Send as u32;
+        (*event).sock_type = SOCK_DGRAM;
+        (*event).protocol = IPPROTO_UDP as u32;
+        (*event).result = if decision == Decision::Denied {
+            -EPERM
+        } else {
+            0
+        };
+        (*event).decision = decision as u32;
+        (*event).flags = 0;
+        (*event).known = KnownKey::default();
+        let out = &mut (*event).addr;
+        out[2..4].copy_from_slice(&port_be.to_ne_bytes());
+        if v6 {
+            out[0..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+            out[4..8].copy_from_slice(&[0; 4]);
+            out[8..24].copy_from_slice(addr);
+            out[24..28].copy_from_slice(&[0; 4]);
+            (*event).addr_len = 28;
+        } else {
+            out[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
+            out[4..8].copy_from_slice(&addr[12..16]);
+            out[8..16].copy_from_slice(&[0; 8]);
+            (*event).addr_len = 16;
+        }
+    }
+    entry.submit();
 }
 
 #[inline(always)]
@@ -188,9 +293,8 @@ fn record(op: NetOpCode, fd: u64, addr: u64, addr_len: u32) {
         addr_len,
         ..Pending::default()
     };
-    if PENDING.insert(pid_tgid, pending, 0).is_err() {
-        count(Stat::LostRingFull, EventKind::Net as u32);
-    }
+    // A full map loses this syscall's event at its exit: not a full ring.
+    crate::emit::inserted(PENDING.insert(pid_tgid, pending, 0), EventKind::Net);
 }
 
 /// `connect(fd, uservaddr, addrlen)`
@@ -260,7 +364,7 @@ pub fn sys_enter_sendmsg(ctx: RawTracePointContext) -> u32 {
 /// Exit of connect, bind, listen, accept, accept4, sendto, sendmsg.
 #[raw_tracepoint]
 pub fn sys_exit_net(ctx: RawTracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
+    crate::emit::gave_up(try_exit(&ctx), EventKind::Net);
     0
 }
 
@@ -314,11 +418,11 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     if known(&key, EventKind::Net as u32) {
         return Ok(());
     }
-    let kind = EventKind::Net as u32;
-    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
-        count(Stat::LostRingFull, kind);
+    let Some(mut entry) = crate::emit::reserve::<NetEvent>(EventKind::Net, false) else {
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     unsafe {
         (*event).header = header(
@@ -348,8 +452,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         NetOpCode::Listen => sock.map_or(0, |s| sock_addr(addr, s, false)),
     };
     unsafe { (*event).addr_len = len };
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    entry.submit();
     Ok(())
 }
 
@@ -467,6 +570,6 @@ fn first_send(pid_tgid: u64, addr: u64, len: u32) -> bool {
     if unsafe { SENT.get(key).is_some() } {
         return false;
     }
-    let _ = SENT.insert(key, 1, 0);
+    crate::emit::inserted(SENT.insert(key, 1, 0), EventKind::Net);
     true
 }

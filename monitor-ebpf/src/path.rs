@@ -3,7 +3,7 @@
 //! are alive. Reading /proc afterwards races with processes that already exited.
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
-use monitor_common::{NAME_MAX, PATH_CAP, PATH_MAX_COMPONENTS};
+use monitor_common::{KERNEL_LOG_TARGET, NAME_MAX, PATH_CAP, PATH_MAX_COMPONENTS};
 
 use crate::kernel::{off, read};
 
@@ -22,6 +22,11 @@ pub struct Resolved {
 /// Stops at the process root (`root_mnt`, `root_dentry`) or at the root of the mount tree.
 /// When the path does not fit, it is cut at a component boundary and flagged.
 #[inline(always)]
+///
+/// # Safety
+///
+/// The pointers are kernel addresses, only read through `bpf_probe_read_kernel` (a bad one
+/// is an error, not a fault); `unsafe` for the raw writes into `buf`, which stay inside it.
 pub unsafe fn resolve(
     buf: &mut [u8; SCRATCH_SIZE],
     vfsmount: *const u8,
@@ -74,6 +79,8 @@ pub unsafe fn resolve(
         // panic function that never returns, which the verifier refuses ("last insn is not
         // an exit or jmp"). `pos <= POS_MASK` and `len <= NAME_MAX` keep this inside the
         // buffer of SCRATCH_SIZE bytes.
+        // SAFETY: `pos <= POS_MASK` and `len <= NAME_MAX`, so `at .. at + 1 + len` lies in
+        // the SCRATCH_SIZE bytes of `buf` (see SCRATCH_SIZE).
         let at = unsafe { buf.as_mut_ptr().add(pos) };
         unsafe { *at = b'/' };
         let ret =
@@ -85,6 +92,7 @@ pub unsafe fn resolve(
     }
     if pos == PATH_CAP {
         pos -= 1;
+        // SAFETY: `pos` is PATH_CAP - 1, inside `buf`.
         unsafe { *buf.as_mut_ptr().add(pos) = b'/' };
     }
     Ok(Resolved {
@@ -104,8 +112,32 @@ pub fn write_path(
         crate::kernel::Task(unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8);
     let (root_mnt, root_dentry) = task.root()?;
     let scratch = crate::SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    // SAFETY: this CPU's scratch buffer, valid for the program's run; nothing else on this
+    // CPU uses it until the program ends.
     let scratch = unsafe { &mut *scratch };
-    let resolved = unsafe { resolve(scratch, vfsmount, dentry, root_mnt, root_dentry)? };
+    let resolved = match unsafe { resolve(scratch, vfsmount, dentry, root_mnt, root_dentry) } {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            aya_log_ebpf::debug!(
+                &(),
+                target: KERNEL_LOG_TARGET,
+                "path walk gave up: a kernel read failed ({})",
+                error
+            );
+            return Err(error);
+        }
+    };
+    if resolved.truncated {
+        // Logged once per walk, after the loop: a statement inside it would multiply what
+        // the verifier explores.
+        aya_log_ebpf::debug!(
+            &(),
+            target: KERNEL_LOG_TARGET,
+            "path walk cut: deeper than {} components or longer than {} bytes (flagged truncated)",
+            PATH_MAX_COMPONENTS,
+            PATH_CAP as u32
+        );
+    }
     let start = resolved.start & POS_MASK;
     let len = PATH_CAP.wrapping_sub(start);
     if len == 0 || len > PATH_CAP {

@@ -16,13 +16,16 @@ use monitor_common::{
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
     WATCH_INHERITED,
 };
+use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
 
 use crate::{
-    config_self_tgid, count, is_watched,
+    config_self_tgid, count,
+    emit::{emit, gave_up, inserted, kill_current},
+    is_watched,
     kernel::{off, read, Task},
-    path, submit_flags, EVENTS, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED,
-    WATCHED_THREADS,
+    path, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED, WATCHED_THREADS,
 };
+use crate::{EXEC_INSTANCE, EXEC_RESOLVED, SHELLS};
 
 #[inline(always)]
 pub(crate) fn header(
@@ -47,6 +50,8 @@ pub(crate) fn header(
 #[inline(always)]
 fn new_generation(tgid: u32, next: impl Fn(u32) -> u32) {
     if let Some(generation) = EXEC_GENERATION.get_ptr_mut(tgid) {
+        // SAFETY: a map value valid for the program's run. Only the kernel writes this map
+        // (user space never does), and a process's exec and fork hooks do not race.
         unsafe { *generation = next(*generation) };
     } else if EXEC_GENERATION.insert(tgid, fresh_generation(), 0).is_err() {
         count(Stat::MapFull, EventKind::Exec as u32);
@@ -62,7 +67,7 @@ fn fresh_generation() -> u32 {
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_exec(&ctx);
+    gave_up(try_exec(&ctx), EventKind::Exec);
     0
 }
 
@@ -100,21 +105,21 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
 
-    let kind = EventKind::Exec as u32;
     // The verdict first, with no side effect; then the record is reserved (in the priority
     // ring when it reports enforcement, which must not be lost in a flood of bulk events);
     // only then the kill is sent, so a kill is never without its report's room being
     // asked for, and a kill whose report finds no room is still counted as a loss.
-    let verdict = exec_verdict(bprm);
+    let verdict = exec_verdict(bprm, task, tgid, start_time);
     let priority = verdict != 0;
-    let reserved = crate::ring(priority).reserve::<ExecEvent>(0);
+    let reserved = crate::emit::reserve::<ExecEvent>(EventKind::Exec, priority);
     if verdict == EXEC_KILLED {
-        unsafe { aya_ebpf::helpers::bpf_send_signal(9) };
+        kill_current();
     }
     let Some(mut entry) = reserved else {
-        count(Stat::LostRingFull, kind);
         return Ok(());
     };
+    // SAFETY (every `(*event)` below): a ring reservation of the event's size, owned by
+    // this program until it submits it; fields are written before user space can read.
     let event = entry.as_mut_ptr();
     let uid_gid = bpf_get_current_uid_gid();
     unsafe {
@@ -180,11 +185,10 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
     if !complete {
-        count(Stat::ReadFailed, kind);
+        entry.incomplete();
     }
     unsafe { (*event).flags |= verdict };
-    count(Stat::Emitted, kind);
-    entry.submit(crate::ring_flags(priority));
+    entry.submit();
     Ok(())
 }
 
@@ -193,7 +197,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// new program runs a single instruction: it is delivered on the way back to user space), or
 /// would be in a dry run. Returns the `EXEC_*` verdict flag; sends nothing itself.
 #[inline(always)]
-fn exec_verdict(bprm: *const u8) -> u32 {
+fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 {
     let Some((profile, policy)) = crate::enforce::enforced_policy() else {
         return 0;
     };
@@ -209,10 +213,104 @@ fn exec_verdict(bprm: *const u8) -> u32 {
     if unsafe { EXEC_ALLOWED.get(key).is_some() } {
         return 0;
     }
+    // ... or what its templated `allow.exec` globs (`${python.prefix}/bin/python*`) resolved
+    // to for this process's facts.
+    if resolved_allows(tgid, profile, start_time, dev, ino) {
+        return 0;
+    }
+    // `sh -c CMD` is judged by what the shell runs: the shell keeps this process's profile,
+    // so every program it (or a subshell) execs comes back here.
+    if is_shell_command(task, dev, ino) {
+        return 0;
+    }
     if crate::enforce::refuse(&policy) == 1 {
         return EXEC_WOULD_KILL;
     }
     EXEC_KILLED
+}
+
+/// Whether the process's resolved-profile instance ([`EXEC_INSTANCE`], written by user space
+/// when it resolved the process's facts, or inherited at fork) allows the executable.
+#[inline(always)]
+fn resolved_allows(tgid: u32, profile: u32, start_time: u64, dev: u32, ino: u64) -> bool {
+    let Some(instance) = (unsafe { EXEC_INSTANCE.get(tgid) }) else {
+        return false;
+    };
+    // Another profile's instance (a transition), or one of an earlier process with this pid.
+    if instance.profile != profile
+        || instance.start_time.abs_diff(start_time) > EXEC_INSTANCE_START_SLACK_NS
+    {
+        return false;
+    }
+    let key = ResolvedExecKey {
+        instance: instance.instance,
+        dev,
+        ino,
+    };
+    unsafe { EXEC_RESOLVED.get(key).is_some() }
+}
+
+/// Bytes of the new program's argv read to find a shell's `-c`: argv[0] and the options
+/// before the command. A longer argv[0] (or options) is not seen as `sh -c`: refused as any
+/// other program.
+const SHELL_ARGS_PEEK: usize = 128;
+
+/// Whether the executable is a shell ([`SHELLS`]) run on a command string: options before
+/// the command (`-c`, `-ec`, `-xc`), one of which holds `c`, and an argument after them (as
+/// `is_shell_command` in user space decides).
+#[inline(always)]
+fn is_shell_command(task: Task, dev: u32, ino: u64) -> bool {
+    let key = InodeKey { dev, _pad: 0, ino };
+    if unsafe { SHELLS.get(key).is_none() } {
+        return false;
+    }
+    let Ok(mm) = task.mm() else {
+        return false;
+    };
+    let (Ok(start), Ok(end)) = (unsafe { read::<u64>(mm, off!(mm_arg_start)) }, unsafe {
+        read::<u64>(mm, off!(mm_arg_end))
+    }) else {
+        return false;
+    };
+    let len = end.saturating_sub(start) as usize;
+    let len = if len > SHELL_ARGS_PEEK {
+        SHELL_ARGS_PEEK
+    } else {
+        len
+    };
+    let mut buf = [0u8; SHELL_ARGS_PEEK];
+    if unsafe { bpf_probe_read_user_buf(start as *const u8, &mut buf[..len]) }.is_err() {
+        return false;
+    }
+    // argv[0], then each option: '-' and flags (not "-", not "--..."); a flag 'c' ends the
+    // options, and the command must follow.
+    const ARG0: u8 = 0;
+    const OPTION: u8 = 1;
+    const DASH: u8 = 2;
+    const FLAGS: u8 = 3;
+    const COMMAND_FLAG: u8 = 4;
+    const COMMAND: u8 = 5;
+    let mut state = ARG0;
+    for (i, &byte) in buf.iter().enumerate() {
+        if i >= len {
+            break;
+        }
+        state = match (state, byte) {
+            (ARG0, 0) => OPTION,
+            (ARG0, _) => ARG0,
+            (OPTION, b'-') => DASH,
+            (OPTION, _) => return false,
+            (DASH, 0 | b'-') => return false,
+            (DASH | FLAGS, b'c') => COMMAND_FLAG,
+            (FLAGS, 0) => OPTION,
+            (DASH | FLAGS, _) => FLAGS,
+            (COMMAND_FLAG, 0) => COMMAND,
+            (COMMAND_FLAG, _) => COMMAND_FLAG,
+            // A byte after the option that holds `c`: the command is there.
+            _ => return true,
+        };
+    }
+    false
 }
 
 #[inline(always)]
@@ -281,7 +379,7 @@ fn exec_path(bprm: *const u8, out: &mut [u8; PATH_CAP]) -> Result<(u32, bool), i
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_fork(&ctx);
+    gave_up(try_fork(&ctx), EventKind::Fork);
     0
 }
 
@@ -294,7 +392,11 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let child_pid = child.pid()?;
     if child_pid != child_tgid {
         if unsafe { WATCHED.get(child_tgid).is_some() } {
-            let _ = WATCHED_THREADS.insert(child_pid, child_tgid, 0);
+            // A full map loses the thread's memory accesses (their target is not found).
+            inserted(
+                WATCHED_THREADS.insert(child_pid, child_tgid, 0),
+                EventKind::MemoryAccess,
+            );
         }
         return Ok(());
     }
@@ -316,15 +418,11 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
             // A fresh generation: judgments of an earlier process that had this pid (the
             // kernel's cache keys on pid and generation) are not the child's.
             new_generation(child_tgid, |_| fresh_generation());
+            inherit_instance(parent, parent_tgid, child, child_tgid);
         } else {
             count(Stat::MapFull, EventKind::Fork as u32);
         }
     }
-    let kind = EventKind::Fork as u32;
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return Ok(());
-    };
     let watched = inherited.is_some() || is_watched(child_tgid);
     let event = ForkEvent {
         header: header(
@@ -338,16 +436,36 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         _pad: 0,
         parent_start_time: parent.process_start_time().unwrap_or(0),
     };
-    entry.write(event);
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    emit(EventKind::Fork, false, event);
     Ok(())
+}
+
+/// A child keeps its parent's resolved-profile instance (the facts are passed down by fork,
+/// as in user space), if that entry is the parent's own.
+#[inline(always)]
+fn inherit_instance(parent: Task, parent_tgid: u32, child: Task, child_tgid: u32) {
+    let Some(instance) = (unsafe { EXEC_INSTANCE.get(parent_tgid).copied() }) else {
+        return;
+    };
+    let Ok(parent_start) = parent.process_start_time() else {
+        return;
+    };
+    if instance.start_time.abs_diff(parent_start) > EXEC_INSTANCE_START_SLACK_NS {
+        return;
+    }
+    let entry = ExecInstance {
+        start_time: child.start_time().unwrap_or(0),
+        ..instance
+    };
+    if EXEC_INSTANCE.insert(child_tgid, entry, 0).is_err() {
+        count(Stat::MapFull, EventKind::Fork as u32);
+    }
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)`: one per thread; we report the last.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
+    gave_up(try_exit(&ctx), EventKind::Exit);
     0
 }
 
@@ -371,12 +489,8 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         // Absent keys are not errors here: only a watched process has entries to drop.
         let _ = WATCHED.remove(tgid);
         let _ = EXEC_GENERATION.remove(tgid);
+        let _ = EXEC_INSTANCE.remove(tgid);
     }
-    let kind = EventKind::Exit as u32;
-    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return Ok(());
-    };
     let event = ExitEvent {
         header: header(
             EventKind::Exit,
@@ -388,8 +502,6 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         exit_code: task.exit_code().unwrap_or(0),
         flags: 0,
     };
-    entry.write(event);
-    count(Stat::Emitted, kind);
-    entry.submit(submit_flags());
+    emit(EventKind::Exit, false, event);
     Ok(())
 }

@@ -98,6 +98,8 @@ fn traced(bits: &[u64; 8], nr: u64) -> bool {
 pub fn sys_enter_dispatch(ctx: RawTracePointContext) -> u32 {
     let nr: u64 = ctx.arg(1);
     if traced(&SYSCALL_ABI.enter_traced, nr) {
+        // SAFETY: a tail call with this program's own context; it does not return when it
+        // succeeds, and an empty slot falls through to `0` (nothing traced).
         unsafe { SYS_ENTER_ROUTES.tail_call(&ctx, nr as u32) };
     }
     0
@@ -109,6 +111,7 @@ pub fn sys_enter_dispatch(ctx: RawTracePointContext) -> u32 {
 pub fn sys_exit_dispatch(ctx: RawTracePointContext) -> u32 {
     if let Some(nr) = exit_nr(&ctx) {
         if traced(&SYSCALL_ABI.exit_traced, nr as u64) {
+            // SAFETY: as in `sys_enter_dispatch`.
             unsafe { SYS_EXIT_ROUTES.tail_call(&ctx, nr) };
         }
     }
@@ -121,9 +124,11 @@ pub fn sys_enter_route(ctx: RawTracePointContext) -> u32 {
     let nr = ctx.arg::<u64>(1) as u32;
     let compat = in_compat_syscall();
     if let Some(slot) = SYS_COMPAT.get_ptr_mut(0) {
-        // Per-CPU slot: no other writer.
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; no other
+        // writer while the program runs on this CPU.
         unsafe { *slot = u32::from(compat) };
     }
+    // SAFETY (both tail calls): this program's own context; an empty slot falls through.
     if compat {
         unsafe { SYS_ENTER_COMPAT.tail_call(&ctx, nr) };
     } else {
@@ -137,6 +142,7 @@ pub fn sys_exit_route(ctx: RawTracePointContext) -> u32 {
     let Some(nr) = exit_nr(&ctx) else {
         return 0;
     };
+    // SAFETY (both tail calls): this program's own context; an empty slot falls through.
     if in_compat_syscall() {
         unsafe { SYS_EXIT_COMPAT.tail_call(&ctx, nr) };
     } else {

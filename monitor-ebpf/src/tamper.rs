@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use monitor_common::{
-    monitor_object_key, BpfObjectKind, EventKind, Stat, TamperEvent, TamperOpCode, BPF_LINK_DETACH,
+    monitor_object_key, BpfObjectKind, EventKind, TamperEvent, TamperOpCode, BPF_LINK_DETACH,
     BPF_LINK_GET_FD_BY_ID, BPF_LINK_UPDATE, BPF_MAP_DELETE_BATCH, BPF_MAP_DELETE_ELEM,
     BPF_MAP_FREEZE, BPF_MAP_GET_FD_BY_ID, BPF_MAP_LOOKUP_AND_DELETE_BATCH,
     BPF_MAP_LOOKUP_AND_DELETE_ELEM, BPF_MAP_UPDATE_BATCH, BPF_MAP_UPDATE_ELEM, BPF_PROG_DETACH,
@@ -26,10 +26,11 @@ use monitor_common::{
 };
 
 use crate::{
-    config_self_tgid, count,
+    config_self_tgid,
+    emit::gave_up,
     kernel::{off, read, Task},
     process::header,
-    ring, ring_flags, syscall_arg, syscall_ret, BPF_PENDING, MONITOR_OBJECTS,
+    syscall_arg, syscall_ret, BPF_PENDING, MONITOR_OBJECTS,
 };
 
 /// How a command names its object: by an fd at this offset of `union bpf_attr`, or by an id
@@ -84,7 +85,7 @@ pub fn bpf_enter(ctx: RawTracePointContext) -> u32 {
     if tgid == config_self_tgid() {
         return 0;
     }
-    let _ = try_bpf_enter(&ctx, cmd, names, pid_tgid);
+    gave_up(try_bpf_enter(&ctx, cmd, names, pid_tgid), EventKind::Tamper);
     0
 }
 
@@ -185,7 +186,7 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> u32 {
     if harmless(sig) {
         return 0;
     }
-    let _ = try_signal(&ctx, sig);
+    gave_up(try_signal(&ctx, sig), EventKind::Tamper);
     0
 }
 
@@ -223,14 +224,8 @@ fn try_signal(ctx: &BtfTracePointContext, sig: i32) -> Result<(), i64> {
     Ok(())
 }
 
+/// Tampering goes to the priority ring: a flood of bulk events must not hide it.
 #[inline(always)]
 fn emit(event: &TamperEvent) {
-    let kind = EventKind::Tamper as u32;
-    let Some(mut entry) = ring(true).reserve::<TamperEvent>(0) else {
-        count(Stat::LostRingFull, kind);
-        return;
-    };
-    entry.write(*event);
-    count(Stat::Emitted, kind);
-    entry.submit(ring_flags(true));
+    crate::emit::emit(EventKind::Tamper, true, *event);
 }

@@ -1,23 +1,22 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    daemon::Plan,
-    glob::Glob,
-    pipeline::{Mode, PipelineOptions, WatchSelectors},
-    reload::ConfigSource,
-    sensor::SensorOptions,
-    sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
+    config::{glob::Glob, reload::ConfigSource},
+    daemon::{CommonArgs, Plan},
+    output::sink::{AlertSink, AlertsFile, Outputs, StdoutLines},
+    pipeline::{Mode, WatchSelectors},
 };
 
 /// eBPF runtime security monitor for AI inference hosts.
 #[derive(Parser, Debug)]
 #[command(name = "monitor", version, about)]
 pub struct Cli {
-    /// Log filter (also RUST_LOG), e.g. `info`, `monitor=debug`.
+    /// Log filter (also RUST_LOG), e.g. `info`, `monitor=debug`; `monitor::kernel=debug` turns
+    /// on the kernel programs' own messages (why a hook or a path walk gave up), off by default.
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
     #[command(subcommand)]
@@ -58,7 +57,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub otlp: crate::otlp::OtlpArgs,
+    pub otlp: crate::output::otlp::OtlpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -82,7 +81,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub otlp: crate::otlp::OtlpArgs,
+    pub otlp: crate::output::otlp::OtlpArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -117,73 +116,6 @@ pub struct TraceArgs {
     pub common: CommonArgs,
 }
 
-#[derive(Args, Debug)]
-pub struct CommonArgs {
-    /// Ring buffer size in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
-    pub ring_size: u32,
-    /// How often the reader drains the ring buffer.
-    #[arg(long, default_value_t = 10, value_name = "MS")]
-    pub drain_interval_ms: u64,
-    /// Wake the reader early once this many bytes wait in the ring buffer.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    pub wakeup_bytes: u64,
-    /// Create this file (containing the pid) once all programs are attached and /proc is
-    /// scanned; removed at exit.
-    #[arg(long, value_name = "PATH")]
-    pub ready_file: Option<PathBuf>,
-    /// The cgroup (v2) whose processes the device hook sees (default: the cgroup v2 root,
-    /// i.e. the whole host).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
-    /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
-    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::devices::parse_accel_major)]
-    pub accel_majors: Vec<(u32, crate::events::DeviceClass)>,
-    /// How often per-process GPU ioctl counts are reported.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    pub ioctl_summary_secs: u64,
-    /// Container metadata from the runtime's API, and the node name.
-    #[command(flatten)]
-    pub workload: crate::workload::WorkloadArgs,
-    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
-    /// hold what the configuration wrote (and repairs them).
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    pub self_check_secs: u64,
-}
-
-impl CommonArgs {
-    pub fn sensor_options(&self, watch_all: bool) -> SensorOptions {
-        let mut accel_majors = crate::devices::AccelMajors::detect();
-        for &(major, class) in &self.accel_majors {
-            accel_majors.insert(major, class);
-        }
-        SensorOptions {
-            ring_size: self.ring_size,
-            wakeup_bytes: self.wakeup_bytes,
-            watch_all,
-            protect_dirs: Vec::new(),
-            protect_suffixes: Vec::new(),
-            protect_always: false,
-            exec_candidates: Vec::new(),
-            exec_candidates_expected: 0,
-            accel_majors,
-            cgroup: self.cgroup.clone(),
-            dry_run: false,
-        }
-    }
-
-    pub fn pipeline_options(&self) -> PipelineOptions {
-        PipelineOptions {
-            drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
-            ready_file: self.ready_file.clone(),
-            ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
-            workload: self.workload.options(),
-            self_check: Duration::from_secs(self.self_check_secs.max(1)),
-            ..PipelineOptions::default()
-        }
-    }
-}
-
 impl TraceArgs {
     pub fn selectors(&self) -> anyhow::Result<WatchSelectors> {
         if !self.all && self.pids.is_empty() && self.exes.is_empty() {
@@ -215,12 +147,14 @@ impl std::fmt::Display for CheckFailed {
 impl std::error::Error for CheckFailed {}
 
 /// `outputs.otlp` and `outputs.spool` of the config, for the OTLP settings resolver.
-fn otlp_file_settings(config: &crate::config::Config) -> Option<crate::otlp::OtlpFileSettings> {
+fn otlp_file_settings(
+    config: &crate::config::Config,
+) -> Option<crate::output::otlp::OtlpFileSettings> {
     let outputs = &config.outputs;
     if outputs.otlp.is_none() && outputs.spool.is_none() {
         return None;
     }
-    let mut file = crate::otlp::OtlpFileSettings::default();
+    let mut file = crate::output::otlp::OtlpFileSettings::default();
     if let Some(otlp) = &outputs.otlp {
         file.endpoint = Some(otlp.endpoint.clone());
         file.protocol = Some(otlp.protocol.name().into());
@@ -255,7 +189,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let file = otlp_file_settings(&config);
     let Some(settings) =
-        crate::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
+        crate::output::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
     else {
         anyhow::bail!(
             "no OTLP collector to replay to: give --otlp-endpoint URL (or \
@@ -263,7 +197,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     };
     let (dir, _) = args.otlp.spool(file.as_ref());
-    let done = crate::otlp::replay(&settings, &dir).await?;
+    let done = crate::output::otlp::replay(&settings, &dir).await?;
     println!(
         "replayed {} dead letters to {} ({} of them rejected again in a partial success)",
         done.sent, settings.logs_endpoint, done.rejected
@@ -279,12 +213,12 @@ fn start_alerts(
     config: &crate::config::Config,
     state_dir: &std::path::Path,
     outputs: &mut Outputs,
-    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    metrics: &std::sync::Arc<crate::telemetry::metrics::Metrics>,
 ) -> Option<(
-    std::sync::Arc<crate::liveness::StateFile>,
+    std::sync::Arc<crate::telemetry::liveness::StateFile>,
     tokio::task::JoinHandle<()>,
 )> {
-    let mut raise = |alert: crate::alert::Alert| {
+    let mut raise = |alert: crate::event::alert::Alert| {
         metrics.alert(&alert.rule, alert.severity);
         let _ = outputs.send(&alert);
     };
@@ -298,7 +232,7 @@ fn start_alerts(
             for line in &insecure {
                 tracing::warn!("{line} (loaded anyway: --allow-insecure-config)");
             }
-            let now = i128::from(crate::liveness::unix_now_ns());
+            let now = i128::from(crate::event::clock::unix_now_ns());
             let mut attributes = serde_json::Map::new();
             attributes.insert("monitor.config.insecure".into(), insecure.into());
             if let Some(path) = &source.path {
@@ -307,20 +241,20 @@ fn start_alerts(
                     path.display().to_string().into(),
                 );
             }
-            raise(crate::alert::Alert {
+            raise(crate::event::alert::Alert {
                 rule: crate::config::diff::CONFIG_INSECURE.id.into(),
                 severity: crate::config::diff::CONFIG_INSECURE.severity,
-                action: crate::alert::Action::Alert,
+                action: crate::event::alert::Action::Alert,
                 profile: None,
                 time_unix_ns: now,
                 observed_unix_ns: now,
                 count: 1,
-                uid: crate::alert::new_uid(),
+                uid: crate::event::alert::new_uid(),
                 attributes,
             });
         }
     }
-    let (state, unclean) = match crate::liveness::StateFile::open(state_dir) {
+    let (state, unclean) = match crate::telemetry::liveness::StateFile::open(state_dir) {
         Ok(opened) => opened,
         Err(err) => {
             tracing::warn!(
@@ -343,7 +277,7 @@ fn start_alerts(
     let writer = {
         let (state, metrics) = (state.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::liveness::STATE_INTERVAL);
+            let mut tick = tokio::time::interval(crate::telemetry::liveness::STATE_INTERVAL);
             loop {
                 tick.tick().await;
                 let state = state.clone();
@@ -360,7 +294,13 @@ fn start_alerts(
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(args) => {
-            let report = crate::config::check(&args.files);
+            let mut report = crate::config::check(&args.files);
+            if report.diagnostics.is_empty() {
+                // What `monitor run` would size the kernel map to, and what would not fit.
+                let candidates = crate::kernel::policy::exec_candidates(&report.loaded);
+                let capacity = crate::kernel::policy::candidate_capacity(candidates.keys.len());
+                report.notes.splice(0..0, candidates.describe(capacity));
+            }
             for diagnostic in &report.diagnostics {
                 println!("{diagnostic}");
             }
@@ -399,11 +339,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?)],
                 None => vec![Box::new(StdoutLines::start()?)],
             };
-            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new());
             let file = otlp_file_settings(&config);
-            if let Some(settings) =
-                crate::otlp::OtlpSettings::resolve_from_process_env(&args.otlp, file.as_ref())?
-            {
+            if let Some(settings) = crate::output::otlp::OtlpSettings::resolve_from_process_env(
+                &args.otlp,
+                file.as_ref(),
+            )? {
                 let (dir, max_bytes) = args.otlp.spool(file.as_ref());
                 tracing::info!(
                     endpoint = %settings.logs_endpoint,
@@ -413,8 +354,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut settings = settings;
                 settings.heartbeat_interval = config.heartbeat;
                 sinks.push(Box::new(
-                    crate::otlp::OtlpSink::start(settings, &dir, max_bytes, metrics.clone())?
-                        .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
+                    crate::output::otlp::OtlpSink::start(
+                        settings,
+                        &dir,
+                        max_bytes,
+                        metrics.clone(),
+                    )?
+                    .with_close_timeout(crate::daemon::SHUTDOWN_DRAIN),
                 ));
             }
             let mut outputs = Outputs::new(sinks, Some(metrics.clone()));
@@ -422,9 +368,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .state_dir
                 .clone()
                 .or_else(|| std::env::var_os("MONITOR_STATE_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(crate::liveness::DEFAULT_STATE_DIR));
+                .unwrap_or_else(|| PathBuf::from(crate::telemetry::liveness::DEFAULT_STATE_DIR));
             let state = start_alerts(&source, &config, &state_dir, &mut outputs, &metrics);
-            // Guards are fanotify's (crate::guard): the kernel's open hooks do not judge
+            // Guards are fanotify's (crate::kernel::guard): the kernel's open hooks do not judge
             // protected paths in `run`, so unwatched processes' opens cost one map lookup.
             let mut sensor = args.common.sensor_options(false);
             sensor.dry_run = args.dry_run;
@@ -455,14 +401,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => replay(args).await,
         Command::Trace(args) => {
             // Written by a thread of its own: a stalled reader must not stall the event loop.
-            let stdout = crate::trace_out::TraceOut::start(std::io::stdout()).map_err(|err| {
-                anyhow::anyhow!("failed to start the stdout writer thread: {err}")
-            })?;
+            let stdout =
+                crate::output::trace_out::TraceOut::start(std::io::stdout()).map_err(|err| {
+                    anyhow::anyhow!("failed to start the stdout writer thread: {err}")
+                })?;
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             // The kernel watches a program that `--exe` names from its exec on: its first
             // events (the loader's opens, an early bind) come before user space could react.
-            sensor_options.exec_candidates = crate::policy::executables_matching(&selectors.exes);
+            sensor_options.exec_candidates =
+                crate::kernel::policy::executables_matching(&selectors.exes);
             sensor_options.protect_dirs = args.protect.clone();
             sensor_options.protect_suffixes = args.protect_suffixes.clone();
             crate::daemon::run(Plan {

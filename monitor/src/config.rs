@@ -28,8 +28,12 @@
 //! reported, not only the first.
 
 mod builtin;
+pub mod cidr;
 pub mod diff;
+pub mod glob;
 pub mod perms;
+pub mod profile;
+pub mod reload;
 pub(crate) mod yaml;
 
 use std::{
@@ -40,7 +44,7 @@ use std::{
 
 use saphyr::MarkedYaml;
 
-use crate::profile::{self, PathGlob, Profile, ProfileName, Subject};
+use profile::{PathGlob, Profile, ProfileName, Subject};
 pub use yaml::Diagnostic;
 use yaml::{index, join, load_documents, Fields, Reader};
 
@@ -261,9 +265,12 @@ pub struct CheckReport {
     /// Profiles that loaded (from profile files, and those that configs load).
     pub profiles: usize,
     pub diagnostics: Vec<Diagnostic>,
-    /// What the selectors' executable globs match on this host, and whether the kernel map
-    /// holds them all (see [`crate::policy::Candidates::describe`]).
+    /// Warnings about profiles that loaded. `monitor check` adds before them what the
+    /// selectors' executable globs match on this host, and whether the kernel map holds them
+    /// all (see [`crate::kernel::policy::Candidates::describe`]).
     pub notes: Vec<String>,
+    /// The profiles that loaded, when there is no diagnostic.
+    pub loaded: Vec<Profile>,
 }
 
 /// Validates files that are profiles or configs (a config has `profiles`, `guards`,
@@ -307,10 +314,6 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
     report.diagnostics.extend(profiles.diagnostics);
     loaded.extend(profiles.profiles);
     if report.diagnostics.is_empty() {
-        // What `monitor run` would size the kernel map to, and what would not fit.
-        let candidates = crate::policy::exec_candidates(&loaded);
-        let capacity = crate::policy::candidate_capacity(candidates.keys.len());
-        report.notes = candidates.describe(capacity);
         report
             .notes
             .extend(loaded.iter().filter(|p| p.allow.allows_nothing()).map(|p| {
@@ -319,6 +322,7 @@ pub fn check(paths: &[PathBuf]) -> CheckReport {
                     p.location, p.name
                 )
             }));
+        report.loaded = loaded;
     }
     report
 }

@@ -3,31 +3,34 @@
 //! Order matters for "no blind spot at start-up": load the programs, start the reader, fill
 //! the kernel's policy maps, attach, scan /proc, then process what arrived meanwhile.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{io::Write, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    alert::{new_uid, Action, Alert},
-    cgroup::CgroupResolver,
-    clock::BootClock,
     config::{
         diff::{ConfigDiff, CONFIG_CHANGED, CONFIG_CHANGE_REFUSED},
+        reload::ConfigSource,
         Config,
     },
-    guard::GuardService,
-    ioctls::IoctlTracker,
-    metrics::Metrics,
+    event::{
+        alert::{new_uid, Action, Alert},
+        clock::BootClock,
+    },
+    host::{cgroup::CgroupResolver, ioctls::IoctlTracker},
+    kernel::{
+        guard::GuardService,
+        policy::KernelPolicy,
+        sensor::{Sensor, SensorOptions},
+    },
+    output::sink::AlertSink,
     pipeline::{
         self, Counters, KernelMaps, Mode, Observer, PipelineOptions, Processor, WatchSelectors,
     },
-    policy::KernelPolicy,
-    reload::ConfigSource,
     rules::{Engine, CONFIG_RELOAD_FAILED},
-    sensor::{Sensor, SensorOptions},
-    sink::AlertSink,
+    telemetry::metrics::Metrics,
 };
 
 /// Everything a run needs.
@@ -83,9 +86,9 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut candidates = None;
     if let Some((_, config)) = &config {
         // The kernel's candidate map is sized from what the selectors match now.
-        let found = crate::policy::exec_candidates(&config.profiles);
+        let found = crate::kernel::policy::exec_candidates(&config.profiles);
         sensor_options.exec_candidates_expected = found.keys.len();
-        let capacity = crate::policy::candidate_capacity(found.keys.len());
+        let capacity = crate::kernel::policy::candidate_capacity(found.keys.len());
         for line in found.describe(capacity) {
             info!("{line}");
         }
@@ -95,7 +98,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let counters = Arc::new(Counters::default());
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::guard::EVENT_QUEUE);
+    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::kernel::guard::EVENT_QUEUE);
     // What must not share fate with bulk events, when the queue is filling (see read_ring).
     let (urgent_tx, mut urgent_rx) = mpsc::channel(pipeline_options.queue_batches);
     let reader = tokio::spawn(pipeline::read_ring(
@@ -120,7 +123,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 &config,
                 candidates
                     .take()
-                    .unwrap_or_else(|| crate::policy::exec_candidates(&config.profiles)),
+                    .unwrap_or_else(|| crate::kernel::policy::exec_candidates(&config.profiles)),
             )
             .context("failed to load the guards and profiles into the kernel")?;
         info!(
@@ -139,7 +142,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
 
     // inotify on the configuration's files; the poll below is the fallback.
     let mut watcher = match &source {
-        Some((config_source, _)) => match crate::reload::Watcher::new() {
+        Some((config_source, _)) => match crate::config::reload::Watcher::new() {
             Ok(mut watcher) => {
                 if let Some(engine) = &engine {
                     watcher.arm(&config_source.inputs(engine.config()));
@@ -174,6 +177,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         kernel.known = Some(maps.known);
         kernel.threads = Some(maps.watched_threads);
         kernel.gates = Some(maps.gates);
+        kernel.resolved_exec = Some(maps.resolved_exec);
     }
     let mut processor = Processor::new(mode, selectors, kernel, counters, cgroups, clock, out);
     processor.sinks = sinks;
@@ -190,10 +194,10 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     processor.ioctls = Some(IoctlTracker::new(maps.ioctl_counts, maps.accel_fds));
     // Container metadata: looked up in the background from the first process of each
     // container on (the /proc scan below included).
-    let workload = crate::workload::Registry::start(&pipeline_options.workload);
+    let workload = crate::host::workload::Registry::start(&pipeline_options.workload);
     processor.table.containers = Some(workload.clone());
     processor.pauses.names = object_names;
-    crate::tamper::file_own_threads(&mut processor);
+    crate::pipeline::tamper::file_own_threads(&mut processor);
     let scanned = processor.seed()?;
     info!(processes = scanned, "process table seeded from /proc");
     if let Some(path) = &pipeline_options.ready_file {
@@ -227,19 +231,19 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
             },
             _ = workload.arrived.notified() => {
                 // A container's image, pod and labels are known now: workload selectors may
-                // match processes that no profile governs yet (see `crate::workload`).
+                // match processes that no profile governs yet (see `crate::host::workload`).
                 processor.govern_running();
             }
             _ = self_check.tick(), if mode == Mode::Run => {
-                let outcome = crate::tamper::self_check(&mut sensor, &mut policy);
-                if let Some(alert) = crate::tamper::check_alert(&clock, &outcome) {
+                let outcome = crate::pipeline::tamper::self_check(&mut sensor, &mut policy);
+                if let Some(alert) = crate::pipeline::tamper::check_alert(&clock, &outcome) {
                     processor.raise(&alert);
                     processor.flush_alerts();
                 }
                 if let Ok(names) = sensor.register(&mut objects) {
                     processor.pauses.names = names;
                 }
-                crate::tamper::file_own_threads(&mut processor);
+                crate::pipeline::tamper::file_own_threads(&mut processor);
             }
             _ = ioctl_summary.tick() => {
                 processor.report_ioctls(None).context("failed to write output")?;
@@ -380,11 +384,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
 /// configuration in force is made of.
 fn reload_if_changed<W: Write>(
     source: &ConfigSource,
-    fingerprint: &mut crate::reload::Fingerprint,
+    fingerprint: &mut crate::config::reload::Fingerprint,
     policy: &mut KernelPolicy,
     processor: &mut Processor<W>,
     clock: &BootClock,
-    watcher: Option<&mut crate::reload::Watcher>,
+    watcher: Option<&mut crate::config::reload::Watcher>,
     guards: &mut GuardService,
 ) {
     let Some(config) = processor.engine.as_ref().map(|e| e.config().clone()) else {
@@ -406,7 +410,7 @@ fn reload_if_changed<W: Write>(
 /// and reported as `config-change-refused`.
 fn reload<W: Write>(
     source: &ConfigSource,
-    fingerprint: &mut crate::reload::Fingerprint,
+    fingerprint: &mut crate::config::reload::Fingerprint,
     policy: &mut KernelPolicy,
     processor: &mut Processor<W>,
     clock: &BootClock,
@@ -499,7 +503,7 @@ fn reload<W: Write>(
 /// `locked: true`: the change is not applied; an alert says what it would have been.
 fn refuse_locked<W: Write>(
     source: &ConfigSource,
-    fingerprint: &mut crate::reload::Fingerprint,
+    fingerprint: &mut crate::config::reload::Fingerprint,
     old: &crate::config::Config,
     processor: &mut Processor<W>,
     clock: &BootClock,
@@ -540,7 +544,7 @@ fn refuse_locked<W: Write>(
 /// Raises one of the configuration's alerts, with the config's path.
 fn config_alert<W: Write>(
     rule: &str,
-    severity: crate::alert::Severity,
+    severity: crate::event::alert::Severity,
     mut attributes: serde_json::Map<String, serde_json::Value>,
     source: &ConfigSource,
     processor: &mut Processor<W>,
@@ -621,6 +625,75 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// The daemon's knobs that `monitor run`, `trace` and `learn` share: the options of the
+/// sensors and of the pipeline.
+#[derive(clap::Args, Debug)]
+pub struct CommonArgs {
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    pub ring_size: u32,
+    /// How often the reader drains the ring buffer.
+    #[arg(long, default_value_t = 10, value_name = "MS")]
+    pub drain_interval_ms: u64,
+    /// Wake the reader early once this many bytes wait in the ring buffer.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub wakeup_bytes: u64,
+    /// Create this file (containing the pid) once all programs are attached and /proc is
+    /// scanned; removed at exit.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// The cgroup (v2) whose processes the device hook sees (default: the cgroup v2 root,
+    /// i.e. the whole host).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Treat character-device major N as an accelerator class (repeatable), e.g. 1=accel.
+    #[arg(long = "accel-major", value_name = "N=CLASS", value_parser = crate::host::devices::parse_accel_major)]
+    pub accel_majors: Vec<(u32, crate::event::DeviceClass)>,
+    /// How often per-process GPU ioctl counts are reported.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub ioctl_summary_secs: u64,
+    /// Container metadata from the runtime's API, and the node name.
+    #[command(flatten)]
+    pub workload: crate::host::workload::WorkloadArgs,
+    /// How often `monitor run` checks that its cgroup links are attached and its policy maps
+    /// hold what the configuration wrote (and repairs them).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub self_check_secs: u64,
+}
+
+impl CommonArgs {
+    pub fn sensor_options(&self, watch_all: bool) -> SensorOptions {
+        let mut accel_majors = crate::host::devices::AccelMajors::detect();
+        for &(major, class) in &self.accel_majors {
+            accel_majors.insert(major, class);
+        }
+        SensorOptions {
+            ring_size: self.ring_size,
+            wakeup_bytes: self.wakeup_bytes,
+            watch_all,
+            protect_dirs: Vec::new(),
+            protect_suffixes: Vec::new(),
+            protect_always: false,
+            exec_candidates: Vec::new(),
+            exec_candidates_expected: 0,
+            accel_majors,
+            cgroup: self.cgroup.clone(),
+            dry_run: false,
+        }
+    }
+
+    pub fn pipeline_options(&self) -> PipelineOptions {
+        PipelineOptions {
+            drain_interval: Duration::from_millis(self.drain_interval_ms.max(1)),
+            ready_file: self.ready_file.clone(),
+            ioctl_summary: Duration::from_secs(self.ioctl_summary_secs.max(1)),
+            workload: self.workload.options(),
+            self_check: Duration::from_secs(self.self_check_secs.max(1)),
+            ..PipelineOptions::default()
         }
     }
 }

@@ -15,7 +15,7 @@
 //! [`render`] with a comment header and each rule's number of observations.
 //!
 //! What becomes a rule is what `monitor run` checks: each event is classified by the rules'
-//! own classifier ([`crate::rules::classify`]): an open is a read unless it may change the
+//! own classifier ([`crate::event::classify`]): an open is a read unless it may change the
 //! file, and also a read when it reads; every other file operation is a write; failed opens
 //! of missing paths are probes; TCP listens and UDP binds are `listen`; connects and UDP
 //! sends `connect`; unix socket connects, sends and binds `unix`; execs that leave the
@@ -45,16 +45,19 @@ use clap::Args;
 use tracing::{info, warn};
 
 use crate::{
-    alert::Alert,
-    cli::CommonArgs,
-    daemon::Plan,
-    events::{Device, DeviceClass, Event, File, Net, NetOp},
-    glob::Glob,
+    config::{
+        glob::Glob,
+        profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
+    },
+    daemon::{CommonArgs, Plan},
+    event::{
+        alert::Alert,
+        classify::{file_use, is_probe, net_use, FileUse, NetUse},
+        Device, DeviceClass, Event, File, Net, NetOp,
+    },
+    host::process::{same_start, Process, ProcessTable},
+    output::sink::AlertSink,
     pipeline::{Mode, Observer, WatchSelectors},
-    process::{same_start, Process, ProcessTable},
-    profile::{self, join_args, ArgsGlob, PathGlob, Profile, Selector, Subject},
-    rules::classify::{file_use, is_probe, net_use, FileUse, NetUse},
-    sink::AlertSink,
 };
 use generalise::{Counted, PathContext};
 use render::{Draft, Item, SelectorText};
@@ -511,7 +514,7 @@ impl Learning {
         }
     }
 
-    fn context(&self, header: &crate::events::Header) -> PathContext<'_> {
+    fn context(&self, header: &crate::event::Header) -> PathContext<'_> {
         PathContext {
             tgid: header.tgid,
             tid: header.pid,
@@ -802,7 +805,7 @@ fn timestamp(time: SystemTime) -> String {
     let ns = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    let text = crate::clock::rfc3339(ns);
+    let text = crate::event::clock::rfc3339(ns);
     match text.split_once('.') {
         Some((seconds, _)) => format!("{seconds}Z"),
         None => text,
@@ -1039,7 +1042,7 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|pattern| Glob::new(pattern).ok())
             .collect();
-        sensor.exec_candidates = crate::policy::executables_matching(&globs);
+        sensor.exec_candidates = crate::kernel::policy::executables_matching(&globs);
     }
     let started = SystemTime::now();
     info!(out = %args.out.display(), "learning");

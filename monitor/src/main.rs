@@ -2,7 +2,7 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = monitor::cli::Cli::parse();
-    monitor::logging::init(&cli.log);
+    monitor::telemetry::logging::init(&cli.log);
     // One thread: the ring reader and the processor are tasks of the same thread, so a batch
     // handed from one to the other wakes nobody (on a multi-threaded runtime each batch
     // woke a parked worker: a third of the daemon's CPU per fork+exec went to the scheduler).

@@ -15,9 +15,9 @@
 //! `on_fork`, `on_exit`), so that the table describes the process as the event left it.
 
 mod checks;
-pub mod classify;
 mod dedup;
 
+use opentelemetry_semantic_conventions::attribute as semconv;
 use std::{
     collections::HashMap,
     sync::{
@@ -28,27 +28,25 @@ use std::{
 
 use serde_json::{Map, Value};
 
+use crate::event::alert::Rule;
 use crate::{
-    alert::{new_uid, Action, Alert, Severity},
-    clock::BootClock,
-    config::Config,
-    events::{Event, Exec, Fork, Header},
-    output::event_record,
-    process::{same_start, Process, ProcessTable},
-    profile::{
-        facts::{self, Facts},
-        join_args, Profile, Subject,
+    config::{
+        profile::{
+            facts::{self, Facts},
+            join_args, Profile, Subject,
+        },
+        Config,
     },
+    event::{
+        alert::{new_uid, Action, Alert, Severity},
+        clock::BootClock,
+        Event, Exec, Fork, Header,
+    },
+    host::process::{same_start, Process, ProcessTable},
+    output::event_record,
 };
 use checks::Finding;
 use dedup::{Dedup, Key};
-
-/// A rule: a stable id (`security_rule.name`) and its severity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Rule {
-    pub id: &'static str,
-    pub severity: Severity,
-}
 
 const fn rule(id: &'static str, severity: Severity) -> Rule {
     Rule { id, severity }
@@ -125,11 +123,11 @@ pub const RULES: [Rule; 26] = [
     crate::config::diff::CONFIG_CHANGED,
     crate::config::diff::CONFIG_CHANGE_REFUSED,
     crate::config::diff::CONFIG_INSECURE,
-    crate::liveness::MONITOR_UNCLEAN_EXIT,
-    crate::sink::ALERTS_FILE_REPAIRED,
-    crate::sink::EXPORT_REJECTED,
-    crate::sink::SPOOL_WRITE_FAILED,
-    crate::sink::OUTPUT_FAILED,
+    crate::telemetry::liveness::MONITOR_UNCLEAN_EXIT,
+    crate::output::sink::ALERTS_FILE_REPAIRED,
+    crate::output::sink::EXPORT_REJECTED,
+    crate::output::sink::SPOOL_WRITE_FAILED,
+    crate::output::sink::OUTPUT_FAILED,
 ];
 
 /// Most distinct alerts being folded at once; past it the oldest window is closed early.
@@ -260,6 +258,43 @@ impl Engine {
             .collect();
         governed.sort_unstable();
         governed
+    }
+
+    /// The templated `allow.exec` globs of a process's enforce-mode profile made concrete
+    /// with its facts: `(profile id, globs)`, for the kernel's exec check
+    /// ([`crate::kernel::policy::ResolvedExec`]). `None` when its profile names no such glob.
+    pub fn resolved_exec(&self, tgid: u32, start_time_ns: u64) -> Option<(u32, Vec<String>)> {
+        let state = self.state(tgid, start_time_ns)?;
+        self.resolved_exec_of(state)
+    }
+
+    /// [`Engine::resolved_exec`] of every governed process: `(tgid, start time, profile id,
+    /// globs)`.
+    pub fn resolved_execs(&self) -> Vec<(u32, u64, u32, Vec<String>)> {
+        self.processes
+            .iter()
+            .filter_map(|(tgid, state)| {
+                let (id, globs) = self.resolved_exec_of(state)?;
+                Some((*tgid, state.start_time_ns, id, globs))
+            })
+            .collect()
+    }
+
+    fn resolved_exec_of(&self, state: &ProcessState) -> Option<(u32, Vec<String>)> {
+        let id = state.profile?;
+        let resolved = state.resolved.as_ref().filter(|r| r.profile.id == id)?;
+        let profile = self.config.profile(id)?;
+        if profile.mode != crate::config::profile::Mode::Enforce {
+            return None;
+        }
+        let globs: Vec<String> = profile
+            .allow
+            .templates
+            .iter()
+            .filter(|(list, _)| *list == crate::config::profile::TemplateList::Exec)
+            .filter_map(|(_, template)| template.resolve(&resolved.facts))
+            .collect();
+        (!globs.is_empty()).then_some((id, globs))
     }
 
     /// Governs the processes found by the `/proc` scan: each live process that the engine
@@ -421,7 +456,7 @@ impl Engine {
         for finding in findings {
             let mut attributes = attributes.clone();
             if let Some(path) = finding.file_path {
-                attributes.insert("file.path".into(), Value::from(path));
+                attributes.insert(semconv::FILE_PATH.into(), Value::from(path));
             }
             let alert = Alert {
                 rule: finding.rule.id.to_owned(),
@@ -631,7 +666,13 @@ impl Engine {
                 let finding = self
                     .profile_of(state)
                     .filter(|_| prior.is_some())
-                    .and_then(|profile| checks::exec(profile, &exec.path));
+                    .and_then(|profile| checks::exec(profile, &exec.path))
+                    // The kernel judges the file, not its name (a link made in an allowed
+                    // directory after the globs were expanded): its kill is reported too.
+                    .or_else(|| {
+                        (prior.is_some() && (exec.killed || exec.would_kill))
+                            .then(|| checks::exec_refused(&exec.path))
+                    });
                 // A shell the kernel killed (or would have, in a dry run) ran nothing: the
                 // kill is the fact to report, not deferred to what the shell would have run.
                 let deferred = finding.is_some()

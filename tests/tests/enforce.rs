@@ -6,7 +6,7 @@
 use std::{net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use tests::{marker, Monitor, WAIT};
+use tests::{marker, real_path, Monitor, TempDir, WAIT};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -27,6 +27,21 @@ if step == "net":
     attempt("connect6_other", lambda: socket.create_connection(("::1", other)).close())
     attempt("gpu", lambda: open(os.path.join(root, "nvidia0"), "rb").close())
 elif step == "exec":
+    r = subprocess.run(["/bin/sh", "-c", "touch " + os.path.join(root, "MARKER")])
+    out["exec_returncode"] = r.returncode
+elif step == "flood":
+    # Governed once a connect is refused; then, on the test's word (the monitor stopped), a
+    # flood of refused connects (each a record in the priority ring) and a forbidden exec.
+    attempt("first", lambda: socket.create_connection(("127.0.0.1", other)).close())
+    print(out["first"], flush=True)
+    sys.stdin.readline()
+    refused = 0
+    for _ in range(4000):
+        try:
+            socket.create_connection(("127.0.0.1", other)).close()
+        except OSError:
+            refused += 1
+    out["refused"] = refused
     r = subprocess.run(["/bin/sh", "-c", "touch " + os.path.join(root, "MARKER")])
     out["exec_returncode"] = r.returncode
 elif step == "write":
@@ -165,6 +180,12 @@ impl Drop for Site {
     }
 }
 
+/// The exit status of a program killed at exec: -9 when it was the process run (or a shell
+/// that execs its last command in place), 137 from a shell that forked it.
+fn killed(returncode: &Value) -> bool {
+    *returncode == -9 || *returncode == 137
+}
+
 fn alert(monitor: &Monitor, rule: &'static str, action: &'static str) -> Value {
     monitor.wait_for(&format!("{rule} ({action})"), WAIT, move |v| {
         v["security_rule.name"] == rule && v["monitor.action"] == action
@@ -190,19 +211,18 @@ fn enforce_mode_refuses_in_the_kernel() {
     let device = alert(&monitor, "device-not-allowed", "denied");
     assert_eq!(device["device.class"], "nvidia");
 
+    // `sh -c touch ...`: the shell is let through and judged by what it runs; `touch` is
+    // not allowed, so it is killed at its exec, before it runs.
     let (report, _) = site.run(&monitor, "exec", true);
-    assert_eq!(
-        report["exec_returncode"], -9,
-        "the shell was killed: {report}"
+    assert!(
+        killed(&report["exec_returncode"]),
+        "the shell's program was killed: {report}"
     );
-    assert!(!site.root.join("MARKER").exists(), "the shell never ran");
+    assert!(!site.root.join("MARKER").exists(), "touch never ran");
     let killed = alert(&monitor, "exec-not-allowed", "killed");
     assert_eq!(
         killed["process.executable.path"],
-        std::fs::canonicalize("/bin/sh")
-            .unwrap()
-            .to_string_lossy()
-            .as_ref()
+        real_path("/usr/bin/touch")
     );
 
     let (report, code) = site.run(&monitor, "write", true);
@@ -259,4 +279,584 @@ fn dry_run_only_reports() {
             .all(|v| v["monitor.action"] != "denied" && v["monitor.action"] != "killed"),
         "dry run never acts"
     );
+}
+
+/// Writes `profile` and a config naming it into `dir`, and starts the monitor on them.
+fn start_with_profile(dir: &std::path::Path, profile: &str) -> Monitor {
+    std::fs::write(dir.join("profile.yaml"), profile).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("profiles: [\"{}\"]\n", dir.join("profile.yaml").display()),
+    )
+    .unwrap();
+    Monitor::start(&["run", "--config", &config.to_string_lossy()])
+}
+
+/// Runs `program ARGS` in the monitor's cgroup; returns its JSON report (`Null` if it was
+/// killed) and its exit code.
+fn report_of(monitor: &Monitor, program: &str, args: &[&str]) -> (Value, Option<i32>) {
+    let output = monitor
+        .cgroup
+        .command(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
+    (report, output.status.code())
+}
+
+/// An exec-not-allowed alert with this action about this executable.
+fn exec_alert(monitor: &Monitor, action: &'static str, path: String) -> Value {
+    monitor.wait_for(
+        &format!("exec-not-allowed ({action}) of {path}"),
+        WAIT,
+        move |v| {
+            v["security_rule.name"] == "exec-not-allowed"
+                && v["monitor.action"] == action
+                && v["process.executable.path"] == path.as_str()
+        },
+    )
+}
+
+const VENV_SERVER: &str = r#"
+import json, os, subprocess, sys
+root, venv = sys.argv[1], sys.argv[2]
+py = os.path.join(venv, "bin", "python3")
+out = {}
+def run(name, argv):
+    out[name] = subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
+run("venv_python", [py, "-c", "pass"])
+# A grandchild: the child's child keeps the instance, inherited in the kernel at each fork.
+run("venv_python_nested", [py, "-c", "import subprocess, sys; sys.exit(0 if subprocess.run([%r, '-c', 'pass']).returncode == 0 else 3)" % py])
+run("id", ["/usr/bin/id"])
+# The way around: a name the glob matches, made after the globs were expanded, for a file
+# they did not name: a symlink to a disallowed program, and a hard link to one.
+os.symlink("/usr/bin/id", os.path.join(venv, "bin", "python-sym"))
+run("symlink", [os.path.join(venv, "bin", "python-sym")])
+os.link(os.path.join(root, "realid"), os.path.join(venv, "bin", "python-hl"))
+run("hardlink", [os.path.join(venv, "bin", "python-hl")])
+print(json.dumps(out), flush=True)
+"#;
+
+/// A venv-like layout: `bin/python3` a copy of the system interpreter, `pyvenv.cfg` naming
+/// its home, as `python3 -m venv --copies` makes.
+fn make_venv(dir: &std::path::Path) -> PathBuf {
+    let venv = dir.join("venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::copy(real_path(PYTHON), venv.join("bin/python3")).unwrap();
+    std::fs::write(
+        venv.join("pyvenv.cfg"),
+        "home = /usr/bin\ninclude-system-site-packages = false\n",
+    )
+    .unwrap();
+    venv
+}
+
+#[test]
+fn templated_exec_globs_are_decided_in_the_kernel() {
+    let dir = TempDir::new("venv-enforce");
+    let venv = make_venv(&dir.0);
+    std::fs::copy("/usr/bin/id", dir.0.join("realid")).unwrap();
+    std::fs::write(dir.0.join("fake_venv_server.py"), VENV_SERVER).unwrap();
+    // Only the template names the venv's interpreter: no literal glob allows it.
+    let monitor = start_with_profile(
+        &dir.0,
+        &format!(
+            r#"name: venvserver
+selector:
+  executables: ["{venv}/bin/python3"]
+  args: ["*fake_venv_server*"]
+mode: enforce
+allow:
+  exec: ["${{python.prefix}}/bin/python*"]
+  files:
+    read: ["/**"]
+    write: ["/tmp/**"]
+"#,
+            venv = venv.display()
+        ),
+    );
+    let python = venv.join("bin/python3");
+    let script = dir.0.join("fake_venv_server.py");
+    let (report, code) = report_of(
+        &monitor,
+        &python.to_string_lossy(),
+        &[
+            "-B",
+            &script.to_string_lossy(),
+            &dir.0.to_string_lossy(),
+            &venv.to_string_lossy(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        report["venv_python"], 0,
+        "the venv's own python runs: {report}"
+    );
+    assert_eq!(
+        report["venv_python_nested"], 0,
+        "also from a child: {report}"
+    );
+    assert_eq!(report["id"], -9, "{report}");
+    assert_eq!(report["symlink"], -9, "a symlink made later: {report}");
+    assert_eq!(report["hardlink"], -9, "a hard link made later: {report}");
+    exec_alert(&monitor, "killed", real_path("/usr/bin/id"));
+    // The hard link's path matches the glob: the kernel's verdict on its inode is reported.
+    exec_alert(
+        &monitor,
+        "killed",
+        venv.join("bin/python-hl").to_string_lossy().into_owned(),
+    );
+    let lines = monitor.stop();
+    let python = python.to_string_lossy().into_owned();
+    assert!(
+        !lines
+            .iter()
+            .any(|v| v["security_rule.name"] == "exec-not-allowed"
+                && v["process.executable.path"] == python.as_str()),
+        "the venv's python is allowed"
+    );
+}
+
+const UDP_SERVER: &str = r#"
+import ctypes, json, os, socket, struct, sys
+allowed, other = int(sys.argv[1]), int(sys.argv[2])
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = {1: "EPERM", 111: "ECONNREFUSED"}.get(e.errno, str(e.errno))
+def udp():
+    return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+connected = udp()
+attempt("udp_connect_allowed", lambda: connected.connect(("127.0.0.1", allowed)))
+# A connected socket's datagrams carry no address: no sendmsg program sees them, the egress
+# program does (send, and sendmmsg without an address).
+attempt("connected_send", lambda: connected.send(b"x"))
+attempt("connected_write", lambda: os.write(connected.fileno(), b"x"))
+connected6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("udp6_connect_allowed", lambda: connected6.connect(("::1", allowed)))
+attempt("connected6_send", lambda: connected6.send(b"x"))
+attempt("udp_connect_other", lambda: udp().connect(("127.0.0.1", other)))
+attempt("udp6_connect_other", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).connect(("::1", other)))
+# udp_connect allows a connect, which sends nothing; a datagram with an address is judged
+# against `connect`: sendto without connect, and sendmmsg (another syscall).
+attempt("sendto", lambda: udp().sendto(b"x", ("127.0.0.1", allowed)))
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+def sendmmsg():
+    s = udp()
+    addr = ctypes.create_string_buffer(struct.pack("=H", socket.AF_INET) + struct.pack("!H", allowed) + socket.inet_aton("127.0.0.1") + bytes(8), 16)
+    data = ctypes.create_string_buffer(b"x", 1)
+    iov = iovec(ctypes.cast(data, ctypes.c_void_p), 1)
+    m = mmsghdr()
+    m.hdr.name = ctypes.cast(addr, ctypes.c_void_p)
+    m.hdr.namelen = 16
+    m.hdr.iov = ctypes.pointer(iov)
+    m.hdr.iovlen = 1
+    if libc.sendmmsg(s.fileno(), ctypes.byref(m), 1, 0) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "sendmmsg")
+attempt("sendmmsg", sendmmsg)
+# The same port over TCP: udp_connect is for UDP sockets only.
+attempt("tcp_connect", lambda: socket.create_connection(("127.0.0.1", allowed)).close())
+print(json.dumps(out), flush=True)
+"#;
+
+#[test]
+fn udp_connect_is_decided_in_the_kernel() {
+    let dir = TempDir::new("udp-enforce");
+    std::fs::write(dir.0.join("fake_udp_server.py"), UDP_SERVER).unwrap();
+    // One port number held for UDP and TCP, so the TCP connect below reaches a listener
+    // unless the kernel refuses it.
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed = tcp.local_addr().unwrap().port();
+    let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let monitor = start_with_profile(
+        &dir.0,
+        &format!(
+            r#"name: udpserver
+selector:
+  executables: ["/usr/bin/python3*"]
+  args: ["*fake_udp_server*"]
+mode: enforce
+allow:
+  exec: ["/usr/bin/python3*"]
+  files:
+    read: ["/**"]
+  network:
+    udp_connect: ["127.0.0.1:{allowed}", "[::1]:{allowed}"]
+"#
+        ),
+    );
+    let script = dir.0.join("fake_udp_server.py");
+    let (report, code) = report_of(
+        &monitor,
+        PYTHON,
+        &[
+            "-B",
+            &script.to_string_lossy(),
+            &allowed.to_string(),
+            &other_port.to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
+    assert_eq!(report["connected_send"], "EPERM", "{report}");
+    assert_eq!(report["connected_write"], "EPERM", "{report}");
+    assert_eq!(report["udp6_connect_allowed"], "ok", "{report}");
+    assert_eq!(report["connected6_send"], "EPERM", "{report}");
+    assert_eq!(report["udp_connect_other"], "EPERM", "{report}");
+    assert_eq!(report["udp6_connect_other"], "EPERM", "{report}");
+    assert_eq!(report["sendto"], "EPERM", "{report}");
+    assert_eq!(report["sendmmsg"], "EPERM", "{report}");
+    assert_eq!(report["tcp_connect"], "EPERM", "{report}");
+    let mut buf = [0u8; 16];
+    assert!(
+        receiver.recv_from(&mut buf).is_err(),
+        "no datagram reached the destination"
+    );
+    let denied = monitor.wait_for("the UDP connect refused", WAIT, move |v| {
+        v["security_rule.name"] == "connect-not-allowed"
+            && v["monitor.action"] == "denied"
+            && v["network.transport"] == "udp"
+            && v["monitor.network.operation"] == "connect"
+            && v["network.peer.port"] == other_port
+    });
+    assert_eq!(denied["monitor.enforcement.mechanism"], "cgroup-sock-addr");
+    let send = monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
+        v["security_rule.name"] == "connect-not-allowed"
+            && v["monitor.action"] == "denied"
+            && v["monitor.network.operation"] == "send"
+            && v["network.peer.port"] == allowed
+    });
+    assert_eq!(send["network.transport"], "udp", "{send}");
+    let lines = monitor.stop();
+    assert!(
+        !lines
+            .iter()
+            .any(|v| v["security_rule.name"] == "connect-not-allowed"
+                && v["network.peer.port"] == allowed
+                && v["monitor.network.operation"] == "connect"
+                && v["network.transport"] == "udp"),
+        "the allowed UDP connect raised nothing"
+    );
+}
+
+const SHELL_SERVER: &str = r#"
+import json, os, subprocess, sys
+root, port = sys.argv[1], sys.argv[2]
+out = {}
+def run(name, argv):
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out[name] = r.returncode
+    # `id` prints this: it ran.
+    out[name + "_ran_id"] = b"uid=" in r.stdout
+run("sh_c_allowed", ["/bin/sh", "-c", "lscpu"])
+out["shell_true"] = subprocess.run("lscpu > /dev/null", shell=True).returncode
+run("sh_c_id", ["/bin/sh", "-c", "id"])
+run("sh_c_id_forked", ["/bin/sh", "-c", "id; true"])
+run("sh_c_exec_id", ["/bin/sh", "-c", "exec id"])
+run("bash_c_id", ["/bin/bash", "-c", "id"])
+run("sh_ec_id", ["/bin/sh", "-ec", "id"])
+run("env_sh_c", ["/usr/bin/env", "sh", "-c", "lscpu"])
+run("sh_script", ["/bin/sh", os.path.join(root, "script.sh")])
+run("shell_copy", [os.path.join(root, "mysh"), "-c", "lscpu"])
+# Builtins only: nothing to refuse at exec; a redirection to a file is the file's rules'.
+run("sh_c_builtin", ["/bin/sh", "-c", "echo x > " + os.path.join(root, "BUILTIN")])
+# bash's /dev/tcp is a real connect: the cgroup program refuses it.
+run("bash_dev_tcp", ["/bin/bash", "-c", "echo x > /dev/tcp/127.0.0.1/" + port])
+print(json.dumps(out), flush=True)
+"#;
+
+#[test]
+fn sh_c_is_judged_by_what_the_shell_runs() {
+    let dir = TempDir::new("shell-enforce");
+    std::fs::write(dir.0.join("fake_shell_server.py"), SHELL_SERVER).unwrap();
+    std::fs::write(dir.0.join("script.sh"), "lscpu\n").unwrap();
+    std::fs::copy(real_path("/bin/sh"), dir.0.join("mysh")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let monitor = start_with_profile(
+        &dir.0,
+        r#"name: shellserver
+selector:
+  executables: ["/usr/bin/python3*"]
+  args: ["*fake_shell_server*"]
+mode: enforce
+allow:
+  exec: ["/usr/bin/python3*", "/usr/bin/lscpu"]
+  files:
+    read: ["/**"]
+    write: ["/tmp/**", "/dev/null"]
+"#,
+    );
+    let script = dir.0.join("fake_shell_server.py");
+    let (report, code) = report_of(
+        &monitor,
+        PYTHON,
+        &[
+            "-B",
+            &script.to_string_lossy(),
+            &dir.0.to_string_lossy(),
+            &port.to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["sh_c_allowed"], 0, "sh -c lscpu runs: {report}");
+    assert_eq!(report["shell_true"], 0, "shell=True too: {report}");
+    // The program the shell runs is killed at its exec (in the shell's process when it
+    // execs its last command in place, in a child it forked otherwise).
+    for step in ["sh_c_id", "sh_c_exec_id", "bash_c_id", "sh_ec_id"] {
+        assert!(killed(&report[step]), "{step}: {report}");
+    }
+    for step in [
+        "sh_c_id",
+        "sh_c_id_forked",
+        "sh_c_exec_id",
+        "bash_c_id",
+        "sh_ec_id",
+    ] {
+        assert_eq!(report[format!("{step}_ran_id")], false, "{step}: {report}");
+    }
+    // `id; true`: the shell goes on after its child was killed.
+    assert_eq!(report["sh_c_id_forked"], 0, "{report}");
+    // `env` is a program like any other: not allowed, killed before it runs the shell.
+    assert_eq!(report["env_sh_c"], -9, "{report}");
+    // A shell without -c, and a copy of a shell elsewhere, are execs like any other.
+    assert_eq!(report["sh_script"], -9, "{report}");
+    assert_eq!(report["shell_copy"], -9, "{report}");
+    // Builtins only: it cannot be refused after the fact (reported when the shell exits).
+    assert_eq!(report["sh_c_builtin"], 0, "{report}");
+    assert!(dir.0.join("BUILTIN").exists());
+    assert_ne!(report["bash_dev_tcp"], 0, "{report}");
+
+    let id = real_path("/usr/bin/id");
+    exec_alert(&monitor, "killed", id);
+    exec_alert(&monitor, "killed", real_path("/usr/bin/env"));
+    exec_alert(
+        &monitor,
+        "killed",
+        dir.0.join("mysh").to_string_lossy().into_owned(),
+    );
+    exec_alert(&monitor, "alert", real_path("/bin/sh"));
+    monitor.wait_for("bash's /dev/tcp connect refused", WAIT, move |v| {
+        v["security_rule.name"] == "connect-not-allowed"
+            && v["monitor.action"] == "denied"
+            && v["network.peer.port"] == port
+    });
+    let script = dir.0.join("script.sh").to_string_lossy().into_owned();
+    let sh_script = monitor.wait_for("sh script.sh killed", WAIT, |v| {
+        v["security_rule.name"] == "exec-not-allowed"
+            && v["monitor.action"] == "killed"
+            && tests::has_arg(v, &script)
+    });
+    assert_eq!(sh_script["process.executable.path"], real_path("/bin/sh"));
+    let lines = monitor.stop();
+    let lscpu = real_path("/usr/bin/lscpu");
+    let refused: Vec<&Value> = lines
+        .iter()
+        .filter(|v| {
+            v["security_rule.name"] == "exec-not-allowed"
+                && (v["process.executable.path"] == lscpu.as_str()
+                    || v["monitor.action"] == "killed"
+                        && tests::has_arg(v, "-c")
+                        && [real_path("/bin/sh"), real_path("/bin/bash")].contains(
+                            &v["process.executable.path"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_owned(),
+                        ))
+        })
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "neither lscpu nor a `sh -c` shell was refused: {refused:?}"
+    );
+}
+
+/// A governed venv server that runs, for each line on its stdin, that program and prints its
+/// exit status.
+const VENV_LOOP_SERVER: &str = r#"
+import subprocess, sys
+print("ready", flush=True)
+for line in sys.stdin:
+    print(subprocess.run(line.split()).returncode, flush=True)
+"#;
+
+/// A reload expands the templated globs anew (a program installed since is allowed), and
+/// the kernel judges a running server by its profile's new id when a profile added before
+/// it moved it.
+#[test]
+fn a_reload_expands_templated_exec_globs_anew() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = TempDir::new("venv-reload");
+    let venv = make_venv(&dir.0);
+    std::fs::write(dir.0.join("fake_venv_loop.py"), VENV_LOOP_SERVER).unwrap();
+    std::fs::write(
+        dir.0.join("other.yaml"),
+        "name: other\nselector:\n  executables: [\"/nonexistent/bin/other\"]\nallow:\n  exec: [\"/**\"]\n",
+    )
+    .unwrap();
+    let monitor = start_with_profile(
+        &dir.0,
+        &format!(
+            r#"name: venvserver
+selector:
+  executables: ["{venv}/bin/python3"]
+  args: ["*fake_venv_loop*"]
+mode: enforce
+allow:
+  exec: ["${{python.prefix}}/bin/python*"]
+  files:
+    read: ["/**"]
+"#,
+            venv = venv.display()
+        ),
+    );
+    let python = venv.join("bin/python3").to_string_lossy().into_owned();
+    let mut server = monitor
+        .cgroup
+        .command(&python)
+        .arg("-B")
+        .arg(dir.0.join("fake_venv_loop.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = server.stdin.take().unwrap();
+    let mut output = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Selected and resolved by user space a few milliseconds after its exec.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut run = |command: &str| -> String {
+        writeln!(input, "{command}").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    };
+    let new_python = venv.join("bin/python3-new");
+    assert_eq!(run(&format!("{python} -c pass")), "0");
+    std::fs::copy(&python, &new_python).unwrap();
+    let new_python = new_python.to_string_lossy().into_owned();
+    assert_eq!(
+        run(&format!("{new_python} -c pass")),
+        "-9",
+        "installed after the expansion"
+    );
+
+    // `other` first: `venvserver` moves from id 1 to id 2.
+    std::fs::write(
+        dir.0.join("config.yaml"),
+        format!(
+            "profiles: [\"{}\", \"{}\"]\n",
+            dir.0.join("other.yaml").display(),
+            dir.0.join("profile.yaml").display()
+        ),
+    )
+    .unwrap();
+    monitor.signal(libc::SIGHUP);
+    monitor.wait_for("the reload", Duration::from_secs(15), |v| {
+        v["security_rule.name"] == "config-changed"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(run(&format!("{python} -c pass")), "0");
+    assert_eq!(run(&format!("{new_python} -c pass")), "0", "expanded anew");
+    assert_eq!(
+        run("/usr/bin/id"),
+        "-9",
+        "still enforced, by its own profile"
+    );
+    drop(input);
+    let _ = server.wait();
+    exec_alert(&monitor, "killed", real_path("/usr/bin/id"));
+}
+
+/// Reserve before kill: with the priority ring full (the monitor stopped, 4000 refused
+/// connects, each a priority record), a forbidden exec is still killed before the program
+/// runs, and its report, which found no room, is counted in the kernel and raised as an
+/// `events-lost` alert (exec, `ring-buffer-full`) once the monitor reads again.
+#[test]
+fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    let site = Site::new("ringfull");
+    let monitor = site.start(false);
+    let other = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = monitor
+        .cgroup
+        .command(PYTHON)
+        .arg("-B")
+        .arg(site.root.join("fake_enforced_server.py"))
+        .arg(&site.root)
+        .args([
+            site.port().to_string(),
+            site.port6().to_string(),
+            other.to_string(),
+        ])
+        .arg("flood")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    /// Kills the flooding process and lets the monitor go on, also when the test panics.
+    struct Guard(std::process::Child, i32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            // SAFETY: a signal to the monitor this test started.
+            unsafe { libc::kill(self.1, libc::SIGCONT) };
+        }
+    }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let guard = Guard(child, monitor.pid() as i32);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "EPERM", "governed: its connects are refused");
+
+    // SAFETY: a signal to the monitor this test started (the guard resumes it).
+    assert_eq!(unsafe { libc::kill(guard.1, libc::SIGSTOP) }, 0);
+    writeln!(stdin, "go").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(guard.1, libc::SIGCONT) };
+    let report: Value = serde_json::from_str(rest.trim()).unwrap_or(Value::Null);
+    assert_eq!(report["refused"], 4000, "{report}");
+    assert!(
+        killed(&report["exec_returncode"]),
+        "killed although its report found no room (the shell itself, or `touch` under it): {report}"
+    );
+    assert!(!site.root.join("MARKER").exists(), "touch never ran");
+    let lost = monitor.wait_for("events-lost (exec, ring-buffer-full)", WAIT, |v| {
+        v["security_rule.name"] == "events-lost"
+            && v["monitor.loss.event_kind"] == "exec"
+            && v["monitor.loss.reason"] == "ring-buffer-full"
+    });
+    assert!(lost["monitor.loss.count"].as_u64().unwrap() >= 1, "{lost}");
+    assert_eq!(lost["monitor.loss.stage"], "kernel");
+    drop(guard);
 }

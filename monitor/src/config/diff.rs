@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::Config;
-use crate::{alert::Severity, profile::Profile, rules::Rule};
+use crate::{
+    config::profile::Profile,
+    event::alert::{Rule, Severity},
+};
 
 /// A configuration was reloaded: what changed (high when it lowers protection).
 pub const CONFIG_CHANGED: Rule = Rule {
@@ -138,9 +141,9 @@ fn profile_fields(profile: &Profile) -> BTreeMap<&'static str, BTreeSet<String>>
 /// How a profile enforces: `alert`, `enforce` or `enforce (dry run)`.
 fn enforcement(profile: &Profile) -> &'static str {
     match (profile.mode, profile.dry_run) {
-        (crate::profile::Mode::Alert, _) => "alert",
-        (crate::profile::Mode::Enforce, false) => "enforce",
-        (crate::profile::Mode::Enforce, true) => "enforce (dry run)",
+        (crate::config::profile::Mode::Alert, _) => "alert",
+        (crate::config::profile::Mode::Enforce, false) => "enforce",
+        (crate::config::profile::Mode::Enforce, true) => "enforce (dry run)",
     }
 }
 
@@ -186,7 +189,7 @@ impl ConfigDiff {
                     profile.name,
                     enforcement(profile)
                 );
-                if profile.mode == crate::profile::Mode::Enforce && !profile.dry_run {
+                if profile.mode == crate::config::profile::Mode::Enforce && !profile.dry_run {
                     self.weaken(text);
                 } else {
                     self.change(text);

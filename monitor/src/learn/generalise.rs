@@ -15,7 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use crate::glob::Glob;
+use crate::config::glob::Glob;
 
 /// A rule and the number of events it rests on.
 #[derive(Clone, Debug, PartialEq, Eq)]

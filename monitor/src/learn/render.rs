@@ -1,9 +1,9 @@
-//! The learned profile as YAML, in the format `monitor run` reads ([`crate::profile`]), with
+//! The learned profile as YAML, in the format `monitor run` reads ([`crate::config::profile`]), with
 //! a comment header and each rule's observation count; and `--merge` into an existing one.
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::{
+use crate::config::{
     cidr::{AddrRule, Ports},
     profile::{Mode, PathGlob, Profile},
 };

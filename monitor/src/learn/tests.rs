@@ -16,13 +16,11 @@ use super::{
     *,
 };
 use crate::{
-    alert::Alert,
-    cidr::AddrRule,
-    clock::BootClock,
-    events::{Access, Exec, Exit, FileOp, Fork, Header, IoUring, IoUringOp, Transport},
-    glob::Glob,
-    process::ExecInfo,
-    profile::parse_profiles,
+    config::{cidr::AddrRule, glob::Glob, profile::parse_profiles},
+    event::{
+        alert::Alert, clock::BootClock, Access, Exec, ExecInfo, Exit, FileOp, Fork, Header,
+        IoUring, IoUringOp, Transport,
+    },
     rules::Engine,
 };
 
@@ -447,7 +445,7 @@ fn distinctive_arguments() {
         "/srv/app/fake_server_learn.py",
         "8000",
     ]);
-    let glob = crate::profile::ArgsGlob::new(&distinctive_args(&argv).unwrap()).unwrap();
+    let glob = crate::config::profile::ArgsGlob::new(&distinctive_args(&argv).unwrap()).unwrap();
     assert!(glob.matches(&join_args(&argv)));
 }
 
@@ -1071,7 +1069,7 @@ allow:
     assert_eq!(draft.name, "fakeserve");
     assert_eq!(draft.description.as_deref(), Some("curated"));
     assert_eq!(draft.selector.args, ["*fake_server*"]);
-    assert_eq!(draft.mode, crate::profile::Mode::Enforce);
+    assert_eq!(draft.mode, crate::config::profile::Mode::Enforce);
     // The existing rules first, with what they covered; unix stays unchecked.
     let summary = |items: &[Item]| -> Vec<(String, u64, bool)> {
         items

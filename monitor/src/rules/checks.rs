@@ -2,16 +2,15 @@
 //! findings out. No state here; the engine keeps it.
 
 #[cfg(doc)]
-use crate::guard::GuardHit;
+use crate::event::GuardHit;
 use crate::{
-    cidr::is_loopback,
-    config::Config,
-    events::{Device, File, IoUring, MemoryAccess, Net, NetOp, Transport},
-    profile::Profile,
+    config::{cidr::is_loopback, profile::Profile, Config},
+    event::{Device, File, IoUring, MemoryAccess, Net, NetOp, Transport},
 };
 
+use crate::event::classify::{file_use, is_probe, net_use, FileUse, NetUse, SHELLS};
+
 use super::{
-    classify::{file_use, is_probe, net_use, FileUse, NetUse},
     Rule, CONNECT_NOT_ALLOWED, DEVICE_NOT_ALLOWED, EXEC_NOT_ALLOWED, FILE_READ_NOT_ALLOWED,
     FILE_WRITE_NOT_ALLOWED, GPU_UNEXPECTED_PROCESS, IO_URING_NOT_ALLOWED, LISTEN_NOT_ALLOWED,
     MODEL_EXFILTRATION, PROCESS_MEMORY_ACCESS, PROTECTED_FILE_READ, PROTECTED_FILE_WRITE,
@@ -41,8 +40,11 @@ pub(crate) fn exec(profile: &Profile, path: &str) -> Option<Finding> {
     (!profile.allow.exec(path)).then(|| finding(EXEC_NOT_ALLOWED, path))
 }
 
-/// Shells whose `-c` command is judged by the programs it runs rather than by the shell.
-const SHELLS: &[&str] = &["sh", "dash", "bash", "ash", "zsh", "ksh", "mksh"];
+/// An exec the kernel killed (or would have) although its path matches `allow.exec`: the
+/// kernel judged the file by its inode, which no expanded glob named.
+pub(crate) fn exec_refused(path: &str) -> Finding {
+    finding(EXEC_NOT_ALLOWED, path)
+}
 
 /// Whether an exec runs a shell on a command string (`/bin/sh -c CMD`, as `system(3)`,
 /// `popen(3)` and Python's `subprocess(..., shell=True)` do): a shell in the options
@@ -251,9 +253,9 @@ pub(crate) fn monitor_memory(event: &MemoryAccess) -> Finding {
 }
 
 /// A deed against the monitor. A stop (and the SIGCONT that ends it) is reported once it is
-/// over, as `monitor-paused`, by [`crate::tamper::Pauses`]; SIGCONT alone is no alert.
-pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
-    use crate::events::TamperOp;
+/// over, as `monitor-paused`, by [`crate::pipeline::tamper::Pauses`]; SIGCONT alone is no alert.
+pub(crate) fn tamper(event: &crate::event::Tamper) -> Option<Finding> {
+    use crate::event::TamperOp;
     match event.op {
         TamperOp::Bpf {
             cmd,
@@ -274,7 +276,11 @@ pub(crate) fn tamper(event: &crate::events::Tamper) -> Option<Finding> {
                 )
             })
         }
-        TamperOp::Signal { signal, .. } if crate::tamper::is_stop(signal) || signal == 18 => None,
+        TamperOp::Signal { signal, .. }
+            if crate::event::classify::is_stop(signal) || signal == 18 =>
+        {
+            None
+        }
         // The process that started the monitor (its service manager, container runtime or
         // supervisor) stopping it is its life cycle, not an attack: logged, not alerted.
         TamperOp::Signal { .. } if event.header.tgid == std::os::unix::process::parent_id() => None,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::alert::{new_uid, Alert};
+use crate::event::alert::{new_uid, Alert};
 
 /// What makes two alerts identical: rule, process identity and the object (path, peer,
 /// device class or executable).
@@ -121,7 +121,7 @@ fn fold(entry: &mut Entry, observed_unix_ns: i128) -> Option<Alert> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{Action, Severity};
+    use crate::event::alert::{Action, Severity};
 
     fn alert(n: i128) -> Alert {
         Alert {

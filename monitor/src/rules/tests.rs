@@ -4,10 +4,11 @@ use monitor_common::{Decision, EventKind};
 
 use super::*;
 use crate::{
-    config::{Config, GpuGuard, Guards, Outputs, ProtectedPaths},
-    events::{Access, Device, DeviceClass, Exit, File, FileOp, Net, NetOp, Transport},
-    process::ExecInfo,
-    profile::{parse_profiles, PathGlob},
+    config::{
+        profile::{parse_profiles, PathGlob},
+        Config, GpuGuard, Guards, Outputs, ProtectedPaths,
+    },
+    event::{Access, Device, DeviceClass, ExecInfo, Exit, File, FileOp, Net, NetOp, Transport},
 };
 
 const PROFILES: &str = r#"
@@ -199,13 +200,13 @@ impl World {
         let config = self.engine.config().clone();
         let guarded = std::iter::once(&path)
             .chain(target.as_ref())
-            .map(|p| (p.clone(), crate::guard::marks::covering(&config, p)))
+            .map(|p| (p.clone(), crate::kernel::guard::marks::covering(&config, p)))
             .find(|(_, guards)| !guards.is_empty());
         let (path, target, guard) = match guarded {
             Some((path, guards)) => (
                 path,
                 None,
-                Some(crate::guard::GuardHit {
+                Some(crate::event::GuardHit {
                     guards,
                     profile: None,
                     judged: false,
@@ -1010,7 +1011,7 @@ fn guard_event(world: &mut World, tgid: u32, st: u64, path: &str, access: Access
         protected: true,
         known: None,
         raw: Default::default(),
-        guard: Some(crate::guard::GuardHit {
+        guard: Some(crate::event::GuardHit {
             guards: vec![0],
             profile: None,
             judged: false,
@@ -1057,7 +1058,7 @@ fn the_guard_verdict_is_trusted_and_one_open_makes_one_alert() {
 
 #[test]
 fn deeds_against_the_monitor() {
-    use crate::events::{MemoryAccess, MemoryOp, Tamper, TamperOp};
+    use crate::event::{MemoryAccess, MemoryOp, Tamper, TamperOp};
     use monitor_common::BpfObjectKind;
     let mut world = World::new();
     let tamper = |world: &mut World, op: TamperOp| {
@@ -1312,6 +1313,43 @@ allow:
     );
 }
 
+/// Under `mode: enforce`, the templated `allow.exec` globs resolved for a process (and
+/// passed down to its children) are what the kernel's exec check is given; a profile that
+/// only alerts gives the kernel nothing.
+#[test]
+fn resolved_exec_globs_for_the_kernel() {
+    let profile = |mode: &str| {
+        format!(
+            "name: server\nselector: {{executables: [\"**/bin/python3*\"]}}\nmode: {mode}\nallow:\n  exec: [\"${{python.prefix}}/bin/python3*\", \"/usr/bin/lscpu\"]\n"
+        )
+    };
+    let mut world = World::with(config_with(&profile("enforce"), Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &["/opt/py/bin/python3.12"],
+    );
+    let want = Some((SERVER, vec!["/opt/py/bin/python3*".to_owned()]));
+    assert_eq!(world.engine.resolved_exec(101, start(2)), want);
+    world.fork(102, start(3), 101, start(2));
+    assert_eq!(world.engine.resolved_exec(102, start(3)), want);
+    assert_eq!(world.engine.resolved_execs().len(), 2);
+    // Another process with the same pid is not the one the globs were resolved for.
+    assert_eq!(world.engine.resolved_exec(101, start(9)), None);
+
+    let mut world = World::with(config_with(&profile("alert"), Duration::from_secs(10)));
+    world.fork(101, start(2), 1, start(0));
+    world.exec(
+        101,
+        start(2),
+        "/opt/py/bin/python3.12",
+        &["/opt/py/bin/python3.12"],
+    );
+    assert_eq!(world.engine.resolved_exec(101, start(2)), None);
+}
+
 /// `io_uring: [setup]` allows creating a ring (libuv does at start-up), not requests on it.
 #[test]
 fn io_uring_operations_list() {
@@ -1319,10 +1357,10 @@ fn io_uring_operations_list() {
     let mut world = World::with(config_with(profiles, Duration::from_secs(10)));
     world.fork(101, start(2), 1, start(0));
     world.exec(101, start(2), "/usr/bin/python3.11", &["python3"]);
-    let uring = |world: &mut World, op: crate::events::IoUringOp| {
+    let uring = |world: &mut World, op: crate::event::IoUringOp| {
         let header = world.header(EventKind::IoUring, 101, start(2));
         world
-            .handle(Event::IoUring(crate::events::IoUring {
+            .handle(Event::IoUring(crate::event::IoUring {
                 header,
                 op,
                 ring: 1,
@@ -1330,10 +1368,10 @@ fn io_uring_operations_list() {
             }))
             .alerts
     };
-    assert!(uring(&mut world, crate::events::IoUringOp::Create).is_empty());
+    assert!(uring(&mut world, crate::event::IoUringOp::Create).is_empty());
     // IORING_OP_OPENAT (18) is still an alert.
     assert_eq!(
-        rules(&uring(&mut world, crate::events::IoUringOp::Submit(18))),
+        rules(&uring(&mut world, crate::event::IoUringOp::Submit(18))),
         ["io-uring-not-allowed"]
     );
 }
