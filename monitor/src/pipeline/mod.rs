@@ -482,6 +482,11 @@ pub struct Processor<W: Write, K: KernelHandle = KernelMaps> {
     summary: Summary,
     /// The governed gate is open (see [`Processor::open_governed_gate`]).
     gate_open: bool,
+    /// Processes the rules put under a profile during this batch (tgid -> profile), written
+    /// to the kernel's watched set at its end: a short-lived governed child (fork, exec, exit
+    /// in one batch) then costs no map write and no /proc scan, and is not written back after
+    /// the kernel dropped its entry at its exit (which left a stale entry for its pid).
+    pending_watch: std::collections::HashMap<u32, u32>,
     /// Processes user space put in the kernel's watched set. Between an exec that matches a
     /// selector and the map update, the kernel does not flag the process's events yet; this
     /// set covers that window for its fork and exit events.
@@ -518,6 +523,7 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
             reported: Reported::default(),
             summary: Summary::default(),
             gate_open: false,
+            pending_watch: std::collections::HashMap::new(),
             watching: std::collections::HashSet::new(),
         }
     }
@@ -805,9 +811,13 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
             }
         }
         match governed {
-            Some(Some(profile)) => self.watch_profile(header.tgid, profile),
+            // At the end of the batch (see `pending_watch`).
+            Some(Some(profile)) => {
+                self.pending_watch.insert(header.tgid, profile);
+            }
             // An exec that left the profiles (or a candidate the selectors did not take).
             Some(None) if header.watched && !self.watching.contains(&header.tgid) => {
+                self.pending_watch.remove(&header.tgid);
                 if let Err(err) = self.kernel.unwatch(header.tgid) {
                     debug!("failed to stop watching pid {}: {err}", header.tgid);
                 }
@@ -872,6 +882,10 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
     pub fn handle_batch(&mut self, batch: Vec<Event>) -> std::io::Result<()> {
         for event in batch {
             self.handle(event)?;
+        }
+        let pending: Vec<(u32, u32)> = self.pending_watch.drain().collect();
+        for (tgid, profile) in pending {
+            self.watch_profile(tgid, profile);
         }
         self.flush_sinks();
         self.out.flush()
@@ -980,6 +994,8 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
             }
             Event::Exit(_) => {
                 self.watching.remove(&tgid);
+                // Gone: the kernel dropped its entry at the exit.
+                self.pending_watch.remove(&tgid);
                 if let Some(ioctls) = &mut self.ioctls {
                     ioctls.forget(tgid);
                 }
@@ -1657,6 +1673,14 @@ allow:
             p.kernel().watched(62).map(|e| (e.reason, e.profile)),
             Some((WATCH_PROFILE, entry.profile))
         );
+        // A governed child that forked and exited within one batch: nothing written for it
+        // (the kernel dropped its entry at its exit; writing it back would leave it stale).
+        p.handle_batch(vec![
+            fork(63, 2 * SECOND, 60, SECOND, false),
+            exit(63, 2 * SECOND, false),
+        ])
+        .unwrap();
+        assert!(p.kernel().watched(63).is_none());
         // Allowed: the kernel is told not to send it again.
         assert!(p.kernel().known.contains(&key));
         let alerts = alerts.lock().unwrap();
