@@ -571,8 +571,10 @@ allow:
     );
     // A connect is refused on its address: never labelled with the egress hook.
     assert!(
-        !lines.iter().any(|v| v["monitor.enforcement.mechanism"] == "cgroup-skb-egress"
-            && v["monitor.network.operation"] != "send"),
+        !lines.iter().any(
+            |v| v["monitor.enforcement.mechanism"] == "cgroup-skb-egress"
+                && v["monitor.network.operation"] != "send"
+        ),
         "only datagrams are refused by the egress hook"
     );
 }
