@@ -309,11 +309,20 @@ impl GlobSet {
         {
             return true;
         }
-        // A tree `DIR/**` holds `text` when `DIR` is the text before one of its `/`.
-        if self.tree_lengths != 0 {
-            let bytes = text.as_bytes();
-            for (i, _) in bytes.iter().enumerate().filter(|(_, &b)| b == b'/') {
-                if has(&self.trees, self.tree_lengths, &text[..i]) {
+        // A tree `DIR/**` holds `text` when `DIR` is the text before one of its `/`: only
+        // the lengths some tree has are looked at, those under 63 bytes by their bit.
+        let bytes = text.as_bytes();
+        let mut short = self.tree_lengths & !length_bit(63);
+        while short != 0 {
+            let len = short.trailing_zeros() as usize;
+            short &= short - 1;
+            if bytes.get(len) == Some(&b'/') && self.trees.contains(&text[..len]) {
+                return true;
+            }
+        }
+        if self.tree_lengths & length_bit(63) != 0 {
+            for (i, _) in bytes.iter().enumerate().skip(63).filter(|(_, &b)| b == b'/') {
+                if self.trees.contains(&text[..i]) {
                     return true;
                 }
             }
@@ -588,6 +597,11 @@ mod tests {
         ] {
             globs.push(Glob::new(p).unwrap());
         }
+        // Trees and literals longer than the set's length bits (63 bytes and more).
+        let long = format!("/{}", "a".repeat(70));
+        for p in [format!("{long}/**"), long.clone(), format!("{long}/b/**")] {
+            globs.push(Glob::new(&p).unwrap());
+        }
         globs
     }
 
@@ -610,6 +624,10 @@ mod tests {
             ]
             .map(str::to_owned),
         );
+        let long = format!("/{}", "a".repeat(70));
+        for p in ["", "/", "/b", "/b/c", "b", "/bb"] {
+            paths.push(format!("{long}{p}"));
+        }
         paths
     }
 

@@ -14,6 +14,7 @@
 pub mod alert;
 pub mod classify;
 pub mod clock;
+pub mod tgid;
 
 use std::borrow::Cow;
 
