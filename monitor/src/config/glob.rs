@@ -321,7 +321,12 @@ impl GlobSet {
             }
         }
         if self.tree_lengths & length_bit(63) != 0 {
-            for (i, _) in bytes.iter().enumerate().skip(63).filter(|(_, &b)| b == b'/') {
+            for (i, _) in bytes
+                .iter()
+                .enumerate()
+                .skip(63)
+                .filter(|(_, &b)| b == b'/')
+            {
                 if self.trees.contains(&text[..i]) {
                     return true;
                 }
@@ -692,7 +697,10 @@ mod tests {
                 assert_eq!(set.matches(path), expected, "{path:?} in {members:?}");
             }
         }
-        assert!(shapes.iter().all(|&n| n > 200), "each shape tried: {shapes:?}");
+        assert!(
+            shapes.iter().all(|&n| n > 200),
+            "each shape tried: {shapes:?}"
+        );
     }
 
     #[test]

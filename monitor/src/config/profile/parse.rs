@@ -5,8 +5,8 @@ use std::path::Path;
 use saphyr::MarkedYaml;
 
 use super::{
-    capabilities, facts::Template, Allow, ArgsGlob, Location, Mode, PathGlob, PathGlobs, Profile, Selector,
-    TemplateList,
+    capabilities, facts::Template, Allow, ArgsGlob, Location, Mode, PathGlob, PathGlobs, Profile,
+    Selector, TemplateList,
 };
 use crate::{
     config::{
