@@ -1,5 +1,6 @@
 //! Path globs: `*` and `?` stay within one path component, `**` crosses `/`,
-//! `[abc]` / `[a-z]` / `[!a]` match one character.
+//! `[abc]` / `[a-z]` / `[!a]` match one character. A [`GlobSet`] matches many at once (the
+//! rules' allow lists, once per event).
 
 /// A compiled glob.
 #[derive(Clone, Debug, PartialEq, Eq)]
