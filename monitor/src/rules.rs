@@ -29,6 +29,7 @@ use std::{
 use serde_json::{Map, Value};
 
 use crate::event::alert::Rule;
+use crate::event::tgid::TgidMap;
 use crate::{
     config::{
         profile::{
@@ -194,7 +195,7 @@ impl ProcessState {
 pub struct Engine {
     config: Arc<Config>,
     /// By tgid; only governed processes and those that read a protected file.
-    processes: HashMap<u32, ProcessState>,
+    processes: TgidMap<ProcessState>,
     dedup: Dedup,
 }
 
@@ -207,7 +208,7 @@ impl Engine {
         let dedup = Dedup::new(window_ns(&config), MAX_DEDUP_KEYS);
         Engine {
             config,
-            processes: HashMap::new(),
+            processes: TgidMap::default(),
             dedup,
         }
     }

@@ -50,7 +50,10 @@ mod parse;
 use std::path::{Path, PathBuf};
 
 use crate::{
-    config::{cidr::AddrRule, glob::Glob},
+    config::{
+        cidr::AddrRule,
+        glob::{Glob, GlobSet},
+    },
     event::DeviceClass,
 };
 
@@ -110,24 +113,17 @@ pub struct Profile {
     pub allow: Allow,
 }
 
-/// A path glob with its literal prefix, tested first: most paths fail on it cheaply.
+/// A path glob (its literal prefix is tested first: most paths fail on it cheaply).
 #[derive(Clone, Debug)]
 pub struct PathGlob {
     glob: Glob,
-    prefix: String,
 }
 
 impl PathGlob {
     pub fn new(pattern: &str) -> Result<PathGlob, String> {
-        let glob = Glob::new(pattern)?;
-        // A fast filter before the glob. Without its trailing `/`: `/models/**` also covers
-        // the directory `/models` itself.
-        let prefix: String = pattern
-            .chars()
-            .take_while(|c| !matches!(c, '*' | '?' | '[' | '\\'))
-            .collect();
-        let prefix = prefix.trim_end_matches('/').to_owned();
-        Ok(PathGlob { glob, prefix })
+        Ok(PathGlob {
+            glob: Glob::new(pattern)?,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -135,7 +131,57 @@ impl PathGlob {
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        path.starts_with(&self.prefix) && self.glob.matches(path)
+        self.glob.matches(path)
+    }
+}
+
+/// The globs of an allow list, in their order, and the same compiled into a [`GlobSet`]:
+/// the rules match every file event and exec against these lists, once per path whatever
+/// the number of literal and `DIR/**` globs.
+#[derive(Clone, Debug, Default)]
+pub struct PathGlobs {
+    globs: Vec<PathGlob>,
+    set: GlobSet,
+}
+
+impl PathGlobs {
+    pub fn push(&mut self, glob: PathGlob) {
+        self.set.insert(&glob.glob);
+        self.globs.push(glob);
+    }
+
+    /// Whether any glob of the list matches `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        self.set.matches(path)
+    }
+}
+
+impl std::ops::Deref for PathGlobs {
+    type Target = [PathGlob];
+    fn deref(&self) -> &[PathGlob] {
+        &self.globs
+    }
+}
+
+impl Extend<PathGlob> for PathGlobs {
+    fn extend<I: IntoIterator<Item = PathGlob>>(&mut self, globs: I) {
+        for glob in globs {
+            self.push(glob);
+        }
+    }
+}
+
+impl FromIterator<PathGlob> for PathGlobs {
+    fn from_iter<I: IntoIterator<Item = PathGlob>>(globs: I) -> PathGlobs {
+        let mut list = PathGlobs::default();
+        list.extend(globs);
+        list
+    }
+}
+
+impl From<Vec<PathGlob>> for PathGlobs {
+    fn from(globs: Vec<PathGlob>) -> PathGlobs {
+        globs.into_iter().collect()
     }
 }
 
@@ -262,13 +308,13 @@ impl Selector {
 /// What governed processes may do.
 #[derive(Clone, Debug, Default)]
 pub struct Allow {
-    pub exec: Vec<PathGlob>,
-    pub files_read: Vec<PathGlob>,
-    pub files_write: Vec<PathGlob>,
+    pub exec: PathGlobs,
+    pub files_read: PathGlobs,
+    pub files_write: PathGlobs,
     pub connect: Vec<AddrRule>,
     pub listen: Vec<AddrRule>,
     /// `None`: unix sockets are not checked.
-    pub unix: Option<Vec<PathGlob>>,
+    pub unix: Option<PathGlobs>,
     pub devices: Vec<DeviceClass>,
     /// May use io_uring (a ring's requests bypass the syscall sensors).
     pub io_uring: bool,
@@ -297,21 +343,17 @@ pub enum TemplateList {
     Write,
 }
 
-fn any_glob(globs: &[PathGlob], path: &str) -> bool {
-    globs.iter().any(|g| g.matches(path))
-}
-
 impl Allow {
     pub fn exec(&self, path: &str) -> bool {
-        any_glob(&self.exec, path)
+        self.exec.matches(path)
     }
 
     pub fn read(&self, path: &str) -> bool {
-        any_glob(&self.files_read, path)
+        self.files_read.matches(path)
     }
 
     pub fn write(&self, path: &str) -> bool {
-        any_glob(&self.files_write, path)
+        self.files_write.matches(path)
     }
 
     pub fn connect(&self, peer: std::net::SocketAddr) -> bool {
@@ -324,7 +366,7 @@ impl Allow {
 
     /// Whether a unix socket path (or `@name`) is allowed; always when not checked.
     pub fn unix(&self, path: &str) -> bool {
-        self.unix.as_ref().is_none_or(|globs| any_glob(globs, path))
+        self.unix.as_ref().is_none_or(|globs| globs.matches(path))
     }
 
     pub fn device(&self, class: DeviceClass) -> bool {
@@ -339,7 +381,7 @@ impl Allow {
             && self.files_write.is_empty()
             && self.connect.is_empty()
             && self.listen.is_empty()
-            && self.unix.as_ref().is_none_or(Vec::is_empty)
+            && self.unix.as_ref().is_none_or(|globs| globs.is_empty())
             && self.devices.is_empty()
             && !self.io_uring
             && self.io_uring_ops.is_empty()

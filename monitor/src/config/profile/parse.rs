@@ -5,8 +5,8 @@ use std::path::Path;
 use saphyr::MarkedYaml;
 
 use super::{
-    capabilities, facts::Template, Allow, ArgsGlob, Location, Mode, PathGlob, Profile, Selector,
-    TemplateList,
+    capabilities, facts::Template, Allow, ArgsGlob, Location, Mode, PathGlob, PathGlobs, Profile,
+    Selector, TemplateList,
 };
 use crate::{
     config::{
@@ -376,7 +376,7 @@ fn parse_allow(reader: &mut Reader, node: &MarkedYaml) -> Option<Allow> {
                 allow.udp_connect = addr_rules(reader, list, "allow.network.udp_connect");
             }
             if let Some(list) = network.get("unix") {
-                allow.unix = Some(path_globs(reader, list, "allow.network.unix", true));
+                allow.unix = Some(path_globs(reader, list, "allow.network.unix", true).into());
             }
         }
     }
@@ -430,8 +430,8 @@ fn allow_globs(
     key: &str,
     which: TemplateList,
     templates: &mut Vec<(TemplateList, Template)>,
-) -> Vec<PathGlob> {
-    let mut globs = Vec::new();
+) -> PathGlobs {
+    let mut globs = PathGlobs::default();
     for item in reader.strings(list, key) {
         match Template::parse(item.value) {
             Ok(None) => globs.extend(path_glob(reader, &item, false)),

@@ -293,3 +293,65 @@ fn capability_globs_compile() {
         }
     }
 }
+
+/// The compiled lists answer as their globs one by one, also once a process's facts added
+/// its templated globs (`Profile::resolve` pushes them into the same lists).
+#[test]
+fn compiled_lists_match_as_their_globs() {
+    let profile = one(concat!(
+        "name: x\nselector: {executables: [/a]}\nallow:\n",
+        "  exec: [/usr/bin/true, \"/opt/*/bin/python*\", \"${exe.dir}/*\"]\n",
+        "  files:\n",
+        "    read: [/etc/ld.so.cache, \"/models/**\", \"/**/x.bin\", \"/dev/nvidia[0-9]\", \"${model}/**\", \"${home}/.cache/**\"]\n",
+        "    write: [\"${tmp}/**\", /var/log/x.log]\n",
+    ));
+    let mut facts = facts::Facts::default();
+    facts.set("exe.dir", "/srv/app/bin");
+    facts.set("model", "/data/m[1]*/");
+    facts.set("home", "/home/u");
+    facts.set("tmp", "/tmp");
+    let resolved = profile.resolve(&facts).unwrap();
+    let paths = [
+        "/usr/bin/true",
+        "/usr/bin/truex",
+        "/opt/conda/bin/python3",
+        "/opt/a/b/bin/python",
+        "/srv/app/bin/run",
+        "/srv/app/bin/sub/run",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.cache/x",
+        "/models",
+        "/models/a/b",
+        "/modelsx",
+        "/a/b/x.bin",
+        "/x.bin",
+        "/dev/nvidia3",
+        "/dev/nvidia10",
+        "/data/m[1]*",
+        "/data/m[1]*/config.json",
+        "/data/m1x/config.json",
+        "/home/u/.cache/hf/x",
+        "/home/u/.cachex",
+        "/tmp",
+        "/tmp/a",
+        "/tmpx",
+        "/var/log/x.log",
+        "/",
+        "",
+    ];
+    for allow in [&profile.allow, &resolved.allow] {
+        for path in paths {
+            let any = |globs: &[PathGlob]| globs.iter().any(|g| g.matches(path));
+            assert_eq!(allow.exec(path), any(&allow.exec), "exec {path}");
+            assert_eq!(allow.read(path), any(&allow.files_read), "read {path}");
+            assert_eq!(allow.write(path), any(&allow.files_write), "write {path}");
+        }
+    }
+    // The templated globs count only once resolved.
+    assert!(!profile.allow.read("/data/m[1]*/config.json"));
+    assert!(resolved.allow.read("/data/m[1]*/config.json"));
+    assert!(!resolved.allow.read("/data/m1x/config.json"));
+    assert!(resolved.allow.exec("/srv/app/bin/run"));
+    assert!(resolved.allow.write("/tmp/a"));
+    assert!(!resolved.allow.write("/tmpx"));
+}
