@@ -15,7 +15,8 @@ use anyhow::Context as _;
 
 use std::net::IpAddr;
 
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
+use monitor_common::maps;
 use monitor_common::{ExecInstance, ResolvedExecKey};
 use monitor_common::{
     ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix, POLICY_DRY_RUN, POLICY_ENFORCE,
@@ -336,8 +337,11 @@ impl KernelPolicy {
             found.keys.iter().take(capacity as usize).copied().collect();
         // Stale entries out first: the map may not have room for the old and the new at once,
         // and an executable no configuration names needs no watching.
-        remove_stale(&mut self.maps.exec_candidates, &candidates)?;
-        sync(&mut self.maps.exec_candidates, &candidates)?;
+        sync(
+            maps::EXEC_CANDIDATES,
+            &mut self.maps.exec_candidates,
+            &candidates,
+        )?;
         self.apply_enforcement(config).context(
             "failed to write the profiles' enforcement (modes, networks, executables, devices) into the kernel",
         )?;
@@ -357,23 +361,23 @@ impl KernelPolicy {
     /// entries go in before stale ones go out; a profile switching to enforce gets its allow
     /// lists before its mode, so nothing is refused that the new rules allow.
     fn apply_enforcement(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut connect_keys = Vec::new();
-        let mut listen_keys = Vec::new();
-        let mut udp_connect_keys = Vec::new();
+        let mut connect_keys = HashSet::new();
+        let mut listen_keys = HashSet::new();
+        let mut udp_connect_keys = HashSet::new();
         let mut exec_keys = HashSet::new();
         let mut policies = std::collections::HashMap::new();
         for profile in &config.profiles {
             for (key, value) in net_entries(profile.id, &profile.allow.connect) {
                 self.maps.net_connect.insert(&key, value, 0)?;
-                connect_keys.push((key.prefix_len(), key.data()));
+                connect_keys.insert(trie_id(&key));
             }
             for (key, value) in net_entries(profile.id, &profile.allow.listen) {
                 self.maps.net_listen.insert(&key, value, 0)?;
-                listen_keys.push((key.prefix_len(), key.data()));
+                listen_keys.insert(trie_id(&key));
             }
             for (key, value) in net_entries(profile.id, &profile.allow.udp_connect) {
                 self.maps.net_udp_connect.insert(&key, value, 0)?;
-                udp_connect_keys.push((key.prefix_len(), key.data()));
+                udp_connect_keys.insert(trie_id(&key));
             }
             if profile.mode == Mode::Enforce {
                 // An exec into a profile this one may transition to is not killed: user
@@ -421,43 +425,19 @@ impl KernelPolicy {
             self.maps.policy.insert(id, policy, 0)?;
         }
         // Stale entries out.
-        let stale: Vec<u32> = self
-            .maps
-            .policy
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !policies.contains_key(id))
-            .collect();
-        for id in stale {
-            let _ = self.maps.policy.remove(&id);
-        }
-        let stale: Vec<ExecKey> = self
-            .maps
-            .exec_allowed
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !exec_keys.contains(k))
-            .collect();
-        for key in stale {
-            let _ = self.maps.exec_allowed.remove(&key);
-        }
-        for (trie, wanted) in [
-            (&mut self.maps.net_connect, &connect_keys),
-            (&mut self.maps.net_listen, &listen_keys),
-            (&mut self.maps.net_udp_connect, &udp_connect_keys),
-        ] {
-            let stale: Vec<Key<NetKey>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
-                .collect();
-            for key in stale {
-                let _ = trie.remove(&key);
-            }
-        }
+        let keep: HashSet<u32> = policies.keys().copied().collect();
+        remove_stale(maps::POLICY, &mut self.maps.policy, &keep)?;
+        remove_stale(maps::EXEC_ALLOWED, &mut self.maps.exec_allowed, &exec_keys)?;
+        remove_stale(maps::NET_CONNECT, &mut self.maps.net_connect, &connect_keys)?;
+        remove_stale(maps::NET_LISTEN, &mut self.maps.net_listen, &listen_keys)?;
+        remove_stale(
+            maps::NET_UDP_CONNECT,
+            &mut self.maps.net_udp_connect,
+            &udp_connect_keys,
+        )?;
         // The shells on this host (a shell installed since is refused until the next reload).
         let shells = shell_inodes();
-        sync(&mut self.maps.shells, &shells)?;
+        sync(maps::SHELLS, &mut self.maps.shells, &shells)?;
         // The GPU guard.
         let mut allowed = HashSet::new();
         let mut guard = 0;
@@ -475,16 +455,7 @@ impl KernelPolicy {
                 }
             }
         }
-        let stale: Vec<u32> = self
-            .maps
-            .gpu_allowed
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !allowed.contains(id))
-            .collect();
-        for id in stale {
-            let _ = self.maps.gpu_allowed.remove(&id);
-        }
+        remove_stale(maps::GPU_ALLOWED, &mut self.maps.gpu_allowed, &allowed)?;
         self.maps
             .guards
             .set(monitor_common::guard_slot::GPU, guard, 0)?;
@@ -656,20 +627,91 @@ impl ResolvedExec {
     }
 }
 
-/// Removes the keys that are not wanted.
-fn remove_stale<V: aya::Pod>(
-    map: &mut HashMap<MapData, InodeKey, V>,
-    wanted: &HashSet<InodeKey>,
-) -> anyhow::Result<()> {
-    let stale: Vec<InodeKey> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        map.remove(&key)?;
+/// A kernel map whose keys [`remove_stale`] can list and remove.
+trait KeyedMap {
+    type Key;
+    /// What tells two keys apart (an LPM trie's key has no `Eq`: its prefix length and data).
+    type Id: Eq + std::hash::Hash;
+    fn id(key: &Self::Key) -> Self::Id;
+    fn stored_keys(&self) -> Vec<Result<Self::Key, MapError>>;
+    fn remove_key(&mut self, key: &Self::Key) -> Result<(), MapError>;
+}
+
+impl<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod> KeyedMap for HashMap<MapData, K, V> {
+    type Key = K;
+    type Id = K;
+    fn id(key: &K) -> K {
+        *key
     }
-    Ok(())
+    fn stored_keys(&self) -> Vec<Result<K, MapError>> {
+        self.keys().collect()
+    }
+    fn remove_key(&mut self, key: &K) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+impl KeyedMap for LpmTrie<MapData, NetKey, PortRanges> {
+    type Key = Key<NetKey>;
+    type Id = (u32, NetKey);
+    fn id(key: &Key<NetKey>) -> (u32, NetKey) {
+        trie_id(key)
+    }
+    fn stored_keys(&self) -> Vec<Result<Key<NetKey>, MapError>> {
+        self.keys().collect()
+    }
+    fn remove_key(&mut self, key: &Key<NetKey>) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// An LPM trie key as something a set can hold.
+fn trie_id(key: &Key<NetKey>) -> (u32, NetKey) {
+    (key.prefix_len(), key.data())
+}
+
+/// Removes from the kernel map `name` every key that `keep` does not hold, and says how many
+/// went. A stale entry left behind may allow what the configuration no longer allows, so no
+/// failure is dropped: every key is tried, each failure is logged with the map's name, and
+/// any failure (to list the keys or to remove one) is an error that counts them, which makes
+/// the caller's change fail (and put the maps back).
+fn remove_stale<M: KeyedMap>(
+    name: &str,
+    map: &mut M,
+    keep: &HashSet<M::Id>,
+) -> anyhow::Result<usize> {
+    let mut failed = 0usize;
+    let mut first: Option<MapError> = None;
+    let mut stale = Vec::new();
+    for key in map.stored_keys() {
+        match key {
+            Ok(key) if !keep.contains(&M::id(&key)) => stale.push(key),
+            Ok(_) => {}
+            Err(err) => {
+                warn!("failed to list the keys of the kernel map {name}: {err}");
+                failed += 1;
+                first.get_or_insert(err);
+            }
+        }
+    }
+    let mut removed = 0;
+    for key in &stale {
+        match map.remove_key(key) {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                warn!("failed to remove a stale entry from the kernel map {name}: {err}");
+                failed += 1;
+                first.get_or_insert(err);
+            }
+        }
+    }
+    match first {
+        None => Ok(removed),
+        Some(err) => Err(anyhow::Error::new(err).context(format!(
+            "failed to remove the stale entries of the kernel map {name} ({failed} of {} failed)",
+            stale.len().max(failed)
+        ))),
+    }
 }
 
 /// What the policy maps held before a change, to put back when the change fails half way.
@@ -707,16 +749,16 @@ impl Snapshot {
     /// Puts every map back. The switches (modes, guard flags) go back last, once the lists
     /// they act on are whole again.
     fn restore(&self, maps: &mut PolicyMaps) -> anyhow::Result<()> {
-        restore_hash(&mut maps.protected_dirs, &self.protected_dirs)?;
+        restore_hash(maps::PROTECTED_DIRS, &mut maps.protected_dirs, &self.protected_dirs)?;
         restore_array(&mut maps.protected_suffixes, &self.protected_suffixes)?;
-        restore_hash(&mut maps.exec_candidates, &self.exec_candidates)?;
-        restore_trie(&mut maps.net_connect, &self.net_connect)?;
-        restore_trie(&mut maps.net_listen, &self.net_listen)?;
-        restore_hash(&mut maps.exec_allowed, &self.exec_allowed)?;
-        restore_trie(&mut maps.net_udp_connect, &self.net_udp_connect)?;
-        restore_hash(&mut maps.shells, &self.shells)?;
-        restore_hash(&mut maps.gpu_allowed, &self.gpu_allowed)?;
-        restore_hash(&mut maps.policy, &self.policy)?;
+        restore_hash(maps::EXEC_CANDIDATES, &mut maps.exec_candidates, &self.exec_candidates)?;
+        restore_trie(maps::NET_CONNECT, &mut maps.net_connect, &self.net_connect)?;
+        restore_trie(maps::NET_LISTEN, &mut maps.net_listen, &self.net_listen)?;
+        restore_hash(maps::EXEC_ALLOWED, &mut maps.exec_allowed, &self.exec_allowed)?;
+        restore_trie(maps::NET_UDP_CONNECT, &mut maps.net_udp_connect, &self.net_udp_connect)?;
+        restore_hash(maps::SHELLS, &mut maps.shells, &self.shells)?;
+        restore_hash(maps::GPU_ALLOWED, &mut maps.gpu_allowed, &self.gpu_allowed)?;
+        restore_hash(maps::POLICY, &mut maps.policy, &self.policy)?;
         restore_array(&mut maps.guards, &self.guards)?;
         Ok(())
     }
@@ -725,7 +767,6 @@ impl Snapshot {
 impl Snapshot {
     /// Per map, its name and a digest of its entries that does not depend on their order.
     fn digests(&self) -> [(&'static str, u64); 11] {
-        use monitor_common::maps;
         let trie = |entries: &[(Key<NetKey>, PortRanges)]| {
             digest(
                 entries
@@ -794,18 +835,12 @@ fn save_hash<K: aya::Pod, V: aya::Pod>(
 
 /// Removes what the snapshot did not hold (making room first), then writes back what it did.
 fn restore_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    name: &str,
     map: &mut HashMap<MapData, K, V>,
     saved: &[(K, V)],
 ) -> anyhow::Result<()> {
     let keep: HashSet<K> = saved.iter().map(|(k, _)| *k).collect();
-    let extra: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(k))
-        .collect();
-    for key in extra {
-        map.remove(&key)?;
-    }
+    remove_stale(name, map, &keep)?;
     for (key, value) in saved {
         map.insert(key, value, 0)?;
     }
@@ -819,21 +854,12 @@ fn save_trie(
 }
 
 fn restore_trie(
+    name: &str,
     map: &mut LpmTrie<MapData, NetKey, PortRanges>,
     saved: &[(Key<NetKey>, PortRanges)],
 ) -> anyhow::Result<()> {
-    let keep: HashSet<(u32, NetKey)> = saved
-        .iter()
-        .map(|(k, _)| (k.prefix_len(), k.data()))
-        .collect();
-    let extra: Vec<Key<NetKey>> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
-        .collect();
-    for key in extra {
-        map.remove(&key)?;
-    }
+    let keep: HashSet<(u32, NetKey)> = saved.iter().map(|(k, _)| trie_id(k)).collect();
+    remove_stale(name, map, &keep)?;
     for (key, value) in saved {
         map.insert(key, value, 0)?;
     }
@@ -851,21 +877,17 @@ fn restore_array<V: aya::Pod>(map: &mut Array<MapData, V>, saved: &[V]) -> anyho
     Ok(())
 }
 
-/// Inserts what is missing, then removes what is stale.
+/// Makes a set map hold `wanted`: stale entries out first (the map may not have room for the
+/// old and the new at once), then what is missing in.
 fn sync(
+    name: &str,
     map: &mut HashMap<MapData, InodeKey, u32>,
     wanted: &HashSet<InodeKey>,
 ) -> anyhow::Result<()> {
+    remove_stale(name, map, wanted)?;
     for key in wanted {
-        map.insert(key, 1, 0)?;
-    }
-    let stale: Vec<InodeKey> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        let _ = map.remove(&key);
+        map.insert(key, 1, 0)
+            .with_context(|| format!("failed to insert into the kernel map {name}"))?;
     }
     Ok(())
 }
