@@ -749,13 +749,29 @@ impl Snapshot {
     /// Puts every map back. The switches (modes, guard flags) go back last, once the lists
     /// they act on are whole again.
     fn restore(&self, maps: &mut PolicyMaps) -> anyhow::Result<()> {
-        restore_hash(maps::PROTECTED_DIRS, &mut maps.protected_dirs, &self.protected_dirs)?;
+        restore_hash(
+            maps::PROTECTED_DIRS,
+            &mut maps.protected_dirs,
+            &self.protected_dirs,
+        )?;
         restore_array(&mut maps.protected_suffixes, &self.protected_suffixes)?;
-        restore_hash(maps::EXEC_CANDIDATES, &mut maps.exec_candidates, &self.exec_candidates)?;
+        restore_hash(
+            maps::EXEC_CANDIDATES,
+            &mut maps.exec_candidates,
+            &self.exec_candidates,
+        )?;
         restore_trie(maps::NET_CONNECT, &mut maps.net_connect, &self.net_connect)?;
         restore_trie(maps::NET_LISTEN, &mut maps.net_listen, &self.net_listen)?;
-        restore_hash(maps::EXEC_ALLOWED, &mut maps.exec_allowed, &self.exec_allowed)?;
-        restore_trie(maps::NET_UDP_CONNECT, &mut maps.net_udp_connect, &self.net_udp_connect)?;
+        restore_hash(
+            maps::EXEC_ALLOWED,
+            &mut maps.exec_allowed,
+            &self.exec_allowed,
+        )?;
+        restore_trie(
+            maps::NET_UDP_CONNECT,
+            &mut maps.net_udp_connect,
+            &self.net_udp_connect,
+        )?;
         restore_hash(maps::SHELLS, &mut maps.shells, &self.shells)?;
         restore_hash(maps::GPU_ALLOWED, &mut maps.gpu_allowed, &self.gpu_allowed)?;
         restore_hash(maps::POLICY, &mut maps.policy, &self.policy)?;
