@@ -860,3 +860,147 @@ fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
     assert_eq!(lost["monitor.loss.stage"], "kernel");
     drop(guard);
 }
+
+/// The cgroup programs attached to the monitor's test cgroup, as `bpftool cgroup show` lists
+/// them (the attach type and the program's name on each line).
+fn cgroup_programs(monitor: &Monitor) -> String {
+    let output = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&monitor.cgroup.path)
+        .output()
+        .expect("failed to run bpftool: install it (apt-get install bpftool)");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits until `udp_egress` is attached to the monitor's cgroup (`true`) or not (`false`).
+fn wait_udp_egress(monitor: &Monitor, attached: bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let programs = cgroup_programs(monitor);
+        if programs.contains("udp_egress") == attached {
+            return programs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "udp_egress still {} after 15 s:\n{programs}\nstderr:\n{}",
+            if attached { "not attached" } else { "attached" },
+            monitor.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `udp_egress` costs every packet that leaves the cgroup, so it is attached only while a
+/// profile enforces `udp_connect`: not with an enforcing profile without it (and the
+/// self-check does not call it missing), attached by the reload that adds `udp_connect`
+/// (a connected socket's datagram is then refused, for real), detached by the one that
+/// takes it away.
+#[test]
+fn udp_egress_is_attached_only_while_a_profile_enforces_udp_connect() {
+    let dir = TempDir::new("udp-egress-follows");
+    std::fs::write(dir.0.join("fake_udp_server.py"), UDP_SERVER).unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed = tcp.local_addr().unwrap().port();
+    let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let profile = |udp_connect: &str| {
+        std::fs::write(
+            dir.0.join("profile.yaml"),
+            format!(
+                r#"name: udpserver
+selector:
+  executables: ["/usr/bin/python3*"]
+  args: ["*fake_udp_server*"]
+mode: enforce
+allow:
+  exec: ["/usr/bin/python3*"]
+  files:
+    read: ["/**"]
+  network:
+    connect: ["127.0.0.1:{other_port}"]
+{udp_connect}"#
+            ),
+        )
+        .unwrap();
+    };
+    profile("");
+    let config = dir.0.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("profiles: [\"{}\"]\n", dir.0.join("profile.yaml").display()),
+    )
+    .unwrap();
+    let monitor = Monitor::start(&[
+        "run",
+        "--config",
+        &config.to_string_lossy(),
+        "--self-check-secs",
+        "1",
+    ]);
+    let programs = cgroup_programs(&monitor);
+    assert!(
+        programs.contains("connect4"),
+        "the other cgroup programs are attached: {programs}"
+    );
+    assert!(
+        !programs.contains("udp_egress"),
+        "no profile enforces udp_connect: {programs}"
+    );
+    // Self-checks run meanwhile: the program detached on purpose is not missing to them.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    profile(&format!(
+        "    udp_connect: [\"127.0.0.1:{allowed}\", \"[::1]:{allowed}\"]\n"
+    ));
+    monitor.signal(libc::SIGHUP);
+    monitor.wait_for("the reload adding udp_connect", WAIT, |v| {
+        v["security_rule.name"] == "config-changed"
+    });
+    wait_udp_egress(&monitor, true);
+    let script = dir.0.join("fake_udp_server.py");
+    let (report, code) = report_of(
+        &monitor,
+        PYTHON,
+        &[
+            "-B",
+            &script.to_string_lossy(),
+            &allowed.to_string(),
+            &other_port.to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
+    assert_eq!(report["connected_send"], "EPERM", "{report}");
+    assert_eq!(report["connected_write"], "EPERM", "{report}");
+    let mut buf = [0u8; 16];
+    assert!(
+        receiver.recv_from(&mut buf).is_err(),
+        "no datagram reached the destination"
+    );
+    monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
+        v["security_rule.name"] == "connect-not-allowed"
+            && v["monitor.action"] == "denied"
+            && v["monitor.network.operation"] == "send"
+            && v["network.peer.port"] == allowed
+    });
+
+    // Taken away again: detached.
+    profile("");
+    monitor.signal(libc::SIGHUP);
+    wait_udp_egress(&monitor, false);
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = monitor.stop();
+    let missing: Vec<&Value> = lines
+        .iter()
+        .filter(|v| {
+            v["security_rule.name"] == "monitor-tampered" && v.to_string().contains("udp_egress")
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the self-check called the detached program missing: {missing:?}"
+    );
+}

@@ -463,6 +463,19 @@ impl KernelPolicy {
     }
 }
 
+/// Whether `config` needs the kernel's [`monitor_common::programs::UDP_EGRESS`] program: a
+/// profile in `mode: enforce` with `udp_connect` rules. A UDP socket connected under
+/// `udp_connect` alone may carry no datagram `connect` does not allow, and a connected
+/// socket's datagrams carry no address for the `sendmsg` programs to judge: the egress
+/// program does. Without such a profile every connect of a UDP socket was judged against
+/// `connect` itself, so the program would only cost time on every packet.
+pub fn judges_connected_udp(config: &Config) -> bool {
+    config
+        .profiles
+        .iter()
+        .any(|p| p.mode == Mode::Enforce && !p.allow.udp_connect.is_empty())
+}
+
 /// Directories where the shells of [`crate::event::classify::SHELLS`] are looked for.
 const SHELL_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin"];
 

@@ -714,14 +714,9 @@ impl Sensor {
             self.attach_to_cgroup(name, attach_cgroup::<CgroupSockAddr>)?;
             debug!(program = name, hook = attach, "attached");
         }
-        self.attach_to_cgroup(programs::UDP_EGRESS, attach_cgroup::<CgroupSkb>)?;
-        debug!(
-            program = programs::UDP_EGRESS,
-            hook = "cgroup_skb/egress",
-            "attached (datagrams of connected UDP sockets of enforce-mode profiles)"
-        );
+        // `udp_egress` is attached by `set_udp_egress`, only while a profile needs it.
         info!(
-            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6,cgroup_skb/egress",
+            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6",
             cgroup = %self.cgroup.display(),
             "network sensor and enforcement attached: connects, binds and datagrams of watched processes in this cgroup are reported from the kernel's copy of the address (io_uring and sendmmsg included); the syscall tracepoints report unix sockets, listen, accept and processes outside it (flagged monitor.unverified)"
         );
@@ -752,6 +747,43 @@ impl Sensor {
             id,
         });
         Ok(())
+    }
+
+    /// Attaches [`programs::UDP_EGRESS`] (`cgroup_skb/egress`) when `wanted` and detaches it
+    /// when not; returns whether that changed anything. It judges every packet that leaves
+    /// the cgroup (about 70 ns each, TCP included: BENCHMARKS.md), and is needed only to
+    /// refuse the datagrams of a UDP socket connected under an enforcing profile's
+    /// `udp_connect` ([`crate::kernel::policy::judges_connected_udp`]). Detached on purpose,
+    /// it has no link the self-check could find missing.
+    pub fn set_udp_egress(&mut self, wanted: bool) -> anyhow::Result<bool> {
+        let attached = self
+            .cgroup_links
+            .iter()
+            .position(|link| link.program == programs::UDP_EGRESS);
+        match (attached, wanted) {
+            (None, true) => {
+                self.attach_to_cgroup(programs::UDP_EGRESS, attach_cgroup::<CgroupSkb>)?;
+                info!(
+                    program = programs::UDP_EGRESS,
+                    hook = "cgroup_skb/egress",
+                    cgroup = %self.cgroup.display(),
+                    "attached: a profile enforces udp_connect, so the datagrams of connected UDP sockets of watched processes are judged against connect"
+                );
+                Ok(true)
+            }
+            (Some(index), false) => {
+                // Dropping the link detaches the program.
+                drop(self.cgroup_links.remove(index));
+                info!(
+                    program = programs::UDP_EGRESS,
+                    hook = "cgroup_skb/egress",
+                    cgroup = %self.cgroup.display(),
+                    "detached: no profile enforces udp_connect"
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Files the monitor's programs, maps and links in [`maps::MONITOR_OBJECTS`], so that the
