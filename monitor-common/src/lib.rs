@@ -999,7 +999,17 @@ pub struct KernelOffsets {
     pub bpf_link_id: u32,
     pub bpf_prog_aux: u32,
     pub bpf_prog_aux_id: u32,
+    /// `inode.i_generation`: with the inode number, what tells a file from a later one that
+    /// reused its number ([`INODE_GENERATION_UNKNOWN`]).
+    pub inode_generation: u32,
 }
+
+/// The value of an [`maps::EXEC_ALLOWED`] or [`maps::EXEC_RESOLVED`] entry is the allowed
+/// file's inode generation (`FS_IOC_GETVERSION`), which the kernel compares with the exec'd
+/// file's: ext4 gives a deleted file's inode number to the next file made, so a disallowed
+/// program written where an allowed one was deleted would otherwise pass for it. This value
+/// (a file system without the ioctl, e.g. tmpfs or overlayfs) is not compared.
+pub const INODE_GENERATION_UNKNOWN: u32 = 0;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 32 + 48 + PATH_CAP + ARGS_CAP);

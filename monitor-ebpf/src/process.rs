@@ -207,15 +207,16 @@ fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 
         return 0;
     };
     let key = ExecKey { profile, dev, ino };
+    let generation = exec_generation(bprm);
     // Only what `allow.exec` allows (and the executables of the profiles that `allow.transitions`
     // names, which user space puts here too): another profile's selector executable is no
     // exemption, or a compromised server could re-exec itself into a laxer profile.
-    if unsafe { EXEC_ALLOWED.get(key).is_some() } {
+    if unsafe { EXEC_ALLOWED.get(key) }.is_some_and(|allowed| same_file(*allowed, generation)) {
         return 0;
     }
     // ... or what its templated `allow.exec` globs (`${python.prefix}/bin/python*`) resolved
     // to for this process's facts.
-    if resolved_allows(tgid, profile, start_time, dev, ino) {
+    if resolved_allows(tgid, profile, start_time, dev, ino, generation) {
         return 0;
     }
     // `sh -c CMD` is judged by what the shell runs: the shell keeps this process's profile,
@@ -232,7 +233,14 @@ fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 
 /// Whether the process's resolved-profile instance ([`EXEC_INSTANCE`], written by user space
 /// when it resolved the process's facts, or inherited at fork) allows the executable.
 #[inline(always)]
-fn resolved_allows(tgid: u32, profile: u32, start_time: u64, dev: u32, ino: u64) -> bool {
+fn resolved_allows(
+    tgid: u32,
+    profile: u32,
+    start_time: u64,
+    dev: u32,
+    ino: u64,
+    generation: Option<u32>,
+) -> bool {
     let Some(instance) = (unsafe { EXEC_INSTANCE.get(tgid) }) else {
         return false;
     };
@@ -247,7 +255,26 @@ fn resolved_allows(tgid: u32, profile: u32, start_time: u64, dev: u32, ino: u64)
         dev,
         ino,
     };
-    unsafe { EXEC_RESOLVED.get(key).is_some() }
+    unsafe { EXEC_RESOLVED.get(key) }.is_some_and(|allowed| same_file(*allowed, generation))
+}
+
+/// Whether the exec'd file is the one user space allowed: its inode generation is the one
+/// it read ([`monitor_common::INODE_GENERATION_UNKNOWN`]: it could not, not compared). A
+/// generation that cannot be read here matches no known one: refused.
+#[inline(always)]
+fn same_file(allowed: u32, generation: Option<u32>) -> bool {
+    allowed == monitor_common::INODE_GENERATION_UNKNOWN || generation == Some(allowed)
+}
+
+/// The exec'd file's `i_generation` (see [`same_file`]).
+#[inline(always)]
+fn exec_generation(bprm: *const u8) -> Option<u32> {
+    let file: *const u8 = unsafe { read(bprm, off!(binprm_file)) }.ok()?;
+    if file.is_null() {
+        return None;
+    }
+    let inode = crate::kernel::file_inode(file).ok()?;
+    unsafe { read(inode, off!(inode_generation)) }.ok()
 }
 
 /// Bytes of the new program's argv read to find a shell's `-c`: argv[0] and the options

@@ -699,6 +699,89 @@ for line in sys.stdin:
     print(subprocess.run(line.split()).returncode, flush=True)
 "#;
 
+const RENAME_SERVER: &str = r#"
+import json, os, shutil, subprocess, sys
+root, venv = sys.argv[1], sys.argv[2]
+out = {}
+def run(name, argv):
+    out[name] = subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
+bindir = os.path.join(venv, "bin")
+run("allowed", [os.path.join(bindir, "python3.11"), "-c", "pass"])
+freed = {os.stat(os.path.join(bindir, n)).st_ino for n in ("python3.11", "python3.12")}
+# Rename-over: a disallowed program renamed onto a name the glob expanded to.
+shutil.copy("/usr/bin/id", os.path.join(root, "staged-id"))
+os.rename(os.path.join(root, "staged-id"), os.path.join(bindir, "python3.11"))
+run("rename_over", [os.path.join(bindir, "python3.11")])
+# Inode reuse: the allowed file deleted, a disallowed one written under its name; on ext4
+# the new file gets a freed inode number, an allowed file's (the report says whether).
+victim = os.path.join(bindir, "python3.12")
+os.unlink(victim)
+shutil.copy("/usr/bin/id", victim)
+out["reused_inode"] = os.stat(victim).st_ino in freed
+run("inode_reuse", [victim])
+print(json.dumps(out), flush=True)
+"#;
+
+/// The way around a templated `allow.exec` glob expanded to inodes: after the expansion, a
+/// disallowed program renamed over an allowed name (a new inode: refused), and an allowed
+/// file deleted and a disallowed one written in its place, which ext4 gives the same inode
+/// number (refused too: the kernel compares the inode's generation as well).
+#[test]
+fn a_program_renamed_or_rewritten_over_an_allowed_name_is_killed() {
+    let dir = TempDir::new("venv-rename");
+    let venv = make_venv(&dir.0);
+    for name in ["python3.11", "python3.12"] {
+        std::fs::copy(real_path(PYTHON), venv.join("bin").join(name)).unwrap();
+    }
+    std::fs::write(dir.0.join("fake_venv_rename.py"), RENAME_SERVER).unwrap();
+    let monitor = start_with_profile(
+        &dir.0,
+        &format!(
+            r#"name: venvserver
+selector:
+  executables: ["{venv}/bin/python3"]
+  args: ["*fake_venv_rename*"]
+mode: enforce
+allow:
+  exec: ["${{python.prefix}}/bin/python*"]
+  files:
+    read: ["/**"]
+    write: ["/tmp/**"]
+"#,
+            venv = venv.display()
+        ),
+    );
+    let python = venv.join("bin/python3");
+    let script = dir.0.join("fake_venv_rename.py");
+    let (report, code) = report_of(
+        &monitor,
+        &python.to_string_lossy(),
+        &[
+            "-B",
+            &script.to_string_lossy(),
+            &dir.0.to_string_lossy(),
+            &venv.to_string_lossy(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["allowed"], 0, "the expanded name runs: {report}");
+    assert_eq!(report["rename_over"], -9, "{report}");
+    assert_eq!(report["inode_reuse"], -9, "{report}");
+    if report["reused_inode"] != true {
+        eprintln!("note: the file system of the temp dir gave no freed inode number again; only ext4-like reuse makes the second attack meaningful");
+    }
+    exec_alert(
+        &monitor,
+        "killed",
+        venv.join("bin/python3.11").to_string_lossy().into_owned(),
+    );
+    exec_alert(
+        &monitor,
+        "killed",
+        venv.join("bin/python3.12").to_string_lossy().into_owned(),
+    );
+}
+
 /// A reload expands the templated globs anew (a program installed since is allowed), and
 /// the kernel judges a running server by its profile's new id when a profile added before
 /// it moved it.

@@ -385,6 +385,7 @@ offsets! {
     bpf_link_id: "bpf_link", "id";
     bpf_prog_aux: "bpf_prog", "aux";
     bpf_prog_aux_id: "bpf_prog_aux", "id";
+    inode_generation: "inode", "i_generation";
 }
 
 #[cfg(test)]

@@ -364,7 +364,7 @@ impl KernelPolicy {
         let mut connect_keys = HashSet::new();
         let mut listen_keys = HashSet::new();
         let mut udp_connect_keys = HashSet::new();
-        let mut exec_keys = HashSet::new();
+        let mut exec_keys = std::collections::HashMap::new();
         let mut policies = std::collections::HashMap::new();
         for profile in &config.profiles {
             for (key, value) in net_entries(profile.id, &profile.allow.connect) {
@@ -395,11 +395,14 @@ impl KernelPolicy {
                     // Only what an exec can run: a data file under the glob needs no entry.
                     for path in expand_executables(&glob, EXPAND_BUDGET).files {
                         if let Ok(inode) = inode_key(&path) {
-                            exec_keys.insert(ExecKey {
-                                profile: profile.id,
-                                dev: inode.dev,
-                                ino: inode.ino,
-                            });
+                            exec_keys.insert(
+                                ExecKey {
+                                    profile: profile.id,
+                                    dev: inode.dev,
+                                    ino: inode.ino,
+                                },
+                                inode_generation(&path),
+                            );
                         }
                     }
                 }
@@ -418,8 +421,8 @@ impl KernelPolicy {
                 .fold(0u32, |bits, class| bits | class.policy_bit());
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }
-        for key in &exec_keys {
-            self.maps.exec_allowed.insert(key, 1, 0)?;
+        for (key, generation) in &exec_keys {
+            self.maps.exec_allowed.insert(key, generation, 0)?;
         }
         for (id, policy) in &policies {
             self.maps.policy.insert(id, policy, 0)?;
@@ -427,7 +430,8 @@ impl KernelPolicy {
         // Stale entries out.
         let keep: HashSet<u32> = policies.keys().copied().collect();
         remove_stale(maps::POLICY, &mut self.maps.policy, &keep)?;
-        remove_stale(maps::EXEC_ALLOWED, &mut self.maps.exec_allowed, &exec_keys)?;
+        let keep: HashSet<ExecKey> = exec_keys.keys().copied().collect();
+        remove_stale(maps::EXEC_ALLOWED, &mut self.maps.exec_allowed, &keep)?;
         remove_stale(maps::NET_CONNECT, &mut self.maps.net_connect, &connect_keys)?;
         remove_stale(maps::NET_LISTEN, &mut self.maps.net_listen, &listen_keys)?;
         remove_stale(
@@ -539,23 +543,26 @@ impl ResolvedExec {
         if !self.instances.contains_key(&key) {
             let id = self.next;
             self.next = self.next.wrapping_add(1).max(1);
-            let mut keys: Vec<ResolvedExecKey> = key
+            let mut keys: Vec<(ResolvedExecKey, u32)> = key
                 .1
                 .iter()
                 .filter_map(|glob| Glob::new(glob).ok())
                 .flat_map(|glob| expand_executables(&glob, EXPAND_BUDGET).files)
-                .filter_map(|path| inode_key(&path).ok())
-                .map(|inode| ResolvedExecKey {
-                    instance: id,
-                    dev: inode.dev,
-                    ino: inode.ino,
+                .filter_map(|path| {
+                    let inode = inode_key(&path).ok()?;
+                    let key = ResolvedExecKey {
+                        instance: id,
+                        dev: inode.dev,
+                        ino: inode.ino,
+                    };
+                    Some((key, inode_generation(&path)))
                 })
                 .collect();
-            keys.sort_unstable_by_key(|k| (k.dev, k.ino));
-            keys.dedup();
+            keys.sort_unstable_by_key(|(k, _)| (k.dev, k.ino));
+            keys.dedup_by_key(|(k, _)| *k);
             let mut written = Vec::with_capacity(keys.len());
-            for k in keys {
-                match self.executables.insert(k, 1, 0) {
+            for (k, generation) in keys {
+                match self.executables.insert(k, generation, 0) {
                     Ok(()) => written.push(k),
                     Err(err) => {
                         self.lost += 1;
@@ -925,6 +932,31 @@ fn sync(
 pub fn kernel_dev(st_dev: u64) -> u32 {
     let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
     (major << 20) | (minor & 0xfffff)
+}
+
+/// A file's inode generation (`FS_IOC_GETVERSION`), which the kernel compares at exec
+/// ([`monitor_common::INODE_GENERATION_UNKNOWN`] where the file system does not say, e.g.
+/// tmpfs and overlayfs: there a file made where an allowed one was deleted could reuse its
+/// inode number and pass for it; ext4, xfs and btrfs say).
+pub fn inode_generation(path: &Path) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    let Ok(file) = std::fs::File::open(path) else {
+        return monitor_common::INODE_GENERATION_UNKNOWN;
+    };
+    // The ioctl is declared with a `long` but every file system writes an `int`.
+    let mut generation: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETVERSION writes one int through the pointer, to a live local.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::FS_IOC_GETVERSION,
+            &mut generation as *mut libc::c_int,
+        )
+    };
+    if ret != 0 {
+        return monitor_common::INODE_GENERATION_UNKNOWN;
+    }
+    generation as u32
 }
 
 /// The kernel's key for a file or directory (following symlinks), if it exists.
