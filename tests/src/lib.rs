@@ -3,8 +3,8 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
     sync::{Arc, Condvar, Mutex},
     thread,
     time::{Duration, Instant},
@@ -441,5 +441,95 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The system interpreter the tests' Python snippets run on.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// `python3 -I -S -B -c CODE ARGS` (isolated: nothing from the site or the environment),
+/// started with its output piped.
+pub fn python(code: &str, args: &[&str]) -> Child {
+    Command::new(PYTHON)
+        .args(["-I", "-S", "-B", "-c", code])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to start {PYTHON}: {e}"))
+}
+
+/// Waits for a child to end: its pid and its output.
+pub fn finish(child: Child) -> (u32, Output) {
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
+/// Runs `program ARGS` to its end, output piped: its pid and output.
+pub fn run(program: &str, args: &[&str]) -> (u32, Output) {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to run {program} (install it): {e}"));
+    finish(child)
+}
+
+/// `bpftool ARGS`, which must succeed: its pid and output.
+pub fn bpftool(args: &[&str]) -> (u32, Output) {
+    let (pid, output) = run("bpftool", args);
+    assert!(output.status.success(), "bpftool {args:?}: {output:?}");
+    (pid, output)
+}
+
+/// What a child printed, trimmed.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// What a guarded model file holds.
+pub const WEIGHTS: &str = "weights";
+
+/// The model-server part of a scratch site under `root`: `models/model.safetensors` (to
+/// guard), `bin/model-server` (a copy of cat) and `server.yaml`, the profile that selects it
+/// and lets it read everything (the guards' allowed reader).
+pub fn model_server(root: &Path) {
+    for dir in ["models", "bin"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("models/model.safetensors"), WEIGHTS).unwrap();
+    std::fs::copy("/usr/bin/cat", root.join("bin/model-server")).unwrap();
+    std::fs::write(
+        root.join("server.yaml"),
+        format!(
+            r#"name: server
+selector:
+  executables: ["{root}/bin/model-server"]
+allow:
+  exec: ["{root}/bin/model-server"]
+  files:
+    read: ["/**"]
+"#,
+            root = root.display()
+        ),
+    )
+    .unwrap();
+}
+
+impl Monitor {
+    /// `monitor run --config CONFIG EXTRA` (see [`Monitor::start`]).
+    pub fn run_config(config: &Path, extra: &[&str]) -> Monitor {
+        let config = config.to_string_lossy();
+        let mut args = vec!["run", "--config", &config];
+        args.extend_from_slice(extra);
+        Monitor::start(&args)
+    }
+
+    /// Waits for an alert of `rule` about process `pid`.
+    pub fn alert_of(&self, rule: &'static str, pid: u32) -> Value {
+        self.wait_for(&format!("{rule} by pid {pid}"), WAIT, move |v| {
+            v["security_rule.name"] == rule && v["process.pid"] == pid
+        })
     }
 }

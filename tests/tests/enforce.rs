@@ -6,9 +6,7 @@
 use std::{net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use tests::{marker, real_path, Monitor, TempDir, WAIT};
-
-const PYTHON: &str = "/usr/bin/python3";
+use tests::{marker, real_path, Monitor, TempDir, PYTHON, WAIT};
 
 const SERVER: &str = r#"
 import json, os, socket, subprocess, sys
@@ -321,6 +319,49 @@ fn exec_alert(monitor: &Monitor, action: &'static str, path: String) -> Value {
     )
 }
 
+/// A monitor with one enforce-mode profile: the venv's python running a script whose
+/// arguments hold `script`, allowed to run only what its templated glob
+/// (`${python.prefix}/bin/python*`) names.
+fn start_venv_server(dir: &std::path::Path, venv: &std::path::Path, script: &str) -> Monitor {
+    start_with_profile(
+        dir,
+        &format!(
+            r#"name: venvserver
+selector:
+  executables: ["{venv}/bin/python3"]
+  args: ["*{script}*"]
+mode: enforce
+allow:
+  exec: ["${{python.prefix}}/bin/python*"]
+  files:
+    read: ["/**"]
+    write: ["/tmp/**"]
+"#,
+            venv = venv.display()
+        ),
+    )
+}
+
+/// Runs `dir/SCRIPT DIR VENV` on the venv's python in the monitor's cgroup (see
+/// [`report_of`]).
+fn run_venv_script(
+    monitor: &Monitor,
+    dir: &std::path::Path,
+    venv: &std::path::Path,
+    script: &str,
+) -> (Value, Option<i32>) {
+    report_of(
+        monitor,
+        &venv.join("bin/python3").to_string_lossy(),
+        &[
+            "-B",
+            &dir.join(script).to_string_lossy(),
+            &dir.to_string_lossy(),
+            &venv.to_string_lossy(),
+        ],
+    )
+}
+
 const VENV_SERVER: &str = r#"
 import json, os, subprocess, sys
 root, venv = sys.argv[1], sys.argv[2]
@@ -362,35 +403,8 @@ fn templated_exec_globs_are_decided_in_the_kernel() {
     std::fs::copy("/usr/bin/id", dir.0.join("realid")).unwrap();
     std::fs::write(dir.0.join("fake_venv_server.py"), VENV_SERVER).unwrap();
     // Only the template names the venv's interpreter: no literal glob allows it.
-    let monitor = start_with_profile(
-        &dir.0,
-        &format!(
-            r#"name: venvserver
-selector:
-  executables: ["{venv}/bin/python3"]
-  args: ["*fake_venv_server*"]
-mode: enforce
-allow:
-  exec: ["${{python.prefix}}/bin/python*"]
-  files:
-    read: ["/**"]
-    write: ["/tmp/**"]
-"#,
-            venv = venv.display()
-        ),
-    );
-    let python = venv.join("bin/python3");
-    let script = dir.0.join("fake_venv_server.py");
-    let (report, code) = report_of(
-        &monitor,
-        &python.to_string_lossy(),
-        &[
-            "-B",
-            &script.to_string_lossy(),
-            &dir.0.to_string_lossy(),
-            &venv.to_string_lossy(),
-        ],
-    );
+    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_server");
+    let (report, code) = run_venv_script(&monitor, &dir.0, &venv, "fake_venv_server.py");
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(
         report["venv_python"], 0,
@@ -411,7 +425,7 @@ allow:
         venv.join("bin/python-hl").to_string_lossy().into_owned(),
     );
     let lines = monitor.stop();
-    let python = python.to_string_lossy().into_owned();
+    let python = venv.join("bin/python3").to_string_lossy().into_owned();
     assert!(
         !lines
             .iter()
@@ -475,18 +489,77 @@ attempt("tcp_connect", lambda: socket.create_connection(("127.0.0.1", allowed)).
 print(json.dumps(out), flush=True)
 "#;
 
+/// The destinations of [`UDP_SERVER`]: `allowed`, a port held for UDP (a receiver that must
+/// get nothing) and TCP (a listener, so that a TCP connect let through would succeed), and
+/// `other`; the script in the test's directory.
+struct UdpSite {
+    _tcp: TcpListener,
+    receiver: std::net::UdpSocket,
+    _other: std::net::UdpSocket,
+    allowed: u16,
+    other: u16,
+    script: PathBuf,
+}
+
+impl UdpSite {
+    fn new(dir: &std::path::Path) -> UdpSite {
+        let script = dir.join("fake_udp_server.py");
+        std::fs::write(&script, UDP_SERVER).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let allowed = tcp.local_addr().unwrap().port();
+        let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        UdpSite {
+            _tcp: tcp,
+            receiver,
+            allowed,
+            other: other.local_addr().unwrap().port(),
+            _other: other,
+            script,
+        }
+    }
+
+    /// Runs the script in the monitor's cgroup: its report (it must exit 0).
+    fn run(&self, monitor: &Monitor) -> Value {
+        let (report, code) = report_of(
+            monitor,
+            PYTHON,
+            &[
+                "-B",
+                &self.script.to_string_lossy(),
+                &self.allowed.to_string(),
+                &self.other.to_string(),
+            ],
+        );
+        assert_eq!(code, Some(0), "{report}");
+        report
+    }
+
+    fn assert_nothing_received(&self) {
+        assert!(
+            self.receiver.recv_from(&mut [0u8; 16]).is_err(),
+            "no datagram reached the destination"
+        );
+    }
+
+    /// The alert of a connected socket's datagram to `allowed`, refused.
+    fn connected_send_refused(&self, monitor: &Monitor) -> Value {
+        let allowed = self.allowed;
+        monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
+            v["security_rule.name"] == "connect-not-allowed"
+                && v["monitor.action"] == "denied"
+                && v["monitor.network.operation"] == "send"
+                && v["network.peer.port"] == allowed
+        })
+    }
+}
+
 #[test]
 fn udp_connect_is_decided_in_the_kernel() {
     let dir = TempDir::new("udp-enforce");
-    std::fs::write(dir.0.join("fake_udp_server.py"), UDP_SERVER).unwrap();
-    // One port number held for UDP and TCP, so the TCP connect below reaches a listener
-    // unless the kernel refuses it.
-    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-    let allowed = tcp.local_addr().unwrap().port();
-    let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
-    receiver.set_nonblocking(true).unwrap();
-    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let other_port = other.local_addr().unwrap().port();
+    let udp = UdpSite::new(&dir.0);
+    let (allowed, other_port) = (udp.allowed, udp.other);
     let monitor = start_with_profile(
         &dir.0,
         &format!(
@@ -504,18 +577,7 @@ allow:
 "#
         ),
     );
-    let script = dir.0.join("fake_udp_server.py");
-    let (report, code) = report_of(
-        &monitor,
-        PYTHON,
-        &[
-            "-B",
-            &script.to_string_lossy(),
-            &allowed.to_string(),
-            &other_port.to_string(),
-        ],
-    );
-    assert_eq!(code, Some(0), "{report}");
+    let report = udp.run(&monitor);
     assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
     assert_eq!(report["connected_send"], "EPERM", "{report}");
     assert_eq!(report["connected_write"], "EPERM", "{report}");
@@ -526,11 +588,7 @@ allow:
     assert_eq!(report["sendto"], "EPERM", "{report}");
     assert_eq!(report["sendmmsg"], "EPERM", "{report}");
     assert_eq!(report["tcp_connect"], "EPERM", "{report}");
-    let mut buf = [0u8; 16];
-    assert!(
-        receiver.recv_from(&mut buf).is_err(),
-        "no datagram reached the destination"
-    );
+    udp.assert_nothing_received();
     let denied = monitor.wait_for("the UDP connect refused", WAIT, move |v| {
         v["security_rule.name"] == "connect-not-allowed"
             && v["monitor.action"] == "denied"
@@ -539,12 +597,7 @@ allow:
             && v["network.peer.port"] == other_port
     });
     assert_eq!(denied["monitor.enforcement.mechanism"], "cgroup-sock-addr");
-    let send = monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
-        v["security_rule.name"] == "connect-not-allowed"
-            && v["monitor.action"] == "denied"
-            && v["monitor.network.operation"] == "send"
-            && v["network.peer.port"] == allowed
-    });
+    let send = udp.connected_send_refused(&monitor);
     assert_eq!(send["network.transport"], "udp", "{send}");
     let lines = monitor.stop();
     assert!(
@@ -734,35 +787,8 @@ fn a_program_renamed_or_rewritten_over_an_allowed_name_is_killed() {
         std::fs::copy(real_path(PYTHON), venv.join("bin").join(name)).unwrap();
     }
     std::fs::write(dir.0.join("fake_venv_rename.py"), RENAME_SERVER).unwrap();
-    let monitor = start_with_profile(
-        &dir.0,
-        &format!(
-            r#"name: venvserver
-selector:
-  executables: ["{venv}/bin/python3"]
-  args: ["*fake_venv_rename*"]
-mode: enforce
-allow:
-  exec: ["${{python.prefix}}/bin/python*"]
-  files:
-    read: ["/**"]
-    write: ["/tmp/**"]
-"#,
-            venv = venv.display()
-        ),
-    );
-    let python = venv.join("bin/python3");
-    let script = dir.0.join("fake_venv_rename.py");
-    let (report, code) = report_of(
-        &monitor,
-        &python.to_string_lossy(),
-        &[
-            "-B",
-            &script.to_string_lossy(),
-            &dir.0.to_string_lossy(),
-            &venv.to_string_lossy(),
-        ],
-    );
+    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_rename");
+    let (report, code) = run_venv_script(&monitor, &dir.0, &venv, "fake_venv_rename.py");
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["allowed"], 0, "the expanded name runs: {report}");
     assert_eq!(report["rename_over"], -9, "{report}");
@@ -796,22 +822,7 @@ fn a_reload_expands_templated_exec_globs_anew() {
         "name: other\nselector:\n  executables: [\"/nonexistent/bin/other\"]\nallow:\n  exec: [\"/**\"]\n",
     )
     .unwrap();
-    let monitor = start_with_profile(
-        &dir.0,
-        &format!(
-            r#"name: venvserver
-selector:
-  executables: ["{venv}/bin/python3"]
-  args: ["*fake_venv_loop*"]
-mode: enforce
-allow:
-  exec: ["${{python.prefix}}/bin/python*"]
-  files:
-    read: ["/**"]
-"#,
-            venv = venv.display()
-        ),
-    );
+    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_loop");
     let python = venv.join("bin/python3").to_string_lossy().into_owned();
     let mut server = monitor
         .cgroup
@@ -947,13 +958,8 @@ fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
 /// The cgroup programs attached to the monitor's test cgroup, as `bpftool cgroup show` lists
 /// them (the attach type and the program's name on each line).
 fn cgroup_programs(monitor: &Monitor) -> String {
-    let output = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(&monitor.cgroup.path)
-        .output()
-        .expect("failed to run bpftool: install it (apt-get install bpftool)");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let (_, output) = tests::bpftool(&["cgroup", "show", &monitor.cgroup.path.to_string_lossy()]);
+    tests::stdout(&output)
 }
 
 /// Waits until `udp_egress` is attached to the monitor's cgroup (`true`) or not (`false`).
@@ -982,13 +988,8 @@ fn wait_udp_egress(monitor: &Monitor, attached: bool) -> String {
 #[test]
 fn udp_egress_is_attached_only_while_a_profile_enforces_udp_connect() {
     let dir = TempDir::new("udp-egress-follows");
-    std::fs::write(dir.0.join("fake_udp_server.py"), UDP_SERVER).unwrap();
-    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-    let allowed = tcp.local_addr().unwrap().port();
-    let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
-    receiver.set_nonblocking(true).unwrap();
-    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let other_port = other.local_addr().unwrap().port();
+    let udp = UdpSite::new(&dir.0);
+    let (allowed, other_port) = (udp.allowed, udp.other);
     let profile = |udp_connect: &str| {
         std::fs::write(
             dir.0.join("profile.yaml"),
@@ -1043,32 +1044,12 @@ allow:
         v["security_rule.name"] == "config-changed"
     });
     wait_udp_egress(&monitor, true);
-    let script = dir.0.join("fake_udp_server.py");
-    let (report, code) = report_of(
-        &monitor,
-        PYTHON,
-        &[
-            "-B",
-            &script.to_string_lossy(),
-            &allowed.to_string(),
-            &other_port.to_string(),
-        ],
-    );
-    assert_eq!(code, Some(0), "{report}");
+    let report = udp.run(&monitor);
     assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
     assert_eq!(report["connected_send"], "EPERM", "{report}");
     assert_eq!(report["connected_write"], "EPERM", "{report}");
-    let mut buf = [0u8; 16];
-    assert!(
-        receiver.recv_from(&mut buf).is_err(),
-        "no datagram reached the destination"
-    );
-    monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
-        v["security_rule.name"] == "connect-not-allowed"
-            && v["monitor.action"] == "denied"
-            && v["monitor.network.operation"] == "send"
-            && v["network.peer.port"] == allowed
-    });
+    udp.assert_nothing_received();
+    udp.connected_send_refused(&monitor);
 
     // Taken away again: detached.
     profile("");

@@ -9,7 +9,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -36,20 +36,7 @@ fn probers() -> &'static (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(marker("netprobe"));
         std::fs::create_dir_all(&dir).unwrap();
         let dir = std::fs::canonicalize(dir).unwrap();
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/netprobe.c");
-        let governed = dir.join("netprobe");
-        let output = std::process::Command::new("cc")
-            .args(["-O2", "-Wall", "-pthread", "-o"])
-            .arg(&governed)
-            .arg(&source)
-            .output()
-            .unwrap_or_else(|e| panic!("failed to run cc (install a C compiler): {e}"));
-        assert!(
-            output.status.success(),
-            "failed to build {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let governed = tests::build_c("netprobe", &dir);
         let ungoverned = dir.join("devprobe");
         std::fs::copy(&governed, &ungoverned).unwrap();
         (governed, ungoverned)
