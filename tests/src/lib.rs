@@ -533,3 +533,25 @@ impl Monitor {
         })
     }
 }
+
+/// Writes `dir/profiles.yaml` (`profiles`: one or more YAML documents) and `dir/config.yaml`
+/// naming it, followed by `config_extra` (whole lines), and starts `monitor run` on that
+/// configuration with `args`.
+pub fn start_with_profiles(
+    dir: &Path,
+    profiles: &str,
+    config_extra: &str,
+    args: &[&str],
+) -> Monitor {
+    std::fs::write(dir.join("profiles.yaml"), profiles).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "profiles: [\"{}\"]\n{config_extra}",
+            dir.join("profiles.yaml").display()
+        ),
+    )
+    .unwrap();
+    Monitor::run_config(&config, args)
+}

@@ -281,14 +281,7 @@ fn dry_run_only_reports() {
 
 /// Writes `profile` and a config naming it into `dir`, and starts the monitor on them.
 fn start_with_profile(dir: &std::path::Path, profile: &str) -> Monitor {
-    std::fs::write(dir.join("profile.yaml"), profile).unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("profiles: [\"{}\"]\n", dir.join("profile.yaml").display()),
-    )
-    .unwrap();
-    Monitor::start(&["run", "--config", &config.to_string_lossy()])
+    tests::start_with_profiles(dir, profile, "", &[])
 }
 
 /// Runs `program ARGS` in the monitor's cgroup; returns its JSON report (`Null` if it was
@@ -862,7 +855,7 @@ fn a_reload_expands_templated_exec_globs_anew() {
         format!(
             "profiles: [\"{}\", \"{}\"]\n",
             dir.0.join("other.yaml").display(),
-            dir.0.join("profile.yaml").display()
+            dir.0.join("profiles.yaml").display()
         ),
     )
     .unwrap();
@@ -991,10 +984,8 @@ fn udp_egress_is_attached_only_while_a_profile_enforces_udp_connect() {
     let udp = UdpSite::new(&dir.0);
     let (allowed, other_port) = (udp.allowed, udp.other);
     let profile = |udp_connect: &str| {
-        std::fs::write(
-            dir.0.join("profile.yaml"),
-            format!(
-                r#"name: udpserver
+        format!(
+            r#"name: udpserver
 selector:
   executables: ["/usr/bin/python3*"]
   args: ["*fake_udp_server*"]
@@ -1006,24 +997,10 @@ allow:
   network:
     connect: ["127.0.0.1:{other_port}"]
 {udp_connect}"#
-            ),
         )
-        .unwrap();
     };
-    profile("");
-    let config = dir.0.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("profiles: [\"{}\"]\n", dir.0.join("profile.yaml").display()),
-    )
-    .unwrap();
-    let monitor = Monitor::start(&[
-        "run",
-        "--config",
-        &config.to_string_lossy(),
-        "--self-check-secs",
-        "1",
-    ]);
+    let write_profile = |text: String| std::fs::write(dir.0.join("profiles.yaml"), text).unwrap();
+    let monitor = tests::start_with_profiles(&dir.0, &profile(""), "", &["--self-check-secs", "1"]);
     let programs = cgroup_programs(&monitor);
     assert!(
         programs.contains("connect4"),
@@ -1036,9 +1013,9 @@ allow:
     // Self-checks run meanwhile: the program detached on purpose is not missing to them.
     std::thread::sleep(Duration::from_millis(2500));
 
-    profile(&format!(
+    write_profile(profile(&format!(
         "    udp_connect: [\"127.0.0.1:{allowed}\", \"[::1]:{allowed}\"]\n"
-    ));
+    )));
     monitor.signal(libc::SIGHUP);
     monitor.wait_for("the reload adding udp_connect", WAIT, |v| {
         v["security_rule.name"] == "config-changed"
@@ -1052,7 +1029,7 @@ allow:
     udp.connected_send_refused(&monitor);
 
     // Taken away again: detached.
-    profile("");
+    write_profile(profile(""));
     monitor.signal(libc::SIGHUP);
     wait_udp_egress(&monitor, false);
     std::thread::sleep(Duration::from_millis(2500));

@@ -86,6 +86,29 @@ except OSError as e:
     print({1: "EPERM", 13: "EACCES"}.get(e.errno, str(e.errno)))
 "#;
 
+/// Reads `file` again until a read is reported as `protected-file-read` (a guard that comes
+/// later: a new file, a new directory); panics with `never` after [`WAIT`].
+fn read_until_guarded(monitor: &Monitor, file: &str, never: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (pid, out) = python(READ, &[file]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{never}: {}",
+            monitor.stderr()
+        );
+    }
+}
+
 fn assert_actor(alert: &Value, pid: u32, exe_contains: &str) {
     assert_eq!(alert["process.pid"], pid, "{alert}");
     assert!(
@@ -687,24 +710,7 @@ fn a_glob_that_matches_anywhere_finds_new_files() {
     let file = site.path(&format!("outside/deep/er/model{suffix}"));
     std::fs::create_dir_all(site.path("outside/deep/er")).unwrap();
     std::fs::write(&file, WEIGHTS).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (pid, out) = python(READ, &[&file]);
-        assert_eq!(stdout(&out), WEIGHTS);
-        std::thread::sleep(Duration::from_millis(300));
-        if monitor
-            .lines()
-            .iter()
-            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new file was never guarded: {}",
-            monitor.stderr()
-        );
-    }
+    read_until_guarded(&monitor, &file, "the new file was never guarded");
     // A file renamed to the suffix is found too.
     let plain = site.path("outside/plain.bin");
     std::fs::write(&plain, WEIGHTS).unwrap();
@@ -729,24 +735,11 @@ fn a_guarded_directory_created_after_the_start() {
     std::fs::create_dir_all(site.path("later/m")).unwrap();
     let file = site.path("later/m/w.bin");
     std::fs::write(&file, WEIGHTS).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (pid, out) = python(READ, &[&file]);
-        assert_eq!(stdout(&out), WEIGHTS);
-        std::thread::sleep(Duration::from_millis(300));
-        if monitor
-            .lines()
-            .iter()
-            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the directory made after the start was never guarded: {}",
-            monitor.stderr()
-        );
-    }
+    read_until_guarded(
+        &monitor,
+        &file,
+        "the directory made after the start was never guarded",
+    );
 }
 
 #[test]
