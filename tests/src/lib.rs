@@ -526,6 +526,45 @@ impl Monitor {
         Monitor::start(&args)
     }
 
+    /// The `key: value` lines of every fdinfo of the monitor's fds that has `key` (its
+    /// programs, maps and links, as the kernel describes them).
+    pub fn fdinfos(&self, key: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .map(|text| {
+                text.lines()
+                    .filter_map(|line| {
+                        let (k, v) = line.split_once(':')?;
+                        Some((k.trim().to_owned(), v.trim().to_owned()))
+                    })
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .filter(|info| info.contains_key(key))
+            .collect()
+    }
+
+    /// The id of the monitor's one cgroup link of `attach_type` (the kernel's number, e.g.
+    /// "10" for `BPF_CGROUP_INET4_CONNECT`).
+    pub fn cgroup_link(&self, attach_type: &str) -> String {
+        let links: Vec<String> = self
+            .fdinfos("link_id")
+            .into_iter()
+            .filter(|info| {
+                info.get("link_type").map(String::as_str) == Some("cgroup")
+                    && info.get("attach_type").map(String::as_str) == Some(attach_type)
+            })
+            .map(|info| info["link_id"].clone())
+            .collect();
+        assert_eq!(
+            links.len(),
+            1,
+            "one link of attach type {attach_type}: {links:?}"
+        );
+        links[0].clone()
+    }
+
     /// Waits for an alert of `rule` about process `pid`.
     pub fn alert_of(&self, rule: &'static str, pid: u32) -> Value {
         self.wait_for(&format!("{rule} by pid {pid}"), WAIT, move |v| {

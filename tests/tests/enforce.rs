@@ -948,6 +948,9 @@ fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
     drop(guard);
 }
 
+/// `BPF_CGROUP_INET_EGRESS`, as the kernel numbers attach types.
+const ATTACH_INET_EGRESS: &str = "1";
+
 /// The cgroup programs attached to the monitor's test cgroup, as `bpftool cgroup show` lists
 /// them (the attach type and the program's name on each line).
 fn cgroup_programs(monitor: &Monitor) -> String {
@@ -1027,14 +1030,30 @@ allow:
     assert_eq!(report["connected_write"], "EPERM", "{report}");
     udp.assert_nothing_received();
     udp.connected_send_refused(&monitor);
+    // Attached at a reload, it is filed for the tamper hook and followed by the self-check:
+    // detached by another process, it is reported and attached again.
+    let link = monitor.cgroup_link(ATTACH_INET_EGRESS);
+    tests::bpftool(&["link", "detach", "id", &link]);
+    monitor.wait_for("the detach of udp_egress reported", WAIT, |v| {
+        v["security_rule.name"] == "monitor-tampered"
+            && v["monitor.bpf.command"] == "BPF_LINK_DETACH"
+            && v["monitor.bpf.object.name"] == "udp_egress"
+    });
+    monitor.wait_for("udp_egress attached again", WAIT, |v| {
+        v["security_rule.name"] == "monitor-tampered"
+            && v["monitor.tamper.operation"] == "self-check"
+            && v.to_string().contains("re-attached udp_egress")
+    });
+    wait_udp_egress(&monitor, true);
 
-    // Taken away again: detached.
+    // Taken away again: detached, and from then on no self-check calls it missing.
+    let before = monitor.lines().len();
     write_profile(profile(""));
     monitor.signal(libc::SIGHUP);
     wait_udp_egress(&monitor, false);
     std::thread::sleep(Duration::from_millis(2500));
     let lines = monitor.stop();
-    let missing: Vec<&Value> = lines
+    let missing: Vec<&Value> = lines[before..]
         .iter()
         .filter(|v| {
             v["security_rule.name"] == "monitor-tampered" && v.to_string().contains("udp_egress")

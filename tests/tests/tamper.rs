@@ -128,41 +128,14 @@ with open(sys.argv[1], "rb") as f:
     print(f.read().decode())
 "#;
 
-/// The `key: value` lines of every fdinfo of the monitor's fds that has `key`.
-fn fdinfos(monitor: &Monitor, key: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let dir = format!("/proc/{}/fdinfo", monitor.pid());
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| {
-                    let (k, v) = line.split_once(':')?;
-                    Some((k.trim().to_owned(), v.trim().to_owned()))
-                })
-                .collect::<std::collections::HashMap<_, _>>()
-        })
-        .filter(|info| info.contains_key(key))
-        .collect()
-}
-
 /// The id of the monitor's cgroup connect4 link, attached to its test cgroup.
 fn connect4_link(monitor: &Monitor) -> String {
-    let links: Vec<String> = fdinfos(monitor, "link_id")
-        .into_iter()
-        .filter(|info| {
-            info.get("link_type").map(String::as_str) == Some("cgroup")
-                && info.get("attach_type").map(String::as_str) == Some(ATTACH_INET4_CONNECT)
-        })
-        .map(|info| info["link_id"].clone())
-        .collect();
-    assert_eq!(links.len(), 1, "one connect4 link: {links:?}");
-    links[0].clone()
+    monitor.cgroup_link(ATTACH_INET4_CONNECT)
 }
 
 /// The id of the monitor's map `name`.
 fn map_id(monitor: &Monitor, name: &str) -> String {
-    for info in fdinfos(monitor, "map_id") {
+    for info in monitor.fdinfos("map_id") {
         let id = info["map_id"].clone();
         let (_, output) = bpftool(&["map", "show", "id", &id, "-j"]);
         let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
