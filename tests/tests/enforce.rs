@@ -765,18 +765,25 @@ os.unlink(victim)
 shutil.copy("/usr/bin/id", victim)
 out["reused_inode"] = os.stat(victim).st_ino in freed
 run("inode_reuse", [victim])
+# In place: an allowed file's content overwritten (the same inode and generation).
+overwritten = os.path.join(bindir, "python3.13")
+with open("/usr/bin/id", "rb") as src, open(overwritten, "r+b") as dst:
+    dst.truncate(0)
+    dst.write(src.read())
+run("in_place", [overwritten])
 print(json.dumps(out), flush=True)
 "#;
 
 /// The way around a templated `allow.exec` glob expanded to inodes: after the expansion, a
-/// disallowed program renamed over an allowed name (a new inode: refused), and an allowed
-/// file deleted and a disallowed one written in its place, which ext4 gives the same inode
-/// number (refused too: the kernel compares the inode's generation as well).
+/// disallowed program renamed over an allowed name (a new inode: refused), an allowed file
+/// deleted and a disallowed one written in its place, which ext4 gives the same inode number
+/// (refused too: the kernel compares the inode's generation and change time as well), and
+/// an allowed file overwritten in place (its change time moved: refused).
 #[test]
 fn a_program_renamed_or_rewritten_over_an_allowed_name_is_killed() {
     let dir = TempDir::new("venv-rename");
     let venv = make_venv(&dir.0);
-    for name in ["python3.11", "python3.12"] {
+    for name in ["python3.11", "python3.12", "python3.13"] {
         std::fs::copy(real_path(PYTHON), venv.join("bin").join(name)).unwrap();
     }
     std::fs::write(dir.0.join("fake_venv_rename.py"), RENAME_SERVER).unwrap();
@@ -786,6 +793,7 @@ fn a_program_renamed_or_rewritten_over_an_allowed_name_is_killed() {
     assert_eq!(report["allowed"], 0, "the expanded name runs: {report}");
     assert_eq!(report["rename_over"], -9, "{report}");
     assert_eq!(report["inode_reuse"], -9, "{report}");
+    assert_eq!(report["in_place"], -9, "{report}");
     if report["reused_inode"] != true {
         eprintln!("note: the file system of the temp dir gave no freed inode number again; only ext4-like reuse makes the second attack meaningful");
     }
@@ -831,11 +839,9 @@ print(json.dumps(out), flush=True)
 /// The way around the generation check of
 /// [`a_program_renamed_or_rewritten_over_an_allowed_name_is_killed`]: the owner of the new
 /// file sets the deleted file's generation on it (`FS_IOC_SETVERSION`, which ext4 allows
-/// without `metadata_csum`, as here). Not refused yet: the kernel sees the same inode number
-/// and generation. Ignored until it is (a fix: refuse `FS_IOC_SETVERSION` to enforce-mode
-/// processes at the syscall, or compare the inode's ctime too).
+/// without `metadata_csum`, as here). The kernel sees the same inode number and generation,
+/// but not the same change time: refused.
 #[test]
-#[ignore = "known bypass, not refused yet: FS_IOC_SETVERSION restores the generation"]
 fn a_rewritten_program_given_the_old_generation_is_killed() {
     let dir = TempDir::new("venv-setversion");
     let venv = make_venv(&dir.0);

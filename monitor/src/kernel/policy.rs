@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
 use monitor_common::maps;
-use monitor_common::{ExecInstance, ResolvedExecKey};
+use monitor_common::{AllowedFile, ExecInstance, ResolvedExecKey};
 use monitor_common::{
     ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix, POLICY_DRY_RUN, POLICY_ENFORCE,
     PORT_RANGES_MAX,
@@ -165,7 +165,7 @@ pub struct PolicyMaps {
     pub policy: HashMap<MapData, u32, ProfilePolicy>,
     pub net_connect: LpmTrie<MapData, NetKey, PortRanges>,
     pub net_listen: LpmTrie<MapData, NetKey, PortRanges>,
-    pub exec_allowed: HashMap<MapData, ExecKey, u32>,
+    pub exec_allowed: HashMap<MapData, ExecKey, AllowedFile>,
     /// `allow.network.udp_connect`, by profile.
     pub net_udp_connect: LpmTrie<MapData, NetKey, PortRanges>,
     /// The shells whose `-c` an enforce-mode profile lets through to judge what they run.
@@ -401,7 +401,7 @@ impl KernelPolicy {
                                     dev: inode.dev,
                                     ino: inode.ino,
                                 },
-                                inode_generation(&path),
+                                allowed_file(&path),
                             );
                         }
                     }
@@ -507,7 +507,7 @@ fn shell_inodes() -> HashSet<InodeKey> {
 /// the kernel, which drops it at exit and ignores it for another profile or a reused pid).
 pub struct ResolvedExec {
     processes: HashMap<MapData, u32, ExecInstance>,
-    executables: HashMap<MapData, ResolvedExecKey, u32>,
+    executables: HashMap<MapData, ResolvedExecKey, AllowedFile>,
     instances: std::collections::HashMap<(u32, Vec<String>), Instance>,
     next: u32,
     /// Executables an instance allows that the kernel map had no room for (refused there).
@@ -524,7 +524,7 @@ struct Instance {
 impl ResolvedExec {
     pub fn new(
         processes: HashMap<MapData, u32, ExecInstance>,
-        executables: HashMap<MapData, ResolvedExecKey, u32>,
+        executables: HashMap<MapData, ResolvedExecKey, AllowedFile>,
     ) -> ResolvedExec {
         ResolvedExec {
             processes,
@@ -543,7 +543,7 @@ impl ResolvedExec {
         if !self.instances.contains_key(&key) {
             let id = self.next;
             self.next = self.next.wrapping_add(1).max(1);
-            let mut keys: Vec<(ResolvedExecKey, u32)> = key
+            let mut keys: Vec<(ResolvedExecKey, AllowedFile)> = key
                 .1
                 .iter()
                 .filter_map(|glob| Glob::new(glob).ok())
@@ -555,7 +555,7 @@ impl ResolvedExec {
                         dev: inode.dev,
                         ino: inode.ino,
                     };
-                    Some((key, inode_generation(&path)))
+                    Some((key, allowed_file(&path)))
                 })
                 .collect();
             keys.sort_unstable_by_key(|(k, _)| (k.dev, k.ino));
@@ -742,7 +742,7 @@ struct Snapshot {
     policy: Vec<(u32, ProfilePolicy)>,
     net_connect: Vec<(Key<NetKey>, PortRanges)>,
     net_listen: Vec<(Key<NetKey>, PortRanges)>,
-    exec_allowed: Vec<(ExecKey, u32)>,
+    exec_allowed: Vec<(ExecKey, AllowedFile)>,
     gpu_allowed: Vec<(u32, u32)>,
     guards: Vec<u32>,
     net_udp_connect: Vec<(Key<NetKey>, PortRanges)>,
@@ -934,11 +934,24 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xfffff)
 }
 
-/// A file's inode generation (`FS_IOC_GETVERSION`), which the kernel compares at exec
-/// ([`monitor_common::INODE_GENERATION_UNKNOWN`] where the file system does not say, e.g.
-/// tmpfs and overlayfs: there a file made where an allowed one was deleted could reuse its
-/// inode number and pass for it; ext4, xfs and btrfs say).
-pub fn inode_generation(path: &Path) -> u32 {
+/// What the kernel compares at exec to tell an allowed file from a later one with its inode
+/// number ([`AllowedFile`]): its change time and generation (following symlinks, as
+/// [`inode_key`]). A file that cannot be read gets change time 0, which no exec matches.
+pub fn allowed_file(path: &Path) -> AllowedFile {
+    let (ctime_sec, ctime_nsec) = std::fs::metadata(path).map_or((0, 0), |m| {
+        // The low 32 bits of the seconds, as the kernel compares them.
+        (m.ctime() as u32, m.ctime_nsec() as u32)
+    });
+    AllowedFile {
+        generation: inode_generation(path),
+        ctime_sec,
+        ctime_nsec,
+    }
+}
+
+/// A file's inode generation (`FS_IOC_GETVERSION`), [`monitor_common::INODE_GENERATION_UNKNOWN`]
+/// where the file system does not say (tmpfs, overlayfs); ext4, xfs and btrfs say.
+fn inode_generation(path: &Path) -> u32 {
     use std::os::fd::AsRawFd as _;
     let Ok(file) = std::fs::File::open(path) else {
         return monitor_common::INODE_GENERATION_UNKNOWN;
