@@ -745,6 +745,23 @@ for line in sys.stdin:
     print(subprocess.run(line.split()).returncode, flush=True)
 "#;
 
+/// A venv whose `bin` also holds copies of the interpreter under `names` (all allowed by
+/// the templated glob), a monitor governing its python running `SCRIPT.py` (the attack),
+/// and the script's report (it must exit 0).
+fn venv_attack(script: &str, code: &str, names: &[&str]) -> (TempDir, PathBuf, Monitor, Value) {
+    let dir = TempDir::new(script);
+    let venv = make_venv(&dir.0);
+    for name in names {
+        std::fs::copy(real_path(PYTHON), venv.join("bin").join(name)).unwrap();
+    }
+    let file = format!("{script}.py");
+    std::fs::write(dir.0.join(&file), code).unwrap();
+    let monitor = start_venv_server(&dir.0, &venv, script);
+    let (report, status) = run_venv_script(&monitor, &dir.0, &venv, &file);
+    assert_eq!(status, Some(0), "{report}");
+    (dir, venv, monitor, report)
+}
+
 const RENAME_SERVER: &str = r#"
 import json, os, shutil, subprocess, sys
 root, venv = sys.argv[1], sys.argv[2]
@@ -781,15 +798,11 @@ print(json.dumps(out), flush=True)
 /// an allowed file overwritten in place (its change time moved: refused).
 #[test]
 fn a_program_renamed_or_rewritten_over_an_allowed_name_is_killed() {
-    let dir = TempDir::new("venv-rename");
-    let venv = make_venv(&dir.0);
-    for name in ["python3.11", "python3.12", "python3.13"] {
-        std::fs::copy(real_path(PYTHON), venv.join("bin").join(name)).unwrap();
-    }
-    std::fs::write(dir.0.join("fake_venv_rename.py"), RENAME_SERVER).unwrap();
-    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_rename");
-    let (report, code) = run_venv_script(&monitor, &dir.0, &venv, "fake_venv_rename.py");
-    assert_eq!(code, Some(0), "{report}");
+    let (_dir, venv, monitor, report) = venv_attack(
+        "fake_venv_rename",
+        RENAME_SERVER,
+        &["python3.11", "python3.12", "python3.13"],
+    );
     assert_eq!(report["allowed"], 0, "the expanded name runs: {report}");
     assert_eq!(report["rename_over"], -9, "{report}");
     assert_eq!(report["inode_reuse"], -9, "{report}");
@@ -843,13 +856,8 @@ print(json.dumps(out), flush=True)
 /// but not the same change time: refused.
 #[test]
 fn a_rewritten_program_given_the_old_generation_is_killed() {
-    let dir = TempDir::new("venv-setversion");
-    let venv = make_venv(&dir.0);
-    std::fs::copy(real_path(PYTHON), venv.join("bin/python3.12")).unwrap();
-    std::fs::write(dir.0.join("fake_venv_setversion.py"), SETVERSION_SERVER).unwrap();
-    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_setversion");
-    let (report, code) = run_venv_script(&monitor, &dir.0, &venv, "fake_venv_setversion.py");
-    assert_eq!(code, Some(0), "{report}");
+    let (_dir, _venv, _monitor, report) =
+        venv_attack("fake_venv_setversion", SETVERSION_SERVER, &["python3.12"]);
     assert_eq!(report["inode_reuse"], -9, "{report}");
 }
 
