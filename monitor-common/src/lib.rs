@@ -251,11 +251,20 @@ pub enum Stat {
     /// Events not sent because a kernel read the hook needed failed (a `try_*` gave up on a
     /// `bpf_probe_read` error or a missing kernel object): lost, unlike [`Stat::ReadFailed`].
     ReadDropped = 5,
+    /// Execs the kernel could not judge because it could not read the executable's inode
+    /// (`exec_inode`): sent, but without the enforce verdict (not killed) or the candidate
+    /// check (not watched from its first instruction) that needed the inode.
+    InodeUnread = 6,
 }
 
 impl Stat {
     /// The families that count lost events, each its own reason.
-    pub const LOSSES: [Stat; 3] = [Stat::LostRingFull, Stat::MapFull, Stat::ReadDropped];
+    pub const LOSSES: [Stat; 4] = [
+        Stat::LostRingFull,
+        Stat::MapFull,
+        Stat::ReadDropped,
+        Stat::InodeUnread,
+    ];
 
     /// The reason of a loss, as the `events-lost` alert and the loss metric name it.
     pub const fn reason(self) -> &'static str {
@@ -266,12 +275,14 @@ impl Stat {
             Stat::Known => "known",
             Stat::MapFull => "map-full",
             Stat::ReadDropped => "read-failed",
+            Stat::InodeUnread => "inode-unread",
         }
     }
 }
 
 /// Number of counter families.
-pub const STAT_FAMILIES: u32 = 6;
+pub const STAT_FAMILIES: u32 = 7;
+const _: () = assert!(Stat::InodeUnread as u32 + 1 == STAT_FAMILIES);
 
 /// Index of a counter in [`maps::STATS`].
 pub const fn stats_slot(stat: Stat, kind: u32) -> u32 {
@@ -502,6 +513,9 @@ pub struct NetEvent {
 /// [`NetEvent::flags`]: the address was read from the process's memory after the kernel
 /// copied it (a syscall tracepoint): another thread may have rewritten it in between.
 pub const NET_UNVERIFIED: u32 = 1;
+/// [`NetEvent::flags`]: judged by the cgroup_skb egress program on the packet (a datagram of
+/// a connected UDP socket), not by a cgroup sock_addr program on the address.
+pub const NET_EGRESS: u32 = 2;
 
 /// What a cgroup program decided about the operation it reports.
 #[repr(u32)]

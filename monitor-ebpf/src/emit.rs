@@ -129,3 +129,23 @@ pub fn inserted<E>(result: Result<(), E>, kind: EventKind) {
         count(Stat::MapFull, kind as u32);
     }
 }
+
+/// The executable's inode, or `None` counted as [`Stat::InodeUnread`] when the kernel read
+/// failed: the caller goes on without the check that needed it (the event is still sent).
+#[inline(always)]
+pub fn inode_or_count<T>(result: Result<Option<T>, i64>, kind: EventKind) -> Option<T> {
+    match result {
+        Ok(inode) => inode,
+        Err(error) => {
+            count(Stat::InodeUnread, kind as u32);
+            aya_log_ebpf::debug!(
+                &(),
+                target: KERNEL_LOG_TARGET,
+                "{} hook could not read the executable's inode ({}); counted (inode-unread)",
+                kind.name(),
+                error
+            );
+            None
+        }
+    }
+}

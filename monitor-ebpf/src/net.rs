@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     Decision, EventKind, KnownKey, NetEvent, NetOpCode, Pending, SendKey, AF_INET, AF_INET6,
-    AF_UNIX, EPERM, KNOWN_NET, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED, SOCKADDR_CAP,
-    SOCK_DGRAM,
+    AF_UNIX, EPERM, KNOWN_NET, NET_EGRESS, NET_UNVERIFIED, PENDING_NET, PENDING_NET_JUDGED,
+    SOCKADDR_CAP, SOCK_DGRAM,
 };
 
 use crate::{
@@ -258,7 +258,8 @@ fn report_datagram(tgid: u32, addr: &[u8; 16], v6: bool, port_be: u16, decision:
             0
         };
         (*event).decision = decision as u32;
-        (*event).flags = 0;
+        // The refusal is this hook's (the alert's enforcement mechanism says so).
+        (*event).flags = NET_EGRESS;
         (*event).known = KnownKey::default();
         let out = &mut (*event).addr;
         out[2..4].copy_from_slice(&port_be.to_ne_bytes());

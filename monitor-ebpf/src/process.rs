@@ -20,7 +20,7 @@ use monitor_common::{AllowedFile, ExecInstance, ResolvedExecKey, EXEC_INSTANCE_S
 
 use crate::{
     config_self_tgid, count,
-    emit::{emit, gave_up, inserted, kill_current},
+    emit::{emit, gave_up, inode_or_count, inserted, kill_current},
     is_watched,
     kernel::{off, read, Task},
     path, EXEC_ALLOWED, EXEC_CANDIDATES, EXEC_GENERATION, WATCHED, WATCHED_THREADS,
@@ -203,7 +203,8 @@ fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 
     };
     // A process that just exec'd a candidate has no profile yet; one with a profile is a
     // governed server or its child.
-    let Ok(Some((dev, ino))) = exec_inode(bprm) else {
+    // Unread (counted): not judged, not killed; user space still judges the exec event.
+    let Some((dev, ino)) = inode_or_count(exec_inode(bprm), EventKind::Exec) else {
         return 0;
     };
     let key = ExecKey { profile, dev, ino };
@@ -402,12 +403,13 @@ fn read_args(task: Task, args: &mut [u8; ARGS_CAP]) -> Result<(u32, bool), i64> 
 /// Whether the executable (the interpreter, for a script) is a candidate for a profile.
 #[inline(always)]
 fn is_candidate(bprm: *const u8) -> bool {
-    match exec_inode(bprm) {
-        Ok(Some((dev, ino))) => {
+    // Unread (counted): not watched at exec; user space still sees the exec event.
+    match inode_or_count(exec_inode(bprm), EventKind::Exec) {
+        Some((dev, ino)) => {
             let key = InodeKey { dev, _pad: 0, ino };
             unsafe { EXEC_CANDIDATES.get(key).is_some() }
         }
-        _ => false,
+        None => false,
     }
 }
 

@@ -384,6 +384,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config: Some((source, config)),
                 observer: None,
                 metrics: Some(metrics),
+                out_dropped: None,
             })
             .await;
             if let Some((state, writer)) = state {
@@ -405,6 +406,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::output::trace_out::TraceOut::start(std::io::stdout()).map_err(|err| {
                     anyhow::anyhow!("failed to start the stdout writer thread: {err}")
                 })?;
+            let out_dropped = stdout.dropped();
             let selectors = args.selectors()?;
             let mut sensor_options = args.common.sensor_options(args.all);
             // The kernel watches a program that `--exe` names from its exec on: its first
@@ -423,6 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config: None,
                 observer: None,
                 metrics: None,
+                out_dropped: Some(out_dropped),
             })
             .await
             .map(drop)

@@ -49,6 +49,9 @@ pub struct Plan<W: Write> {
     pub observer: Option<(Box<dyn Observer>, Option<Duration>)>,
     /// Counters exported over OTLP.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where `out` counts the records it dropped (`monitor trace`: a stdout that does not
+    /// keep up), reported as losses.
+    pub out_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// How long a stop keeps sending what the OTLP spool holds. A service manager waits about
@@ -77,6 +80,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         config,
         observer,
         metrics,
+        out_dropped,
     } = plan;
     let (observer, duration) = match observer {
         Some((observer, duration)) => (Some(observer), duration),
@@ -95,7 +99,10 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         candidates = Some(found);
     }
     let (mut sensor, maps) = Sensor::load(&sensor_options)?;
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        trace_dropped: out_dropped.unwrap_or_default(),
+        ..Counters::default()
+    });
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::kernel::guard::EVENT_QUEUE);

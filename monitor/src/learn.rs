@@ -1056,6 +1056,7 @@ pub async fn run(args: LearnArgs) -> anyhow::Result<()> {
         config: None,
         metrics: None,
         observer: Some((Box::new(Learner(learning.clone())), args.duration)),
+        out_dropped: None,
     })
     .await?;
     drop(observer);

@@ -592,6 +592,19 @@ allow:
     assert_eq!(denied["monitor.enforcement.mechanism"], "cgroup-sock-addr");
     let send = udp.connected_send_refused(&monitor);
     assert_eq!(send["network.transport"], "udp", "{send}");
+    // Refused on the packet by the egress program (no address for a sock_addr program to
+    // judge): the alert names that hook, for IPv4 and IPv6.
+    for peer in ["127.0.0.1", "::1"] {
+        let egress = monitor.wait_for("the egress hook's refusal", WAIT, move |v| {
+            v["security_rule.name"] == "connect-not-allowed"
+                && v["monitor.network.operation"] == "send"
+                && v["network.peer.address"] == peer
+                && v["network.peer.port"] == allowed
+                && v["monitor.enforcement.mechanism"] == "cgroup-skb-egress"
+        });
+        assert_eq!(egress["monitor.action"], "denied", "{egress}");
+        assert_eq!(egress["error.type"], "EPERM", "{egress}");
+    }
     let lines = monitor.stop();
     assert!(
         !lines
@@ -601,6 +614,14 @@ allow:
                 && v["monitor.network.operation"] == "connect"
                 && v["network.transport"] == "udp"),
         "the allowed UDP connect raised nothing"
+    );
+    // A connect is refused on its address: never labelled with the egress hook.
+    assert!(
+        !lines.iter().any(
+            |v| v["monitor.enforcement.mechanism"] == "cgroup-skb-egress"
+                && v["monitor.network.operation"] != "send"
+        ),
+        "only datagrams are refused by the egress hook"
     );
 }
 

@@ -266,6 +266,56 @@ fn exe_selector_watches_only_matching_programs() {
     );
 }
 
+/// A program `--exe` names (the kernel watches it at its exec, for its inode) that execs
+/// another program stays traced, as a process user space put in the watched set does: the
+/// kernel's candidate entry is taken at the first exec, not mistaken for a fresh candidate
+/// (another name for the inode, which is dropped) at the next.
+#[test]
+fn exe_selector_keeps_tracing_a_program_across_its_next_exec() {
+    let dir = tests::TempDir::new("exe-then-exec");
+    // A copy: its own inode, which only `--exe` names.
+    let env = dir.0.join("myenv");
+    std::fs::copy(real_path("/usr/bin/env"), &env).unwrap();
+    let env_text = env.to_string_lossy().into_owned();
+    let monitor = Monitor::start(&["trace", "--exe", &env_text]);
+    let tag = marker("exe-exec");
+    // Alive when user space reads its second exec (a process already gone has no entry to
+    // mistake): sleep, then exec true.
+    let script = format!("sleep 0.5; exec /bin/true {tag}");
+    let status = Command::new(&env)
+        .args(["/bin/sh", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let first = monitor.wait_for("the exec of the named program", WAIT, |v| {
+        v["event.kind"] == "exec" && v["process.executable.path"] == env_text.as_str()
+    });
+    let pid = first["process.pid"].as_u64().unwrap() as u32;
+    monitor.wait_for("the exit of the process", WAIT, |v| {
+        v["event.kind"] == "exit" && v["process.pid"] == pid
+    });
+    let lines = monitor.stop();
+    let execs = of(&lines, "exec", pid);
+    let names: Vec<&str> = execs
+        .iter()
+        .filter_map(|v| v["process.executable.name"].as_str())
+        .collect();
+    // The shell's name is its real file's (dash on Debian).
+    let sh = std::path::Path::new(&real_path("/bin/sh"))
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap();
+    assert_eq!(names, ["myenv", sh.as_str(), "true"], "{execs:#?}");
+    assert!(has_arg(&execs[2], &tag), "{execs:#?}");
+    // The sleep the shell forked inherited the watch in the kernel.
+    assert!(
+        lines.iter().any(|v| v["event.kind"] == "exec"
+            && v["process.executable.name"] == "sleep"
+            && v["process.parent_pid"] == pid),
+        "the shell's child is traced"
+    );
+}
+
 #[test]
 fn burst_larger_than_the_ring_reports_loss() {
     // One page of ring, drained every 2 s and never woken early: a burst must overflow it.

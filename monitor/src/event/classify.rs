@@ -127,6 +127,7 @@ mod tests {
             result: 0,
             decision: Decision::Observed,
             unverified: false,
+            egress: false,
             known: None,
         }
     }

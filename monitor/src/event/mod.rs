@@ -24,8 +24,8 @@ use monitor_common::{
     NetEvent, NetOpCode, AF_INET, AF_INET6, AF_UNIX, ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILELESS,
     EXEC_KILLED, EXEC_PATH_FROM_FILENAME, EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL,
     FILE_PATH_TRUNCATED, FILE_PROTECTED, FILE_RAW_TRUNCATED, FILE_RESOLVED, HEADER_WATCHED,
-    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_UNVERIFIED, O_ACCMODE, O_CREAT, O_RDONLY,
-    O_TRUNC, O_WRONLY, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
+    MEMORY_AT_EXIT, MEMORY_KILLED, MEMORY_WOULD_KILL, NET_EGRESS, NET_UNVERIFIED, O_ACCMODE,
+    O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, PATH_CAP, SOCKADDR_CAP, SOCK_DGRAM, SOCK_STREAM,
 };
 
 /// An event from the kernel, owned and checked.
@@ -377,6 +377,9 @@ pub struct Net {
     /// The address was read from the process's memory after the kernel's copy (a syscall
     /// tracepoint): another thread may have rewritten it in between (`monitor.unverified`).
     pub unverified: bool,
+    /// Judged by the cgroup_skb egress program on the packet (a connected UDP socket's
+    /// datagram), not by a cgroup sock_addr program on the address (`NET_EGRESS`).
+    pub egress: bool,
     /// Where to tell the kernel this was judged allowed (governed processes only).
     pub known: Option<KnownKey>,
 }
@@ -825,6 +828,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 result: raw.result,
                 decision,
                 unverified: raw.flags & NET_UNVERIFIED != 0,
+                egress: raw.flags & NET_EGRESS != 0,
                 known: (raw.known.tgid != 0).then_some(raw.known),
             }))
         }
@@ -1284,6 +1288,15 @@ mod tests {
         assert!(!net.unverified);
         assert_eq!(net.peer, Some("127.0.0.2:8080".parse().unwrap()));
         assert_eq!(net.transport, Transport::Tcp);
+        assert!(!net.egress, "a sock_addr program's decision");
+        // Refused on the packet by the egress program (a connected UDP socket's datagram).
+        let mut egress = raw_net(Decision::Denied, NET_EGRESS, &mapped);
+        egress.op = NetOpCode::Send as u32;
+        let Event::Net(net) = decode(&bytes_of(&egress)).unwrap() else {
+            panic!("not a network event")
+        };
+        assert!(net.egress);
+        assert_eq!((net.op, net.decision), (NetOp::Send, Decision::Denied));
 
         let unverified = raw_net(Decision::Observed, NET_UNVERIFIED, &[1, 0, b'/', b'x', 0]);
         let Event::Net(net) = decode(&bytes_of(&unverified)).unwrap() else {

@@ -510,8 +510,10 @@ pub struct ResolvedExec {
     executables: HashMap<MapData, ResolvedExecKey, AllowedFile>,
     instances: std::collections::HashMap<(u32, Vec<String>), Instance>,
     next: u32,
-    /// Executables an instance allows that the kernel map had no room for (refused there).
-    pub lost: u64,
+    /// By profile id: executables an instance allows that the kernel map had no room for
+    /// (refused there), and processes not given their instance; reported (and cleared) by
+    /// [`ResolvedExec::take_lost`].
+    lost: std::collections::BTreeMap<u32, u64>,
 }
 
 struct Instance {
@@ -531,7 +533,7 @@ impl ResolvedExec {
             executables,
             instances: std::collections::HashMap::new(),
             next: 1,
-            lost: 0,
+            lost: std::collections::BTreeMap::new(),
         }
     }
 
@@ -565,7 +567,7 @@ impl ResolvedExec {
                 match self.executables.insert(k, generation, 0) {
                     Ok(()) => written.push(k),
                     Err(err) => {
-                        self.lost += 1;
+                        *self.lost.entry(profile).or_default() += 1;
                         warn!(
                             "failed to allow an executable of profile {profile}'s resolved exec globs {:?} in the kernel: {err}; the kernel refuses it (too many distinct installs governed at once: {} executables at most)",
                             key.1,
@@ -594,9 +596,15 @@ impl ResolvedExec {
             start_time: start_time_ns,
         };
         if let Err(err) = self.processes.insert(tgid, entry, 0) {
-            self.lost += 1;
+            *self.lost.entry(profile).or_default() += 1;
             warn!("failed to give pid {tgid} its resolved exec globs in the kernel: {err}; under `mode: enforce` the kernel refuses what only they allow");
         }
+    }
+
+    /// What could not be written since the last call, by profile id: the processor reports
+    /// it as a loss that names the profile.
+    pub fn take_lost(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.lost).into_iter().collect()
     }
 
     /// Whether no instance is in the kernel.

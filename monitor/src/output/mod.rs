@@ -471,13 +471,25 @@ pub enum LossStage {
     GuardOverflow,
     /// The reader's queue to the processing stage was full.
     User,
+    /// A ring record that could not be decoded (its kind may be unknown: reported as
+    /// [`UNKNOWN_KIND`]).
+    Undecodable,
+    /// `monitor trace`'s stdout did not keep up: records dropped past the writer's bound
+    /// ([`trace_out`]), of any kind.
+    TraceOutput,
+    /// A governed process's resolved `allow.exec` executables (or its instance) could not be
+    /// written to the kernel's maps: its profile lost part of its kernel exec check.
+    ResolvedExec,
 }
+
+/// `monitor.loss.event_kind` of a loss counted where the kind is not known.
+pub const UNKNOWN_KIND: &str = "unknown";
 
 impl LossStage {
     pub fn name(self) -> &'static str {
         match self {
-            LossStage::Kernel(_) | LossStage::GuardOverflow => "kernel",
-            LossStage::User => "user",
+            LossStage::Kernel(_) | LossStage::GuardOverflow | LossStage::ResolvedExec => "kernel",
+            LossStage::User | LossStage::Undecodable | LossStage::TraceOutput => "user",
         }
     }
 
@@ -486,6 +498,9 @@ impl LossStage {
             LossStage::Kernel(stat) => stat.reason(),
             LossStage::GuardOverflow => "fanotify-overflow",
             LossStage::User => "queue-full",
+            LossStage::Undecodable => "undecodable",
+            LossStage::TraceOutput => "stdout-full",
+            LossStage::ResolvedExec => "resolved-exec-not-written",
         }
     }
 }
@@ -604,7 +619,15 @@ mod tests {
                 alert["monitor.loss.reason"].as_str().unwrap().to_owned()
             })
             .collect();
-        assert_eq!(reasons, ["ring-buffer-full", "map-full", "read-failed"]);
+        assert_eq!(
+            reasons,
+            [
+                "ring-buffer-full",
+                "map-full",
+                "read-failed",
+                "inode-unread"
+            ]
+        );
         let user = loss_record(&clock, 1, LossStage::User, "file", 3);
         assert_eq!(user["monitor.loss.reason"], "queue-full");
         assert_eq!(user["monitor.loss.stage"], "user");

@@ -59,6 +59,9 @@ pub struct Counters {
     pub received: [AtomicU64; KIND_SLOTS as usize],
     /// The fanotify guards' losses (reported as file events lost).
     pub guard: Arc<crate::kernel::guard::GuardCounters>,
+    /// Records `monitor trace`'s stdout writer dropped because stdout did not keep up
+    /// ([`crate::output::trace_out::TraceOut::dropped`]).
+    pub trace_dropped: Arc<AtomicU64>,
 }
 
 fn kind_slot(kind: EventKind) -> usize {
@@ -260,6 +263,9 @@ struct Reported {
     kernel: [[u64; KIND_SLOTS as usize]; monitor_common::STAT_FAMILIES as usize],
     guard_overflow: u64,
     user: [u64; KIND_SLOTS as usize],
+    undecodable: u64,
+    trace_output: u64,
+    resolved_exec: u64,
 }
 
 impl Reported {
@@ -269,6 +275,9 @@ impl Reported {
             LossStage::Kernel(stat) => &mut self.kernel[stat as usize][slot],
             LossStage::GuardOverflow => &mut self.guard_overflow,
             LossStage::User => &mut self.user[slot],
+            LossStage::Undecodable => &mut self.undecodable,
+            LossStage::TraceOutput => &mut self.trace_output,
+            LossStage::ResolvedExec => &mut self.resolved_exec,
         }
     }
 }
@@ -306,6 +315,13 @@ pub trait KernelHandle: Send {
     /// on a kernel that has the maps; none elsewhere).
     fn resolved_exec(&mut self) -> Option<&mut crate::kernel::policy::ResolvedExec> {
         None
+    }
+    /// Resolved `allow.exec` executables (and process instances) that could not be written
+    /// to the kernel since the last call, by profile id.
+    fn take_resolved_exec_losses(&mut self) -> Vec<(u32, u64)> {
+        self.resolved_exec()
+            .map(crate::kernel::policy::ResolvedExec::take_lost)
+            .unwrap_or_default()
     }
     /// A kernel counter of `kind`, summed over CPUs; 0 when it cannot be read.
     fn stat(&self, stat: Stat, kind: EventKind) -> u64;
@@ -402,6 +418,8 @@ pub struct MemoryKernel {
     pub gates: std::collections::HashSet<u32>,
     /// Counters by (stat, kind) slot.
     pub stats: std::collections::HashMap<u32, u64>,
+    /// What [`KernelHandle::take_resolved_exec_losses`] returns next (tests).
+    pub resolved_exec_losses: Vec<(u32, u64)>,
 }
 
 impl KernelHandle for MemoryKernel {
@@ -438,6 +456,10 @@ impl KernelHandle for MemoryKernel {
     fn open_gate(&mut self, gate: u32) -> anyhow::Result<()> {
         self.gates.insert(gate);
         Ok(())
+    }
+
+    fn take_resolved_exec_losses(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.resolved_exec_losses)
     }
 
     fn stat(&self, stat: Stat, kind: EventKind) -> u64 {
@@ -854,12 +876,14 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
     }
 
     /// Whether the kernel put this process in the watched set at its last exec, for its
-    /// executable (`WATCH_CANDIDATE`, neither inherited nor watched before: the kernel bumps
-    /// the generation of an entry that existed at exec).
+    /// executable (`WATCH_CANDIDATE`, not inherited). A candidate entry user space has seen
+    /// an exec of is not fresh: [`Processor::apply`] makes it `WATCH_EXE` at that exec (the
+    /// entry's `generation` cannot tell: it is always 0, the kernel keeps generations in
+    /// `EXEC_GENERATION`).
     fn fresh_candidate(&self, tgid: u32) -> bool {
         self.kernel
             .watched(tgid)
-            .is_some_and(|entry| entry.reason == WATCH_CANDIDATE && entry.generation == 0)
+            .is_some_and(|entry| entry.reason == WATCH_CANDIDATE)
     }
 
     /// Puts a process in the kernel's watched set.
@@ -983,6 +1007,10 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
                         debug!("failed to stop watching pid {tgid}: {err}");
                     }
                     print = self.selectors.all;
+                } else if selected && candidates && self.fresh_candidate(tgid) {
+                    // Taken: watched as `--exe` watches, so that its next exec (of another
+                    // program) does not find a candidate entry and take it for a fresh one.
+                    self.watch(tgid, WATCH_EXE);
                 }
             }
             Event::Fork(fork) => {
@@ -1106,45 +1134,97 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
                 if total > *reported {
                     let count = total - *reported;
                     *reported = total;
-                    warn!(
-                        stage = stage.name(),
-                        kind = kind.name(),
-                        count,
-                        "events lost"
-                    );
-                    if let Some(metrics) = &self.metrics {
-                        metrics.loss(stage.name(), kind.name(), stage.reason(), count);
-                    }
-                    match self.mode {
-                        Mode::Trace => {
-                            let record =
-                                output::loss_record(&self.clock, now, stage, kind.name(), count);
-                            self.summary.printed += 1;
-                            serde_json::to_writer(&mut self.out, &record)?;
-                            self.out.write_all(b"\n")?;
-                        }
-                        // Learning from an incomplete record is said in the learn output; the
-                        // loss is also logged above.
-                        Mode::Run | Mode::Observe => {
-                            pending.push(output::loss_alert(
-                                &self.clock,
-                                now,
-                                stage,
-                                kind.name(),
-                                count,
-                            ));
-                        }
-                    }
+                    self.report_loss(now, stage, kind.name(), count, None, &mut pending)?;
                 }
             }
             self.summary.kernel_lost[slot] = kernel_lost;
             self.summary.user_lost[slot] = self.reported.user[slot];
+        }
+        // Losses whose kind is not known where they are counted: records the reader could not
+        // decode, trace records stdout did not take.
+        for (stage, total) in [
+            (
+                LossStage::Undecodable,
+                self.counters.undecodable.load(Ordering::Relaxed),
+            ),
+            (
+                LossStage::TraceOutput,
+                self.counters.trace_dropped.load(Ordering::Relaxed),
+            ),
+        ] {
+            let reported = self.reported.of(stage, 0);
+            if total > *reported {
+                let count = total - *reported;
+                *reported = total;
+                self.report_loss(now, stage, output::UNKNOWN_KIND, count, None, &mut pending)?;
+            }
+        }
+        // A profile whose resolved exec globs the kernel could not be given: named, for its
+        // kernel exec check refuses what only those globs allow.
+        for (profile, count) in self.kernel.take_resolved_exec_losses() {
+            let name = self
+                .engine
+                .as_ref()
+                .and_then(|engine| engine.config().profile(profile))
+                .map_or_else(|| format!("#{profile}"), |p| p.name.clone());
+            self.reported.resolved_exec += count;
+            let stage = LossStage::ResolvedExec;
+            self.report_loss(
+                now,
+                stage,
+                EventKind::Exec.name(),
+                count,
+                Some(name),
+                &mut pending,
+            )?;
         }
         for alert in pending {
             self.raise(&alert);
         }
         self.flush_sinks();
         self.out.flush()
+    }
+
+    /// Reports `count` new losses: logged, counted in the loss metric, and written as a loss
+    /// record (`monitor trace`) or raised as an `events-lost` alert, with the profile that
+    /// lost enforcement when there is one.
+    fn report_loss(
+        &mut self,
+        now: u64,
+        stage: LossStage,
+        kind: &str,
+        count: u64,
+        profile: Option<String>,
+        pending: &mut Vec<Alert>,
+    ) -> std::io::Result<()> {
+        warn!(
+            stage = stage.name(),
+            reason = stage.reason(),
+            kind,
+            count,
+            profile = profile.as_deref(),
+            "events lost"
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.loss(stage.name(), kind, stage.reason(), count);
+        }
+        match self.mode {
+            Mode::Trace => {
+                let mut record = output::loss_record(&self.clock, now, stage, kind, count);
+                if let (Some(profile), Value::Object(map)) = (profile, &mut record) {
+                    map.insert("monitor.profile".into(), profile.into());
+                }
+                self.emit(&record)?;
+            }
+            // Learning from an incomplete record is said in the learn output; the loss is also
+            // logged above.
+            Mode::Run | Mode::Observe => {
+                let mut alert = output::loss_alert(&self.clock, now, stage, kind, count);
+                alert.profile = profile;
+                pending.push(alert);
+            }
+        }
+        Ok(())
     }
 
     /// Sends an alert to every sink. A failing sink is logged and does not stop the others.
@@ -1187,8 +1267,12 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
             kernel_lost.insert(kind.name().into(), self.summary.kernel_lost[slot].into());
             user_lost.insert(kind.name().into(), self.summary.user_lost[slot].into());
         }
+        // Records lost whatever their kind: undecodable ones, and trace records stdout did
+        // not take (until the summary: it is the newest record, which the writer keeps).
         let total_lost: u64 = self.summary.kernel_lost.iter().sum::<u64>()
-            + self.summary.user_lost.iter().sum::<u64>();
+            + self.summary.user_lost.iter().sum::<u64>()
+            + self.reported.undecodable
+            + self.reported.trace_output;
         // Events the kernel did not send because user space had judged the same behaviour.
         let known: u64 = EventKind::ALL
             .iter()
@@ -1210,6 +1294,7 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
                 "monitor.lost.user": user_lost,
                 "monitor.lost.total": total_lost,
                 "monitor.undecodable": self.counters.undecodable.load(Ordering::Relaxed),
+                "monitor.lost.stdout": self.reported.trace_output,
                 "monitor.processes": self.table.len(),
             });
             self.emit(&record)?;
@@ -1284,6 +1369,9 @@ fn enforcement_mechanism(
     Some(match event {
         Event::Exec(_) => "sigkill-before-exec",
         Event::File(File { guard: Some(_), .. }) => crate::kernel::guard::MECHANISM,
+        // A connected UDP socket's datagram, refused on the packet (`udp_egress`).
+        Event::Net(net) if net.egress => "cgroup-skb-egress",
+        // connect4/6, sendmsg4/6, bind4/6, on the address.
         Event::Net(_) => "cgroup-sock-addr",
         Event::Device(_) => "cgroup-device",
         Event::MemoryAccess(access) if access.at_exit => "sigkill-at-open-exit",
@@ -1342,6 +1430,7 @@ mod enforcement_tests {
             result,
             decision,
             unverified: false,
+            egress: false,
             known: None,
         })
     }
@@ -1378,6 +1467,34 @@ mod enforcement_tests {
             enforcement_mechanism(&denied, Action::Denied),
             Some("cgroup-sock-addr")
         );
+    }
+
+    /// A datagram refused on the packet (the cgroup_skb `udp_egress` program) says so; one
+    /// refused on its address (sendmsg4/6) names the sock_addr hook.
+    #[test]
+    fn the_mechanism_names_the_hook_that_refused() {
+        let datagram = |egress| {
+            let Event::Net(mut net) = connect(Decision::Denied, -1) else {
+                unreachable!()
+            };
+            net.op = NetOp::Send;
+            net.transport = Transport::Udp;
+            net.egress = egress;
+            Event::Net(net)
+        };
+        assert_eq!(
+            enforcement_mechanism(&datagram(true), Action::Denied),
+            Some("cgroup-skb-egress")
+        );
+        assert_eq!(
+            enforcement_mechanism(&datagram(true), Action::WouldDeny),
+            Some("cgroup-skb-egress")
+        );
+        assert_eq!(
+            enforcement_mechanism(&datagram(false), Action::Denied),
+            Some("cgroup-sock-addr")
+        );
+        assert_eq!(enforcement_mechanism(&datagram(true), Action::Alert), None);
     }
 }
 
@@ -1597,6 +1714,87 @@ mod core_tests {
         assert!(printed(&p).is_empty());
     }
 
+    /// A process the kernel watched as a candidate at an exec that `--exe` names (by path) is
+    /// taken at that exec: its next exec, of another program, is traced, not mistaken for a
+    /// fresh candidate of another name and dropped.
+    #[test]
+    fn a_candidate_taken_at_its_exec_stays_traced_across_its_next_exec() {
+        let selectors = WatchSelectors {
+            exes: vec![crate::config::glob::Glob::new("/opt/app/server").unwrap()],
+            ..WatchSelectors::default()
+        };
+        let mut p = processor(Mode::Trace, selectors);
+        let candidate = WatchEntry {
+            reason: WATCH_CANDIDATE,
+            profile: 0,
+            generation: 0,
+            _pad: 0,
+        };
+        p.kernel_mut().watch(51, candidate).unwrap();
+        p.handle_batch(vec![exec(51, SECOND, 1, &["/opt/app/server"], true)])
+            .unwrap();
+        assert_eq!(p.kernel().watched(51).map(|e| e.reason), Some(WATCH_EXE));
+        // It execs another program: the kernel keeps the entry (no new candidate).
+        p.handle_batch(vec![exec(51, SECOND, 1, &["/usr/bin/env", "true"], true)])
+            .unwrap();
+        assert!(p.kernel().watched(51).is_some(), "still watched");
+        let execs: Vec<Value> = printed(&p)
+            .into_iter()
+            .filter(|v| v["event.kind"] == "exec")
+            .collect();
+        assert_eq!(execs.len(), 2, "{execs:?}");
+        assert_eq!(execs[1]["process.executable.path"], "/usr/bin/env");
+    }
+
+    /// Losses counted where their kind is not known (records the reader could not decode,
+    /// trace records stdout did not take) and execs the kernel could not judge are reported
+    /// once each, under their own reasons, and counted in the summary.
+    #[test]
+    fn every_loss_reaches_the_trace_once_with_its_reason() {
+        let mut p = processor(Mode::Trace, WatchSelectors::default());
+        p.counters.undecodable.store(3, Ordering::Relaxed);
+        p.counters.trace_dropped.store(5, Ordering::Relaxed);
+        p.kernel_mut()
+            .stats
+            .insert(stats_slot(Stat::InodeUnread, EventKind::Exec as u32), 2);
+        p.report_losses().unwrap();
+        p.report_losses().unwrap();
+        let losses: Vec<(String, String, String, u64)> = printed(&p)
+            .iter()
+            .filter(|v| v["event.kind"] == "loss")
+            .map(|v| {
+                (
+                    v["monitor.loss.stage"].as_str().unwrap().to_owned(),
+                    v["monitor.loss.event_kind"].as_str().unwrap().to_owned(),
+                    v["monitor.loss.reason"].as_str().unwrap().to_owned(),
+                    v["monitor.loss.count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let loss = |stage: &str, kind: &str, reason: &str, n| {
+            (stage.to_owned(), kind.to_owned(), reason.to_owned(), n)
+        };
+        assert_eq!(
+            losses,
+            [
+                loss("kernel", "exec", "inode-unread", 2),
+                loss("user", "unknown", "undecodable", 3),
+                loss("user", "unknown", "stdout-full", 5),
+            ]
+        );
+        p.counters.trace_dropped.store(6, Ordering::Relaxed);
+        p.finish().unwrap();
+        let printed = printed(&p);
+        let last_loss = &printed[printed.len() - 2];
+        assert_eq!(last_loss["monitor.loss.reason"], "stdout-full");
+        assert_eq!(last_loss["monitor.loss.count"], 1, "only what is new");
+        let summary = printed.last().unwrap();
+        assert_eq!(summary["event.kind"], "summary");
+        assert_eq!(summary["monitor.lost.total"], 2 + 3 + 6);
+        assert_eq!(summary["monitor.lost.stdout"], 6);
+        assert_eq!(summary["monitor.lost.kernel"]["exec"], 2);
+    }
+
     /// Alerts a sink received.
     struct Captured(Arc<Mutex<Vec<Alert>>>);
 
@@ -1693,6 +1891,55 @@ allow:
                 .and_then(Value::as_str),
             Some("/etc/shadow")
         );
+    }
+
+    /// A profile whose resolved exec globs could not be written to the kernel is named in an
+    /// `events-lost` alert and counted in the loss metric; so is an undecodable record.
+    #[test]
+    fn lost_enforcement_names_its_profile_in_an_alert_and_a_metric() {
+        let config = crate::config::Config::builtin();
+        let profile = config.profiles.first().expect("a built-in profile");
+        let (id, name) = (profile.id, profile.name.clone());
+        let mut p = processor(Mode::Run, WatchSelectors::default());
+        p.set_engine(Engine::new(Arc::new(config)));
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+        p.metrics = Some(metrics.clone());
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        p.add_sink(Box::new(Captured(alerts.clone())));
+        p.kernel_mut().resolved_exec_losses = vec![(id, 4)];
+        p.counters.undecodable.store(1, Ordering::Relaxed);
+        p.report_losses().unwrap();
+        p.report_losses().unwrap();
+        let alerts = alerts.lock().unwrap();
+        let json: Vec<Value> = alerts.iter().map(Alert::to_json).collect();
+        assert_eq!(json.len(), 2, "{json:?}");
+        let resolved = json
+            .iter()
+            .find(|a| a["monitor.loss.reason"] == "resolved-exec-not-written")
+            .expect("the resolved exec loss");
+        assert_eq!(resolved["security_rule.name"], "events-lost");
+        assert_eq!(resolved["monitor.profile"], name.as_str());
+        assert_eq!(resolved["monitor.loss.count"], 4);
+        assert_eq!(resolved["monitor.loss.event_kind"], "exec");
+        assert_eq!(resolved["monitor.loss.stage"], "kernel");
+        assert!(json
+            .iter()
+            .any(|a| a["monitor.loss.reason"] == "undecodable" && a["monitor.loss.count"] == 1));
+        let lost = |reason: &str| {
+            metrics
+                .snapshot()
+                .into_iter()
+                .find(|point| {
+                    point.name == "monitor.events.lost"
+                        && point
+                            .labels
+                            .iter()
+                            .any(|(key, value)| *key == "monitor.loss.reason" && value == reason)
+                })
+                .map(|point| point.value)
+        };
+        assert_eq!(lost("resolved-exec-not-written"), Some(4));
+        assert_eq!(lost("undecodable"), Some(1));
     }
 
     /// Names every process whose executable it is told to, and counts what it saw.

@@ -267,6 +267,7 @@ impl World {
             result: 0,
             decision: Decision::Observed,
             unverified: false,
+            egress: false,
             known: None,
         }))
         .alerts
