@@ -1013,7 +1013,38 @@ pub struct KernelOffsets {
     pub bpf_link_id: u32,
     pub bpf_prog_aux: u32,
     pub bpf_prog_aux_id: u32,
+    /// `inode.i_generation`: with the inode number, what tells a file from a later one that
+    /// reused its number ([`AllowedFile`]).
+    pub inode_generation: u32,
+    /// The seconds of `inode`'s change time: `i_ctime_sec` (6.11+), else the first member
+    /// (`tv_sec`) of `__i_ctime` (6.6+) or `i_ctime` ([`AllowedFile`]).
+    pub inode_ctime_sec: u32,
+    /// Its nanoseconds: `i_ctime_nsec` (6.11+), else the `tv_nsec` of the `timespec64`
+    /// (read as its low 32 bits: little-endian hosts only before 6.11).
+    pub inode_ctime_nsec: u32,
 }
+
+/// The value of an [`maps::EXEC_ALLOWED`] or [`maps::EXEC_RESOLVED`] entry: what tells the
+/// allowed file from a later one with its inode number, compared by the kernel at exec. ext4
+/// gives a deleted file's inode number to the next file made, so a disallowed program written
+/// where an allowed one was deleted would otherwise pass for it; its owner may even set the
+/// old generation on it (`FS_IOC_SETVERSION`), but not an old change time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowedFile {
+    /// The inode's generation (`FS_IOC_GETVERSION`); [`INODE_GENERATION_UNKNOWN`] where the
+    /// file system does not say (tmpfs, overlayfs): not compared.
+    pub generation: u32,
+    /// The low 32 bits of the inode's change time in seconds (`st_ctime`), when the entry
+    /// was written: any change since (a new file, a write, chmod, a new link, a rename)
+    /// refuses the exec until the globs are expanded again.
+    pub ctime_sec: u32,
+    /// Its nanoseconds (`st_ctime_nsec`): a file made in the same second is another file.
+    pub ctime_nsec: u32,
+}
+
+/// [`AllowedFile::generation`] of a file system that does not say (not compared).
+pub const INODE_GENERATION_UNKNOWN: u32 = 0;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 32 + 48 + PATH_CAP + ARGS_CAP);
@@ -1035,6 +1066,7 @@ const _: () = assert!(core::mem::size_of::<PortRanges>() == 36);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecInstance>() == 16);
 const _: () = assert!(core::mem::size_of::<ResolvedExecKey>() == 16);
+const _: () = assert!(core::mem::size_of::<AllowedFile>() == 12);
 const _: () = assert!(PATH_CAP.is_power_of_two() && ARGS_CAP.is_power_of_two());
 
 /// How a process reached another's memory, as [`MemoryAccessEvent::op`].
@@ -1389,6 +1421,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::AllowedFile {}
     unsafe impl aya::Pod for super::Suffix {}
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::IoctlKey {}

@@ -45,7 +45,7 @@ use monitor_common::{
     IoctlKey, KernelOffsets, KnownKey, NetKey, Pending, PortRanges, ProfilePolicy, SendKey, Stat,
     Suffix, TamperEvent, WatchEntry, STATS_LEN, SUFFIXES_MAX, WATCHED_MAX,
 };
-use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_RESOLVED_MAX, SHELLS_MAX};
+use monitor_common::{AllowedFile, ExecInstance, ResolvedExecKey, EXEC_RESOLVED_MAX, SHELLS_MAX};
 
 /// Settings written by the loader before the programs are loaded.
 #[no_mangle]
@@ -140,7 +140,7 @@ static NET_CONNECT: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(1638
 static NET_LISTEN: LpmTrie<NetKey, PortRanges> = LpmTrie::with_max_entries(4096, 0);
 
 #[map(name = "EXEC_ALLOWED")]
-static EXEC_ALLOWED: HashMap<ExecKey, u32> = HashMap::with_max_entries(65536, 0);
+static EXEC_ALLOWED: HashMap<ExecKey, AllowedFile> = HashMap::with_max_entries(65536, 0);
 
 /// UDP connect destinations (`allow.network.udp_connect`; see `enforce::judge`).
 #[map(name = "NET_UDP_CONNECT")]
@@ -155,7 +155,7 @@ static SHELLS: HashMap<InodeKey, u32> = HashMap::with_max_entries(SHELLS_MAX, 0)
 static EXEC_INSTANCE: HashMap<u32, ExecInstance> = HashMap::with_max_entries(WATCHED_MAX, 0);
 
 #[map(name = "EXEC_RESOLVED")]
-static EXEC_RESOLVED: HashMap<ResolvedExecKey, u32> =
+static EXEC_RESOLVED: HashMap<ResolvedExecKey, AllowedFile> =
     HashMap::with_max_entries(EXEC_RESOLVED_MAX, 0);
 
 #[map(name = "GPU_ALLOWED")]

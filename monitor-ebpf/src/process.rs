@@ -16,7 +16,7 @@ use monitor_common::{
     EXEC_PATH_TRUNCATED, EXEC_WOULD_KILL, HEADER_WATCHED, PATH_CAP, WATCH_CANDIDATE,
     WATCH_INHERITED,
 };
-use monitor_common::{ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
+use monitor_common::{AllowedFile, ExecInstance, ResolvedExecKey, EXEC_INSTANCE_START_SLACK_NS};
 
 use crate::{
     config_self_tgid, count,
@@ -208,15 +208,16 @@ fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 
         return 0;
     };
     let key = ExecKey { profile, dev, ino };
+    let seen = exec_file(bprm);
     // Only what `allow.exec` allows (and the executables of the profiles that `allow.transitions`
     // names, which user space puts here too): another profile's selector executable is no
     // exemption, or a compromised server could re-exec itself into a laxer profile.
-    if unsafe { EXEC_ALLOWED.get(key).is_some() } {
+    if unsafe { EXEC_ALLOWED.get(key) }.is_some_and(|allowed| same_file(allowed, &seen)) {
         return 0;
     }
     // ... or what its templated `allow.exec` globs (`${python.prefix}/bin/python*`) resolved
     // to for this process's facts.
-    if resolved_allows(tgid, profile, start_time, dev, ino) {
+    if resolved_allows(tgid, profile, start_time, dev, ino, &seen) {
         return 0;
     }
     // `sh -c CMD` is judged by what the shell runs: the shell keeps this process's profile,
@@ -233,7 +234,14 @@ fn exec_verdict(bprm: *const u8, task: Task, tgid: u32, start_time: u64) -> u32 
 /// Whether the process's resolved-profile instance ([`EXEC_INSTANCE`], written by user space
 /// when it resolved the process's facts, or inherited at fork) allows the executable.
 #[inline(always)]
-fn resolved_allows(tgid: u32, profile: u32, start_time: u64, dev: u32, ino: u64) -> bool {
+fn resolved_allows(
+    tgid: u32,
+    profile: u32,
+    start_time: u64,
+    dev: u32,
+    ino: u64,
+    seen: &Option<AllowedFile>,
+) -> bool {
     let Some(instance) = (unsafe { EXEC_INSTANCE.get(tgid) }) else {
         return false;
     };
@@ -248,7 +256,44 @@ fn resolved_allows(tgid: u32, profile: u32, start_time: u64, dev: u32, ino: u64)
         dev,
         ino,
     };
-    unsafe { EXEC_RESOLVED.get(key).is_some() }
+    unsafe { EXEC_RESOLVED.get(key) }.is_some_and(|allowed| same_file(allowed, seen))
+}
+
+/// Whether the exec'd file is the one user space allowed ([`AllowedFile`]): the same change
+/// time, and the same generation where user space could read it. A file whose identity
+/// cannot be read here is not that file: refused.
+#[inline(always)]
+fn same_file(allowed: &AllowedFile, seen: &Option<AllowedFile>) -> bool {
+    let Some(seen) = seen else {
+        return false;
+    };
+    seen.ctime_sec == allowed.ctime_sec
+        && seen.ctime_nsec == allowed.ctime_nsec
+        && (allowed.generation == monitor_common::INODE_GENERATION_UNKNOWN
+            || seen.generation == allowed.generation)
+}
+
+/// The bits of `i_ctime_nsec` that hold nanoseconds.
+const CTIME_NSEC_MASK: u32 = (1 << 30) - 1;
+
+/// The exec'd file's generation and change time (see [`same_file`]).
+#[inline(always)]
+fn exec_file(bprm: *const u8) -> Option<AllowedFile> {
+    let file: *const u8 = unsafe { read(bprm, off!(binprm_file)) }.ok()?;
+    if file.is_null() {
+        return None;
+    }
+    let inode = crate::kernel::file_inode(file).ok()?;
+    let generation: u32 = unsafe { read(inode, off!(inode_generation)) }.ok()?;
+    let ctime_sec: i64 = unsafe { read(inode, off!(inode_ctime_sec)) }.ok()?;
+    let ctime_nsec: u32 = unsafe { read(inode, off!(inode_ctime_nsec)) }.ok()?;
+    Some(AllowedFile {
+        generation,
+        ctime_sec: ctime_sec as u32,
+        // Below 10^9 < 2^30; the top bit is a flag of multigrain timestamps (6.13+,
+        // `I_CTIME_QUERIED`), which `inode_get_ctime_nsec` masks off too.
+        ctime_nsec: ctime_nsec & CTIME_NSEC_MASK,
+    })
 }
 
 /// Bytes of the new program's argv read to find a shell's `-c`: argv[0] and the options

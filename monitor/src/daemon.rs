@@ -167,6 +167,11 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     let mut pending_reload: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     let mut signals = Signals::new()?;
     sensor.attach()?;
+    sensor.set_udp_egress(
+        engine
+            .as_ref()
+            .is_some_and(|e| crate::kernel::policy::judges_connected_udp(e.config())),
+    )?;
     let object_names = sensor
         .register(&mut objects)
         .context("failed to file the monitor's own BPF objects for the tamper hook")?;
@@ -287,11 +292,13 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                 pending_reload = None;
                 if let Some((config_source, fingerprint)) = &mut source {
                     reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut(), &mut guards);
+                    follow_udp_egress(&mut sensor, &mut objects, &mut processor);
                 }
             }
             _ = reload_poll.tick(), if source.is_some() => {
                 if let Some((config_source, fingerprint)) = &mut source {
                     reload_if_changed(config_source, fingerprint, &mut policy, &mut processor, &clock, watcher.as_mut(), &mut guards);
+                    follow_udp_egress(&mut sensor, &mut objects, &mut processor);
                 }
                 guards.verify();
             }
@@ -321,6 +328,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
                         Some((config_source, fingerprint)) => {
                             info!("received SIGHUP: reloading the configuration");
                             reload(config_source, fingerprint, &mut policy, &mut processor, &clock, &mut guards);
+                            follow_udp_egress(&mut sensor, &mut objects, &mut processor);
                             if let (Some(watcher), Some(engine)) = (watcher.as_mut(), processor.engine.as_ref()) {
                                 watcher.arm(&config_source.inputs(engine.config()));
                             }
@@ -384,6 +392,29 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         "stopped"
     );
     Ok(processor.observer.take())
+}
+
+/// Attaches or detaches `udp_egress` as the configuration in force needs it (see
+/// [`Sensor::set_udp_egress`]), and files a new link for the tamper hook.
+fn follow_udp_egress<W: Write>(
+    sensor: &mut Sensor,
+    objects: &mut crate::kernel::sensor::SensorObjects,
+    processor: &mut Processor<W>,
+) {
+    let wanted = processor
+        .engine
+        .as_ref()
+        .is_some_and(|e| crate::kernel::policy::judges_connected_udp(e.config()));
+    match sensor.set_udp_egress(wanted) {
+        Ok(false) => {}
+        Ok(true) => match sensor.register(objects) {
+            Ok(names) => processor.pauses.names = names,
+            Err(err) => warn!("{err:#}; the self-check files it again"),
+        },
+        Err(err) => error!(
+            "{err:#}: the datagrams of connected UDP sockets are not judged; the self-check does not retry, restart the monitor"
+        ),
+    }
 }
 
 /// Reloads when the content of the configuration's files differs from what was loaded last

@@ -3,8 +3,8 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
     sync::{Arc, Condvar, Mutex},
     thread,
     time::{Duration, Instant},
@@ -442,4 +442,155 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The system interpreter the tests' Python snippets run on.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// `python3 -I -S -B -c CODE ARGS` (isolated: nothing from the site or the environment),
+/// started with its output piped.
+pub fn python(code: &str, args: &[&str]) -> Child {
+    Command::new(PYTHON)
+        .args(["-I", "-S", "-B", "-c", code])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to start {PYTHON}: {e}"))
+}
+
+/// Waits for a child to end: its pid and its output.
+pub fn finish(child: Child) -> (u32, Output) {
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
+/// Runs `program ARGS` to its end, output piped: its pid and output.
+pub fn run(program: &str, args: &[&str]) -> (u32, Output) {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to run {program} (install it): {e}"));
+    finish(child)
+}
+
+/// `bpftool ARGS`, which must succeed: its pid and output.
+pub fn bpftool(args: &[&str]) -> (u32, Output) {
+    let (pid, output) = run("bpftool", args);
+    assert!(output.status.success(), "bpftool {args:?}: {output:?}");
+    (pid, output)
+}
+
+/// What a child printed, trimmed.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// What a guarded model file holds.
+pub const WEIGHTS: &str = "weights";
+
+/// The model-server part of a scratch site under `root`: `models/model.safetensors` (to
+/// guard), `bin/model-server` (a copy of cat) and `server.yaml`, the profile that selects it
+/// and lets it read everything (the guards' allowed reader).
+pub fn model_server(root: &Path) {
+    for dir in ["models", "bin"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("models/model.safetensors"), WEIGHTS).unwrap();
+    std::fs::copy("/usr/bin/cat", root.join("bin/model-server")).unwrap();
+    std::fs::write(
+        root.join("server.yaml"),
+        format!(
+            r#"name: server
+selector:
+  executables: ["{root}/bin/model-server"]
+allow:
+  exec: ["{root}/bin/model-server"]
+  files:
+    read: ["/**"]
+"#,
+            root = root.display()
+        ),
+    )
+    .unwrap();
+}
+
+impl Monitor {
+    /// `monitor run --config CONFIG EXTRA` (see [`Monitor::start`]).
+    pub fn run_config(config: &Path, extra: &[&str]) -> Monitor {
+        let config = config.to_string_lossy();
+        let mut args = vec!["run", "--config", &config];
+        args.extend_from_slice(extra);
+        Monitor::start(&args)
+    }
+
+    /// The `key: value` lines of every fdinfo of the monitor's fds that has `key` (its
+    /// programs, maps and links, as the kernel describes them).
+    pub fn fdinfos(&self, key: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .map(|text| {
+                text.lines()
+                    .filter_map(|line| {
+                        let (k, v) = line.split_once(':')?;
+                        Some((k.trim().to_owned(), v.trim().to_owned()))
+                    })
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .filter(|info| info.contains_key(key))
+            .collect()
+    }
+
+    /// The id of the monitor's one cgroup link of `attach_type` (the kernel's number, e.g.
+    /// "10" for `BPF_CGROUP_INET4_CONNECT`).
+    pub fn cgroup_link(&self, attach_type: &str) -> String {
+        let links: Vec<String> = self
+            .fdinfos("link_id")
+            .into_iter()
+            .filter(|info| {
+                info.get("link_type").map(String::as_str) == Some("cgroup")
+                    && info.get("attach_type").map(String::as_str) == Some(attach_type)
+            })
+            .map(|info| info["link_id"].clone())
+            .collect();
+        assert_eq!(
+            links.len(),
+            1,
+            "one link of attach type {attach_type}: {links:?}"
+        );
+        links[0].clone()
+    }
+
+    /// Waits for an alert of `rule` about process `pid`.
+    pub fn alert_of(&self, rule: &'static str, pid: u32) -> Value {
+        self.wait_for(&format!("{rule} by pid {pid}"), WAIT, move |v| {
+            v["security_rule.name"] == rule && v["process.pid"] == pid
+        })
+    }
+}
+
+/// Writes `dir/profiles.yaml` (`profiles`: one or more YAML documents) and `dir/config.yaml`
+/// naming it, followed by `config_extra` (whole lines), and starts `monitor run` on that
+/// configuration with `args`.
+pub fn start_with_profiles(
+    dir: &Path,
+    profiles: &str,
+    config_extra: &str,
+    args: &[&str],
+) -> Monitor {
+    std::fs::write(dir.join("profiles.yaml"), profiles).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "profiles: [\"{}\"]\n{config_extra}",
+            dir.join("profiles.yaml").display()
+        ),
+    )
+    .unwrap();
+    Monitor::run_config(&config, args)
 }

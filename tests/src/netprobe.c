@@ -4,6 +4,13 @@
  *                                                   included, uses an AF_INET6 socket)
  *   netprobe SETTLE_MS uring-connect ADDR PORT    io_uring IORING_OP_CONNECT
  *   netprobe SETTLE_MS sendmmsg ADDR PORT COUNT   COUNT UDP datagrams in one sendmmsg(2)
+ *   netprobe SETTLE_MS uring-sendmsg ADDR PORT    io_uring IORING_OP_SENDMSG, a UDP datagram
+ *                                                   with its address in the msghdr
+ *   netprobe SETTLE_MS uring-sendto ADDR PORT     io_uring IORING_OP_SEND with the address in
+ *                                                   the SQE (addr2, 6.0+): sendto(2) by ring
+ *   netprobe SETTLE_MS uring-connected-send ADDR PORT
+ *       connect(2) a UDP socket to ADDR PORT (prints `connect=N` first), then io_uring
+ *       IORING_OP_SEND without an address: the connected socket's datagram
  *   netprobe SETTLE_MS open PATH                  openat(2), read-write
  *   netprobe SETTLE_MS uring-open PATH            io_uring IORING_OP_OPENAT, read-write
  *   netprobe SETTLE_MS toctou ADDR ADDR2 PORT EACH
@@ -119,6 +126,34 @@ static void fill_connect(struct io_uring_sqe *sqe, void *arg) {
     sqe->off = c->len;
 }
 
+struct send_arg {
+    int fd;
+    struct msghdr *msg;
+    struct sockaddr_storage *addr;
+    socklen_t len;
+};
+
+static void fill_sendmsg(struct io_uring_sqe *sqe, void *arg) {
+    struct send_arg *s = arg;
+    sqe->opcode = IORING_OP_SENDMSG;
+    sqe->fd = s->fd;
+    sqe->addr = (unsigned long)s->msg;
+    sqe->len = 1;
+}
+
+/* IORING_OP_SEND of the msghdr's one byte; with `addr` set, to that address (addr2). */
+static void fill_send(struct io_uring_sqe *sqe, void *arg) {
+    struct send_arg *s = arg;
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = s->fd;
+    sqe->addr = (unsigned long)s->msg->msg_iov->iov_base;
+    sqe->len = s->msg->msg_iov->iov_len;
+    if (s->addr) {
+        sqe->addr2 = (unsigned long)s->addr;
+        sqe->addr_len = s->len;
+    }
+}
+
 static void fill_open(struct io_uring_sqe *sqe, void *arg) {
     sqe->opcode = IORING_OP_OPENAT;
     sqe->fd = AT_FDCWD;
@@ -197,6 +232,29 @@ int main(int argc, char **argv) {
         }
         int n = sendmmsg(fd, msgs, count, 0);
         res = n < 0 ? -errno : n;
+    } else if (!strcmp(mode, "uring-sendmsg") || !strcmp(mode, "uring-sendto") ||
+               !strcmp(mode, "uring-connected-send")) {
+        int family = addr_of(argv[3], atoi(argv[4]), &addr, &len);
+        int fd = socket(family, SOCK_DGRAM, 0);
+        struct iovec iov = {"x", 1};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        struct send_arg s = {fd, &msg, NULL, 0};
+        if (!strcmp(mode, "uring-sendmsg")) {
+            msg.msg_name = &addr;
+            msg.msg_namelen = len;
+            res = uring_one(fill_sendmsg, &s);
+        } else if (!strcmp(mode, "uring-sendto")) {
+            s.addr = &addr;
+            s.len = len;
+            res = uring_one(fill_send, &s);
+        } else {
+            int connected = connect(fd, (struct sockaddr *)&addr, len) == 0 ? 0 : -errno;
+            printf("connect=%d ", connected);
+            res = connected == 0 ? uring_one(fill_send, &s) : connected;
+        }
     } else if (!strcmp(mode, "open")) {
         int fd = openat(AT_FDCWD, argv[3], O_RDWR);
         res = fd < 0 ? -errno : 0;

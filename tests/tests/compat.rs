@@ -65,17 +65,7 @@ impl Site {
     }
 
     fn start(&self, profile: &str) -> Monitor {
-        std::fs::write(self.root.join("profiles.yaml"), profile).unwrap();
-        std::fs::write(
-            self.root.join("config.yaml"),
-            format!(
-                "profiles: [\"{}/profiles.yaml\"]\nbuiltin_profiles: false\n",
-                self.root.display()
-            ),
-        )
-        .unwrap();
-        let config = self.path("config.yaml");
-        Monitor::start(&["run", "--config", &config])
+        tests::start_with_profiles(&self.root, profile, "builtin_profiles: false\n", &[])
     }
 }
 

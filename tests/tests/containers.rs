@@ -20,6 +20,15 @@ use tests::{
 /// Kubernetes' labels on a pod's container, as the kubelet sets them.
 const POD_UID: &str = "6b0c3d4e-1f2a-4b5c-8d9e-0a1b2c3d4e5f";
 
+/// `podman run` arguments of the fake server: host network, the pod's labels, `image`
+/// running [`SERVER_LOOP`].
+fn server_args(app: &str, pod: &str, image: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["--network", "host"].map(String::from).to_vec();
+    args.extend(pod_labels(app, pod));
+    args.extend([image, "/bin/sh", "-c", SERVER_LOOP].map(String::from));
+    args
+}
+
 fn pod_labels(app: &str, pod: &str) -> Vec<String> {
     [
         format!("app={app}"),
@@ -87,34 +96,13 @@ fn a_server_in_a_podman_container_is_selected_by_image_and_pod_labels_and_alerts
         "gpu-node-17",
     ]);
     let name = format!("monitor-e2e-vllm-{pid}");
-    let mut args: Vec<String> = ["--network", "host"].map(String::from).to_vec();
-    args.extend(pod_labels("fake-vllm", "fake-vllm-0"));
-    args.extend([
-        served.clone(),
-        "/bin/sh".into(),
-        "-c".into(),
-        SERVER_LOOP.into(),
-    ]);
+    let args = server_args("fake-vllm", "fake-vllm-0", &served);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Controls, doing the same: the right image with other labels, and another image with
     // the right labels. Neither is governed.
-    let mut wrong_labels: Vec<String> = ["--network", "host"].map(String::from).to_vec();
-    wrong_labels.extend(pod_labels("batch-job", "batch-0"));
-    wrong_labels.extend([
-        served.clone(),
-        "/bin/sh".into(),
-        "-c".into(),
-        SERVER_LOOP.into(),
-    ]);
+    let wrong_labels = server_args("batch-job", "batch-0", &served);
     let wrong_labels: Vec<&str> = wrong_labels.iter().map(String::as_str).collect();
-    let mut wrong_image: Vec<String> = ["--network", "host"].map(String::from).to_vec();
-    wrong_image.extend(pod_labels("fake-vllm", "fake-vllm-1"));
-    wrong_image.extend([
-        other.clone(),
-        "/bin/sh".into(),
-        "-c".into(),
-        SERVER_LOOP.into(),
-    ]);
+    let wrong_image = server_args("fake-vllm", "fake-vllm-1", &other);
     let wrong_image: Vec<&str> = wrong_image.iter().map(String::as_str).collect();
 
     let id = pm.run_detached(&name, &args);

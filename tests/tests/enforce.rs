@@ -6,9 +6,7 @@
 use std::{net::TcpListener, path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use tests::{marker, real_path, Monitor, TempDir, WAIT};
-
-const PYTHON: &str = "/usr/bin/python3";
+use tests::{marker, real_path, Monitor, TempDir, PYTHON, WAIT};
 
 const SERVER: &str = r#"
 import json, os, socket, subprocess, sys
@@ -283,14 +281,7 @@ fn dry_run_only_reports() {
 
 /// Writes `profile` and a config naming it into `dir`, and starts the monitor on them.
 fn start_with_profile(dir: &std::path::Path, profile: &str) -> Monitor {
-    std::fs::write(dir.join("profile.yaml"), profile).unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("profiles: [\"{}\"]\n", dir.join("profile.yaml").display()),
-    )
-    .unwrap();
-    Monitor::start(&["run", "--config", &config.to_string_lossy()])
+    tests::start_with_profiles(dir, profile, "", &[])
 }
 
 /// Runs `program ARGS` in the monitor's cgroup; returns its JSON report (`Null` if it was
@@ -318,6 +309,49 @@ fn exec_alert(monitor: &Monitor, action: &'static str, path: String) -> Value {
                 && v["monitor.action"] == action
                 && v["process.executable.path"] == path.as_str()
         },
+    )
+}
+
+/// A monitor with one enforce-mode profile: the venv's python running a script whose
+/// arguments hold `script`, allowed to run only what its templated glob
+/// (`${python.prefix}/bin/python*`) names.
+fn start_venv_server(dir: &std::path::Path, venv: &std::path::Path, script: &str) -> Monitor {
+    start_with_profile(
+        dir,
+        &format!(
+            r#"name: venvserver
+selector:
+  executables: ["{venv}/bin/python3"]
+  args: ["*{script}*"]
+mode: enforce
+allow:
+  exec: ["${{python.prefix}}/bin/python*"]
+  files:
+    read: ["/**"]
+    write: ["/tmp/**"]
+"#,
+            venv = venv.display()
+        ),
+    )
+}
+
+/// Runs `dir/SCRIPT DIR VENV` on the venv's python in the monitor's cgroup (see
+/// [`report_of`]).
+fn run_venv_script(
+    monitor: &Monitor,
+    dir: &std::path::Path,
+    venv: &std::path::Path,
+    script: &str,
+) -> (Value, Option<i32>) {
+    report_of(
+        monitor,
+        &venv.join("bin/python3").to_string_lossy(),
+        &[
+            "-B",
+            &dir.join(script).to_string_lossy(),
+            &dir.to_string_lossy(),
+            &venv.to_string_lossy(),
+        ],
     )
 }
 
@@ -362,35 +396,8 @@ fn templated_exec_globs_are_decided_in_the_kernel() {
     std::fs::copy("/usr/bin/id", dir.0.join("realid")).unwrap();
     std::fs::write(dir.0.join("fake_venv_server.py"), VENV_SERVER).unwrap();
     // Only the template names the venv's interpreter: no literal glob allows it.
-    let monitor = start_with_profile(
-        &dir.0,
-        &format!(
-            r#"name: venvserver
-selector:
-  executables: ["{venv}/bin/python3"]
-  args: ["*fake_venv_server*"]
-mode: enforce
-allow:
-  exec: ["${{python.prefix}}/bin/python*"]
-  files:
-    read: ["/**"]
-    write: ["/tmp/**"]
-"#,
-            venv = venv.display()
-        ),
-    );
-    let python = venv.join("bin/python3");
-    let script = dir.0.join("fake_venv_server.py");
-    let (report, code) = report_of(
-        &monitor,
-        &python.to_string_lossy(),
-        &[
-            "-B",
-            &script.to_string_lossy(),
-            &dir.0.to_string_lossy(),
-            &venv.to_string_lossy(),
-        ],
-    );
+    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_server");
+    let (report, code) = run_venv_script(&monitor, &dir.0, &venv, "fake_venv_server.py");
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(
         report["venv_python"], 0,
@@ -411,7 +418,7 @@ allow:
         venv.join("bin/python-hl").to_string_lossy().into_owned(),
     );
     let lines = monitor.stop();
-    let python = python.to_string_lossy().into_owned();
+    let python = venv.join("bin/python3").to_string_lossy().into_owned();
     assert!(
         !lines
             .iter()
@@ -475,18 +482,77 @@ attempt("tcp_connect", lambda: socket.create_connection(("127.0.0.1", allowed)).
 print(json.dumps(out), flush=True)
 "#;
 
+/// The destinations of [`UDP_SERVER`]: `allowed`, a port held for UDP (a receiver that must
+/// get nothing) and TCP (a listener, so that a TCP connect let through would succeed), and
+/// `other`; the script in the test's directory.
+struct UdpSite {
+    _tcp: TcpListener,
+    receiver: std::net::UdpSocket,
+    _other: std::net::UdpSocket,
+    allowed: u16,
+    other: u16,
+    script: PathBuf,
+}
+
+impl UdpSite {
+    fn new(dir: &std::path::Path) -> UdpSite {
+        let script = dir.join("fake_udp_server.py");
+        std::fs::write(&script, UDP_SERVER).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let allowed = tcp.local_addr().unwrap().port();
+        let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        UdpSite {
+            _tcp: tcp,
+            receiver,
+            allowed,
+            other: other.local_addr().unwrap().port(),
+            _other: other,
+            script,
+        }
+    }
+
+    /// Runs the script in the monitor's cgroup: its report (it must exit 0).
+    fn run(&self, monitor: &Monitor) -> Value {
+        let (report, code) = report_of(
+            monitor,
+            PYTHON,
+            &[
+                "-B",
+                &self.script.to_string_lossy(),
+                &self.allowed.to_string(),
+                &self.other.to_string(),
+            ],
+        );
+        assert_eq!(code, Some(0), "{report}");
+        report
+    }
+
+    fn assert_nothing_received(&self) {
+        assert!(
+            self.receiver.recv_from(&mut [0u8; 16]).is_err(),
+            "no datagram reached the destination"
+        );
+    }
+
+    /// The alert of a connected socket's datagram to `allowed`, refused.
+    fn connected_send_refused(&self, monitor: &Monitor) -> Value {
+        let allowed = self.allowed;
+        monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
+            v["security_rule.name"] == "connect-not-allowed"
+                && v["monitor.action"] == "denied"
+                && v["monitor.network.operation"] == "send"
+                && v["network.peer.port"] == allowed
+        })
+    }
+}
+
 #[test]
 fn udp_connect_is_decided_in_the_kernel() {
     let dir = TempDir::new("udp-enforce");
-    std::fs::write(dir.0.join("fake_udp_server.py"), UDP_SERVER).unwrap();
-    // One port number held for UDP and TCP, so the TCP connect below reaches a listener
-    // unless the kernel refuses it.
-    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-    let allowed = tcp.local_addr().unwrap().port();
-    let receiver = std::net::UdpSocket::bind(("127.0.0.1", allowed)).unwrap();
-    receiver.set_nonblocking(true).unwrap();
-    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let other_port = other.local_addr().unwrap().port();
+    let udp = UdpSite::new(&dir.0);
+    let (allowed, other_port) = (udp.allowed, udp.other);
     let monitor = start_with_profile(
         &dir.0,
         &format!(
@@ -504,18 +570,7 @@ allow:
 "#
         ),
     );
-    let script = dir.0.join("fake_udp_server.py");
-    let (report, code) = report_of(
-        &monitor,
-        PYTHON,
-        &[
-            "-B",
-            &script.to_string_lossy(),
-            &allowed.to_string(),
-            &other_port.to_string(),
-        ],
-    );
-    assert_eq!(code, Some(0), "{report}");
+    let report = udp.run(&monitor);
     assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
     assert_eq!(report["connected_send"], "EPERM", "{report}");
     assert_eq!(report["connected_write"], "EPERM", "{report}");
@@ -526,11 +581,7 @@ allow:
     assert_eq!(report["sendto"], "EPERM", "{report}");
     assert_eq!(report["sendmmsg"], "EPERM", "{report}");
     assert_eq!(report["tcp_connect"], "EPERM", "{report}");
-    let mut buf = [0u8; 16];
-    assert!(
-        receiver.recv_from(&mut buf).is_err(),
-        "no datagram reached the destination"
-    );
+    udp.assert_nothing_received();
     let denied = monitor.wait_for("the UDP connect refused", WAIT, move |v| {
         v["security_rule.name"] == "connect-not-allowed"
             && v["monitor.action"] == "denied"
@@ -539,12 +590,7 @@ allow:
             && v["network.peer.port"] == other_port
     });
     assert_eq!(denied["monitor.enforcement.mechanism"], "cgroup-sock-addr");
-    let send = monitor.wait_for("the connected socket's datagram refused", WAIT, move |v| {
-        v["security_rule.name"] == "connect-not-allowed"
-            && v["monitor.action"] == "denied"
-            && v["monitor.network.operation"] == "send"
-            && v["network.peer.port"] == allowed
-    });
+    let send = udp.connected_send_refused(&monitor);
     assert_eq!(send["network.transport"], "udp", "{send}");
     // Refused on the packet by the egress program (no address for a sock_addr program to
     // judge): the alert names that hook, for IPv4 and IPv6.
@@ -720,6 +766,122 @@ for line in sys.stdin:
     print(subprocess.run(line.split()).returncode, flush=True)
 "#;
 
+/// A venv whose `bin` also holds copies of the interpreter under `names` (all allowed by
+/// the templated glob), a monitor governing its python running `SCRIPT.py` (the attack),
+/// and the script's report (it must exit 0).
+fn venv_attack(script: &str, code: &str, names: &[&str]) -> (TempDir, PathBuf, Monitor, Value) {
+    let dir = TempDir::new(script);
+    let venv = make_venv(&dir.0);
+    for name in names {
+        std::fs::copy(real_path(PYTHON), venv.join("bin").join(name)).unwrap();
+    }
+    let file = format!("{script}.py");
+    std::fs::write(dir.0.join(&file), code).unwrap();
+    let monitor = start_venv_server(&dir.0, &venv, script);
+    let (report, status) = run_venv_script(&monitor, &dir.0, &venv, &file);
+    assert_eq!(status, Some(0), "{report}");
+    (dir, venv, monitor, report)
+}
+
+const RENAME_SERVER: &str = r#"
+import json, os, shutil, subprocess, sys
+root, venv = sys.argv[1], sys.argv[2]
+out = {}
+def run(name, argv):
+    out[name] = subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
+bindir = os.path.join(venv, "bin")
+run("allowed", [os.path.join(bindir, "python3.11"), "-c", "pass"])
+freed = {os.stat(os.path.join(bindir, n)).st_ino for n in ("python3.11", "python3.12")}
+# Rename-over: a disallowed program renamed onto a name the glob expanded to.
+shutil.copy("/usr/bin/id", os.path.join(root, "staged-id"))
+os.rename(os.path.join(root, "staged-id"), os.path.join(bindir, "python3.11"))
+run("rename_over", [os.path.join(bindir, "python3.11")])
+# Inode reuse: the allowed file deleted, a disallowed one written under its name; on ext4
+# the new file gets a freed inode number, an allowed file's (the report says whether).
+victim = os.path.join(bindir, "python3.12")
+os.unlink(victim)
+shutil.copy("/usr/bin/id", victim)
+out["reused_inode"] = os.stat(victim).st_ino in freed
+run("inode_reuse", [victim])
+# In place: an allowed file's content overwritten (the same inode and generation).
+overwritten = os.path.join(bindir, "python3.13")
+with open("/usr/bin/id", "rb") as src, open(overwritten, "r+b") as dst:
+    dst.truncate(0)
+    dst.write(src.read())
+run("in_place", [overwritten])
+print(json.dumps(out), flush=True)
+"#;
+
+/// The way around a templated `allow.exec` glob expanded to inodes: after the expansion, a
+/// disallowed program renamed over an allowed name (a new inode: refused), an allowed file
+/// deleted and a disallowed one written in its place, which ext4 gives the same inode number
+/// (refused too: the kernel compares the inode's generation and change time as well), and
+/// an allowed file overwritten in place (its change time moved: refused).
+#[test]
+fn a_program_renamed_or_rewritten_over_an_allowed_name_is_killed() {
+    let (_dir, venv, monitor, report) = venv_attack(
+        "fake_venv_rename",
+        RENAME_SERVER,
+        &["python3.11", "python3.12", "python3.13"],
+    );
+    assert_eq!(report["allowed"], 0, "the expanded name runs: {report}");
+    assert_eq!(report["rename_over"], -9, "{report}");
+    assert_eq!(report["inode_reuse"], -9, "{report}");
+    assert_eq!(report["in_place"], -9, "{report}");
+    if report["reused_inode"] != true {
+        eprintln!("note: the file system of the temp dir gave no freed inode number again; only ext4-like reuse makes the second attack meaningful");
+    }
+    exec_alert(
+        &monitor,
+        "killed",
+        venv.join("bin/python3.11").to_string_lossy().into_owned(),
+    );
+    exec_alert(
+        &monitor,
+        "killed",
+        venv.join("bin/python3.12").to_string_lossy().into_owned(),
+    );
+}
+
+const SETVERSION_SERVER: &str = r#"
+import fcntl, json, os, shutil, struct, subprocess, sys
+root, venv = sys.argv[1], sys.argv[2]
+FS_IOC_GETVERSION, FS_IOC_SETVERSION = 0x80087601, 0x40087602
+def generation(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return struct.unpack("=i", fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8))[:4])[0]
+    finally:
+        os.close(fd)
+victim = os.path.join(venv, "bin", "python3.12")
+before = (os.stat(victim).st_ino, generation(victim))
+os.unlink(victim)
+shutil.copy("/usr/bin/id", victim)
+# The way around the generation check: the new file's owner sets the old generation.
+fd = os.open(victim, os.O_RDONLY)
+try:
+    fcntl.ioctl(fd, FS_IOC_SETVERSION, struct.pack("=q", before[1]))
+    out = {"setversion": "ok"}
+except OSError as e:
+    out = {"setversion": e.errno}
+os.close(fd)
+out["same_file_to_the_kernel"] = (os.stat(victim).st_ino, generation(victim)) == before
+out["inode_reuse"] = subprocess.run([victim], stdout=subprocess.DEVNULL).returncode
+print(json.dumps(out), flush=True)
+"#;
+
+/// The way around the generation check of
+/// [`a_program_renamed_or_rewritten_over_an_allowed_name_is_killed`]: the owner of the new
+/// file sets the deleted file's generation on it (`FS_IOC_SETVERSION`, which ext4 allows
+/// without `metadata_csum`, as here). The kernel sees the same inode number and generation,
+/// but not the same change time: refused.
+#[test]
+fn a_rewritten_program_given_the_old_generation_is_killed() {
+    let (_dir, _venv, _monitor, report) =
+        venv_attack("fake_venv_setversion", SETVERSION_SERVER, &["python3.12"]);
+    assert_eq!(report["inode_reuse"], -9, "{report}");
+}
+
 /// A reload expands the templated globs anew (a program installed since is allowed), and
 /// the kernel judges a running server by its profile's new id when a profile added before
 /// it moved it.
@@ -734,22 +896,7 @@ fn a_reload_expands_templated_exec_globs_anew() {
         "name: other\nselector:\n  executables: [\"/nonexistent/bin/other\"]\nallow:\n  exec: [\"/**\"]\n",
     )
     .unwrap();
-    let monitor = start_with_profile(
-        &dir.0,
-        &format!(
-            r#"name: venvserver
-selector:
-  executables: ["{venv}/bin/python3"]
-  args: ["*fake_venv_loop*"]
-mode: enforce
-allow:
-  exec: ["${{python.prefix}}/bin/python*"]
-  files:
-    read: ["/**"]
-"#,
-            venv = venv.display()
-        ),
-    );
+    let monitor = start_venv_server(&dir.0, &venv, "fake_venv_loop");
     let python = venv.join("bin/python3").to_string_lossy().into_owned();
     let mut server = monitor
         .cgroup
@@ -789,7 +936,7 @@ allow:
         format!(
             "profiles: [\"{}\", \"{}\"]\n",
             dir.0.join("other.yaml").display(),
-            dir.0.join("profile.yaml").display()
+            dir.0.join("profiles.yaml").display()
         ),
     )
     .unwrap();
@@ -880,4 +1027,121 @@ fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
     assert!(lost["monitor.loss.count"].as_u64().unwrap() >= 1, "{lost}");
     assert_eq!(lost["monitor.loss.stage"], "kernel");
     drop(guard);
+}
+
+/// `BPF_CGROUP_INET_EGRESS`, as the kernel numbers attach types.
+const ATTACH_INET_EGRESS: &str = "1";
+
+/// The cgroup programs attached to the monitor's test cgroup, as `bpftool cgroup show` lists
+/// them (the attach type and the program's name on each line).
+fn cgroup_programs(monitor: &Monitor) -> String {
+    let (_, output) = tests::bpftool(&["cgroup", "show", &monitor.cgroup.path.to_string_lossy()]);
+    tests::stdout(&output)
+}
+
+/// Waits until `udp_egress` is attached to the monitor's cgroup (`true`) or not (`false`).
+fn wait_udp_egress(monitor: &Monitor, attached: bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let programs = cgroup_programs(monitor);
+        if programs.contains("udp_egress") == attached {
+            return programs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "udp_egress still {} after 15 s:\n{programs}\nstderr:\n{}",
+            if attached { "not attached" } else { "attached" },
+            monitor.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `udp_egress` costs every packet that leaves the cgroup, so it is attached only while a
+/// profile enforces `udp_connect`: not with an enforcing profile without it (and the
+/// self-check does not call it missing), attached by the reload that adds `udp_connect`
+/// (a connected socket's datagram is then refused, for real), detached by the one that
+/// takes it away.
+#[test]
+fn udp_egress_is_attached_only_while_a_profile_enforces_udp_connect() {
+    let dir = TempDir::new("udp-egress-follows");
+    let udp = UdpSite::new(&dir.0);
+    let (allowed, other_port) = (udp.allowed, udp.other);
+    let profile = |udp_connect: &str| {
+        format!(
+            r#"name: udpserver
+selector:
+  executables: ["/usr/bin/python3*"]
+  args: ["*fake_udp_server*"]
+mode: enforce
+allow:
+  exec: ["/usr/bin/python3*"]
+  files:
+    read: ["/**"]
+  network:
+    connect: ["127.0.0.1:{other_port}"]
+{udp_connect}"#
+        )
+    };
+    let write_profile = |text: String| std::fs::write(dir.0.join("profiles.yaml"), text).unwrap();
+    let monitor = tests::start_with_profiles(&dir.0, &profile(""), "", &["--self-check-secs", "1"]);
+    let programs = cgroup_programs(&monitor);
+    assert!(
+        programs.contains("connect4"),
+        "the other cgroup programs are attached: {programs}"
+    );
+    assert!(
+        !programs.contains("udp_egress"),
+        "no profile enforces udp_connect: {programs}"
+    );
+    // Self-checks run meanwhile: the program detached on purpose is not missing to them.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    write_profile(profile(&format!(
+        "    udp_connect: [\"127.0.0.1:{allowed}\", \"[::1]:{allowed}\"]\n"
+    )));
+    monitor.signal(libc::SIGHUP);
+    monitor.wait_for("the reload adding udp_connect", WAIT, |v| {
+        v["security_rule.name"] == "config-changed"
+    });
+    wait_udp_egress(&monitor, true);
+    let report = udp.run(&monitor);
+    assert_eq!(report["udp_connect_allowed"], "ok", "{report}");
+    assert_eq!(report["connected_send"], "EPERM", "{report}");
+    assert_eq!(report["connected_write"], "EPERM", "{report}");
+    udp.assert_nothing_received();
+    udp.connected_send_refused(&monitor);
+    // Attached at a reload, it is filed for the tamper hook and followed by the self-check:
+    // detached by another process, it is reported and attached again.
+    let link = monitor.cgroup_link(ATTACH_INET_EGRESS);
+    tests::bpftool(&["link", "detach", "id", &link]);
+    monitor.wait_for("the detach of udp_egress reported", WAIT, |v| {
+        v["security_rule.name"] == "monitor-tampered"
+            && v["monitor.bpf.command"] == "BPF_LINK_DETACH"
+            && v["monitor.bpf.object.name"] == "udp_egress"
+    });
+    monitor.wait_for("udp_egress attached again", WAIT, |v| {
+        v["security_rule.name"] == "monitor-tampered"
+            && v["monitor.tamper.operation"] == "self-check"
+            && v.to_string().contains("re-attached udp_egress")
+    });
+    wait_udp_egress(&monitor, true);
+
+    // Taken away again: detached, and from then on no self-check calls it missing.
+    let before = monitor.lines().len();
+    write_profile(profile(""));
+    monitor.signal(libc::SIGHUP);
+    wait_udp_egress(&monitor, false);
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = monitor.stop();
+    let missing: Vec<&Value> = lines[before..]
+        .iter()
+        .filter(|v| {
+            v["security_rule.name"] == "monitor-tampered" && v.to_string().contains("udp_egress")
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the self-check called the detached program missing: {missing:?}"
+    );
 }

@@ -1,13 +1,15 @@
 //! End-to-end tests of the ways around the network and accelerator sensors, each done for
 //! real by a small C program (`tests/src/netprobe.c`, raw syscalls, built here with `cc`) in
-//! the monitor's test cgroup: an io_uring connect, `sendmmsg`, an IPv4-mapped IPv6 connect, a
+//! the monitor's test cgroup: an io_uring connect, `sendmmsg`, io_uring `SENDMSG` and `SEND`
+//! of UDP datagrams (with an address, and on a socket connected under `udp_connect`), an
+//! IPv4-mapped IPv6 connect, a
 //! sockaddr rewritten by another thread during the connect (TOCTOU), and an io_uring open of
 //! an NVIDIA device node. Every destination is on loopback; the forbidden one is 127.0.0.2,
 //! which the profile leaves out.
 
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -34,20 +36,7 @@ fn probers() -> &'static (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(marker("netprobe"));
         std::fs::create_dir_all(&dir).unwrap();
         let dir = std::fs::canonicalize(dir).unwrap();
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/netprobe.c");
-        let governed = dir.join("netprobe");
-        let output = std::process::Command::new("cc")
-            .args(["-O2", "-Wall", "-pthread", "-o"])
-            .arg(&governed)
-            .arg(&source)
-            .output()
-            .unwrap_or_else(|e| panic!("failed to run cc (install a C compiler): {e}"));
-        assert!(
-            output.status.success(),
-            "failed to build {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let governed = tests::build_c("netprobe", &dir);
         let ungoverned = dir.join("devprobe");
         std::fs::copy(&governed, &ungoverned).unwrap();
         (governed, ungoverned)
@@ -113,6 +102,9 @@ struct Site {
     /// The allowed UDP destination, and a forbidden one.
     udp_allowed: UdpSocket,
     udp_forbidden: UdpSocket,
+    /// A UDP destination on the forbidden address that `udp_connect` allows a socket to be
+    /// connected to (which sends nothing), and no datagram to reach.
+    udp_connectable: UdpSocket,
     monitor: Monitor,
 }
 
@@ -132,6 +124,7 @@ impl Site {
         };
         let udp_allowed = UdpSocket::bind("127.0.0.1:0").unwrap();
         let udp_forbidden = UdpSocket::bind((FORBIDDEN, 0)).unwrap();
+        let udp_connectable = UdpSocket::bind((FORBIDDEN, 0)).unwrap();
         let mode = if enforce { "enforce" } else { "alert" };
         std::fs::write(
             dir.join("prober.yaml"),
@@ -147,6 +140,7 @@ allow:
     write: ["/**"]
   network:
     connect: ["127.0.0.1:{tcp}", "127.0.0.1:{udp}"]
+    udp_connect: ["{FORBIDDEN}:{connectable}"]
   devices: [nvidia]
   # The probes use io_uring on purpose: judged here are the address and the device it
   # reaches, not the ring itself (io-uring-not-allowed has its own tests).
@@ -155,6 +149,7 @@ allow:
                 exe = governed.display(),
                 tcp = allowed.port,
                 udp = udp_allowed.local_addr().unwrap().port(),
+                connectable = udp_connectable.local_addr().unwrap().port(),
             ),
         )
         .unwrap();
@@ -181,6 +176,7 @@ dedup_window_secs: 0
             forbidden: Counter::on(forbidden),
             udp_allowed,
             udp_forbidden,
+            udp_connectable,
             monitor,
         }
     }
@@ -368,6 +364,88 @@ fn sendmmsg_to_a_forbidden_destination_raises_an_alert() {
 #[test]
 fn sendmmsg_to_a_forbidden_destination_is_denied_with_its_alert() {
     sendmmsg(true);
+}
+
+/// Whether a datagram arrived at `socket` (waits a little: loopback delivers at once).
+fn received(socket: &UdpSocket) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    socket.recv(&mut [0; 8]).is_ok()
+}
+
+/// A UDP datagram to a forbidden destination by io_uring rather than a syscall: with the
+/// address in a msghdr (`IORING_OP_SENDMSG`) or in the SQE (`IORING_OP_SEND`, sendto by
+/// ring). The kernel's `udp_sendmsg` runs the cgroup `sendmsg4` program whoever calls it.
+fn io_uring_datagram(mode: &str, enforce: bool) {
+    let site = Site::new(mode, enforce);
+    let port = site.udp_forbidden_port().to_string();
+    let (pid, res) = site.probe_res(true, &[mode, FORBIDDEN, &port]);
+    let alert = site.alert("connect-not-allowed", pid);
+    assert_eq!(
+        peer_of(&alert),
+        format!("{FORBIDDEN}:{port}").parse().unwrap()
+    );
+    assert_eq!(alert["network.transport"], "udp", "{alert}");
+    assert_eq!(alert["monitor.network.operation"], "send", "{alert}");
+    assert_acted(&alert, enforce, "cgroup-sock-addr");
+    if enforce {
+        assert_eq!(res, EPERM);
+        assert!(!received(&site.udp_forbidden), "nothing arrived");
+    } else {
+        assert_eq!(res, 1, "the datagram's one byte was sent");
+        assert!(received(&site.udp_forbidden), "the datagram arrived");
+    }
+}
+
+#[test]
+fn io_uring_sendmsg_to_a_forbidden_destination_raises_an_alert() {
+    io_uring_datagram("uring-sendmsg", false);
+}
+
+#[test]
+fn io_uring_sendmsg_to_a_forbidden_destination_is_denied_with_its_alert() {
+    io_uring_datagram("uring-sendmsg", true);
+}
+
+#[test]
+fn io_uring_sendto_to_a_forbidden_destination_raises_an_alert() {
+    io_uring_datagram("uring-sendto", false);
+}
+
+#[test]
+fn io_uring_sendto_to_a_forbidden_destination_is_denied_with_its_alert() {
+    io_uring_datagram("uring-sendto", true);
+}
+
+/// A UDP socket connected under `udp_connect` (allowed: a connect sends nothing), then its
+/// datagram sent by io_uring `IORING_OP_SEND` without an address: no `sendmsg` program sees
+/// it; the `cgroup_skb/egress` one judges it against `connect` and drops it.
+#[test]
+fn io_uring_send_on_a_socket_connected_under_udp_connect_is_denied() {
+    let site = Site::new("uring-connected-send", true);
+    let port = site
+        .udp_connectable
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let (pid, line) = site.probe(true, &["uring-connected-send", FORBIDDEN, &port]);
+    assert_eq!(line, "connect=0 res=-1", "connected, then refused (EPERM)");
+    let alert = site
+        .monitor
+        .wait_for("the refused datagram", WAIT, move |v| {
+            v["security_rule.name"] == "connect-not-allowed"
+                && v["process.pid"] == pid
+                && v["monitor.network.operation"] == "send"
+        });
+    assert_eq!(
+        peer_of(&alert),
+        format!("{FORBIDDEN}:{port}").parse().unwrap()
+    );
+    assert_eq!(alert["network.transport"], "udp", "{alert}");
+    assert_eq!(alert["monitor.action"], "denied", "{alert}");
+    assert!(!received(&site.udp_connectable), "nothing arrived");
 }
 
 #[test]

@@ -153,21 +153,8 @@ impl Site {
 
     /// Writes `config.yaml` naming these profiles (YAML documents) and starts the monitor.
     fn start(&self, profiles: &str, dry_run: bool) -> Monitor {
-        std::fs::write(self.root.join("profiles.yaml"), profiles).unwrap();
-        std::fs::write(
-            self.root.join("config.yaml"),
-            format!(
-                "profiles: [\"{}/profiles.yaml\"]\nbuiltin_profiles: false\n",
-                self.root.display()
-            ),
-        )
-        .unwrap();
-        let config = self.root.join("config.yaml").to_string_lossy().into_owned();
-        let mut args = vec!["run", "--config", &config];
-        if dry_run {
-            args.push("--dry-run");
-        }
-        Monitor::start(&args)
+        let args: &[&str] = if dry_run { &["--dry-run"] } else { &[] };
+        tests::start_with_profiles(&self.root, profiles, "builtin_profiles: false\n", args)
     }
 
     fn path(&self, name: &str) -> String {

@@ -15,10 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{marker, Monitor, WAIT};
-
-const PYTHON: &str = "/usr/bin/python3";
-const WEIGHTS: &str = "weights";
+use tests::{marker, model_server, stdout, Monitor, PYTHON, WAIT, WEIGHTS};
 
 /// A scratch site: `models/` (guarded), `outside/` (not), `bin/model-server` (a copy of
 /// cat that the `server` profile selects), the profile and the config.
@@ -29,29 +26,13 @@ struct Site {
 impl Site {
     fn new(name: &str, enforce: bool) -> Site {
         let root = std::env::temp_dir().join(marker(name));
-        for dir in ["models/sub", "outside", "bin"] {
+        for dir in ["models/sub", "outside"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         let root = std::fs::canonicalize(root).unwrap();
+        model_server(&root);
         let site = Site { root };
-        std::fs::write(site.path("models/model.safetensors"), WEIGHTS).unwrap();
         std::fs::write(site.path("models/sub/shard.bin"), WEIGHTS).unwrap();
-        std::fs::copy("/usr/bin/cat", site.path("bin/model-server")).unwrap();
-        std::fs::write(
-            site.path("server.yaml"),
-            format!(
-                r#"name: server
-selector:
-  executables: ["{root}/bin/model-server"]
-allow:
-  exec: ["{root}/bin/model-server"]
-  files:
-    read: ["/**"]
-"#,
-                root = site.root.display()
-            ),
-        )
-        .unwrap();
         std::fs::write(
             site.path("config.yaml"),
             format!(
@@ -75,8 +56,7 @@ guards:
     }
 
     fn start(&self) -> Monitor {
-        let config = self.path("config.yaml");
-        Monitor::start(&["run", "--config", &config])
+        Monitor::run_config(&self.root.join("config.yaml"), &[])
     }
 }
 
@@ -93,19 +73,7 @@ impl Drop for Site {
 
 /// Runs a Python snippet; returns its output (stdout: what the snippet printed).
 fn python(code: &str, args: &[&str]) -> (u32, Output) {
-    let child = Command::new(PYTHON)
-        .args(["-I", "-S", "-B", "-c", code])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    (pid, child.wait_with_output().unwrap())
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    tests::finish(tests::python(code, args))
 }
 
 /// Reads a file; prints its content, or the errno name.
@@ -118,11 +86,27 @@ except OSError as e:
     print({1: "EPERM", 13: "EACCES"}.get(e.errno, str(e.errno)))
 "#;
 
-/// An alert of `rule` about process `pid`.
-fn alert_of(monitor: &Monitor, rule: &'static str, pid: u32) -> Value {
-    monitor.wait_for(&format!("{rule} by pid {pid}"), WAIT, move |v| {
-        v["security_rule.name"] == rule && v["process.pid"] == pid
-    })
+/// Reads `file` again until a read is reported as `protected-file-read` (a guard that comes
+/// later: a new file, a new directory); panics with `never` after [`WAIT`].
+fn read_until_guarded(monitor: &Monitor, file: &str, never: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (pid, out) = python(READ, &[file]);
+        assert_eq!(stdout(&out), WEIGHTS);
+        std::thread::sleep(Duration::from_millis(300));
+        if monitor
+            .lines()
+            .iter()
+            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{never}: {}",
+            monitor.stderr()
+        );
+    }
 }
 
 fn assert_actor(alert: &Value, pid: u32, exe_contains: &str) {
@@ -142,7 +126,7 @@ fn read_by_an_ungoverned_process_alerts_with_its_actor() {
     let monitor = site.start();
     let (pid, out) = python(READ, &[&site.path("models/model.safetensors")]);
     assert_eq!(stdout(&out), WEIGHTS, "alert-only guards do not refuse");
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_actor(&alert, pid, "python3");
     assert_eq!(alert["file.path"], site.path("models/model.safetensors"));
     assert_eq!(alert["monitor.action"], "alert");
@@ -165,7 +149,7 @@ fn read_through_a_hard_link_made_outside() {
     std::fs::hard_link(site.path("models/model.safetensors"), &link).unwrap();
     let (pid, out) = python(READ, &[&link]);
     assert_eq!(stdout(&out), WEIGHTS);
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_actor(&alert, pid, "python3");
     assert_eq!(alert["file.path"], link, "named as the process reached it");
 }
@@ -191,7 +175,7 @@ fn read_through_a_bind_mount_in_a_private_mount_namespace() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), WEIGHTS, "{out:?}");
     // unshare execs sh, which execs python: one pid throughout.
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_actor(&alert, pid, "python3");
     assert_eq!(alert["file.name"], "model.safetensors");
 }
@@ -257,7 +241,7 @@ fn io_uring_openat() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), WEIGHTS);
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_actor(&alert, pid, "uring_open");
 }
 
@@ -284,7 +268,7 @@ fn open_by_handle_at() {
     let monitor = site.start();
     let (pid, out) = python(BY_HANDLE, &[&site.path("models/model.safetensors")]);
     assert_eq!(stdout(&out), WEIGHTS, "{out:?}");
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_actor(&alert, pid, "python3");
 }
 
@@ -321,7 +305,7 @@ fn rename_over_unlink_truncate_and_chmod() {
     // The replacement is guarded too.
     let (pid, out) = python(READ, &[&model]);
     assert_eq!(stdout(&out), "poisoned");
-    alert_of(&monitor, "protected-file-read", pid);
+    monitor.alert_of("protected-file-read", pid);
 
     let shard = site.path("models/sub/shard.bin");
     change(
@@ -388,7 +372,7 @@ fn the_guarded_directory_moved_aside_and_replaced() {
     }
     // And the old one, moved aside, still is (its inodes are the guarded models).
     let (pid, _) = python(READ, &[&format!("{aside}/model.safetensors")]);
-    alert_of(&monitor, "protected-file-read", pid);
+    monitor.alert_of("protected-file-read", pid);
 }
 
 #[test]
@@ -404,7 +388,7 @@ fn a_file_42_levels_deep() {
     let monitor = site.start();
     let (pid, out) = python(READ, &[&file.to_string_lossy()]);
     assert_eq!(stdout(&out), WEIGHTS);
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_eq!(alert["file.path"], file.to_string_lossy().as_ref());
     // One made below it after the start is guarded too (marked as it appears).
     let later = deep.join("d42/d43");
@@ -414,7 +398,7 @@ fn a_file_42_levels_deep() {
     std::thread::sleep(Duration::from_millis(300));
     let (pid, out) = python(READ, &[&file.to_string_lossy()]);
     assert_eq!(stdout(&out), WEIGHTS);
-    alert_of(&monitor, "protected-file-read", pid);
+    monitor.alert_of("protected-file-read", pid);
 }
 
 fn openat(dir: &OwnedFd, name: &str, flags: i32, mode: u32) -> OwnedFd {
@@ -471,7 +455,7 @@ fn a_path_longer_than_4096_bytes() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (pid, out) = python(READ_CHAIN, &args);
     assert_eq!(stdout(&out), WEIGHTS, "{out:?}");
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_eq!(alert["file.name"], "long.bin");
     // The guard knows the whole path (the kernel cannot print one this long): reported
     // whole, never dropped; or, if it had to be cut, said so.
@@ -491,7 +475,7 @@ fn enforce_refuses_reads_and_truncating_opens_with_eperm() {
 
     let (pid, out) = python(READ, &[&model]);
     assert_eq!(stdout(&out), "EPERM", "not a byte read");
-    let alert = alert_of(&monitor, "protected-file-read", pid);
+    let alert = monitor.alert_of("protected-file-read", pid);
     assert_actor(&alert, pid, "python3");
     assert_eq!(alert["monitor.action"], "denied");
     assert_eq!(alert["monitor.enforcement.mechanism"], "fanotify");
@@ -508,7 +492,7 @@ fn enforce_refuses_reads_and_truncating_opens_with_eperm() {
         WEIGHTS.len() as u64,
         "the file kept its bytes"
     );
-    let alert = alert_of(&monitor, "protected-file-write", pid);
+    let alert = monitor.alert_of("protected-file-write", pid);
     assert_eq!(alert["monitor.action"], "denied");
     assert_eq!(alert["monitor.enforcement.mechanism"], "fanotify");
     assert_eq!(alert["monitor.file.flags"], serde_json::json!(["truncate"]));
@@ -550,7 +534,7 @@ fn a_governed_allowed_server_reads_without_alert() {
     // A reader that is not the server, in the same run, is refused: the guard was active.
     let (pid, out) = python(READ, &[&model]);
     assert_eq!(stdout(&out), "EPERM");
-    alert_of(&monitor, "protected-file-read", pid);
+    monitor.alert_of("protected-file-read", pid);
     let lines = monitor.stop();
     let by_server: Vec<&Value> = lines
         .iter()
@@ -726,24 +710,7 @@ fn a_glob_that_matches_anywhere_finds_new_files() {
     let file = site.path(&format!("outside/deep/er/model{suffix}"));
     std::fs::create_dir_all(site.path("outside/deep/er")).unwrap();
     std::fs::write(&file, WEIGHTS).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (pid, out) = python(READ, &[&file]);
-        assert_eq!(stdout(&out), WEIGHTS);
-        std::thread::sleep(Duration::from_millis(300));
-        if monitor
-            .lines()
-            .iter()
-            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new file was never guarded: {}",
-            monitor.stderr()
-        );
-    }
+    read_until_guarded(&monitor, &file, "the new file was never guarded");
     // A file renamed to the suffix is found too.
     let plain = site.path("outside/plain.bin");
     std::fs::write(&plain, WEIGHTS).unwrap();
@@ -752,7 +719,7 @@ fn a_glob_that_matches_anywhere_finds_new_files() {
     std::thread::sleep(Duration::from_millis(300));
     let (pid, out) = python(READ, &[&renamed]);
     assert_eq!(stdout(&out), WEIGHTS);
-    alert_of(&monitor, "protected-file-read", pid);
+    monitor.alert_of("protected-file-read", pid);
 }
 
 #[test]
@@ -768,24 +735,11 @@ fn a_guarded_directory_created_after_the_start() {
     std::fs::create_dir_all(site.path("later/m")).unwrap();
     let file = site.path("later/m/w.bin");
     std::fs::write(&file, WEIGHTS).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (pid, out) = python(READ, &[&file]);
-        assert_eq!(stdout(&out), WEIGHTS);
-        std::thread::sleep(Duration::from_millis(300));
-        if monitor
-            .lines()
-            .iter()
-            .any(|v| v["security_rule.name"] == "protected-file-read" && v["process.pid"] == pid)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the directory made after the start was never guarded: {}",
-            monitor.stderr()
-        );
-    }
+    read_until_guarded(
+        &monitor,
+        &file,
+        "the directory made after the start was never guarded",
+    );
 }
 
 #[test]
@@ -799,7 +753,7 @@ fn an_ungoverned_reader_that_connects_out_is_model_exfiltration() {
         &[&model],
     );
     assert_eq!(stdout(&out), "done", "{out:?}");
-    let alert = alert_of(&monitor, "model-exfiltration", pid);
+    let alert = monitor.alert_of("model-exfiltration", pid);
     assert_eq!(alert["file.path"], model);
     assert_eq!(alert["network.peer.address"], "198.51.100.7");
     assert_eq!(alert["severity"], "critical");

@@ -8,15 +8,12 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use tests::{marker, Monitor, WAIT};
-
-const PYTHON: &str = "/usr/bin/python3";
-const WEIGHTS: &str = "weights";
+use tests::{bpftool, marker, model_server, python, run, stdout, Monitor, PYTHON, WAIT, WEIGHTS};
 /// The destination the client's profile leaves out (any port: nothing listens there).
 const FORBIDDEN: &str = "127.0.0.2";
 /// `BPF_CGROUP_INET4_CONNECT`, as the kernel numbers attach types.
@@ -32,14 +29,11 @@ struct Site {
 impl Site {
     fn new(name: &str) -> Site {
         let root = std::env::temp_dir().join(marker(name));
-        for dir in ["models", "bin"] {
-            std::fs::create_dir_all(root.join(dir)).unwrap();
-        }
+        std::fs::create_dir_all(&root).unwrap();
         let root = std::fs::canonicalize(root).unwrap();
+        model_server(&root);
         let site = Site { root };
-        std::fs::write(site.path("models/model.safetensors"), WEIGHTS).unwrap();
         std::fs::copy(PYTHON, site.path("bin/client")).unwrap();
-        std::fs::copy("/usr/bin/cat", site.path("bin/model-server")).unwrap();
         std::fs::write(
             site.path("client.yaml"),
             format!(
@@ -54,21 +48,6 @@ allow:
     write: ["/**"]
   network:
     connect: ["127.0.0.1"]
-"#,
-                root = site.root.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            site.path("server.yaml"),
-            format!(
-                r#"name: server
-selector:
-  executables: ["{root}/bin/model-server"]
-allow:
-  exec: ["{root}/bin/model-server"]
-  files:
-    read: ["/**"]
 "#,
                 root = site.root.display()
             ),
@@ -100,10 +79,9 @@ dedup_window_secs: 0
 
     /// `monitor run` with this site's configuration, a self-check every second, and `extra`.
     fn start(&self, extra: &[&str]) -> Monitor {
-        let config = self.path("config.yaml");
-        let mut args = vec!["run", "--config", &config, "--self-check-secs", "1"];
+        let mut args = vec!["--self-check-secs", "1"];
         args.extend_from_slice(extra);
-        Monitor::start(&args)
+        Monitor::run_config(&self.root.join("config.yaml"), &args)
     }
 
     /// The governed client, in the monitor's cgroup, connects to the forbidden address after
@@ -150,73 +128,14 @@ with open(sys.argv[1], "rb") as f:
     print(f.read().decode())
 "#;
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn python(code: &str, args: &[&str]) -> Child {
-    Command::new(PYTHON)
-        .args(["-I", "-S", "-B", "-c", code])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Runs a command to its end; its pid and output.
-fn run(program: &str, args: &[&str]) -> (u32, Output) {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to run {program} (install it): {e}"));
-    let pid = child.id();
-    (pid, child.wait_with_output().unwrap())
-}
-
-fn bpftool(args: &[&str]) -> (u32, Output) {
-    let (pid, output) = run("bpftool", args);
-    assert!(output.status.success(), "bpftool {args:?}: {output:?}");
-    (pid, output)
-}
-
-/// The `key: value` lines of every fdinfo of the monitor's fds that has `key`.
-fn fdinfos(monitor: &Monitor, key: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let dir = format!("/proc/{}/fdinfo", monitor.pid());
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| {
-                    let (k, v) = line.split_once(':')?;
-                    Some((k.trim().to_owned(), v.trim().to_owned()))
-                })
-                .collect::<std::collections::HashMap<_, _>>()
-        })
-        .filter(|info| info.contains_key(key))
-        .collect()
-}
-
 /// The id of the monitor's cgroup connect4 link, attached to its test cgroup.
 fn connect4_link(monitor: &Monitor) -> String {
-    let links: Vec<String> = fdinfos(monitor, "link_id")
-        .into_iter()
-        .filter(|info| {
-            info.get("link_type").map(String::as_str) == Some("cgroup")
-                && info.get("attach_type").map(String::as_str) == Some(ATTACH_INET4_CONNECT)
-        })
-        .map(|info| info["link_id"].clone())
-        .collect();
-    assert_eq!(links.len(), 1, "one connect4 link: {links:?}");
-    links[0].clone()
+    monitor.cgroup_link(ATTACH_INET4_CONNECT)
 }
 
 /// The id of the monitor's map `name`.
 fn map_id(monitor: &Monitor, name: &str) -> String {
-    for info in fdinfos(monitor, "map_id") {
+    for info in monitor.fdinfos("map_id") {
         let id = info["map_id"].clone();
         let (_, output) = bpftool(&["map", "show", "id", &id, "-j"]);
         let shown: Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -312,7 +312,11 @@ macro_rules! offsets {
     ($($field:ident: $s:literal, $m:literal;)*) => {
         /// Reads every offset the eBPF programs need from `btf`.
         pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-            Ok(KernelOffsets { $($field: btf.member_offset($s, $m)?),* })
+            Ok(KernelOffsets {
+                $($field: btf.member_offset($s, $m)?,)*
+                inode_ctime_sec: inode_ctime(btf)?.0,
+                inode_ctime_nsec: inode_ctime(btf)?.1,
+            })
         }
 
         #[cfg(test)]
@@ -320,6 +324,22 @@ macro_rules! offsets {
             vec![$((stringify!($field), o.$field)),*]
         }
     };
+}
+
+/// The offsets of the seconds and nanoseconds of `inode`'s change time: `i_ctime_sec` and
+/// `i_ctime_nsec` from 6.11, before that the members (`tv_sec`, then `tv_nsec` 8 bytes on)
+/// of the `timespec64` `__i_ctime` (6.6) or `i_ctime`.
+fn inode_ctime(btf: &Btf) -> Result<(u32, u32), BtfError> {
+    if let (Ok(sec), Ok(nsec)) = (
+        btf.member_offset("inode", "i_ctime_sec"),
+        btf.member_offset("inode", "i_ctime_nsec"),
+    ) {
+        return Ok((sec, nsec));
+    }
+    let timespec = btf
+        .member_offset("inode", "__i_ctime")
+        .or_else(|_| btf.member_offset("inode", "i_ctime"))?;
+    Ok((timespec, timespec + 8))
 }
 
 offsets! {
@@ -385,6 +405,7 @@ offsets! {
     bpf_link_id: "bpf_link", "id";
     bpf_prog_aux: "bpf_prog", "aux";
     bpf_prog_aux_id: "bpf_prog_aux", "id";
+    inode_generation: "inode", "i_generation";
 }
 
 #[cfg(test)]
@@ -586,6 +607,9 @@ mod tests {
             }
         }
         assert_eq!(o.task_tgid, o.task_pid + 4);
+        // The change time, under whichever name this kernel gives it.
+        assert_ne!(o.inode_ctime_sec, 0);
+        assert!(o.inode_ctime_nsec > o.inode_ctime_sec);
         assert_eq!(o.mm_arg_end, o.mm_arg_start + 8);
         assert!(o.dentry_name > o.dentry_parent);
         assert_eq!(o.mount_mountpoint, o.mount_parent + 8);

@@ -15,8 +15,9 @@ use anyhow::Context as _;
 
 use std::net::IpAddr;
 
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
-use monitor_common::{ExecInstance, ResolvedExecKey};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
+use monitor_common::maps;
+use monitor_common::{AllowedFile, ExecInstance, ResolvedExecKey};
 use monitor_common::{
     ExecKey, InodeKey, NetKey, PortRanges, ProfilePolicy, Suffix, POLICY_DRY_RUN, POLICY_ENFORCE,
     PORT_RANGES_MAX,
@@ -164,7 +165,7 @@ pub struct PolicyMaps {
     pub policy: HashMap<MapData, u32, ProfilePolicy>,
     pub net_connect: LpmTrie<MapData, NetKey, PortRanges>,
     pub net_listen: LpmTrie<MapData, NetKey, PortRanges>,
-    pub exec_allowed: HashMap<MapData, ExecKey, u32>,
+    pub exec_allowed: HashMap<MapData, ExecKey, AllowedFile>,
     /// `allow.network.udp_connect`, by profile.
     pub net_udp_connect: LpmTrie<MapData, NetKey, PortRanges>,
     /// The shells whose `-c` an enforce-mode profile lets through to judge what they run.
@@ -336,8 +337,11 @@ impl KernelPolicy {
             found.keys.iter().take(capacity as usize).copied().collect();
         // Stale entries out first: the map may not have room for the old and the new at once,
         // and an executable no configuration names needs no watching.
-        remove_stale(&mut self.maps.exec_candidates, &candidates)?;
-        sync(&mut self.maps.exec_candidates, &candidates)?;
+        sync(
+            maps::EXEC_CANDIDATES,
+            &mut self.maps.exec_candidates,
+            &candidates,
+        )?;
         self.apply_enforcement(config).context(
             "failed to write the profiles' enforcement (modes, networks, executables, devices) into the kernel",
         )?;
@@ -357,23 +361,23 @@ impl KernelPolicy {
     /// entries go in before stale ones go out; a profile switching to enforce gets its allow
     /// lists before its mode, so nothing is refused that the new rules allow.
     fn apply_enforcement(&mut self, config: &Config) -> anyhow::Result<()> {
-        let mut connect_keys = Vec::new();
-        let mut listen_keys = Vec::new();
-        let mut udp_connect_keys = Vec::new();
-        let mut exec_keys = HashSet::new();
+        let mut connect_keys = HashSet::new();
+        let mut listen_keys = HashSet::new();
+        let mut udp_connect_keys = HashSet::new();
+        let mut exec_keys = std::collections::HashMap::new();
         let mut policies = std::collections::HashMap::new();
         for profile in &config.profiles {
             for (key, value) in net_entries(profile.id, &profile.allow.connect) {
                 self.maps.net_connect.insert(&key, value, 0)?;
-                connect_keys.push((key.prefix_len(), key.data()));
+                connect_keys.insert(trie_id(&key));
             }
             for (key, value) in net_entries(profile.id, &profile.allow.listen) {
                 self.maps.net_listen.insert(&key, value, 0)?;
-                listen_keys.push((key.prefix_len(), key.data()));
+                listen_keys.insert(trie_id(&key));
             }
             for (key, value) in net_entries(profile.id, &profile.allow.udp_connect) {
                 self.maps.net_udp_connect.insert(&key, value, 0)?;
-                udp_connect_keys.push((key.prefix_len(), key.data()));
+                udp_connect_keys.insert(trie_id(&key));
             }
             if profile.mode == Mode::Enforce {
                 // An exec into a profile this one may transition to is not killed: user
@@ -391,11 +395,14 @@ impl KernelPolicy {
                     // Only what an exec can run: a data file under the glob needs no entry.
                     for path in expand_executables(&glob, EXPAND_BUDGET).files {
                         if let Ok(inode) = inode_key(&path) {
-                            exec_keys.insert(ExecKey {
-                                profile: profile.id,
-                                dev: inode.dev,
-                                ino: inode.ino,
-                            });
+                            exec_keys.insert(
+                                ExecKey {
+                                    profile: profile.id,
+                                    dev: inode.dev,
+                                    ino: inode.ino,
+                                },
+                                allowed_file(&path),
+                            );
                         }
                     }
                 }
@@ -414,50 +421,27 @@ impl KernelPolicy {
                 .fold(0u32, |bits, class| bits | class.policy_bit());
             policies.insert(profile.id, ProfilePolicy { flags, devices });
         }
-        for key in &exec_keys {
-            self.maps.exec_allowed.insert(key, 1, 0)?;
+        for (key, generation) in &exec_keys {
+            self.maps.exec_allowed.insert(key, generation, 0)?;
         }
         for (id, policy) in &policies {
             self.maps.policy.insert(id, policy, 0)?;
         }
         // Stale entries out.
-        let stale: Vec<u32> = self
-            .maps
-            .policy
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !policies.contains_key(id))
-            .collect();
-        for id in stale {
-            let _ = self.maps.policy.remove(&id);
-        }
-        let stale: Vec<ExecKey> = self
-            .maps
-            .exec_allowed
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !exec_keys.contains(k))
-            .collect();
-        for key in stale {
-            let _ = self.maps.exec_allowed.remove(&key);
-        }
-        for (trie, wanted) in [
-            (&mut self.maps.net_connect, &connect_keys),
-            (&mut self.maps.net_listen, &listen_keys),
-            (&mut self.maps.net_udp_connect, &udp_connect_keys),
-        ] {
-            let stale: Vec<Key<NetKey>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
-                .collect();
-            for key in stale {
-                let _ = trie.remove(&key);
-            }
-        }
+        let keep: HashSet<u32> = policies.keys().copied().collect();
+        remove_stale(maps::POLICY, &mut self.maps.policy, &keep)?;
+        let keep: HashSet<ExecKey> = exec_keys.keys().copied().collect();
+        remove_stale(maps::EXEC_ALLOWED, &mut self.maps.exec_allowed, &keep)?;
+        remove_stale(maps::NET_CONNECT, &mut self.maps.net_connect, &connect_keys)?;
+        remove_stale(maps::NET_LISTEN, &mut self.maps.net_listen, &listen_keys)?;
+        remove_stale(
+            maps::NET_UDP_CONNECT,
+            &mut self.maps.net_udp_connect,
+            &udp_connect_keys,
+        )?;
         // The shells on this host (a shell installed since is refused until the next reload).
         let shells = shell_inodes();
-        sync(&mut self.maps.shells, &shells)?;
+        sync(maps::SHELLS, &mut self.maps.shells, &shells)?;
         // The GPU guard.
         let mut allowed = HashSet::new();
         let mut guard = 0;
@@ -475,21 +459,25 @@ impl KernelPolicy {
                 }
             }
         }
-        let stale: Vec<u32> = self
-            .maps
-            .gpu_allowed
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !allowed.contains(id))
-            .collect();
-        for id in stale {
-            let _ = self.maps.gpu_allowed.remove(&id);
-        }
+        remove_stale(maps::GPU_ALLOWED, &mut self.maps.gpu_allowed, &allowed)?;
         self.maps
             .guards
             .set(monitor_common::guard_slot::GPU, guard, 0)?;
         Ok(())
     }
+}
+
+/// Whether `config` needs the kernel's [`monitor_common::programs::UDP_EGRESS`] program: a
+/// profile in `mode: enforce` with `udp_connect` rules. A UDP socket connected under
+/// `udp_connect` alone may carry no datagram `connect` does not allow, and a connected
+/// socket's datagrams carry no address for the `sendmsg` programs to judge: the egress
+/// program does. Without such a profile every connect of a UDP socket was judged against
+/// `connect` itself, so the program would only cost time on every packet.
+pub fn judges_connected_udp(config: &Config) -> bool {
+    config
+        .profiles
+        .iter()
+        .any(|p| p.mode == Mode::Enforce && !p.allow.udp_connect.is_empty())
 }
 
 /// Directories where the shells of [`crate::event::classify::SHELLS`] are looked for.
@@ -519,7 +507,7 @@ fn shell_inodes() -> HashSet<InodeKey> {
 /// the kernel, which drops it at exit and ignores it for another profile or a reused pid).
 pub struct ResolvedExec {
     processes: HashMap<MapData, u32, ExecInstance>,
-    executables: HashMap<MapData, ResolvedExecKey, u32>,
+    executables: HashMap<MapData, ResolvedExecKey, AllowedFile>,
     instances: std::collections::HashMap<(u32, Vec<String>), Instance>,
     next: u32,
     /// By profile id: executables an instance allows that the kernel map had no room for
@@ -538,7 +526,7 @@ struct Instance {
 impl ResolvedExec {
     pub fn new(
         processes: HashMap<MapData, u32, ExecInstance>,
-        executables: HashMap<MapData, ResolvedExecKey, u32>,
+        executables: HashMap<MapData, ResolvedExecKey, AllowedFile>,
     ) -> ResolvedExec {
         ResolvedExec {
             processes,
@@ -557,23 +545,26 @@ impl ResolvedExec {
         if !self.instances.contains_key(&key) {
             let id = self.next;
             self.next = self.next.wrapping_add(1).max(1);
-            let mut keys: Vec<ResolvedExecKey> = key
+            let mut keys: Vec<(ResolvedExecKey, AllowedFile)> = key
                 .1
                 .iter()
                 .filter_map(|glob| Glob::new(glob).ok())
                 .flat_map(|glob| expand_executables(&glob, EXPAND_BUDGET).files)
-                .filter_map(|path| inode_key(&path).ok())
-                .map(|inode| ResolvedExecKey {
-                    instance: id,
-                    dev: inode.dev,
-                    ino: inode.ino,
+                .filter_map(|path| {
+                    let inode = inode_key(&path).ok()?;
+                    let key = ResolvedExecKey {
+                        instance: id,
+                        dev: inode.dev,
+                        ino: inode.ino,
+                    };
+                    Some((key, allowed_file(&path)))
                 })
                 .collect();
-            keys.sort_unstable_by_key(|k| (k.dev, k.ino));
-            keys.dedup();
+            keys.sort_unstable_by_key(|(k, _)| (k.dev, k.ino));
+            keys.dedup_by_key(|(k, _)| *k);
             let mut written = Vec::with_capacity(keys.len());
-            for k in keys {
-                match self.executables.insert(k, 1, 0) {
+            for (k, generation) in keys {
+                match self.executables.insert(k, generation, 0) {
                     Ok(()) => written.push(k),
                     Err(err) => {
                         *self.lost.entry(profile).or_default() += 1;
@@ -664,20 +655,91 @@ impl ResolvedExec {
     }
 }
 
-/// Removes the keys that are not wanted.
-fn remove_stale<V: aya::Pod>(
-    map: &mut HashMap<MapData, InodeKey, V>,
-    wanted: &HashSet<InodeKey>,
-) -> anyhow::Result<()> {
-    let stale: Vec<InodeKey> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        map.remove(&key)?;
+/// A kernel map whose keys [`remove_stale`] can list and remove.
+trait KeyedMap {
+    type Key;
+    /// What tells two keys apart (an LPM trie's key has no `Eq`: its prefix length and data).
+    type Id: Eq + std::hash::Hash;
+    fn id(key: &Self::Key) -> Self::Id;
+    fn stored_keys(&self) -> Vec<Result<Self::Key, MapError>>;
+    fn remove_key(&mut self, key: &Self::Key) -> Result<(), MapError>;
+}
+
+impl<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod> KeyedMap for HashMap<MapData, K, V> {
+    type Key = K;
+    type Id = K;
+    fn id(key: &K) -> K {
+        *key
     }
-    Ok(())
+    fn stored_keys(&self) -> Vec<Result<K, MapError>> {
+        self.keys().collect()
+    }
+    fn remove_key(&mut self, key: &K) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+impl KeyedMap for LpmTrie<MapData, NetKey, PortRanges> {
+    type Key = Key<NetKey>;
+    type Id = (u32, NetKey);
+    fn id(key: &Key<NetKey>) -> (u32, NetKey) {
+        trie_id(key)
+    }
+    fn stored_keys(&self) -> Vec<Result<Key<NetKey>, MapError>> {
+        self.keys().collect()
+    }
+    fn remove_key(&mut self, key: &Key<NetKey>) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// An LPM trie key as something a set can hold.
+fn trie_id(key: &Key<NetKey>) -> (u32, NetKey) {
+    (key.prefix_len(), key.data())
+}
+
+/// Removes from the kernel map `name` every key that `keep` does not hold, and says how many
+/// went. A stale entry left behind may allow what the configuration no longer allows, so no
+/// failure is dropped: every key is tried, each failure is logged with the map's name, and
+/// any failure (to list the keys or to remove one) is an error that counts them, which makes
+/// the caller's change fail (and put the maps back).
+fn remove_stale<M: KeyedMap>(
+    name: &str,
+    map: &mut M,
+    keep: &HashSet<M::Id>,
+) -> anyhow::Result<usize> {
+    let mut failed = 0usize;
+    let mut first: Option<MapError> = None;
+    let mut stale = Vec::new();
+    for key in map.stored_keys() {
+        match key {
+            Ok(key) if !keep.contains(&M::id(&key)) => stale.push(key),
+            Ok(_) => {}
+            Err(err) => {
+                warn!("failed to list the keys of the kernel map {name}: {err}");
+                failed += 1;
+                first.get_or_insert(err);
+            }
+        }
+    }
+    let mut removed = 0;
+    for key in &stale {
+        match map.remove_key(key) {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                warn!("failed to remove a stale entry from the kernel map {name}: {err}");
+                failed += 1;
+                first.get_or_insert(err);
+            }
+        }
+    }
+    match first {
+        None => Ok(removed),
+        Some(err) => Err(anyhow::Error::new(err).context(format!(
+            "failed to remove the stale entries of the kernel map {name} ({failed} of {} failed)",
+            stale.len().max(failed)
+        ))),
+    }
 }
 
 /// What the policy maps held before a change, to put back when the change fails half way.
@@ -688,7 +750,7 @@ struct Snapshot {
     policy: Vec<(u32, ProfilePolicy)>,
     net_connect: Vec<(Key<NetKey>, PortRanges)>,
     net_listen: Vec<(Key<NetKey>, PortRanges)>,
-    exec_allowed: Vec<(ExecKey, u32)>,
+    exec_allowed: Vec<(ExecKey, AllowedFile)>,
     gpu_allowed: Vec<(u32, u32)>,
     guards: Vec<u32>,
     net_udp_connect: Vec<(Key<NetKey>, PortRanges)>,
@@ -715,16 +777,32 @@ impl Snapshot {
     /// Puts every map back. The switches (modes, guard flags) go back last, once the lists
     /// they act on are whole again.
     fn restore(&self, maps: &mut PolicyMaps) -> anyhow::Result<()> {
-        restore_hash(&mut maps.protected_dirs, &self.protected_dirs)?;
+        restore_hash(
+            maps::PROTECTED_DIRS,
+            &mut maps.protected_dirs,
+            &self.protected_dirs,
+        )?;
         restore_array(&mut maps.protected_suffixes, &self.protected_suffixes)?;
-        restore_hash(&mut maps.exec_candidates, &self.exec_candidates)?;
-        restore_trie(&mut maps.net_connect, &self.net_connect)?;
-        restore_trie(&mut maps.net_listen, &self.net_listen)?;
-        restore_hash(&mut maps.exec_allowed, &self.exec_allowed)?;
-        restore_trie(&mut maps.net_udp_connect, &self.net_udp_connect)?;
-        restore_hash(&mut maps.shells, &self.shells)?;
-        restore_hash(&mut maps.gpu_allowed, &self.gpu_allowed)?;
-        restore_hash(&mut maps.policy, &self.policy)?;
+        restore_hash(
+            maps::EXEC_CANDIDATES,
+            &mut maps.exec_candidates,
+            &self.exec_candidates,
+        )?;
+        restore_trie(maps::NET_CONNECT, &mut maps.net_connect, &self.net_connect)?;
+        restore_trie(maps::NET_LISTEN, &mut maps.net_listen, &self.net_listen)?;
+        restore_hash(
+            maps::EXEC_ALLOWED,
+            &mut maps.exec_allowed,
+            &self.exec_allowed,
+        )?;
+        restore_trie(
+            maps::NET_UDP_CONNECT,
+            &mut maps.net_udp_connect,
+            &self.net_udp_connect,
+        )?;
+        restore_hash(maps::SHELLS, &mut maps.shells, &self.shells)?;
+        restore_hash(maps::GPU_ALLOWED, &mut maps.gpu_allowed, &self.gpu_allowed)?;
+        restore_hash(maps::POLICY, &mut maps.policy, &self.policy)?;
         restore_array(&mut maps.guards, &self.guards)?;
         Ok(())
     }
@@ -733,7 +811,6 @@ impl Snapshot {
 impl Snapshot {
     /// Per map, its name and a digest of its entries that does not depend on their order.
     fn digests(&self) -> [(&'static str, u64); 11] {
-        use monitor_common::maps;
         let trie = |entries: &[(Key<NetKey>, PortRanges)]| {
             digest(
                 entries
@@ -802,18 +879,12 @@ fn save_hash<K: aya::Pod, V: aya::Pod>(
 
 /// Removes what the snapshot did not hold (making room first), then writes back what it did.
 fn restore_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    name: &str,
     map: &mut HashMap<MapData, K, V>,
     saved: &[(K, V)],
 ) -> anyhow::Result<()> {
     let keep: HashSet<K> = saved.iter().map(|(k, _)| *k).collect();
-    let extra: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(k))
-        .collect();
-    for key in extra {
-        map.remove(&key)?;
-    }
+    remove_stale(name, map, &keep)?;
     for (key, value) in saved {
         map.insert(key, value, 0)?;
     }
@@ -827,21 +898,12 @@ fn save_trie(
 }
 
 fn restore_trie(
+    name: &str,
     map: &mut LpmTrie<MapData, NetKey, PortRanges>,
     saved: &[(Key<NetKey>, PortRanges)],
 ) -> anyhow::Result<()> {
-    let keep: HashSet<(u32, NetKey)> = saved
-        .iter()
-        .map(|(k, _)| (k.prefix_len(), k.data()))
-        .collect();
-    let extra: Vec<Key<NetKey>> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
-        .collect();
-    for key in extra {
-        map.remove(&key)?;
-    }
+    let keep: HashSet<(u32, NetKey)> = saved.iter().map(|(k, _)| trie_id(k)).collect();
+    remove_stale(name, map, &keep)?;
     for (key, value) in saved {
         map.insert(key, value, 0)?;
     }
@@ -859,21 +921,17 @@ fn restore_array<V: aya::Pod>(map: &mut Array<MapData, V>, saved: &[V]) -> anyho
     Ok(())
 }
 
-/// Inserts what is missing, then removes what is stale.
+/// Makes a set map hold `wanted`: stale entries out first (the map may not have room for the
+/// old and the new at once), then what is missing in.
 fn sync(
+    name: &str,
     map: &mut HashMap<MapData, InodeKey, u32>,
     wanted: &HashSet<InodeKey>,
 ) -> anyhow::Result<()> {
+    remove_stale(name, map, wanted)?;
     for key in wanted {
-        map.insert(key, 1, 0)?;
-    }
-    let stale: Vec<InodeKey> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        let _ = map.remove(&key);
+        map.insert(key, 1, 0)
+            .with_context(|| format!("failed to insert into the kernel map {name}"))?;
     }
     Ok(())
 }
@@ -882,6 +940,44 @@ fn sync(
 pub fn kernel_dev(st_dev: u64) -> u32 {
     let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
     (major << 20) | (minor & 0xfffff)
+}
+
+/// What the kernel compares at exec to tell an allowed file from a later one with its inode
+/// number ([`AllowedFile`]): its change time and generation (following symlinks, as
+/// [`inode_key`]). A file that cannot be read gets change time 0, which no exec matches.
+pub fn allowed_file(path: &Path) -> AllowedFile {
+    let (ctime_sec, ctime_nsec) = std::fs::metadata(path).map_or((0, 0), |m| {
+        // The low 32 bits of the seconds, as the kernel compares them.
+        (m.ctime() as u32, m.ctime_nsec() as u32)
+    });
+    AllowedFile {
+        generation: inode_generation(path),
+        ctime_sec,
+        ctime_nsec,
+    }
+}
+
+/// A file's inode generation (`FS_IOC_GETVERSION`), [`monitor_common::INODE_GENERATION_UNKNOWN`]
+/// where the file system does not say (tmpfs, overlayfs); ext4, xfs and btrfs say.
+fn inode_generation(path: &Path) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    let Ok(file) = std::fs::File::open(path) else {
+        return monitor_common::INODE_GENERATION_UNKNOWN;
+    };
+    // The ioctl is declared with a `long` but every file system writes an `int`.
+    let mut generation: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETVERSION writes one int through the pointer, to a live local.
+    let ret = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::FS_IOC_GETVERSION,
+            &mut generation as *mut libc::c_int,
+        )
+    };
+    if ret != 0 {
+        return monitor_common::INODE_GENERATION_UNKNOWN;
+    }
+    generation as u32
 }
 
 /// The kernel's key for a file or directory (following symlinks), if it exists.

@@ -310,6 +310,8 @@ pub struct SensorObjects {
 /// A cgroup program's attachment, as the self-check follows it.
 struct CgroupLink {
     program: &'static str,
+    /// Attaches the program again (the self-check's repair), by its program type.
+    attach: AttachCgroup,
     /// The aya link (dropping it detaches).
     link: Box<dyn Send>,
     /// The kernel's id of the link (0: not found, an attachment without a link before 5.7).
@@ -323,6 +325,104 @@ pub struct LinkCheck {
     pub cgroup: String,
     /// The new link's id.
     pub reattached: anyhow::Result<u32>,
+}
+
+/// Attaches one of the object's cgroup programs to a cgroup; returns the link (dropping it
+/// detaches).
+type AttachCgroup = fn(&mut Ebpf, &str, &std::fs::File) -> anyhow::Result<Box<dyn Send>>;
+
+/// One of the object's programs as its program type; the error names it.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?)
+}
+
+/// The program types whose load needs nothing but the program.
+trait PlainLoad {
+    fn load_plain(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+macro_rules! plain_load {
+    ($($program:ty),*) => {$(
+        impl PlainLoad for $program {
+            fn load_plain(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+        }
+    )*};
+}
+plain_load!(
+    TracePoint,
+    RawTracePoint,
+    CgroupDevice,
+    CgroupSockAddr,
+    CgroupSkb
+);
+
+/// Loads one of the object's programs (`what`: its hook, for the error).
+fn load_program<'a, P: PlainLoad>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program: &mut P = program_mut(ebpf, name)?;
+    program
+        .load_plain()
+        .with_context(|| format!("failed to load program {name} ({what})"))?;
+    Ok(program)
+}
+
+/// The cgroup program types, attached alike: through a BPF link, which on 5.7+ always runs
+/// alongside other programs (a link takes no flags: `BPF_F_ALLOW_MULTI` makes it fail with
+/// EINVAL). Nothing is pinned: the link goes away with the daemon.
+trait CgroupProgram {
+    fn attach_link(&mut self, cgroup: &std::fs::File) -> anyhow::Result<Box<dyn Send>>;
+}
+
+impl CgroupProgram for CgroupDevice {
+    fn attach_link(&mut self, cgroup: &std::fs::File) -> anyhow::Result<Box<dyn Send>> {
+        let id = self.attach(cgroup, CgroupAttachMode::Single)?;
+        Ok(Box::new(self.take_link(id)?))
+    }
+}
+
+impl CgroupProgram for CgroupSockAddr {
+    fn attach_link(&mut self, cgroup: &std::fs::File) -> anyhow::Result<Box<dyn Send>> {
+        let id = self.attach(cgroup, CgroupAttachMode::Single)?;
+        Ok(Box::new(self.take_link(id)?))
+    }
+}
+
+/// The one socket-buffer program is [`programs::UDP_EGRESS`], on the egress side.
+impl CgroupProgram for CgroupSkb {
+    fn attach_link(&mut self, cgroup: &std::fs::File) -> anyhow::Result<Box<dyn Send>> {
+        let id = self.attach(
+            cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )?;
+        Ok(Box::new(self.take_link(id)?))
+    }
+}
+
+/// [`AttachCgroup`] for a program of type `P`.
+fn attach_cgroup<P: CgroupProgram>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &std::fs::File,
+) -> anyhow::Result<Box<dyn Send>>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    program_mut::<P>(ebpf, name)?.attach_link(cgroup)
 }
 
 /// `bpf(2)`, for what aya does not expose: the cgroup of a link.
@@ -439,10 +539,7 @@ impl Sensor {
             .load(OBJECT)
             .context("failed to load the kernel programs")?;
         for hook in HOOKS {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
-                .try_into()?;
+            let program: &mut BtfTracePoint = program_mut(&mut ebpf, hook.program)?;
             program.load(hook.tracepoint, &btf).with_context(|| {
                 format!(
                     "failed to load program {} (BTF tracepoint, kernel {}+)",
@@ -451,39 +548,15 @@ impl Sensor {
             })?;
         }
         load_syscall_programs(&mut ebpf)?;
-        for (name, _) in IO_URING_HOOKS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("failed to load program {name}"))?;
+        for (name, tracepoint) in IO_URING_HOOKS {
+            load_program::<TracePoint>(&mut ebpf, name, tracepoint)?;
         }
-        let device: &mut CgroupDevice = ebpf
-            .program_mut(programs::DEVICE_ACCESS)
-            .context("device program missing from the object")?
-            .try_into()?;
-        device
-            .load()
-            .context("failed to load the cgroup device program")?;
+        load_program::<CgroupDevice>(&mut ebpf, programs::DEVICE_ACCESS, "cgroup/dev")?;
         let lsm = probe_lsm(&mut ebpf, &btf);
         for (name, attach) in SOCK_ADDR_HOOKS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("failed to load program {name} ({attach})"))?;
+            load_program::<CgroupSockAddr>(&mut ebpf, name, attach)?;
         }
-        let egress: &mut CgroupSkb = ebpf
-            .program_mut(programs::UDP_EGRESS)
-            .context("program udp_egress missing from the object")?
-            .try_into()?;
-        egress
-            .load()
-            .context("failed to load program udp_egress (cgroup_skb/egress)")?;
+        load_program::<CgroupSkb>(&mut ebpf, programs::UDP_EGRESS, "cgroup_skb/egress")?;
 
         let mut majors: HashMap<_, u32, u32> = HashMap::try_from(
             ebpf.map_mut(maps::ACCEL_MAJORS)
@@ -573,11 +646,7 @@ impl Sensor {
     /// Attaches every program; says which hook serves each sensor.
     pub fn attach(&mut self) -> anyhow::Result<()> {
         for hook in HOOKS {
-            let program: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(hook.program)
-                .with_context(|| format!("program {} missing from the object", hook.program))?
-                .try_into()?;
+            let program: &mut BtfTracePoint = program_mut(&mut self.ebpf, hook.program)?;
             let id = program
                 .attach()
                 .with_context(|| format!("failed to attach program {}", hook.program))?;
@@ -593,11 +662,7 @@ impl Sensor {
             (syscalls::ENTER_DISPATCH, "sys_enter"),
             (syscalls::EXIT_DISPATCH, "sys_exit"),
         ] {
-            let program: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(tracepoint).with_context(|| {
                 format!("failed to attach program {name} to raw tracepoint {tracepoint}")
             })?;
@@ -627,11 +692,7 @@ impl Sensor {
                 );
                 continue;
             }
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             let id = program.attach("io_uring", tracepoint).with_context(|| {
                 format!("failed to attach program {name} to io_uring/{tracepoint}")
             })?;
@@ -642,30 +703,7 @@ impl Sensor {
                 "attached"
             );
         }
-        let cgroup = std::fs::File::open(&self.cgroup)
-            .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
-        let device: &mut CgroupDevice = self
-            .ebpf
-            .program_mut(programs::DEVICE_ACCESS)
-            .context("device program missing from the object")?
-            .try_into()?;
-        // On 5.7+ aya attaches through a BPF link, which always runs alongside other programs
-        // (a link takes no flags: BPF_F_ALLOW_MULTI makes it fail with EINVAL). Nothing is
-        // pinned: the link goes away with the daemon.
-        let id = device
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| {
-                format!(
-                    "failed to attach the device hook to cgroup {}",
-                    self.cgroup.display()
-                )
-            })?;
-        let link = device.take_link(id)?;
-        self.cgroup_links.push(CgroupLink {
-            program: programs::DEVICE_ACCESS,
-            link: Box::new(link),
-            id: self.newest_link(programs::DEVICE_ACCESS),
-        });
+        self.attach_to_cgroup(programs::DEVICE_ACCESS, attach_cgroup::<CgroupDevice>)?;
         info!(
             program = programs::DEVICE_ACCESS,
             hook = "cgroup/dev",
@@ -673,59 +711,12 @@ impl Sensor {
             "attached (accelerator device opens on every path, io_uring included, failed ones too; reported from the hook; enforcement)"
         );
         for (name, attach) in SOCK_ADDR_HOOKS {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| {
-                    format!(
-                        "failed to attach {name} to cgroup {}",
-                        self.cgroup.display()
-                    )
-                })?;
-            let link = program.take_link(id)?;
-            let id = self.newest_link(name);
-            self.cgroup_links.push(CgroupLink {
-                program: name,
-                link: Box::new(link),
-                id,
-            });
+            self.attach_to_cgroup(name, attach_cgroup::<CgroupSockAddr>)?;
             debug!(program = name, hook = attach, "attached");
         }
-        let egress: &mut CgroupSkb = self
-            .ebpf
-            .program_mut(programs::UDP_EGRESS)
-            .context("program udp_egress missing from the object")?
-            .try_into()?;
-        let id = egress
-            .attach(
-                &cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
-            .with_context(|| {
-                format!(
-                    "failed to attach udp_egress to cgroup {}",
-                    self.cgroup.display()
-                )
-            })?;
-        let link = egress.take_link(id)?;
-        let id = self.newest_link(programs::UDP_EGRESS);
-        self.cgroup_links.push(CgroupLink {
-            program: programs::UDP_EGRESS,
-            link: Box::new(link),
-            id,
-        });
-        debug!(
-            program = programs::UDP_EGRESS,
-            hook = "cgroup_skb/egress",
-            "attached (datagrams of connected UDP sockets of enforce-mode profiles)"
-        );
+        // `udp_egress` is attached by `set_udp_egress`, only while a profile needs it.
         info!(
-            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6,cgroup_skb/egress",
+            hooks = "cgroup/connect4,connect6,sendmsg4,sendmsg6,bind4,bind6",
             cgroup = %self.cgroup.display(),
             "network sensor and enforcement attached: connects, binds and datagrams of watched processes in this cgroup are reported from the kernel's copy of the address (io_uring and sendmmsg included); the syscall tracepoints report unix sockets, listen, accept and processes outside it (flagged monitor.unverified)"
         );
@@ -734,6 +725,67 @@ impl Sensor {
 }
 
 impl Sensor {
+    /// Attaches one cgroup program to the cgroup, and follows its link for the self-check.
+    fn attach_to_cgroup(
+        &mut self,
+        program: &'static str,
+        attach: AttachCgroup,
+    ) -> anyhow::Result<()> {
+        let cgroup = std::fs::File::open(&self.cgroup)
+            .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
+        let link = attach(&mut self.ebpf, program, &cgroup).with_context(|| {
+            format!(
+                "failed to attach {program} to cgroup {}",
+                self.cgroup.display()
+            )
+        })?;
+        let id = self.newest_link(program);
+        self.cgroup_links.push(CgroupLink {
+            program,
+            attach,
+            link,
+            id,
+        });
+        Ok(())
+    }
+
+    /// Attaches [`programs::UDP_EGRESS`] (`cgroup_skb/egress`) when `wanted` and detaches it
+    /// when not; returns whether that changed anything. It judges every packet that leaves
+    /// the cgroup (about 70 ns each, TCP included: BENCHMARKS.md), and is needed only to
+    /// refuse the datagrams of a UDP socket connected under an enforcing profile's
+    /// `udp_connect` ([`crate::kernel::policy::judges_connected_udp`]). Detached on purpose,
+    /// it has no link the self-check could find missing.
+    pub fn set_udp_egress(&mut self, wanted: bool) -> anyhow::Result<bool> {
+        let attached = self
+            .cgroup_links
+            .iter()
+            .position(|link| link.program == programs::UDP_EGRESS);
+        match (attached, wanted) {
+            (None, true) => {
+                self.attach_to_cgroup(programs::UDP_EGRESS, attach_cgroup::<CgroupSkb>)?;
+                info!(
+                    program = programs::UDP_EGRESS,
+                    hook = "cgroup_skb/egress",
+                    cgroup = %self.cgroup.display(),
+                    "attached: a profile enforces udp_connect, so the datagrams of connected UDP sockets of watched processes are judged against connect"
+                );
+                Ok(true)
+            }
+            (Some(index), false) => {
+                // Dropping the link detaches the program.
+                drop(self.cgroup_links.remove(index));
+                info!(
+                    program = programs::UDP_EGRESS,
+                    hook = "cgroup_skb/egress",
+                    cgroup = %self.cgroup.display(),
+                    "detached: no profile enforces udp_connect"
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Files the monitor's programs, maps and links in [`maps::MONITOR_OBJECTS`], so that the
     /// kernel's `bpf()` hook can tell calls aimed at them. Call after attach, and again after
     /// a link was attached anew. Returns the names by (kind, id), for the alerts.
@@ -830,35 +882,7 @@ impl Sensor {
         let program = self.cgroup_links[index].program;
         let cgroup = std::fs::File::open(&self.cgroup)
             .with_context(|| format!("failed to open cgroup {}", self.cgroup.display()))?;
-        let link = if program == programs::DEVICE_ACCESS {
-            let device: &mut CgroupDevice = self
-                .ebpf
-                .program_mut(program)
-                .context("device program missing from the object")?
-                .try_into()?;
-            let id = device.attach(&cgroup, CgroupAttachMode::Single)?;
-            Box::new(device.take_link(id)?) as Box<dyn Send>
-        } else if program == programs::UDP_EGRESS {
-            let egress: &mut CgroupSkb = self
-                .ebpf
-                .program_mut(program)
-                .context("program udp_egress missing from the object")?
-                .try_into()?;
-            let id = egress.attach(
-                &cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )?;
-            Box::new(egress.take_link(id)?) as Box<dyn Send>
-        } else {
-            let sock: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            let id = sock.attach(&cgroup, CgroupAttachMode::Single)?;
-            Box::new(sock.take_link(id)?) as Box<dyn Send>
-        };
+        let link = (self.cgroup_links[index].attach)(&mut self.ebpf, program, &cgroup)?;
         // The detached link's fd closes here: nothing is attached by it any more.
         drop(std::mem::replace(&mut self.cgroup_links[index].link, link));
         let id = self.newest_link(program);
@@ -1022,13 +1046,7 @@ fn load_syscall_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         if fds.contains_key(name) {
             continue;
         }
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("failed to load program {name}"))?;
+        let program: &mut RawTracePoint = load_program(ebpf, name, "raw tracepoint")?;
         let fd = program
             .fd()
             .and_then(|fd| Ok(fd.try_clone()?))

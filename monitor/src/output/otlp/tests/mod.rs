@@ -138,6 +138,23 @@ fn start(settings: OtlpSettings, dir: &Path, max_bytes: u64, metrics: &Arc<Metri
     OtlpSink::start(settings, dir, max_bytes, metrics.clone()).unwrap()
 }
 
+/// A test's spool directory and metrics.
+fn spool(name: &str) -> (TempDir, Arc<Metrics>) {
+    (TempDir::new(name), Arc::new(Metrics::new()))
+}
+
+/// A sink to `addr` over `protocol` (no OTLP environment), spooling in `dir` up to
+/// `max_bytes`.
+fn sink(
+    protocol: Protocol,
+    addr: SocketAddr,
+    dir: &TempDir,
+    max_bytes: u64,
+    metrics: &Arc<Metrics>,
+) -> OtlpSink {
+    start(settings(protocol, addr, &[]), &dir.0, max_bytes, metrics)
+}
+
 /// A log record attribute's value back as JSON, to compare with the alert's JSON line.
 fn json_of(value: &AnyValue) -> Value {
     match value.value.as_ref() {
@@ -171,8 +188,7 @@ async fn exact_record_headers_and_resource(protocol: Protocol) {
         Protocol::Http => Receiver::http("127.0.0.1:0".parse().unwrap()).await,
         Protocol::Grpc => Receiver::grpc("127.0.0.1:0".parse().unwrap()).await,
     };
-    let dir = TempDir::new("exact");
-    let metrics = Arc::new(Metrics::new());
+    let (dir, metrics) = spool("exact");
     let env = [
         (
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -339,8 +355,7 @@ async fn receiver_at(protocol: Protocol, addr: SocketAddr) -> Receiver {
 
 async fn outage_then_collector_starts(protocol: Protocol) {
     let addr = free_port();
-    let dir = TempDir::new("outage");
-    let metrics = Arc::new(Metrics::new());
+    let (dir, metrics) = spool("outage");
     let mut sink = start(settings(protocol, addr, &[]), &dir.0, 1 << 20, &metrics);
     let alerts: Vec<Alert> = (0..40).map(numbered_alert).collect();
     for alert in &alerts {
@@ -378,8 +393,7 @@ async fn grpc_outage_loses_nothing() {
 
 async fn restart_mid_outage(protocol: Protocol) {
     let addr = free_port();
-    let dir = TempDir::new("restart");
-    let metrics = Arc::new(Metrics::new());
+    let (dir, metrics) = spool("restart");
     let mut first = start(settings(protocol, addr, &[]), &dir.0, 1 << 20, &metrics);
     let mut alerts: Vec<Alert> = (0..25).map(numbered_alert).collect();
     for alert in &alerts {
@@ -421,14 +435,8 @@ async fn grpc_restart_mid_outage_loses_nothing() {
 async fn retryable_then_success(protocol: Protocol, fail: Reply) {
     let receiver = receiver_at(protocol, "127.0.0.1:0".parse().unwrap()).await;
     receiver.script([fail.clone(), fail]);
-    let dir = TempDir::new("retry");
-    let metrics = Arc::new(Metrics::new());
-    let mut sink = start(
-        settings(protocol, receiver.addr, &[]),
-        &dir.0,
-        1 << 20,
-        &metrics,
-    );
+    let (dir, metrics) = spool("retry");
+    let mut sink = sink(protocol, receiver.addr, &dir, 1 << 20, &metrics);
     let alerts: Vec<Alert> = (0..3).map(numbered_alert).collect();
     for alert in &alerts {
         sink.send(alert).unwrap();
@@ -482,8 +490,7 @@ async fn permanent_failure_is_dead_lettered(protocol: Protocol) {
         grpc: tonic::Code::InvalidArgument,
         retry_after: None,
     }]);
-    let dir = TempDir::new("permanent");
-    let metrics = Arc::new(Metrics::new());
+    let (dir, metrics) = spool("permanent");
     let settings = settings(protocol, receiver.addr, &[]);
     let mut sink = start(settings.clone(), &dir.0, 1 << 20, &metrics);
     let rejected = numbered_alert(1);
@@ -565,8 +572,7 @@ async fn a_replay_the_collector_still_refuses_keeps_the_dead_letters() {
         retry_after: None,
     };
     receiver.script([refuse(), refuse()]);
-    let dir = TempDir::new("replay-refused");
-    let metrics = Arc::new(Metrics::new());
+    let (dir, metrics) = spool("replay-refused");
     let settings = settings(Protocol::Http, receiver.addr, &[]);
     let mut sink = start(settings.clone(), &dir.0, 1 << 20, &metrics);
     let rejected = numbered_alert(1);
@@ -601,14 +607,8 @@ async fn http_500_and_grpc_internal_are_retried_until_delivered() {
             fail(429, tonic::Code::ResourceExhausted),
             fail(500, tonic::Code::Unknown),
         ]);
-        let dir = TempDir::new("retry-5xx");
-        let metrics = Arc::new(Metrics::new());
-        let mut sink = start(
-            settings(protocol, receiver.addr, &[]),
-            &dir.0,
-            1 << 20,
-            &metrics,
-        );
+        let (dir, metrics) = spool("retry-5xx");
+        let mut sink = sink(protocol, receiver.addr, &dir, 1 << 20, &metrics);
         let alert = numbered_alert(7);
         sink.send(&alert).unwrap();
         receiver
@@ -730,14 +730,8 @@ async fn a_full_memory_queue_drops_the_lowest_and_counts_it() {
 async fn partial_success_is_counted() {
     let receiver = Receiver::http("127.0.0.1:0".parse().unwrap()).await;
     receiver.script([Reply::Accept { rejected: 1 }]);
-    let dir = TempDir::new("partial");
-    let metrics = Arc::new(Metrics::new());
-    let mut sink = start(
-        settings(Protocol::Http, receiver.addr, &[]),
-        &dir.0,
-        1 << 20,
-        &metrics,
-    );
+    let (dir, metrics) = spool("partial");
+    let mut sink = sink(Protocol::Http, receiver.addr, &dir, 1 << 20, &metrics);
     // Both in one batch: spooled before the exporter wakes up (the receiver holds none back).
     let alerts = [numbered_alert(1), numbered_alert(2)];
     for alert in &alerts {
@@ -766,14 +760,8 @@ async fn partial_success_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_reports_drops() {
     let addr = free_port();
-    let dir = TempDir::new("full");
-    let metrics = Arc::new(Metrics::new());
-    let mut sink = start(
-        settings(Protocol::Http, addr, &[]),
-        &dir.0,
-        8 << 10,
-        &metrics,
-    );
+    let (dir, metrics) = spool("full");
+    let mut sink = sink(Protocol::Http, addr, &dir, 8 << 10, &metrics);
     let mut criticals = Vec::new();
     for n in 0..60 {
         let mut alert = numbered_alert(n);
@@ -835,14 +823,8 @@ async fn full_spool_reports_drops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_spool_tail_is_recovered() {
     let addr = free_port();
-    let dir = TempDir::new("torn");
-    let metrics = Arc::new(Metrics::new());
-    let mut first = start(
-        settings(Protocol::Http, addr, &[]),
-        &dir.0,
-        1 << 20,
-        &metrics,
-    );
+    let (dir, metrics) = spool("torn");
+    let mut first = sink(Protocol::Http, addr, &dir, 1 << 20, &metrics);
     let alerts: Vec<Alert> = (0..5)
         .map(|n| {
             let mut alert = numbered_alert(n);
@@ -869,12 +851,7 @@ async fn torn_spool_tail_is_recovered() {
         .unwrap();
     let receiver = Receiver::http(addr).await;
     let metrics = Arc::new(Metrics::new());
-    let mut second = start(
-        settings(Protocol::Http, addr, &[]),
-        &dir.0,
-        1 << 20,
-        &metrics,
-    );
+    let mut second = sink(Protocol::Http, addr, &dir, 1 << 20, &metrics);
     assert!(metrics.counter("monitor.spool.corrupt") > 0);
     let whole: BTreeSet<String> = alerts[..4].iter().map(|a| a.uid.clone()).collect();
     receiver
@@ -888,15 +865,9 @@ async fn torn_spool_tail_is_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_is_bounded_and_keeps_the_rest() {
     let addr = free_port();
-    let dir = TempDir::new("close");
-    let metrics = Arc::new(Metrics::new());
-    let mut sink = start(
-        settings(Protocol::Grpc, addr, &[]),
-        &dir.0,
-        1 << 20,
-        &metrics,
-    )
-    .with_close_timeout(Duration::from_millis(300));
+    let (dir, metrics) = spool("close");
+    let mut sink = sink(Protocol::Grpc, addr, &dir, 1 << 20, &metrics)
+        .with_close_timeout(Duration::from_millis(300));
     let alert = numbered_alert(1);
     sink.send(&alert).unwrap();
     let started = Instant::now();
