@@ -295,7 +295,10 @@ pub trait KernelHandle: Send {
     /// Takes a process out of the watched set.
     fn unwatch(&mut self, tgid: u32) -> anyhow::Result<()>;
     /// Tells the kernel not to send this behaviour again (nothing where it cannot be told).
+    /// May be kept until [`KernelHandle::flush`].
     fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()>;
+    /// Writes what was kept for the end of a batch.
+    fn flush(&mut self) {}
     /// Whether threads of governed processes are filed under their process (`monitor run`).
     fn files_threads(&self) -> bool;
     /// Files a thread under its process, for the memory sensor.
@@ -311,12 +314,19 @@ pub trait KernelHandle: Send {
     fn stat(&self, stat: Stat, kind: EventKind) -> u64;
 }
 
+/// Most `KNOWN` keys kept for one batch write.
+const KNOWN_BATCH_MAX: usize = 1024;
+
 /// The daemon's kernel maps.
 pub struct KernelMaps {
     pub watched: HashMap<MapData, u32, WatchEntry>,
     pub stats: PerCpuArray<MapData, u64>,
     /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
     pub known: Option<HashMap<MapData, KnownKey, u32>>,
+    /// Keys for `known`, written at the end of the batch in one `bpf()` call.
+    known_pending: Vec<KnownKey>,
+    /// The kernel refused a batch write (older than 5.6): one call per key from then on.
+    known_unbatched: bool,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
     pub threads: Option<HashMap<MapData, u32, u32>>,
     /// The kernel's gates ([`monitor_common::gate`]) (`monitor run`).
@@ -334,6 +344,8 @@ impl KernelMaps {
             watched,
             stats,
             known: None,
+            known_pending: Vec::new(),
+            known_unbatched: false,
             threads: None,
             gates: None,
             resolved_exec: None,
@@ -356,9 +368,49 @@ impl KernelHandle for KernelMaps {
 
     fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()> {
         match &mut self.known {
-            Some(known) => Ok(known.insert(key, 1, 0)?),
+            Some(known) if self.known_unbatched => Ok(known.insert(key, 1, 0)?),
+            Some(_) => {
+                self.known_pending.push(key);
+                if self.known_pending.len() >= KNOWN_BATCH_MAX {
+                    self.flush();
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
+    }
+
+    fn flush(&mut self) {
+        let Some(known) = &mut self.known else {
+            return;
+        };
+        if self.known_pending.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.known_pending);
+        let values = vec![1u32; keys.len()];
+        let (written, result) = {
+            use aya::maps::IterableMap as _;
+            crate::kernel::update_batch(known.map(), &keys, &values)
+        };
+        if let Err(err) = result {
+            if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
+                && written == 0
+            {
+                // ENOTSUPP (524): a kernel without batch calls for this map.
+                debug!("failed to write allowed behaviour in one call ({err}); one call per key from now on");
+                self.known_unbatched = true;
+            } else {
+                debug!("failed to remember allowed behaviour: {err}");
+            }
+            for key in &keys[written..] {
+                if let Err(err) = known.insert(key, 1, 0) {
+                    debug!("failed to remember allowed behaviour: {err}");
+                }
+            }
+        }
+        self.known_pending = keys;
+        self.known_pending.clear();
     }
 
     fn files_threads(&self) -> bool {
@@ -887,6 +939,7 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
         for (tgid, profile) in pending {
             self.watch_profile(tgid, profile);
         }
+        self.kernel.flush();
         self.flush_sinks();
         self.out.flush()
     }
