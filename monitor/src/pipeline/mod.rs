@@ -397,6 +397,9 @@ pub trait KernelHandle: Send {
     fn remember_allowed(&mut self, key: KnownKey) -> anyhow::Result<()>;
     /// Writes what was kept for the end of a batch.
     fn flush(&mut self) {}
+    /// A process exited: what was kept for it until the end of the batch is of no use (its
+    /// judgments die with it) and is not written.
+    fn exited(&mut self, _tgid: u32) {}
     /// Whether threads of governed processes are filed under their process (`monitor run`).
     fn files_threads(&self) -> bool;
     /// Files a thread under its process, for the memory sensor.
@@ -415,6 +418,49 @@ pub trait KernelHandle: Send {
 /// Most `KNOWN` keys kept for one batch write.
 const KNOWN_BATCH_MAX: usize = 1024;
 
+/// `KNOWN` keys kept until the end of a batch, less those of processes that exited meanwhile:
+/// a short-lived governed program (each fork+exec of `/bin/true`: the loader's two opens)
+/// never needs its judgments again, and each key written is an LRU map update in the kernel.
+#[derive(Debug, Default)]
+struct PendingKnown {
+    keys: Vec<KnownKey>,
+    /// Processes that exited, with how many keys were pending then: their keys before that
+    /// point are theirs (a later key of the same tgid is a new process's).
+    gone: std::collections::HashMap<u32, usize>,
+}
+
+impl PendingKnown {
+    fn push(&mut self, key: KnownKey) {
+        self.keys.push(key);
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn exited(&mut self, tgid: u32) {
+        // Nothing pending: nothing to drop, and nothing to remember until a flush.
+        if !self.keys.is_empty() {
+            self.gone.insert(tgid, self.keys.len());
+        }
+    }
+
+    /// The keys still worth writing, in order; empties the set.
+    fn take(&mut self) -> Vec<KnownKey> {
+        let mut keys = std::mem::take(&mut self.keys);
+        let gone = std::mem::take(&mut self.gone);
+        if !gone.is_empty() {
+            let mut index = 0;
+            keys.retain(|key| {
+                let dead = gone.get(&key.tgid).is_some_and(|&until| index < until);
+                index += 1;
+                !dead
+            });
+        }
+        keys
+    }
+}
+
 /// The daemon's kernel maps.
 pub struct KernelMaps {
     pub watched: HashMap<MapData, u32, WatchEntry>,
@@ -422,7 +468,7 @@ pub struct KernelMaps {
     /// Behaviour judged allowed, which the kernel then does not send (`monitor run`).
     pub known: Option<HashMap<MapData, KnownKey, u32>>,
     /// Keys for `known`, written at the end of the batch in one `bpf()` call.
-    known_pending: Vec<KnownKey>,
+    known_pending: PendingKnown,
     /// The kernel refused a batch write (older than 5.6): one call per key from then on.
     known_unbatched: bool,
     /// Threads of watched processes (tid -> tgid), for the memory sensor (`monitor run`).
@@ -442,7 +488,7 @@ impl KernelMaps {
             watched,
             stats,
             known: None,
-            known_pending: Vec::new(),
+            known_pending: PendingKnown::default(),
             known_unbatched: false,
             threads: None,
             gates: None,
@@ -482,10 +528,10 @@ impl KernelHandle for KernelMaps {
         let Some(known) = &mut self.known else {
             return;
         };
-        if self.known_pending.is_empty() {
+        let keys = self.known_pending.take();
+        if keys.is_empty() {
             return;
         }
-        let keys = std::mem::take(&mut self.known_pending);
         let values = vec![1u32; keys.len()];
         let (written, result) = {
             use aya::maps::IterableMap as _;
@@ -507,8 +553,10 @@ impl KernelHandle for KernelMaps {
                 }
             }
         }
-        self.known_pending = keys;
-        self.known_pending.clear();
+    }
+
+    fn exited(&mut self, tgid: u32) {
+        self.known_pending.exited(tgid);
     }
 
     fn files_threads(&self) -> bool {
@@ -1147,6 +1195,7 @@ impl<W: Write, K: KernelHandle> Processor<W, K> {
                 self.watching.remove(&tgid);
                 // Gone: the kernel dropped its entry at the exit.
                 self.pending_watch.remove(&tgid);
+                self.kernel.exited(tgid);
                 if let Some(ioctls) = &mut self.ioctls {
                     ioctls.forget(tgid);
                 }
@@ -1720,6 +1769,36 @@ mod core_tests {
             "{kinds:?}"
         );
         assert!(!p.watching.contains(&42), "forgotten at its exit");
+    }
+
+    #[test]
+    fn known_keys_of_a_process_that_exited_in_the_batch_are_not_written() {
+        let key = |tgid: u32, a: u64| KnownKey {
+            tgid,
+            generation: 1,
+            kind: monitor_common::KNOWN_OPEN,
+            aux: 0,
+            a,
+            b: 0,
+        };
+        let mut pending = PendingKnown::default();
+        // Nothing pending: an exit remembers nothing.
+        pending.exited(9);
+        assert!(pending.gone.is_empty());
+        pending.push(key(1, 1));
+        pending.push(key(2, 1));
+        pending.push(key(1, 2));
+        pending.exited(1);
+        // The same tgid again after its exit: another process (pid reuse), kept.
+        pending.push(key(1, 3));
+        pending.push(key(3, 1));
+        assert_eq!(pending.len(), 5);
+        assert_eq!(pending.take(), vec![key(2, 1), key(1, 3), key(3, 1)]);
+        assert_eq!(pending.len(), 0);
+        assert!(pending.gone.is_empty());
+        // What was gone in the last batch does not reach into the next.
+        pending.push(key(1, 4));
+        assert_eq!(pending.take(), vec![key(1, 4)]);
     }
 
     #[test]
