@@ -108,8 +108,13 @@ pub mod gate {
     /// and by user space when it governs a running process or starts `monitor run`; never
     /// cleared (a process governed once may be again).
     pub const GOVERNED: u32 = 0;
+    /// The ring-buffer reader sleeps without its drain timer (the ring has been quiet): the
+    /// next bulk event wakes it at once and closes this gate, so a quiet daemon does not
+    /// wake 100 times a second and the first event after quiet waits for no timer. Set by
+    /// the reader, cleared by the kernel.
+    pub const READER_IDLE: u32 = 1;
     /// Entries of [`super::maps::GATES`].
-    pub const LEN: u32 = 1;
+    pub const LEN: u32 = 2;
 }
 
 /// Names of the programs, shared by both sides.

@@ -186,6 +186,24 @@ fn open_gate(slot: u32) {
     }
 }
 
+/// Whether the reader sleeps without its timer ([`gate::READER_IDLE`]); closes the gate, so
+/// only the first event after quiet wakes it.
+#[inline(always)]
+fn take_reader_idle() -> bool {
+    let Some(value) = GATES.get_ptr_mut(gate::READER_IDLE) else {
+        return false;
+    };
+    // SAFETY: a pointer to an element of an array map, valid for the program's run; a racing
+    // CPU may wake the reader a second time, which costs one wake-up.
+    unsafe {
+        if core::ptr::read_volatile(value) == 0 {
+            return false;
+        }
+        core::ptr::write_volatile(value, 0);
+    }
+    true
+}
+
 /// Files already checked against the protected directories (see `file::is_protected`).
 #[map(name = "PROTECTED_SEEN")]
 static PROTECTED_SEEN: LruHashMap<ProtKey, u32> = LruHashMap::with_max_entries(16384, 0);
@@ -277,11 +295,12 @@ fn config_watch_all() -> bool {
     unsafe { core::ptr::read_volatile(&CONFIG.watch_all) != 0 }
 }
 
-/// Submit flags: wake the reader only when enough bytes wait; otherwise it drains on its timer.
+/// Submit flags: wake the reader only when enough bytes wait, or when it sleeps without its
+/// timer ([`gate::READER_IDLE`]); otherwise it drains on its timer.
 #[inline(always)]
 fn submit_flags() -> u64 {
     let threshold = unsafe { core::ptr::read_volatile(&CONFIG.wakeup_bytes) };
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold || take_reader_idle() {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -105,7 +105,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
     });
     let (queue_tx, mut queue_rx) = mpsc::channel(pipeline_options.queue_batches);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (guard_tx, guard_rx) = std::sync::mpsc::sync_channel(crate::kernel::guard::EVENT_QUEUE);
+    let (guard_tx, guard_rx) = mpsc::channel(crate::kernel::guard::EVENT_QUEUE);
     // What must not share fate with bulk events, when the queue is filling (see read_ring).
     let (urgent_tx, mut urgent_rx) = mpsc::channel(pipeline_options.queue_batches);
     let reader = tokio::spawn(pipeline::read_ring(
@@ -117,6 +117,7 @@ pub async fn run<W: Write>(plan: Plan<W>) -> anyhow::Result<Option<Box<dyn Obser
         Some(guard_rx),
         maps.priority,
         urgent_tx,
+        reader_gates(&maps.gates),
     ));
     let mut objects = maps.objects;
     let mut guards = GuardService::new(guard_tx, counters.guard.clone(), sensor_options.dry_run);
@@ -414,6 +415,27 @@ fn follow_udp_egress<W: Write>(
         Err(err) => error!(
             "{err:#}: the datagrams of connected UDP sockets are not judged; the self-check does not retry, restart the monitor"
         ),
+    }
+}
+
+/// A second handle on the kernel's gates for the ring-buffer reader (its idle gate); without
+/// one it drains on its timer only.
+fn reader_gates(
+    gates: &aya::maps::Array<aya::maps::MapData, u32>,
+) -> Option<aya::maps::Array<aya::maps::MapData, u32>> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    let handle = (|| -> anyhow::Result<_> {
+        let fd = gates.map().fd().as_fd().try_clone_to_owned()?;
+        let data = aya::maps::MapData::from_fd(fd)?;
+        Ok(aya::maps::Array::try_from(aya::maps::Map::Array(data))?)
+    })();
+    match handle {
+        Ok(handle) => Some(handle),
+        Err(err) => {
+            warn!("failed to open the kernel's gates for the reader ({err:#}); it drains every interval even when idle");
+            None
+        }
     }
 }
 

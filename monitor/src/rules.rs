@@ -197,6 +197,8 @@ pub struct Engine {
     /// By tgid; only governed processes and those that read a protected file.
     processes: TgidMap<ProcessState>,
     dedup: Dedup,
+    /// The profiles each executable's path selects, so an exec matches no glob twice.
+    selectors: crate::config::profile::SelectorCache,
 }
 
 fn window_ns(config: &Config) -> u64 {
@@ -210,6 +212,7 @@ impl Engine {
             config,
             processes: TgidMap::default(),
             dedup,
+            selectors: Default::default(),
         }
     }
 
@@ -223,6 +226,7 @@ impl Engine {
     /// selects, and [`Engine::governed`] to resynchronise the kernel's watched set.
     pub fn reload(&mut self, config: Arc<Config>) {
         let old = std::mem::replace(&mut self.config, config);
+        self.selectors.clear();
         for state in self.processes.values_mut() {
             state.profile = state
                 .profile
@@ -636,7 +640,10 @@ impl Engine {
                     p.id != current.id && current.allow.transition(&p.name) && p.selects(&subject)
                 })
                 .map(|p| p.id),
-            None => self.config.select(&subject).map(|p| p.id),
+            None => self
+                .selectors
+                .select(&self.config.profiles, &subject)
+                .map(|p| p.id),
         };
         // A program run by a shell that stands for it (see [`Shell`]): the shell ran something.
         let shell = self

@@ -4,7 +4,7 @@
 use std::{
     io::Write,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -424,4 +424,56 @@ fn exe_selector_sees_a_program_from_its_first_instruction() {
             );
         }
     }
+}
+
+/// A quiet monitor sleeps without its drain timer, and the next event wakes it at once: it
+/// neither wakes 100 times a second while nothing happens (the 10 ms drain timer did) nor
+/// waits for a timer (or its 1 s fallback look) to see the first event after quiet.
+#[test]
+fn a_quiet_reader_sleeps_and_the_next_event_wakes_it() {
+    let monitor = Monitor::start(&["trace", "--pid", &self_pid()]);
+    let pid = monitor.pid();
+    let switches = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    // Past the few drains that find nothing before the reader sleeps.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = switches() - before;
+    // The drain timer alone was 200 in 2 s; asleep, the main thread wakes for its housekeeping
+    // and the reader's fallback look (once a second each), and for what other processes do to
+    // the monitor's BPF objects (priority events, which always wake it): about 15 on a quiet
+    // host, up to 100 beside other monitors' tests.
+    assert!(
+        woke < 150,
+        "the idle monitor's main thread woke {woke} times in 2 s"
+    );
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        // Quiet again: the reader is asleep when the exec comes.
+        std::thread::sleep(Duration::from_millis(200));
+        let tag = marker("quiet");
+        let started = Instant::now();
+        assert!(Command::new("/bin/true")
+            .arg(&tag)
+            .status()
+            .unwrap()
+            .success());
+        monitor.wait_for("the exec after quiet", WAIT, |v| {
+            v["event.kind"] == "exec" && has_arg(v, &tag)
+        });
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    // Well below the reader's 1 s fallback look: the event itself woke it.
+    assert!(
+        latencies[2] < Duration::from_millis(300),
+        "the first event after quiet took {latencies:?}"
+    );
 }

@@ -47,7 +47,10 @@ pub mod capabilities;
 pub mod facts;
 mod parse;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     config::{
@@ -258,11 +261,17 @@ impl Selector {
     /// ORed within a key, ANDed across keys; an unknown executable or cgroup matches no
     /// glob of that key.
     pub fn matches(&self, subject: &Subject) -> bool {
-        let any = |globs: &[PathGlob], text: Option<&str>| {
-            globs.is_empty() || text.is_some_and(|t| globs.iter().any(|g| g.matches(t)))
-        };
-        any(&self.executables, subject.exe)
-            && any(&self.cgroups, subject.cgroup)
+        self.matches_executable(subject.exe) && self.matches_besides_executable(subject)
+    }
+
+    /// The `executables` key alone (see [`SelectorCache`]).
+    pub fn matches_executable(&self, exe: Option<&str>) -> bool {
+        any_path(&self.executables, exe)
+    }
+
+    /// Every key but `executables`.
+    fn matches_besides_executable(&self, subject: &Subject) -> bool {
+        any_path(&self.cgroups, subject.cgroup)
             && (self.args.is_empty() || self.args.iter().any(|g| g.matches(subject.args)))
             && self.matches_workload(subject.container)
     }
@@ -302,6 +311,73 @@ impl Selector {
             && self.args.is_empty()
             && self.cgroups.is_empty()
             && !self.uses_workload()
+    }
+}
+
+/// An empty key matches anything; an unknown text matches no glob.
+fn any_path(globs: &[PathGlob], text: Option<&str>) -> bool {
+    globs.is_empty() || text.is_some_and(|t| globs.iter().any(|g| g.matches(t)))
+}
+
+/// Most executables a [`SelectorCache`] remembers; when full it starts again empty.
+pub const SELECTOR_CACHE_MAX: usize = 4096;
+
+/// Which profiles' `executables` key each executable path matches, remembered by path: a host
+/// runs the same few programs over and over, and matching every profile's executable globs
+/// at every exec (`/usr/**/bin/python3*` and the like) was the largest part of an ungoverned
+/// exec's cost in the rules. Valid for one list of profiles: cleared when it changes.
+#[derive(Debug, Default)]
+pub struct SelectorCache {
+    by_exe: HashMap<Box<str>, Box<[bool]>>,
+}
+
+impl SelectorCache {
+    /// Forgets everything (the profiles changed).
+    pub fn clear(&mut self) {
+        self.by_exe.clear();
+    }
+
+    /// The number of executables remembered.
+    pub fn len(&self) -> usize {
+        self.by_exe.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_exe.is_empty()
+    }
+
+    /// The first of `profiles` whose selector matches `subject`: the same answer as
+    /// [`crate::config::Config::select`].
+    pub fn select<'p>(
+        &mut self,
+        profiles: &'p [Profile],
+        subject: &Subject,
+    ) -> Option<&'p Profile> {
+        let Some(exe) = subject.exe else {
+            return profiles.iter().find(|p| p.selects(subject));
+        };
+        let fresh = |profiles: &[Profile]| -> Box<[bool]> {
+            profiles
+                .iter()
+                .map(|p| p.selector.matches_executable(Some(exe)))
+                .collect()
+        };
+        let matched = match self.by_exe.get(exe) {
+            Some(matched) if matched.len() == profiles.len() => matched,
+            _ => {
+                if self.by_exe.len() >= SELECTOR_CACHE_MAX {
+                    self.by_exe.clear();
+                }
+                let entry = self.by_exe.entry(exe.into()).or_default();
+                *entry = fresh(profiles);
+                entry
+            }
+        };
+        profiles
+            .iter()
+            .zip(matched.iter())
+            .find(|(p, &exe_matched)| exe_matched && p.selector.matches_besides_executable(subject))
+            .map(|(p, _)| p)
     }
 }
 

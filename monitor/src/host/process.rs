@@ -499,15 +499,28 @@ impl ProcessTable {
     }
 
     /// Forgets the processes that exited more than the grace period before `now_ns`
-    /// (nanoseconds of `CLOCK_BOOTTIME`).
+    /// (nanoseconds of `CLOCK_BOOTTIME`), oldest first: it stops at the first one still within
+    /// its grace, so it costs what it drops, not a walk over up to [`MAX_EXITED`] processes at
+    /// every call (that walk was a tenth of the idle daemon's CPU). Exits are added about in
+    /// time order; one added after a younger exit (a process the `/proc` scan found replaced)
+    /// waits for that one, at most a grace period more.
     pub fn sweep(&mut self, now_ns: u64) {
         let grace_ns = self.grace_ns;
-        self.exited.retain(|_, p| {
-            p.exited
-                .is_none_or(|exit| now_ns.saturating_sub(exit.at_ns) <= grace_ns)
-        });
-        let exited = &self.exited;
-        self.exited_order.retain(|key| exited.contains_key(key));
+        while let Some(key) = self.exited_order.front() {
+            let expired = match self.exited.get(key) {
+                Some(process) => process
+                    .exited
+                    .is_some_and(|exit| now_ns.saturating_sub(exit.at_ns) > grace_ns),
+                // Already forgotten: nothing to keep its place for.
+                None => true,
+            };
+            if !expired {
+                break;
+            }
+            if let Some(key) = self.exited_order.pop_front() {
+                self.exited.remove(&key);
+            }
+        }
     }
 
     /// The number of live processes.
@@ -1169,6 +1182,45 @@ mod tests {
         assert!(table.get(101, exact(10)).is_some());
         table.sweep(200 * SECOND);
         assert_eq!(table.exited_len(), 0);
+    }
+
+    #[test]
+    fn sweep_drops_exactly_what_expired_in_exit_order() {
+        let mut table = ProcessTable::new();
+        for tgid in 1..=100u32 {
+            table.on_exec(exec(tgid, exact(10), "/bin/x", &["x"]));
+            table.on_exit(tgid, exact(10), u64::from(tgid) * SECOND, Some(0), None);
+        }
+        // Exactly at the grace's end a process is still kept; a nanosecond later it goes.
+        table.sweep(40 * SECOND + EXIT_GRACE_NS);
+        assert_eq!(table.exited_len(), 61);
+        assert!(table.get(39, exact(10)).is_none());
+        assert!(table.get(40, exact(10)).is_some());
+        table.sweep(40 * SECOND + EXIT_GRACE_NS + 1);
+        assert_eq!(table.exited_len(), 60);
+        assert!(table.get(40, exact(10)).is_none());
+        assert!(table.get(41, exact(10)).is_some());
+        assert!(table.get(100, exact(10)).is_some());
+        // The same instant again drops nothing more.
+        table.sweep(40 * SECOND + EXIT_GRACE_NS + 1);
+        assert_eq!(table.exited_len(), 60);
+        // An exit event for a process already exited moves its time: it is kept for it.
+        table.on_exit(41, exact(10), 90 * SECOND, Some(0), None);
+        table.sweep(60 * SECOND + EXIT_GRACE_NS + 1);
+        assert!(
+            table.get(41, exact(10)).is_some(),
+            "within its later exit's grace"
+        );
+        // Those that exited after it in the order wait for it (at most a grace period more).
+        assert_eq!(table.exited_len(), 60);
+        table.sweep(90 * SECOND + EXIT_GRACE_NS + 1);
+        assert_eq!(table.exited_len(), 10);
+        assert!(table.get(41, exact(10)).is_none());
+        assert!(table.get(90, exact(10)).is_none());
+        assert!(table.get(91, exact(10)).is_some());
+        table.sweep(200 * SECOND);
+        assert_eq!(table.exited_len(), 0);
+        assert!(table.exited_order.is_empty());
     }
 
     #[test]

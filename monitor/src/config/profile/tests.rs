@@ -355,3 +355,67 @@ fn compiled_lists_match_as_their_globs() {
     assert!(resolved.allow.write("/tmp/a"));
     assert!(!resolved.allow.write("/tmpx"));
 }
+
+#[test]
+fn the_selector_cache_answers_as_the_selectors_do() {
+    let config = crate::config::Config::builtin();
+    let mut profiles = config.profiles.clone();
+    profiles.push(one(EXAMPLE));
+    let mut cache = SelectorCache::default();
+    let cgroups = [
+        None,
+        Some("/system.slice/vllm.service"),
+        Some("/user.slice"),
+    ];
+    let cases = [
+        (
+            Some("/usr/bin/python3.11"),
+            "python3 -m vllm.entrypoints.openai.api_server",
+        ),
+        (Some("/usr/bin/python3.11"), "python3 train.py"),
+        (
+            Some("/opt/conda/bin/python"),
+            "python -m vllm.entrypoints.openai.api_server",
+        ),
+        (Some("/usr/bin/ollama"), "ollama serve"),
+        (Some("/usr/bin/true"), "true 17"),
+        (None, "ollama serve"),
+    ];
+    // Twice: the second round answers from what the first remembered.
+    for round in 0..2 {
+        for &(exe, args) in &cases {
+            for cgroup in cgroups {
+                let subject = subject(exe, args, cgroup);
+                let expected = profiles
+                    .iter()
+                    .find(|p| p.selects(&subject))
+                    .map(|p| &p.name);
+                let cached = cache.select(&profiles, &subject).map(|p| &p.name);
+                assert_eq!(
+                    cached, expected,
+                    "round {round}: {exe:?} {args:?} {cgroup:?}"
+                );
+            }
+        }
+    }
+    assert!(profiles.iter().any(|p| p.selects(&subject(
+        Some("/usr/bin/python3.11"),
+        "python3 -m vllm.entrypoints.openai.api_server",
+        Some("/system.slice/vllm.service"),
+    ))));
+    // One entry per executable path; none for an unknown one.
+    assert_eq!(cache.len(), 4);
+    // Profiles of another length are matched afresh, not from a stale entry.
+    let fewer = &profiles[profiles.len() - 1..];
+    let subject = subject(
+        Some("/usr/bin/python3.11"),
+        "python3 -m vllm.entrypoints.openai.api_server",
+        Some("/system.slice/vllm.service"),
+    );
+    assert_eq!(
+        cache.select(fewer, &subject).map(|p| &p.name),
+        Some(&"vllm".to_owned())
+    );
+    cache.clear();
+    assert!(cache.is_empty());
+}

@@ -59,6 +59,11 @@ pub const MECHANISM: &str = "fanotify";
 const REPORT_QUEUE: usize = 8192;
 /// Guard events waiting for the pipeline's reader.
 pub const EVENT_QUEUE: usize = 16384;
+
+/// Where the guards' events go: the ring-buffer reader, which takes them at its drains and,
+/// while it sleeps without its timer, wakes for them (a tokio channel: a send from a guard
+/// thread wakes the reader only when it waits on it).
+pub type GuardEvents = tokio::sync::mpsc::Sender<Event>;
 /// Most entries the start-up discovery visits below each of [`DISCOVERY_ROOTS`].
 const DISCOVERY_BUDGET: usize = 500_000;
 /// Allowed reads remembered as reported, before the set starts over.
@@ -99,7 +104,7 @@ struct Shared {
     counters: Arc<GuardCounters>,
     dry_run: bool,
     self_tgid: u32,
-    events: SyncSender<Event>,
+    events: GuardEvents,
 }
 
 /// The running guard subsystem for one configuration.
@@ -128,7 +133,7 @@ impl Guards {
     pub fn start(
         config: Arc<Config>,
         watched: &BpfHashMap<MapData, u32, WatchEntry>,
-        events: SyncSender<Event>,
+        events: GuardEvents,
         counters: Arc<GuardCounters>,
         dry_run: bool,
     ) -> anyhow::Result<Guards> {
@@ -1032,14 +1037,14 @@ fn dir_entries(fd: RawFd) -> io::Result<Vec<(Vec<u8>, bool, bool)>> {
 /// The guards of the configuration in force, replaced whole at a reload (the new marks are
 /// in before the old groups close, so nothing is unguarded in between).
 pub struct GuardService {
-    events: SyncSender<Event>,
+    events: GuardEvents,
     counters: Arc<GuardCounters>,
     dry_run: bool,
     current: Option<Guards>,
 }
 
 impl GuardService {
-    pub fn new(events: SyncSender<Event>, counters: Arc<GuardCounters>, dry_run: bool) -> Self {
+    pub fn new(events: GuardEvents, counters: Arc<GuardCounters>, dry_run: bool) -> Self {
         GuardService {
             events,
             counters,
