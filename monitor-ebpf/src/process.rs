@@ -469,6 +469,12 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         } else {
             count(Stat::MapFull, EventKind::Fork as u32);
         }
+    } else if unsafe { WATCHED.get(child_tgid).is_some() } {
+        // A new process cannot be watched yet: an entry under its pid is an earlier
+        // process's that outlived it (user space wrote it for a governed child after the
+        // kernel dropped it at that child's exit). Left, it would put this unrelated process
+        // under the old profile.
+        let _ = WATCHED.remove(child_tgid);
     }
     let watched = inherited.is_some() || is_watched(child_tgid);
     let event = ForkEvent {

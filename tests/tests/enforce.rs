@@ -279,6 +279,118 @@ fn dry_run_only_reports() {
     );
 }
 
+/// A watched-set entry left under the pid of a governed process that is gone (user space can
+/// write one for a child whose exit it has not read yet) must not govern the next, unrelated
+/// process given that pid: the kernel's fork hook drops it. The stale entry is planted with
+/// bpftool (a copy of a governed process's own entry) and the pid taken with `ns_last_pid`.
+#[test]
+fn a_stale_watch_entry_does_not_govern_the_next_process_with_its_pid() {
+    use std::io::{BufRead as _, BufReader};
+    let site = Site::new("stalewatch");
+    let monitor = site.start(false);
+    let other = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A governed server, held after its first (refused) connect: its entry is the template.
+    let mut server = monitor
+        .cgroup
+        .command(PYTHON)
+        .arg("-B")
+        .arg(site.root.join("fake_enforced_server.py"))
+        .arg(&site.root)
+        .args([
+            site.port().to_string(),
+            site.port6().to_string(),
+            other.to_string(),
+        ])
+        .arg("flood")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "EPERM", "the server is governed");
+    let hex = |n: u32| -> Vec<String> {
+        n.to_le_bytes()
+            .iter()
+            .map(|b| format!("0x{b:02x}"))
+            .collect()
+    };
+    let lookup = |pid: u32| -> Option<Vec<String>> {
+        let mut args = vec!["-j", "map", "lookup", "name", "WATCHED", "key"];
+        let key = hex(pid);
+        args.extend(key.iter().map(String::as_str));
+        let output = std::process::Command::new("bpftool")
+            .args(&args)
+            .output()
+            .unwrap();
+        let value: Value = serde_json::from_slice(&output.stdout).ok()?;
+        let bytes = value["value"].as_array()?;
+        Some(
+            bytes
+                .iter()
+                .map(|b| b.as_str().unwrap().to_owned())
+                .collect(),
+        )
+    };
+    let entry = lookup(server.id()).expect("the governed server's watched-set entry");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // A program the profile does not allow: were the stale entry taken for the new process's,
+    // the kernel would kill it at its exec, before user space has read its fork.
+    let mut taken = None;
+    for _ in 0..20 {
+        // A pid ahead of the last one given (wrapping at pid_max) that no live process has.
+        let read = |file: &str| -> u32 {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let (last, max) = (
+            read("/proc/sys/kernel/ns_last_pid"),
+            read("/proc/sys/kernel/pid_max"),
+        );
+        let mut target = last + 500;
+        while target >= max || std::path::Path::new(&format!("/proc/{target}")).exists() {
+            target = if target >= max { 1000 } else { target + 1 };
+        }
+        let mut args = vec!["map", "update", "name", "WATCHED", "key"];
+        let key = hex(target);
+        args.extend(key.iter().map(String::as_str));
+        args.push("value");
+        args.extend(entry.iter().map(String::as_str));
+        tests::bpftool(&args);
+        assert_eq!(lookup(target), Some(entry.clone()), "the stale entry is in");
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (target - 1).to_string()).unwrap();
+        let child = monitor.cgroup.command("/bin/true").spawn().unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        if pid != target {
+            // Another process on the host took the pid first: try again.
+            let mut args = vec!["map", "delete", "name", "WATCHED", "key"];
+            args.extend(key.iter().map(String::as_str));
+            let _ = std::process::Command::new("bpftool").args(&args).output();
+            continue;
+        }
+        taken = Some(output);
+        break;
+    }
+    let output = taken.expect("a child given the planted pid within 20 tries");
+    assert!(
+        output.status.success(),
+        "an unrelated process given a stale entry's pid ran as it would without the monitor: {:?}",
+        output.status
+    );
+}
+
 /// Writes `profile` and a config naming it into `dir`, and starts the monitor on them.
 fn start_with_profile(dir: &std::path::Path, profile: &str) -> Monitor {
     tests::start_with_profiles(dir, profile, "", &[])
