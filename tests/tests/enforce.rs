@@ -172,6 +172,35 @@ guards:
     }
 }
 
+impl Site {
+    /// The governed server's `flood` step, started with its stdin and stdout piped: it prints
+    /// the outcome of its first connect (to a closed port, so refused when governed), then
+    /// waits for a line on stdin before it floods.
+    fn flood(&self, monitor: &Monitor) -> std::process::Child {
+        let other = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        monitor
+            .cgroup
+            .command(PYTHON)
+            .arg("-B")
+            .arg(self.root.join("fake_enforced_server.py"))
+            .arg(&self.root)
+            .args([
+                self.port().to_string(),
+                self.port6().to_string(),
+                other.to_string(),
+            ])
+            .arg("flood")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
 impl Drop for Site {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
@@ -288,28 +317,8 @@ fn a_stale_watch_entry_does_not_govern_the_next_process_with_its_pid() {
     use std::io::{BufRead as _, BufReader};
     let site = Site::new("stalewatch");
     let monitor = site.start(false);
-    let other = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     // A governed server, held after its first (refused) connect: its entry is the template.
-    let mut server = monitor
-        .cgroup
-        .command(PYTHON)
-        .arg("-B")
-        .arg(site.root.join("fake_enforced_server.py"))
-        .arg(&site.root)
-        .args([
-            site.port().to_string(),
-            site.port6().to_string(),
-            other.to_string(),
-        ])
-        .arg("flood")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = site.flood(&monitor);
     let mut first = String::new();
     BufReader::new(server.stdout.as_mut().unwrap())
         .read_line(&mut first)
@@ -1079,27 +1088,7 @@ fn a_full_priority_ring_still_kills_and_counts_the_lost_report() {
 
     let site = Site::new("ringfull");
     let monitor = site.start(false);
-    let other = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = monitor
-        .cgroup
-        .command(PYTHON)
-        .arg("-B")
-        .arg(site.root.join("fake_enforced_server.py"))
-        .arg(&site.root)
-        .args([
-            site.port().to_string(),
-            site.port6().to_string(),
-            other.to_string(),
-        ])
-        .arg("flood")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = site.flood(&monitor);
     /// Kills the flooding process and lets the monitor go on, also when the test panics.
     struct Guard(std::process::Child, i32);
     impl Drop for Guard {
