@@ -12,6 +12,7 @@
 
 use std::collections::btree_map::BTreeMap;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -26,7 +27,8 @@ pub const EXIT_GRACE_NS: u64 = 30 * 1_000_000_000;
 /// Most exited processes kept; past it the oldest exits are forgotten first.
 pub const MAX_EXITED: usize = 4096;
 
-/// What is known about one process.
+/// What is known about one process. Its image (what it runs, as which user, in which
+/// cgroup) is read through [`Deref`](std::ops::Deref) as if its fields were the process's own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
     pub tgid: u32,
@@ -36,6 +38,21 @@ pub struct Process {
     pub ppid: u32,
     /// The parent's start time; 0 when unknown.
     pub parent_start_time_ns: u64,
+    /// Shared with the parent it was forked from and the children it forks until one of them
+    /// execs: a fork, the table's most frequent change, copies a pointer rather than the
+    /// strings and the argument vector (about 2,900 instructions per fork, and as many to
+    /// free them again at the exit's eviction).
+    #[serde(flatten, serialize_with = "serialize_image")]
+    image: Arc<Image>,
+    pub exited: Option<Exit>,
+    /// Created by the `/proc` scan at start-up rather than from a fork or exec event.
+    pub from_scan: bool,
+}
+
+/// What a process runs, as which user and in which cgroup: set by its exec (or the `/proc`
+/// scan) and inherited at fork.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Image {
     pub exe: Option<String>,
     pub args: Vec<String>,
     pub args_truncated: bool,
@@ -45,9 +62,23 @@ pub struct Process {
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<String>,
     pub container: Option<ContainerRef>,
-    pub exited: Option<Exit>,
-    /// Created by the `/proc` scan at start-up rather than from a fork or exec event.
-    pub from_scan: bool,
+}
+
+/// Serde's `Arc` support is behind its `rc` feature; the image is written as it was before
+/// it was shared, its fields among the process's own.
+fn serialize_image<S: serde::Serializer>(
+    image: &Arc<Image>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    Image::serialize(image, serializer)
+}
+
+impl std::ops::Deref for Process {
+    type Target = Image;
+
+    fn deref(&self) -> &Image {
+        &self.image
+    }
 }
 
 /// How a process ended.
@@ -68,14 +99,7 @@ impl Process {
             start_time_ns,
             ppid: 0,
             parent_start_time_ns: 0,
-            exe: None,
-            args: Vec::new(),
-            args_truncated: false,
-            args_count: None,
-            uid: None,
-            cgroup_id: None,
-            cgroup_path: None,
-            container: None,
+            image: Arc::default(),
             exited: None,
             from_scan: false,
         }
@@ -88,42 +112,29 @@ impl Process {
             start_time_ns: snapshot.start_time_ns,
             ppid: snapshot.ppid,
             parent_start_time_ns,
-            exe: snapshot.exe,
-            args: snapshot.args,
-            args_truncated: false,
-            args_count: None,
-            uid: Some(snapshot.uid),
-            cgroup_id: None,
-            cgroup_path: snapshot.cgroup_path,
-            container,
+            image: Arc::new(Image {
+                exe: snapshot.exe,
+                args: snapshot.args,
+                args_truncated: false,
+                args_count: None,
+                uid: Some(snapshot.uid),
+                cgroup_id: None,
+                cgroup_path: snapshot.cgroup_path,
+                container,
+            }),
             exited: None,
             from_scan: true,
         }
     }
 
-    /// Takes what a child inherits at fork: the image, the user and the cgroup.
-    /// [`Process::inherit`] from an image of the parent made for this child: moved, not
-    /// copied again (a fork is the table's most frequent change).
-    fn inherit_owned(&mut self, parent: Process) {
-        self.exe = parent.exe;
-        self.args = parent.args;
-        self.args_truncated = parent.args_truncated;
-        self.args_count = parent.args_count;
-        self.uid = parent.uid;
-        self.cgroup_id = parent.cgroup_id;
-        self.cgroup_path = parent.cgroup_path;
-        self.container = parent.container;
+    /// Takes what a child inherits at fork: the image, the user and the cgroup (shared).
+    fn inherit(&mut self, parent: &Process) {
+        self.image = Arc::clone(&parent.image);
     }
 
-    fn inherit(&mut self, parent: &Process) {
-        self.exe.clone_from(&parent.exe);
-        self.args.clone_from(&parent.args);
-        self.args_truncated = parent.args_truncated;
-        self.args_count = parent.args_count;
-        self.uid = parent.uid;
-        self.cgroup_id = parent.cgroup_id;
-        self.cgroup_path.clone_from(&parent.cgroup_path);
-        self.container.clone_from(&parent.container);
+    /// The image to change: this process's own, copied first if it is shared.
+    fn image_mut(&mut self) -> &mut Image {
+        Arc::make_mut(&mut self.image)
     }
 
     fn apply_exec(&mut self, info: ExecInfo) {
@@ -133,16 +144,24 @@ impl Process {
             self.ppid = info.ppid;
             self.parent_start_time_ns = info.parent_start_time_ns;
         }
-        self.exe = Some(info.exe);
-        self.args = info.args;
-        self.args_truncated = info.args_truncated;
-        self.args_count = info.args_count;
-        self.uid = Some(info.uid);
-        if info.cgroup_path.is_some() || self.cgroup_id != Some(info.cgroup_id) {
-            self.cgroup_path = info.cgroup_path;
-        }
-        self.cgroup_id = Some(info.cgroup_id);
-        self.container = self.cgroup_path.as_deref().and_then(container_id);
+        // A new image, not the old one changed: the old one is usually shared with the
+        // parent this process was forked from.
+        let cgroup_path = if info.cgroup_path.is_some() || self.cgroup_id != Some(info.cgroup_id) {
+            info.cgroup_path
+        } else {
+            self.cgroup_path.clone()
+        };
+        let container = cgroup_path.as_deref().and_then(container_id);
+        self.image = Arc::new(Image {
+            exe: Some(info.exe),
+            args: info.args,
+            args_truncated: info.args_truncated,
+            args_count: info.args_count,
+            uid: Some(info.uid),
+            cgroup_id: Some(info.cgroup_id),
+            cgroup_path,
+            container,
+        });
     }
 
     fn identity(&self) -> (u32, u64) {
@@ -242,7 +261,9 @@ impl ProcessTable {
                 .filter(|parent| *parent <= start || same_start(*parent, start))
                 .unwrap_or(0);
             let mut process = Process::from_snapshot(snapshot, parent_start);
-            if let (Some(registry), Some(container)) = (&self.containers, &mut process.container) {
+            if let (Some(registry), Some(container)) =
+                (&self.containers, &mut process.image_mut().container)
+            {
                 registry.attach(container);
             }
             if tgid == 0 || self.exited_key(tgid, start).is_some() {
@@ -336,13 +357,13 @@ impl ProcessTable {
         let parent_image = if known {
             None
         } else {
-            self.get(parent, parent_start).cloned()
+            self.get(parent, parent_start).map(|p| Arc::clone(&p.image))
         };
         let process = self.slot_mut(child, child_start, slot);
         // A child already known (its exec or exit came first, or the scan saw it)
         // keeps its own image.
         if let Some(parent_image) = parent_image {
-            process.inherit_owned(parent_image);
+            process.image = parent_image;
         }
         process.ppid = parent;
         process.parent_start_time_ns = parent_start;
@@ -356,8 +377,10 @@ impl ProcessTable {
         let registry = self.containers.clone();
         let process = self.slot_mut(tgid, start, slot);
         process.apply_exec(info);
-        if let (Some(registry), Some(container)) = (registry, &mut process.container) {
-            registry.attach(container);
+        if let Some(registry) = registry {
+            if let Some(container) = &mut process.image_mut().container {
+                registry.attach(container);
+            }
         }
         process
     }
