@@ -10,12 +10,13 @@
 //! time matches an event's exact time in the same tick, and the event's time then
 //! replaces it.
 
-use std::collections::btree_map::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 
+use crate::event::tgid::TgidMap;
 use crate::event::ExecInfo;
 use crate::host::container::{container_id, ContainerRef};
 use crate::host::procfs::{self, ProcSnapshot};
@@ -73,6 +74,13 @@ fn serialize_image<S: serde::Serializer>(
     Image::serialize(image, serializer)
 }
 
+/// The image of a process known so far only from a fork or an exit: one for all, so that
+/// making such a process allocates nothing.
+fn empty_image() -> Arc<Image> {
+    static EMPTY: LazyLock<Arc<Image>> = LazyLock::new(Arc::default);
+    Arc::clone(&EMPTY)
+}
+
 impl std::ops::Deref for Process {
     type Target = Image;
 
@@ -99,7 +107,7 @@ impl Process {
             start_time_ns,
             ppid: 0,
             parent_start_time_ns: 0,
-            image: Arc::default(),
+            image: empty_image(),
             exited: None,
             from_scan: false,
         }
@@ -209,9 +217,15 @@ enum Slot {
 /// All processes known, live and recently exited.
 #[derive(Debug)]
 pub struct ProcessTable {
-    live: HashMap<u32, Process>,
+    /// Keyed with the tgid hash: SipHash was most of each of the several look-ups of a fork
+    /// or an exit.
+    live: TgidMap<Process>,
     /// Keyed by identity, so that a reused tgid in `live` does not evict them.
     exited: BTreeMap<(u32, u64), Process>,
+    /// How many keys of `exited` are coarse start times (from `/proc`): while there are none,
+    /// an exact start time can only be found under its own key, and the search of the keys
+    /// around it (half the cost of a fork) is skipped.
+    coarse_exited: usize,
     /// Keys of `exited` in the order they were added, oldest first.
     exited_order: VecDeque<(u32, u64)>,
     grace_ns: u64,
@@ -235,8 +249,9 @@ impl ProcessTable {
     /// A table that keeps exited processes `grace_ns` and at most `max_exited` of them.
     pub fn with_limits(grace_ns: u64, max_exited: usize) -> Self {
         Self {
-            live: HashMap::new(),
+            live: TgidMap::default(),
             exited: BTreeMap::new(),
+            coarse_exited: 0,
             exited_order: VecDeque::new(),
             grace_ns,
             max_exited: max_exited.max(1),
@@ -541,7 +556,7 @@ impl ProcessTable {
                 break;
             }
             if let Some(key) = self.exited_order.pop_front() {
-                self.exited.remove(&key);
+                self.remove_exited(key);
             }
         }
     }
@@ -588,6 +603,10 @@ impl ProcessTable {
             return Some((tgid, start));
         }
         let hz = procfs::clock_ticks_per_second();
+        if self.coarse_exited == 0 && !is_coarse(start, hz) {
+            // Two exact start times are the same process's only when equal.
+            return None;
+        }
         let window = 2 * (procfs::ticks_to_ns(1, hz) + 1);
         self.exited
             .range((tgid, start.saturating_sub(window))..=(tgid, start.saturating_add(window)))
@@ -656,18 +675,33 @@ impl ProcessTable {
     /// identity already there is kept.
     fn insert_exited(&mut self, process: Process) -> &mut Process {
         let key = process.identity();
-        if !self.exited.contains_key(&key) {
+        // One search of the map while there is room; when full, an entry already there must
+        // not cost an eviction, so it is looked for first.
+        if self.exited.len() >= self.max_exited && !self.exited.contains_key(&key) {
             while self.exited.len() >= self.max_exited {
                 match self.exited_order.pop_front() {
-                    Some(oldest) => {
-                        self.exited.remove(&oldest);
-                    }
+                    Some(oldest) => self.remove_exited(oldest),
                     None => break,
                 }
             }
-            self.exited_order.push_back(key);
         }
-        self.exited.entry(key).or_insert(process)
+        match self.exited.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                self.exited_order.push_back(key);
+                if is_coarse(key.1, procfs::clock_ticks_per_second()) {
+                    self.coarse_exited += 1;
+                }
+                entry.insert(process)
+            }
+        }
+    }
+
+    fn remove_exited(&mut self, key: (u32, u64)) {
+        if self.exited.remove(&key).is_some() && is_coarse(key.1, procfs::clock_ticks_per_second())
+        {
+            self.coarse_exited -= 1;
+        }
     }
 }
 
@@ -1263,5 +1297,27 @@ mod tests {
         table.on_exec(exec(6, exact(10), "/bin/x", &["x"]));
         table.on_exit(6, exact(10), 6 * SECOND, Some(0), None);
         assert_eq!(table.exited_len(), 2);
+    }
+
+    #[test]
+    fn coarse_exited_keys_counted_until_forgotten() {
+        let mut table = ProcessTable::with_limits(SECOND, 1);
+        table.seed(vec![snapshot(5, 1, coarse(10), "/bin/a", &["a"])]);
+        // A younger process with its tgid retires the scanned one under its coarse start.
+        table.on_exec(exec(5, exact(20), "/bin/b", &["b"]));
+        assert_eq!(table.coarse_exited, 1);
+        // Found by its exact start time: the keys around it are searched.
+        assert_eq!(
+            table.get(5, exact(10)).and_then(|p| p.exe.as_deref()),
+            Some("/bin/a")
+        );
+        // Evicted by the next exit: no coarse key left, the exact look-up alone answers.
+        table.on_exit(5, exact(20), exact(30), Some(0), None);
+        assert_eq!(table.coarse_exited, 0);
+        assert!(table.get(5, exact(10)).is_none());
+        assert_eq!(
+            table.get(5, exact(20)).and_then(|p| p.exe.as_deref()),
+            Some("/bin/b")
+        );
     }
 }
