@@ -10,11 +10,13 @@
 //! time matches an event's exact time in the same tick, and the event's time then
 //! replaces it.
 
-use std::collections::btree_map::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 
+use crate::event::tgid::TgidMap;
 use crate::event::ExecInfo;
 use crate::host::container::{container_id, ContainerRef};
 use crate::host::procfs::{self, ProcSnapshot};
@@ -26,7 +28,8 @@ pub const EXIT_GRACE_NS: u64 = 30 * 1_000_000_000;
 /// Most exited processes kept; past it the oldest exits are forgotten first.
 pub const MAX_EXITED: usize = 4096;
 
-/// What is known about one process.
+/// What is known about one process. Its image (what it runs, as which user, in which
+/// cgroup) is read through [`Deref`](std::ops::Deref) as if its fields were the process's own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
     pub tgid: u32,
@@ -36,6 +39,21 @@ pub struct Process {
     pub ppid: u32,
     /// The parent's start time; 0 when unknown.
     pub parent_start_time_ns: u64,
+    /// Shared with the parent it was forked from and the children it forks until one of them
+    /// execs: a fork, the table's most frequent change, copies a pointer rather than the
+    /// strings and the argument vector (about 2,900 instructions per fork, and as many to
+    /// free them again at the exit's eviction).
+    #[serde(flatten, serialize_with = "serialize_image")]
+    image: Arc<Image>,
+    pub exited: Option<Exit>,
+    /// Created by the `/proc` scan at start-up rather than from a fork or exec event.
+    pub from_scan: bool,
+}
+
+/// What a process runs, as which user and in which cgroup: set by its exec (or the `/proc`
+/// scan) and inherited at fork.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Image {
     pub exe: Option<String>,
     pub args: Vec<String>,
     pub args_truncated: bool,
@@ -45,9 +63,30 @@ pub struct Process {
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<String>,
     pub container: Option<ContainerRef>,
-    pub exited: Option<Exit>,
-    /// Created by the `/proc` scan at start-up rather than from a fork or exec event.
-    pub from_scan: bool,
+}
+
+/// Serde's `Arc` support is behind its `rc` feature; the image is written as it was before
+/// it was shared, its fields among the process's own.
+fn serialize_image<S: serde::Serializer>(
+    image: &Arc<Image>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    Image::serialize(image, serializer)
+}
+
+/// The image of a process known so far only from a fork or an exit: one for all, so that
+/// making such a process allocates nothing.
+fn empty_image() -> Arc<Image> {
+    static EMPTY: LazyLock<Arc<Image>> = LazyLock::new(Arc::default);
+    Arc::clone(&EMPTY)
+}
+
+impl std::ops::Deref for Process {
+    type Target = Image;
+
+    fn deref(&self) -> &Image {
+        &self.image
+    }
 }
 
 /// How a process ended.
@@ -68,14 +107,7 @@ impl Process {
             start_time_ns,
             ppid: 0,
             parent_start_time_ns: 0,
-            exe: None,
-            args: Vec::new(),
-            args_truncated: false,
-            args_count: None,
-            uid: None,
-            cgroup_id: None,
-            cgroup_path: None,
-            container: None,
+            image: empty_image(),
             exited: None,
             from_scan: false,
         }
@@ -88,42 +120,29 @@ impl Process {
             start_time_ns: snapshot.start_time_ns,
             ppid: snapshot.ppid,
             parent_start_time_ns,
-            exe: snapshot.exe,
-            args: snapshot.args,
-            args_truncated: false,
-            args_count: None,
-            uid: Some(snapshot.uid),
-            cgroup_id: None,
-            cgroup_path: snapshot.cgroup_path,
-            container,
+            image: Arc::new(Image {
+                exe: snapshot.exe,
+                args: snapshot.args,
+                args_truncated: false,
+                args_count: None,
+                uid: Some(snapshot.uid),
+                cgroup_id: None,
+                cgroup_path: snapshot.cgroup_path,
+                container,
+            }),
             exited: None,
             from_scan: true,
         }
     }
 
-    /// Takes what a child inherits at fork: the image, the user and the cgroup.
-    /// [`Process::inherit`] from an image of the parent made for this child: moved, not
-    /// copied again (a fork is the table's most frequent change).
-    fn inherit_owned(&mut self, parent: Process) {
-        self.exe = parent.exe;
-        self.args = parent.args;
-        self.args_truncated = parent.args_truncated;
-        self.args_count = parent.args_count;
-        self.uid = parent.uid;
-        self.cgroup_id = parent.cgroup_id;
-        self.cgroup_path = parent.cgroup_path;
-        self.container = parent.container;
+    /// Takes what a child inherits at fork: the image, the user and the cgroup (shared).
+    fn inherit(&mut self, parent: &Process) {
+        self.image = Arc::clone(&parent.image);
     }
 
-    fn inherit(&mut self, parent: &Process) {
-        self.exe.clone_from(&parent.exe);
-        self.args.clone_from(&parent.args);
-        self.args_truncated = parent.args_truncated;
-        self.args_count = parent.args_count;
-        self.uid = parent.uid;
-        self.cgroup_id = parent.cgroup_id;
-        self.cgroup_path.clone_from(&parent.cgroup_path);
-        self.container.clone_from(&parent.container);
+    /// The image to change: this process's own, copied first if it is shared.
+    fn image_mut(&mut self) -> &mut Image {
+        Arc::make_mut(&mut self.image)
     }
 
     fn apply_exec(&mut self, info: ExecInfo) {
@@ -133,16 +152,24 @@ impl Process {
             self.ppid = info.ppid;
             self.parent_start_time_ns = info.parent_start_time_ns;
         }
-        self.exe = Some(info.exe);
-        self.args = info.args;
-        self.args_truncated = info.args_truncated;
-        self.args_count = info.args_count;
-        self.uid = Some(info.uid);
-        if info.cgroup_path.is_some() || self.cgroup_id != Some(info.cgroup_id) {
-            self.cgroup_path = info.cgroup_path;
-        }
-        self.cgroup_id = Some(info.cgroup_id);
-        self.container = self.cgroup_path.as_deref().and_then(container_id);
+        // A new image, not the old one changed: the old one is usually shared with the
+        // parent this process was forked from.
+        let cgroup_path = if info.cgroup_path.is_some() || self.cgroup_id != Some(info.cgroup_id) {
+            info.cgroup_path
+        } else {
+            self.cgroup_path.clone()
+        };
+        let container = cgroup_path.as_deref().and_then(container_id);
+        self.image = Arc::new(Image {
+            exe: Some(info.exe),
+            args: info.args,
+            args_truncated: info.args_truncated,
+            args_count: info.args_count,
+            uid: Some(info.uid),
+            cgroup_id: Some(info.cgroup_id),
+            cgroup_path,
+            container,
+        });
     }
 
     fn identity(&self) -> (u32, u64) {
@@ -190,9 +217,15 @@ enum Slot {
 /// All processes known, live and recently exited.
 #[derive(Debug)]
 pub struct ProcessTable {
-    live: HashMap<u32, Process>,
+    /// Keyed with the tgid hash: SipHash was most of each of the several look-ups of a fork
+    /// or an exit.
+    live: TgidMap<Process>,
     /// Keyed by identity, so that a reused tgid in `live` does not evict them.
     exited: BTreeMap<(u32, u64), Process>,
+    /// How many keys of `exited` are coarse start times (from `/proc`): while there are none,
+    /// an exact start time can only be found under its own key, and the search of the keys
+    /// around it (half the cost of a fork) is skipped.
+    coarse_exited: usize,
     /// Keys of `exited` in the order they were added, oldest first.
     exited_order: VecDeque<(u32, u64)>,
     grace_ns: u64,
@@ -216,8 +249,9 @@ impl ProcessTable {
     /// A table that keeps exited processes `grace_ns` and at most `max_exited` of them.
     pub fn with_limits(grace_ns: u64, max_exited: usize) -> Self {
         Self {
-            live: HashMap::new(),
+            live: TgidMap::default(),
             exited: BTreeMap::new(),
+            coarse_exited: 0,
             exited_order: VecDeque::new(),
             grace_ns,
             max_exited: max_exited.max(1),
@@ -242,7 +276,9 @@ impl ProcessTable {
                 .filter(|parent| *parent <= start || same_start(*parent, start))
                 .unwrap_or(0);
             let mut process = Process::from_snapshot(snapshot, parent_start);
-            if let (Some(registry), Some(container)) = (&self.containers, &mut process.container) {
+            if let (Some(registry), Some(container)) =
+                (&self.containers, &mut process.image_mut().container)
+            {
                 registry.attach(container);
             }
             if tgid == 0 || self.exited_key(tgid, start).is_some() {
@@ -336,13 +372,13 @@ impl ProcessTable {
         let parent_image = if known {
             None
         } else {
-            self.get(parent, parent_start).cloned()
+            self.get(parent, parent_start).map(|p| Arc::clone(&p.image))
         };
         let process = self.slot_mut(child, child_start, slot);
         // A child already known (its exec or exit came first, or the scan saw it)
         // keeps its own image.
         if let Some(parent_image) = parent_image {
-            process.inherit_owned(parent_image);
+            process.image = parent_image;
         }
         process.ppid = parent;
         process.parent_start_time_ns = parent_start;
@@ -356,8 +392,10 @@ impl ProcessTable {
         let registry = self.containers.clone();
         let process = self.slot_mut(tgid, start, slot);
         process.apply_exec(info);
-        if let (Some(registry), Some(container)) = (registry, &mut process.container) {
-            registry.attach(container);
+        if let Some(registry) = registry {
+            if let Some(container) = &mut process.image_mut().container {
+                registry.attach(container);
+            }
         }
         process
     }
@@ -518,7 +556,7 @@ impl ProcessTable {
                 break;
             }
             if let Some(key) = self.exited_order.pop_front() {
-                self.exited.remove(&key);
+                self.remove_exited(key);
             }
         }
     }
@@ -565,6 +603,10 @@ impl ProcessTable {
             return Some((tgid, start));
         }
         let hz = procfs::clock_ticks_per_second();
+        if self.coarse_exited == 0 && !is_coarse(start, hz) {
+            // Two exact start times are the same process's only when equal.
+            return None;
+        }
         let window = 2 * (procfs::ticks_to_ns(1, hz) + 1);
         self.exited
             .range((tgid, start.saturating_sub(window))..=(tgid, start.saturating_add(window)))
@@ -633,18 +675,33 @@ impl ProcessTable {
     /// identity already there is kept.
     fn insert_exited(&mut self, process: Process) -> &mut Process {
         let key = process.identity();
-        if !self.exited.contains_key(&key) {
+        // One search of the map while there is room; when full, an entry already there must
+        // not cost an eviction, so it is looked for first.
+        if self.exited.len() >= self.max_exited && !self.exited.contains_key(&key) {
             while self.exited.len() >= self.max_exited {
                 match self.exited_order.pop_front() {
-                    Some(oldest) => {
-                        self.exited.remove(&oldest);
-                    }
+                    Some(oldest) => self.remove_exited(oldest),
                     None => break,
                 }
             }
-            self.exited_order.push_back(key);
         }
-        self.exited.entry(key).or_insert(process)
+        match self.exited.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                self.exited_order.push_back(key);
+                if is_coarse(key.1, procfs::clock_ticks_per_second()) {
+                    self.coarse_exited += 1;
+                }
+                entry.insert(process)
+            }
+        }
+    }
+
+    fn remove_exited(&mut self, key: (u32, u64)) {
+        if self.exited.remove(&key).is_some() && is_coarse(key.1, procfs::clock_ticks_per_second())
+        {
+            self.coarse_exited -= 1;
+        }
     }
 }
 
@@ -1240,5 +1297,27 @@ mod tests {
         table.on_exec(exec(6, exact(10), "/bin/x", &["x"]));
         table.on_exit(6, exact(10), 6 * SECOND, Some(0), None);
         assert_eq!(table.exited_len(), 2);
+    }
+
+    #[test]
+    fn coarse_exited_keys_counted_until_forgotten() {
+        let mut table = ProcessTable::with_limits(SECOND, 1);
+        table.seed(vec![snapshot(5, 1, coarse(10), "/bin/a", &["a"])]);
+        // A younger process with its tgid retires the scanned one under its coarse start.
+        table.on_exec(exec(5, exact(20), "/bin/b", &["b"]));
+        assert_eq!(table.coarse_exited, 1);
+        // Found by its exact start time: the keys around it are searched.
+        assert_eq!(
+            table.get(5, exact(10)).and_then(|p| p.exe.as_deref()),
+            Some("/bin/a")
+        );
+        // Evicted by the next exit: no coarse key left, the exact look-up alone answers.
+        table.on_exit(5, exact(20), exact(30), Some(0), None);
+        assert_eq!(table.coarse_exited, 0);
+        assert!(table.get(5, exact(10)).is_none());
+        assert_eq!(
+            table.get(5, exact(20)).and_then(|p| p.exe.as_deref()),
+            Some("/bin/b")
+        );
     }
 }
