@@ -10,3 +10,5 @@ pub mod output;
 pub mod pipeline;
 pub mod rules;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_support;

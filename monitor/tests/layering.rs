@@ -17,6 +17,8 @@ use std::{
 
 /// The top-level modules from the bottom up: a module may use those before it.
 const LAYERS: &[&str] = &[
+    // Helpers of the unit tests (`#[cfg(test)]`): they use nothing of the crate.
+    "test_support",
     // The records that flow: kernel events decoded, alerts, the clock, the classifier.
     "event",
     // The monitor's own counters, liveness and logs.

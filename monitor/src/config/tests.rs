@@ -1,38 +1,7 @@
-use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::path::{Path, PathBuf};
 
 use super::*;
-
-/// A directory removed when dropped, even if the test panics.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "monitor-config-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_support::TempDir;
 
 fn profile_errors(text: &str) -> Vec<String> {
     let parsed = profile::parse_file(Path::new("p.yaml"), text);
@@ -285,7 +254,7 @@ fn yaml_syntax_error_has_position() {
 
 #[test]
 fn config_errors_have_positions_and_keys() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     dir.write(
         "profiles/good.yaml",
         "name: good\nselector: {args: ['good *']}\n",
@@ -321,7 +290,7 @@ dedup_window_secs: -1
 
 #[test]
 fn config_reports_errors_of_the_profiles_it_loads() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     dir.write("p/a.yaml", "name: x\nselector: {args: [a]}\n");
     dir.write("p/b.yml", "name: x\nselector: {args: [b]}\nmode: 3\n");
     dir.write("p/notes.txt", "not a profile");
@@ -342,7 +311,7 @@ fn config_reports_errors_of_the_profiles_it_loads() {
 
 #[test]
 fn config_loads_profiles_outputs_and_window() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     dir.write(
         "profiles/sync.yaml",
         "name: model-sync\nselector: {executables: [/usr/local/bin/model-sync]}\n",
@@ -403,7 +372,7 @@ dedup_window_secs: 0
 
 #[test]
 fn config_defaults() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     let path = dir.write(
         "monitor.yaml",
         "outputs: {otlp: {endpoint: 'https://c:4317'}, spool: {dir: /s}}\n",
@@ -423,7 +392,7 @@ fn config_defaults() {
 
 #[test]
 fn missing_files_are_reported() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     let missing = dir.0.join("nope.yaml");
     let errors = load_config(&missing).unwrap_err();
     assert_eq!(errors.len(), 1);
@@ -439,7 +408,7 @@ fn missing_files_are_reported() {
 
 #[test]
 fn extra_profiles_replace_builtin_ones_by_name() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     dir.write(
         "extra/vllm.yaml",
         "name: vllm\nselector: {args: ['my-vllm *']}\nallow: {exec: [/usr/bin/true]}\n",
@@ -473,7 +442,7 @@ fn extra_profiles_replace_builtin_ones_by_name() {
 
 #[test]
 fn check_tells_configs_from_profiles_and_counts() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     let a = dir.write(
         "a.yaml",
         "name: a\nselector: {args: [a]}\n---\nname: b\nselector: {args: [b]}\n",
@@ -491,7 +460,7 @@ fn check_tells_configs_from_profiles_and_counts() {
 
 #[test]
 fn transitions_must_name_loaded_profiles() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     dir.write(
         "profiles/server.yaml",
         "name: server\nselector: {args: ['serve *']}\nallow:\n  io_uring: true\n  transitions: [sync, nobody]\n",
@@ -520,7 +489,7 @@ fn transitions_must_name_loaded_profiles() {
 
 #[test]
 fn locked_and_heartbeat_are_read_and_checked() {
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     let path = dir.write("monitor.yaml", "locked: true\nheartbeat_secs: 5\n");
     let config = load_config(&path).unwrap();
     assert!(config.locked);
@@ -577,7 +546,7 @@ fn configmap_files(manifest: &str) -> Vec<(String, String)> {
 fn the_deploy_manifests_hold_valid_configs_and_profiles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let manifest = std::fs::read_to_string(root.join("deploy/kubernetes/monitor.yaml")).unwrap();
-    let dir = TempDir::new();
+    let dir = TempDir::created("config");
     let files = configmap_files(&manifest);
     assert!(
         files.iter().any(|(name, _)| name == "config.yaml"),

@@ -601,29 +601,7 @@ mod tests {
 
     use super::*;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "monitor-sink-test-{name}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            if let Err(e) = std::fs::remove_dir_all(&self.0) {
-                eprintln!("failed to remove {}: {e}", self.0.display());
-            }
-        }
-    }
+    use crate::test_support::TempDir;
 
     fn alert(n: u64) -> Alert {
         let mut attributes = Map::new();
@@ -648,7 +626,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_closed_and_reported() {
-        let dir = TempDir::new("torn");
+        let dir = TempDir::created("torn");
         let path = dir.0.join("alerts.jsonl");
         std::fs::write(&path, b"{\"whole\":1}\n{\"security_rule.na").unwrap();
         let mut sink = AlertsFile::open(&path).unwrap();
@@ -679,7 +657,7 @@ mod tests {
 
     #[test]
     fn the_alerts_file_is_created_0600_whatever_the_umask() {
-        let dir = TempDir::new("mode");
+        let dir = TempDir::created("mode");
         let path = dir.0.join("sub/alerts.jsonl");
         // SAFETY: umask only changes the modes of files created meanwhile.
         let old = unsafe { libc::umask(0) };
@@ -693,7 +671,7 @@ mod tests {
     #[test]
     fn a_configured_group_gets_0640() {
         use std::os::unix::fs::MetadataExt;
-        let dir = TempDir::new("group");
+        let dir = TempDir::created("group");
         let path = dir.0.join("alerts.jsonl");
         // SAFETY: umask only changes the modes of files created meanwhile.
         let old = unsafe { libc::umask(0o077) };
@@ -714,7 +692,7 @@ mod tests {
 
     #[test]
     fn rename_rotation_is_followed_on_reopen_and_without_a_signal() {
-        let dir = TempDir::new("rotate");
+        let dir = TempDir::created("rotate");
         let path = dir.0.join("alerts.jsonl");
         let mut sink = AlertsFile::open(&path).unwrap();
         sink.send(&alert(1)).unwrap();
@@ -742,7 +720,7 @@ mod tests {
 
     #[test]
     fn copytruncate_leaves_no_hole() {
-        let dir = TempDir::new("copytruncate");
+        let dir = TempDir::created("copytruncate");
         let path = dir.0.join("alerts.jsonl");
         let mut sink = AlertsFile::open(&path).unwrap();
         for n in 0..10 {

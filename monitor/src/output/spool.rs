@@ -1053,27 +1053,7 @@ impl Spool {
 mod tests {
     use super::*;
 
-    pub(crate) struct TempDir(pub PathBuf);
-
-    impl TempDir {
-        pub fn new(name: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "monitor-spool-test-{name}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub(crate) use crate::test_support::TempDir;
 
     fn alert(severity: Severity, n: usize) -> Alert {
         let mut attributes = Map::new();
