@@ -366,16 +366,22 @@ struct PermReport {
 }
 
 impl Shared {
-    fn mark_all(&self) -> usize {
-        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut marker = Marker {
+    /// A marker over the guards' configuration and inode table, with the mount table the
+    /// caller locked.
+    fn marker<'a>(&'a self, mounts: &'a mut HashMap<FsId, OwnedFd>) -> Marker<'a> {
+        Marker {
             config: &self.config,
             content: &self.content,
             notify: &self.notify,
-            mounts: &mut mounts,
+            mounts,
             table: &self.table,
             failures: 0,
-        };
+        }
+    }
+
+    fn mark_all(&self) -> usize {
+        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marker = self.marker(&mut mounts);
         let mut roots: Vec<String> = self
             .config
             .guards
@@ -492,14 +498,7 @@ impl Shared {
             if !known {
                 info!(root = %root.path, "guard root is new or was replaced: marking it");
                 let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-                let mut marker = Marker {
-                    config: &self.config,
-                    content: &self.content,
-                    notify: &self.notify,
-                    mounts: &mut mounts,
-                    table: &self.table,
-                    failures: 0,
-                };
+                let mut marker = self.marker(&mut mounts);
                 marker.mark_root(&root.path);
             }
         }
@@ -1003,14 +1002,7 @@ impl Shared {
         in_tree: bool,
     ) {
         let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut marker = Marker {
-            config: &self.config,
-            content: &self.content,
-            notify: &self.notify,
-            mounts: &mut mounts,
-            table: &self.table,
-            failures: 0,
-        };
+        let mut marker = self.marker(&mut mounts);
         if let Some((_, root)) = roots.iter().find(|(n, _)| n == name) {
             debug!(%root, "a guard root was created or moved in: marking it");
             marker.mark_root(root);
